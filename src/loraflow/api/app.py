@@ -1,0 +1,85 @@
+"""The FastAPI application: `uvicorn loraflow.api.app:app` or `loraflow serve`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from loraflow import __version__
+from loraflow.api.routes import ask, documents, system
+from loraflow.config import Settings, get_settings
+from loraflow.errors import LoraflowError
+from loraflow.services.documents import ingest_sample_if_empty
+from loraflow.services.models import initialise_selection
+from loraflow.services.runtime import Runtime, build_runtime
+
+log = logging.getLogger("loraflow")
+
+
+def _start(settings: Settings, use_lora: bool | None) -> Runtime:
+    logger = logging.getLogger("loraflow")
+    logger.setLevel(settings.log_level)
+    if not logging.getLogger().handlers and not logger.handlers:
+        # Plain `uvicorn loraflow.api.app:app` configures only uvicorn's loggers.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    rt = build_runtime(settings)
+    initialise_selection(rt, use_lora)
+    ingest_sample_if_empty(rt)
+    return rt
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    use_lora: bool | None = None,
+    runtime: Runtime | None = None,
+) -> FastAPI:
+    """Build the app; heavy objects are created in the lifespan, not at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+        else:
+            s = settings or get_settings()
+            app.state.runtime = await run_in_threadpool(_start, s, use_lora)
+        yield
+        app.state.runtime = None
+
+    app = FastAPI(
+        title="loraflow",
+        version=__version__,
+        summary="RAG question answering with switchable local + LoRA and Ollama models.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(LoraflowError)
+    async def _loraflow_error(_request: Request, exc: LoraflowError) -> JSONResponse:
+        body: dict[str, str] = {"detail": exc.message}
+        if exc.hint:
+            body["hint"] = exc.hint
+        return JSONResponse(body, status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Never a traceback to the user; the log keeps it for the operator.
+        log.exception("unexpected error")
+        return JSONResponse(
+            {"detail": f"internal error: {type(exc).__name__}; see the server log"},
+            status_code=500,
+        )
+
+    app.include_router(system.router)
+    app.include_router(ask.router)
+    app.include_router(documents.router)
+    return app
+
+
+app = create_app()

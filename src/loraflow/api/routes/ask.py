@@ -1,0 +1,56 @@
+"""POST /ask: question answering over the knowledge base with cited sources."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from loraflow.api.deps import RuntimeDep
+from loraflow.services.ask import AskRequest, ask
+
+router = APIRouter(tags=["ask"])
+
+
+class AskBody(BaseModel):
+    query: str = Field(..., description="The question.", examples=["What is loraflow?"])
+    use_lora: bool | None = Field(
+        None, description="true: local model + adapter; false: Ollama; absent: current selection."
+    )
+    adapter: str | None = Field(None, description="Answer with this loaded adapter.")
+    top_k: int | None = Field(None, ge=1, le=50, description="How many chunks to retrieve.")
+    max_new_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0.0, le=5.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list, description="Stop strings (not empty).")
+    seed: int | None = None
+
+
+class SourceDocument(BaseModel):
+    index: int
+    source: str
+    doc_id: str
+    chunk: int
+    start: int
+    end: int
+    score: float
+    content: str
+
+
+class AskResponse(BaseModel):
+    answer: str
+    source_documents: list[SourceDocument]
+    model_used: str
+    processing_time: float
+    engine: str
+    adapter: str | None
+    fallback: str | None = None
+    usage: dict[str, int]
+
+
+@router.post("/ask", response_model=AskResponse, summary="Answer a question with sources")
+def ask_route(body: AskBody, rt: RuntimeDep) -> dict[str, Any]:
+    result = ask(rt, AskRequest(**body.model_dump()))
+    return asdict(result)

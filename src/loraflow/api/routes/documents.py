@@ -1,0 +1,29 @@
+"""Knowledge-base documents: upload, list, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, File, UploadFile
+
+from loraflow.api.deps import RuntimeDep
+from loraflow.services import documents
+
+router = APIRouter(prefix="/documents", tags=["documents"])
+
+
+@router.post("", summary="Upload .txt/.md/.pdf/.json/.jsonl files and ingest them")
+def upload(rt: RuntimeDep, files: list[UploadFile] = File(...)) -> dict[str, Any]:
+    report = documents.ingest_uploads(rt, ((f.filename or "", f.file) for f in files))
+    return documents.report_dict(report)
+
+
+@router.get("", summary="List ingested documents")
+def list_docs(rt: RuntimeDep) -> dict[str, Any]:
+    docs = documents.list_documents(rt)
+    return {"documents": docs, "count": len(docs)}
+
+
+@router.delete("/{doc_id}", summary="Delete a document and its chunks")
+def delete_doc(doc_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    return {"deleted": documents.delete_document(rt, doc_id)}

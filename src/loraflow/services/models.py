@@ -1,0 +1,190 @@
+"""Which model answers: selection stored in the database, run-time switching, info and health."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from loraflow import db
+from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
+from loraflow.services.runtime import Runtime
+
+SELECTION_KEY = "model_selection"
+EngineName = Literal["local", "ollama"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The engine and adapter that answer requests that do not choose their own."""
+
+    engine: EngineName
+    adapter: str | None
+
+    @property
+    def model_used(self) -> str:
+        if self.engine == "ollama":
+            return "ollama"
+        return "lora" if self.adapter else "base"
+
+    @property
+    def using_lora(self) -> bool:
+        return self.engine == "local" and self.adapter is not None
+
+
+def known_adapters(rt: Runtime) -> list[str]:
+    return rt.local.adapters() if rt.local is not None else []
+
+
+def require_adapter(rt: Runtime, name: str) -> str:
+    """Return the adapter name, or NotFound naming the adapters that are loaded."""
+    names = known_adapters(rt)
+    if name not in names:
+        listed = ", ".join(repr(n) for n in names) if names else "none are loaded"
+        raise NotFound(
+            f"unknown adapter {name!r}; known adapters: {listed}",
+            hint=f"put PEFT adapter folders under {rt.settings.lora_path}",
+        )
+    return name
+
+
+def default_selection(rt: Runtime, use_lora: bool) -> Selection:
+    """The selection implied by a use_lora flag alone."""
+    if not use_lora:
+        return Selection("ollama", None)
+    names = known_adapters(rt)
+    return Selection("local", names[0] if names else None)
+
+
+def initialise_selection(rt: Runtime, use_lora: bool | None = None) -> Selection:
+    """Set the start-up selection from settings (or the serve flag) and store it."""
+    flag = rt.settings.use_lora_default if use_lora is None else use_lora
+    sel = default_selection(rt, flag)
+    db.set_state(rt.db, SELECTION_KEY, asdict(sel))
+    return sel
+
+
+def current_selection(rt: Runtime) -> Selection:
+    """The selection every worker sees (read from the database)."""
+    raw = db.get_state(rt.db, SELECTION_KEY)
+    if not raw:
+        return default_selection(rt, rt.settings.use_lora_default)
+    adapter = raw.get("adapter")
+    # An adapter removed since the switch is not silently used: fall back to the base.
+    if adapter is not None and adapter not in known_adapters(rt):
+        adapter = None
+    return Selection(raw.get("engine", "local"), adapter)
+
+
+def switch_model(
+    rt: Runtime,
+    *,
+    use_lora: bool | None = None,
+    engine: EngineName | None = None,
+    adapter: str | None = None,
+) -> Selection:
+    """Change the model that answers, at run time, for every worker."""
+    if use_lora is None and engine is None and adapter is None:
+        raise InvalidInput("give use_lora, engine or adapter to switch the model")
+    if engine is None:
+        # The seed's contract: use_lora=false means the Ollama model.
+        engine = "local" if (use_lora or adapter is not None) else "ollama"
+    if engine == "ollama":
+        if adapter:
+            raise InvalidInput(
+                "adapters apply to the local engine; drop 'adapter' or use engine=local"
+            )
+        sel = Selection("ollama", None)
+    else:
+        if rt.local is None:
+            raise EngineUnavailable(
+                f"the local model is not loaded: {rt.local_error}",
+                hint="fix BASE_MODEL_NAME / CACHE_DIR and restart, or switch to engine=ollama",
+            )
+        if adapter is not None:
+            sel = Selection("local", require_adapter(rt, adapter))
+        elif use_lora:
+            names = known_adapters(rt)
+            if not names:
+                raise NotFound(
+                    f"no LoRA adapter is loaded (looked in {rt.settings.lora_path})",
+                    hint="train one, or copy a PEFT adapter folder there and restart",
+                )
+            sel = Selection("local", names[0])
+        else:
+            sel = Selection("local", None)
+    db.set_state(rt.db, SELECTION_KEY, asdict(sel))
+    return sel
+
+
+def model_info(rt: Runtime) -> dict[str, Any]:
+    """The seed's /model_info fields plus what is loaded now."""
+    s = rt.settings
+    sel = current_selection(rt)
+    lora_root = s.lora_path
+    return {
+        "base_model": s.base_model_name,
+        "lora_model_path": str(lora_root),
+        "lora_exists": bool(known_adapters(rt)) or (lora_root / "adapter_config.json").exists(),
+        "using_lora": sel.using_lora,
+        "cache_dir": str(s.cache_path),
+        "vector_store_path": str(s.vector_store_dir),
+        "embedding_model": rt.embedder.name,
+        "engine": sel.engine,
+        "adapter": sel.adapter,
+        "model_used": sel.model_used,
+        "adapters": known_adapters(rt),
+        "device": getattr(rt.local, "device", None),
+        "local_model_loaded": rt.local is not None,
+        "local_model_error": rt.local_error,
+        "ollama_base_url": s.ollama_base_url,
+        "ollama_model": s.ollama_model,
+    }
+
+
+def health(rt: Runtime) -> dict[str, Any]:
+    """Each component checked for real; degraded while something can still answer."""
+    ollama = rt.ollama.health()
+    try:
+        n_docs = len(rt.store.list_documents())
+        n_chunks = rt.store.count_chunks()
+        store_ok, store_detail = True, f"{n_docs} documents, {n_chunks} chunks"
+    except Exception as exc:  # a broken store is reported, not raised
+        store_ok, store_detail, n_docs, n_chunks = False, str(exc), 0, 0
+    local_ok = rt.local is not None
+    components = {
+        "rag_handler": store_ok and (local_ok or ollama.ok),
+        "vector_store": store_ok,
+        "lora_model": bool(known_adapters(rt)),
+        "ollama_service": ollama.ok,
+    }
+    sel = current_selection(rt)
+    can_answer = store_ok and ((sel.engine == "local" and local_ok) or ollama.ok or local_ok)
+    if all(components.values()):
+        status = "healthy"
+    elif can_answer:
+        status = "degraded"
+    else:
+        status = "unhealthy"
+    return {
+        "status": status,
+        "components": components,
+        "details": {
+            "model_info": {
+                "base_model": rt.settings.base_model_name,
+                "using_lora": sel.using_lora,
+                "engine": sel.engine,
+                "adapter": sel.adapter,
+            },
+            "local_model": "loaded" if local_ok else rt.local_error,
+            "lora_model": (
+                f"adapters: {', '.join(known_adapters(rt))}"
+                if known_adapters(rt)
+                else f"no adapter found in {rt.settings.lora_path}"
+            ),
+            "ollama_service": ollama.detail,
+            "vector_store": store_detail,
+            "documents": n_docs,
+            "chunks": n_chunks,
+            "warnings": list(rt.warnings),
+        },
+    }

@@ -1,0 +1,106 @@
+"""The heavy objects of one running instance, built once and passed to every use case."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine as DBEngine
+
+from loraflow import db
+from loraflow.config import Settings
+from loraflow.engines.ollama import OllamaEngine
+from loraflow.errors import ConfigError, LoraflowError
+from loraflow.rag.embed import Embedder, load_embedder
+from loraflow.rag.store import FaissStore, VectorStore
+
+if TYPE_CHECKING:
+    from loraflow.engines.hf import HFEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything one service process holds: settings, database, store, engines."""
+
+    settings: Settings
+    db: DBEngine
+    embedder: Embedder
+    store: VectorStore
+    ollama: OllamaEngine
+    local: HFEngine | None = None
+    local_error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    # Ingest and delete are read-modify-write on the store: one at a time per process.
+    ingest_lock: threading.Lock = field(default_factory=threading.Lock)
+    started_at: float = field(default_factory=time.time)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir and its standard folders, with a clear error when impossible."""
+    for path in (settings.data_path, settings.uploads_dir, settings.cache_path):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create {path}: {exc.strerror}",
+                hint="set LORAFLOW_DATA_DIR to a writable folder",
+            ) from exc
+
+
+def open_store(settings: Settings, embedder: Embedder) -> VectorStore:
+    """Open (or create) the vector store for the configured embedding model."""
+    return FaissStore.open(settings.vector_store_dir, embedder.name, embedder.dim)
+
+
+def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runtime:
+    """Build the runtime; the local model loads unless disabled, failures degrade, not crash."""
+    prepare_data_dir(settings)
+    engine = db.make_engine(settings.db_url)
+    embedder = load_embedder(settings.embedding_model, device="cpu")
+    store = open_store(settings, embedder)
+    ollama = OllamaEngine(settings.ollama_base_url, settings.ollama_model, settings.ollama_timeout)
+    rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, ollama=ollama)
+    want_local = settings.load_local_model if load_local is None else load_local
+    if want_local:
+        load_local_engine_into(rt)
+    else:
+        rt.local_error = "local model disabled (LOAD_LOCAL_MODEL=false)"
+    return rt
+
+
+def load_local_engine_into(rt: Runtime) -> None:
+    """Load the base model and every adapter; record the reason when it cannot load."""
+    from loraflow.engines.hf import load_local_engine
+
+    s = rt.settings
+    started = time.perf_counter()
+    try:
+        engine, warnings = load_local_engine(
+            s.base_model_name,
+            s.cache_path,
+            s.device,
+            s.quantization_type if s.enable_quantization else None,
+            s.lora_path,
+        )
+    except LoraflowError as exc:
+        rt.local = None
+        rt.local_error = str(exc)
+        log.error("local model not loaded: %s", exc)
+        return
+    rt.local = engine
+    rt.local_error = None
+    rt.warnings.extend(warnings)
+    for w in warnings:
+        log.warning("%s", w)
+    log.info(
+        "local model %s ready on %s with adapters %s (%.1fs)",
+        s.base_model_name,
+        engine.device,
+        engine.adapters() or "none",
+        time.perf_counter() - started,
+    )

@@ -1,0 +1,70 @@
+"""One real server per test run: bundled SmolLM2 + a PEFT adapter made here + MiniLM + FAISS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, cli_argv, free_port
+
+ADAPTER_NAME = "support-bot"
+
+
+def make_adapter(base_dir: Path, out_dir: Path) -> None:
+    """A real PEFT LoRA adapter on SmolLM2 with non-zero weights, so it changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = LoraConfig(
+        r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, cfg)
+    peft_model.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="session")
+def stopped_port() -> int:
+    """A loopback port with nothing listening (an Ollama that is down)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_dir: Path,
+    model_cache: Path,
+    stopped_port: int,
+) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("server-data")
+    make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER_NAME)
+    port = free_port()
+    srv = Server(
+        data,
+        {
+            "CACHE_DIR": str(model_cache),
+            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+            "OLLAMA_TIMEOUT": "3",
+            "MAX_UPLOAD_MB": "1",
+            "MAX_NEW_TOKENS": "24",
+            "TEMPERATURE": "0",
+        },
+        cli_argv("serve", "--port", str(port), "--use-lora", "true"),
+        port,
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture()
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c

@@ -1,0 +1,92 @@
+"""The CLI as a user runs it: config-check verdicts, ingest, documents, bad flags."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loraflow.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_cache: Path) -> Path:
+    data = tmp_path / "data"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LORAFLOW_DATA_DIR", str(data))
+    monkeypatch.setenv("CACHE_DIR", str(model_cache))
+    monkeypatch.setenv("OLLAMA_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("BASE_MODEL_NAME", raising=False)
+    monkeypatch.delenv("USE_LORA_DEFAULT", raising=False)
+    return data
+
+
+def test_help_lists_the_commands() -> None:
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("serve", "config-check", "ingest", "documents", "ask"):
+        assert cmd in r.output
+
+
+def test_config_check_fails_with_a_reason_for_a_missing_model(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BASE_MODEL_NAME", "Org/NotDownloaded")
+    r = runner.invoke(app, ["config-check"])
+    assert r.exit_code == 1, r.output
+    assert "FAIL" in r.output and "base model" in r.output
+    assert "models--Org--NotDownloaded" in r.output
+    assert "BASE_MODEL_NAME" in r.output  # every setting is printed
+
+
+def test_config_check_passes_on_defaults_with_ollama_down(env: Path, smollm2_dir: Path) -> None:
+    r = runner.invoke(app, ["config-check"])
+    assert r.exit_code == 0, r.output
+    assert "warn" in r.output and "ollama" in r.output
+    assert "configuration OK" in r.output
+
+
+def test_config_check_fails_when_ollama_is_the_default_and_down(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USE_LORA_DEFAULT", "false")
+    r = runner.invoke(app, ["config-check"])
+    assert r.exit_code == 1
+    assert "unreachable" in r.output.lower()
+
+
+def test_ingest_list_delete(env: Path, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Alpha\nAlpha is the first letter.")
+    (docs / "b.txt").write_text("Beta is the second letter.")
+    (docs / "bad.json").write_text("{not json")
+    r = runner.invoke(app, ["ingest", str(docs)])
+    assert r.exit_code == 0, r.output
+    assert "added" in r.output and "a.md" in r.output and "b.txt" in r.output
+    assert "failed" in r.output and "bad.json" in r.output
+    doc_id = re.search(r"a\.md \(\d+ chunks, id (\w+)\)", r.output.replace("\n", " ")).group(1)
+    r = runner.invoke(app, ["ingest", str(docs / "a.md")])
+    assert "unchanged" in r.output
+    r = runner.invoke(app, ["documents", "list"])
+    assert "a.md" in r.output and "b.txt" in r.output
+    r = runner.invoke(app, ["documents", "delete", doc_id])
+    assert r.exit_code == 0 and "deleted a.md" in r.output
+    r = runner.invoke(app, ["documents", "delete", doc_id])
+    assert r.exit_code == 1 and "error" in r.output
+
+
+def test_ingest_of_a_missing_path_fails_clearly(env: Path) -> None:
+    r = runner.invoke(app, ["ingest", "/nonexistent/file.txt"])
+    assert r.exit_code != 0
+    assert "/nonexistent/file.txt" in r.output
+
+
+def test_bad_use_lora_value_is_a_usage_error(env: Path) -> None:
+    r = runner.invoke(app, ["serve", "--use-lora", "maybe"])
+    assert r.exit_code == 2
+    assert "maybe" in r.output
