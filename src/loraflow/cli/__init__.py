@@ -1,0 +1,27 @@
+"""The `loraflow` command line: thin commands over the service functions, one module per area."""
+
+from __future__ import annotations
+
+import sys
+
+from loraflow import __version__
+from loraflow.cli import knowledge, service  # noqa: F401  (registers the commands)
+from loraflow.cli.common import app, console, err
+from loraflow.errors import LoraflowError
+
+__all__ = ["app", "main"]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    """Entry point of the `loraflow` script."""
+    try:
+        app()
+    except LoraflowError as exc:
+        err.print(f"error: {exc}")
+        sys.exit(exc.exit_code)

@@ -1,0 +1,64 @@
+"""Shared pieces of the CLI: the Typer app, consoles, option types, error rendering."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from loraflow.config import Settings
+from loraflow.errors import ConfigError, LoraflowError
+
+app = typer.Typer(
+    name="loraflow",
+    help="loraflow: LoRA adapters from raw data to production; RAG answers, switchable models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Root of all state (overrides LORAFLOW_DATA_DIR)."),
+]
+
+
+def parse_bool(value: str | None, flag: str) -> bool | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in {"true", "1", "yes", "on"}:
+        return True
+    if v in {"false", "0", "no", "off"}:
+        return False
+    raise typer.BadParameter(f"{value!r} is not true or false", param_hint=flag)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        s = Settings(**given)
+        s.check()
+    except LoraflowError:
+        raise
+    except ValueError as exc:  # pydantic's ValidationError
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    return s
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def fail(exc: LoraflowError) -> None:
+    err.print(f"[red]error:[/red] {exc.message}")
+    if exc.hint:
+        err.print(f"[yellow]hint:[/yellow] {exc.hint}")
+    raise typer.Exit(exc.exit_code)

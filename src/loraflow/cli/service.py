@@ -1,0 +1,104 @@
+"""Service commands: serve and config-check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loraflow import __version__
+from loraflow.cli.common import (
+    DataDir,
+    app,
+    console,
+    err,
+    fail,
+    make_settings,
+    parse_bool,
+    setup_logging,
+)
+from loraflow.config import Settings
+from loraflow.errors import LoraflowError
+
+
+def _print_checks(settings: Settings) -> bool:
+    from loraflow.services.checks import run_checks, settings_rows
+
+    table = Table(title="Settings", show_lines=False)
+    table.add_column("variable")
+    table.add_column("value")
+    for env, value in settings_rows(settings):
+        table.add_row(env, value)
+    console.print(table)
+    all_ok = True
+    for c in run_checks(settings):
+        mark = (
+            "[green]ok[/green]"
+            if c.ok
+            else ("[red]FAIL[/red]" if c.required else "[yellow]warn[/yellow]")
+        )
+        console.print(f"{mark:>22}  {c.name}: {c.detail}")
+        all_ok = all_ok and (c.ok or not c.required)
+    return all_ok
+
+
+@app.command("config-check")
+def config_check(data_dir: DataDir = None) -> None:
+    """Print every setting and check each model, path and service; exit 1 when one cannot work."""
+    try:
+        ok = _print_checks(make_settings(data_dir=data_dir))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if not ok:
+        err.print("[red]configuration check failed[/red]: fix the FAIL lines above")
+        raise typer.Exit(1)
+    console.print("[green]configuration OK[/green]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (API_PORT).")] = None,
+    use_lora: Annotated[
+        str | None,
+        typer.Option("--use-lora", help="true: local model + adapter answers; false: Ollama."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    config_check_only: Annotated[
+        bool, typer.Option("--config-check", help="Only check the configuration, then exit.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the API service (ingests the sample knowledge base on an empty data dir)."""
+    flag = parse_bool(use_lora, "--use-lora")
+    try:
+        settings = make_settings(
+            api_host=host,
+            api_port=port,
+            data_dir=data_dir,
+            use_lora_default=flag,
+            log_level="DEBUG" if verbose else None,
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if config_check_only:
+        raise typer.Exit(0 if _print_checks(settings) else 1)
+    setup_logging(settings.log_level)
+    import uvicorn
+
+    from loraflow.api.app import create_app
+
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    console.print(
+        f"loraflow {__version__}: data in {settings.data_path}\n"
+        f"  API      {base}\n  API docs {base}/docs\n  health   {base}/health"
+    )
+    uvicorn.run(
+        create_app(settings, use_lora=flag),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+    )
