@@ -5,7 +5,12 @@ from __future__ import annotations
 import sys
 
 from loraflow import __version__
-from loraflow.cli import knowledge, service  # noqa: F401  (registers the commands)
+
+# Each module registers its commands on `app` when imported; one line per area.
+from loraflow.cli import (
+    knowledge,  # noqa: F401
+    service,  # noqa: F401
+)
 from loraflow.cli.common import app, console, err
 from loraflow.errors import LoraflowError
 

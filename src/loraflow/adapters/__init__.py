@@ -1,0 +1,1 @@
+"""Adapter lifecycle: registry, merge, export, validate, deploy, workflows."""

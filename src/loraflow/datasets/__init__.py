@@ -1,0 +1,1 @@
+"""Training data: formats (Alpaca, ShareGPT, raw novels), chunking, prepare."""

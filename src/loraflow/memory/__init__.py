@@ -1,0 +1,1 @@
+"""Typed story memory for the writing studio, and its triggers."""

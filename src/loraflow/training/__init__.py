@@ -1,0 +1,1 @@
+"""LoRA / QLoRA fine-tuning: presets, trainer, background jobs."""
