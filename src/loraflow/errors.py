@@ -67,3 +67,9 @@ class StoreError(LoraflowError):
 
     http_status = 500
     exit_code = 4
+
+
+class Conflict(LoraflowError):
+    """A name is taken, or a change would break something that depends on it."""
+
+    http_status = 409

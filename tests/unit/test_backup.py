@@ -181,3 +181,26 @@ def test_backup_to_a_full_disk_fails_cleanly(instance, tmp_path: Path) -> None:
     assert list(target.parent.iterdir()) == []
     # The instance still works.
     assert instance.store.list_documents()
+
+
+def test_database_dump_restores_into_another_database(
+    instance, archive: Path, tmp_path: Path, db_url: str
+) -> None:
+    """The dump is portable: an archive made on SQLite restores into PostgreSQL too."""
+    settings = Settings(
+        data_dir=tmp_path / "elsewhere",
+        database_url=db_url,
+        ollama_base_url="http://127.0.0.1:9",
+        load_local_model=False,
+    )
+    report = restore_backup(archive, settings)
+    assert report.tables["service_state"] >= 1
+    engine = db.make_engine(db_url)
+    assert db.get_state(engine, "model_selection") == {"engine": "ollama", "adapter": None}
+    engine.dispose()
+    # A second restore into the now non-empty database is refused, then allowed with force.
+    with pytest.raises(InvalidInput, match="already has"):
+        restore_backup(archive, settings.model_copy(update={"data_dir": tmp_path / "again"}))
+    restore_backup(
+        archive, settings.model_copy(update={"data_dir": tmp_path / "again"}), force=True
+    )

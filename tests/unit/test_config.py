@@ -84,3 +84,15 @@ def test_env_example_values_parse(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setenv(k, v)
     s = Settings()
     assert s.database_url in (None, "") and s.db_url.startswith("sqlite:///")
+
+
+def test_api_keys_are_parsed_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraflow.services.checks import settings_rows
+
+    monkeypatch.setenv("API_KEY", " k1 , k2,")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:pw@h/db")
+    s = Settings()
+    assert s.api_key_list == ["k1", "k2"]
+    printed = " ".join(v for _, v in settings_rows(s))
+    assert "k1" not in printed and "pw" not in printed
+    assert "API_KEY" in {k for k, _ in settings_rows(s)}

@@ -1,8 +1,9 @@
-"""Database: tables created on first use, shared state round-trips, clear errors."""
+"""Database: tables created on first use, shared state round-trips, clear errors.
+
+Runs on SQLite and on the real PostgreSQL server when the test setup started one.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -10,15 +11,25 @@ from loraflow import db
 from loraflow.errors import ConfigError
 
 
-def test_state_round_trip_and_visible_to_a_second_engine(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'sub' / 'x.db'}"
-    a = db.make_engine(url)
-    b = db.make_engine(url)  # another worker of the same instance
+def test_state_round_trip_and_visible_to_a_second_engine(db_url: str) -> None:
+    a = db.make_engine(db_url)
+    b = db.make_engine(db_url)  # another worker of the same instance
     assert db.get_state(a, "model_selection", "dflt") == "dflt"
     db.set_state(a, "model_selection", {"engine": "ollama", "adapter": None})
     assert db.get_state(b, "model_selection") == {"engine": "ollama", "adapter": None}
     db.set_state(b, "model_selection", {"engine": "local", "adapter": "x"})
     assert db.get_state(a, "model_selection")["adapter"] == "x"
+    a.dispose()
+    b.dispose()
+
+
+def test_schema_version_is_recorded_once(db_url: str) -> None:
+    for _ in range(2):
+        engine = db.make_engine(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(db.schema_info.select()).all()
+        engine.dispose()
+    assert [r.version for r in rows] == [db.SCHEMA_VERSION]
 
 
 def test_unusable_url_is_a_config_error_without_the_password() -> None:
@@ -26,6 +37,12 @@ def test_unusable_url_is_a_config_error_without_the_password() -> None:
         db.make_engine("nosuchdialect://user:secret@host/db")
     assert "secret" not in str(info.value)
     assert "DATABASE_URL" in str(info.value)
+
+
+def test_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        db.make_engine("postgresql+psycopg://u:pw@127.0.0.1:9/none?connect_timeout=2")
+    assert "cannot open the database" in str(info.value) and "pw" not in str(info.value)
 
 
 def test_redact_url_hides_the_password() -> None:

@@ -11,12 +11,20 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import __version__
-from loraflow.api.routes import admin, ask, documents, system
+from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
+from loraflow.api.routes import assistants as assistant_routes
+from loraflow.api.routes import collections as collection_routes
+from loraflow.api.routes import memory as memory_routes
+from loraflow.api.routes import training as training_routes
+from loraflow.api.routes import write as write_routes
+from loraflow.api.security import RequestGuards
 from loraflow.config import Settings, get_settings
 from loraflow.errors import LoraflowError
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.models import initialise_selection
 from loraflow.services.runtime import Runtime, build_runtime
+from loraflow.services.training import start_runner as start_training_runner
+from loraflow.services.training import stop_runner as stop_training_runner
 
 log = logging.getLogger("loraflow")
 
@@ -32,6 +40,7 @@ def _start(settings: Settings, use_lora: bool | None) -> Runtime:
     rt = build_runtime(settings)
     initialise_selection(rt, use_lora)
     ingest_sample_if_empty(rt)
+    start_training_runner(rt)
     return rt
 
 
@@ -51,6 +60,8 @@ def create_app(
             s = settings or get_settings()
             app.state.runtime = await run_in_threadpool(_start, s, use_lora)
         yield
+        if app.state.runtime is not None:
+            await run_in_threadpool(stop_training_runner, app.state.runtime)
         app.state.runtime = None
 
     app = FastAPI(
@@ -76,10 +87,18 @@ def create_app(
             status_code=500,
         )
 
+    app.add_middleware(RequestGuards)
     app.include_router(system.router)
     app.include_router(ask.router)
     app.include_router(documents.router)
+    app.include_router(training_routes.router)
+    app.include_router(collection_routes.router)
+    app.include_router(assistant_routes.router)
     app.include_router(admin.router)
+    app.include_router(openai_compat.router)
+    app.include_router(ollama_compat.router)
+    app.include_router(memory_routes.router)
+    app.include_router(write_routes.router)
     return app
 
 

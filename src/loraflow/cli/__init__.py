@@ -9,8 +9,11 @@ from loraflow import __version__
 # Each module registers its commands on `app` when imported; one line per area.
 from loraflow.cli import (
     knowledge,  # noqa: F401
+    knowledge_bases,  # noqa: F401
     ops,  # noqa: F401
     service,  # noqa: F401
+    training,  # noqa: F401
+    writing,  # noqa: F401
 )
 from loraflow.cli.common import app, console, err
 from loraflow.errors import LoraflowError

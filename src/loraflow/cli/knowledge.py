@@ -12,6 +12,9 @@ from rich.table import Table
 from loraflow.cli.common import DataDir, app, console, err, fail, make_settings, parse_bool
 from loraflow.errors import LoraflowError
 
+Collection = Annotated[
+    str | None, typer.Option("--collection", help="Knowledge base (default: default).")
+]
 docs_app = typer.Typer(help="List and delete knowledge-base documents.", no_args_is_help=True)
 app.add_typer(docs_app, name="documents")
 
@@ -21,12 +24,13 @@ def ingest(
     paths: Annotated[
         list[Path], typer.Argument(help="Files or folders (.txt .md .pdf .json .jsonl).")
     ],
+    collection: Collection = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add documents to the knowledge base (re-ingesting a changed file replaces it)."""
     from rich.progress import Progress
 
-    from loraflow.services.documents import ingest as ingest_docs
+    from loraflow.services.knowledge import ingest as ingest_docs
     from loraflow.services.runtime import build_runtime
 
     try:
@@ -37,7 +41,7 @@ def ingest(
             def progress(name: str, done: int, total: int) -> None:
                 bar.update(task, description=f"ingesting {name}", completed=done, total=total)
 
-            report = ingest_docs(rt, paths, progress=progress)
+            report = ingest_docs(rt, collection, paths, progress=progress)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -54,13 +58,14 @@ def ingest(
 
 
 @docs_app.command("list")
-def documents_list(data_dir: DataDir = None) -> None:
+def documents_list(collection: Collection = None, data_dir: DataDir = None) -> None:
     """List ingested documents."""
-    from loraflow.services.documents import list_documents
+    from loraflow.services.knowledge import list_documents
     from loraflow.services.runtime import build_runtime
 
     try:
-        docs = list_documents(build_runtime(make_settings(data_dir=data_dir), load_local=False))
+        rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
+        docs = list_documents(rt, collection)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -73,15 +78,14 @@ def documents_list(data_dir: DataDir = None) -> None:
 
 
 @docs_app.command("delete")
-def documents_delete(doc_id: str, data_dir: DataDir = None) -> None:
+def documents_delete(doc_id: str, collection: Collection = None, data_dir: DataDir = None) -> None:
     """Delete one document and its chunks."""
-    from loraflow.services.documents import delete_document
+    from loraflow.services.knowledge import delete_document
     from loraflow.services.runtime import build_runtime
 
     try:
-        info = delete_document(
-            build_runtime(make_settings(data_dir=data_dir), load_local=False), doc_id
-        )
+        rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
+        info = delete_document(rt, collection, doc_id)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -95,6 +99,8 @@ def ask(
     adapter: Annotated[str | None, typer.Option(help="Answer with this adapter.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer length limit.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON result.")] = False,
+    collection: Collection = None,
+    assistant: Annotated[str | None, typer.Option(help="Answer as this assistant.")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Answer one question in-process (no server), with sources."""
@@ -114,7 +120,14 @@ def ask(
         ingest_sample_if_empty(rt)
         result = ask_service(
             rt,
-            AskRequest(query=query, use_lora=flag, adapter=adapter, max_new_tokens=max_new_tokens),
+            AskRequest(
+                query=query,
+                use_lora=flag,
+                adapter=adapter,
+                max_new_tokens=max_new_tokens,
+                collection=collection,
+                assistant=assistant,
+            ),
         )
     except LoraflowError as exc:
         fail(exc)

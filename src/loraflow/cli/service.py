@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -69,6 +70,9 @@ def serve(
     config_check_only: Annotated[
         bool, typer.Option("--config-check", help="Only check the configuration, then exit.")
     ] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes sharing the data dir and database.")
+    ] = 1,
     data_dir: DataDir = None,
 ) -> None:
     """Start the API service (ingests the sample knowledge base on an empty data dir)."""
@@ -96,9 +100,27 @@ def serve(
         f"loraflow {__version__}: data in {settings.data_path}\n"
         f"  API      {base}\n  API docs {base}/docs\n  health   {base}/health"
     )
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings, use_lora=flag),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+        )
+        return
+    # Worker processes import the app by name and read their settings from the environment,
+    # so the command-line overrides travel there as the variables they stand for.
+    overrides = {
+        "LORAFLOW_DATA_DIR": str(settings.data_path),
+        "USE_LORA_DEFAULT": None if flag is None else str(flag).lower(),
+        "LOG_LEVEL": settings.log_level,
+    }
+    os.environ.update({k: v for k, v in overrides.items() if v is not None})
+    console.print(f"  workers  {workers}")
     uvicorn.run(
-        create_app(settings, use_lora=flag),
+        "loraflow.api.app:app",
         host=settings.api_host,
         port=settings.api_port,
+        workers=workers,
         log_level=settings.log_level.lower(),
     )

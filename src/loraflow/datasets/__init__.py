@@ -1,1 +1,1 @@
-"""Training data: formats (Alpaca, ShareGPT, raw novels), chunking, prepare."""
+"""Training data: records (file reading), formats (Alpaca, ShareGPT, raw), encode, prepare."""

@@ -22,6 +22,8 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     repetition_penalty: float = 1.0
+    # Keep going past end-of-sequence until max_new_tokens (fixed-length runs, benchmarks).
+    ignore_eos: bool = False
 
     def validate(self) -> GenerationParams:
         """Raise InvalidInput for values no backend can use; return self for chaining."""

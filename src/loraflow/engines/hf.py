@@ -37,6 +37,29 @@ class HFEngine:
         self._counter = 0
         # generate() is not safe to run twice at once on one model, and adapters change it.
         self._lock = threading.Lock()
+        self._scheduler: Any = None
+
+    def enable_batching(self, max_batch: int = 16) -> None:
+        """Serve concurrent requests (any mix of adapters) through one continuous batch."""
+        from loraflow.engines.batching import BatchScheduler
+
+        if self._scheduler is None:
+            self._scheduler = BatchScheduler(self, max_batch)
+
+    def close(self) -> None:
+        """Stop the batch scheduler thread, if any."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
+
+    @property
+    def batching(self) -> bool:
+        """Whether requests go through the continuous-batching scheduler."""
+        return self._scheduler is not None
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(requests decoding, requests waiting to join the batch); (0, 0) without batching."""
+        return self._scheduler.depth() if self._scheduler is not None else (0, 0)
 
     def adapters(self) -> list[str]:
         """Names of the attached adapters, in the order they were attached."""
@@ -46,13 +69,14 @@ class HFEngine:
         """Attached adapters and the folders they were loaded from."""
         return {name: path for name, (_, path) in self._adapters.items()}
 
-    def load_adapter(self, name: str, path: Path) -> None:
-        """Attach the PEFT adapter in folder `path` under `name`."""
+    def load_adapter(self, name: str, path: Path, *, replace: bool = False) -> None:
+        """Attach the PEFT adapter in folder `path` under `name`; `replace` swaps it in place."""
         if not name or not name.strip():
             raise InvalidInput(f"adapter name {name!r} is empty")
         check_adapter_folder(path)
         with self._lock:
-            if name in self._adapters:
+            old = self._adapters.get(name)
+            if old is not None and not replace:
                 raise InvalidInput(
                     f"an adapter named {name!r} is already loaded from "
                     f"{self._adapters[name][1]}; unload it first or pick another name"
@@ -63,7 +87,16 @@ class HFEngine:
             self._peft = attach_adapter(
                 self._base, self._peft, internal, path, name, self.base_model_name
             )
+            # The new version is live before the old one goes, so the name never disappears.
             self._adapters[name] = (internal, path)
+            if old is not None:
+                self._drop_internal(old[0])
+
+    def _drop_internal(self, internal: str) -> None:
+        """Detach a PEFT adapter; rows still decoding with it fail. The caller holds the lock."""
+        if self._scheduler is not None:
+            self._scheduler.drop_adapter(internal)
+        self._peft = detach_adapter(self._peft, internal)
 
     def unload_adapter(self, name: str) -> None:
         """Detach adapter `name`; the base model and other adapters stay loaded."""
@@ -71,7 +104,7 @@ class HFEngine:
             if name not in self._adapters:
                 raise self._unknown(name)
             internal, _ = self._adapters.pop(name)
-            self._peft = detach_adapter(self._peft, internal)
+            self._drop_internal(internal)
 
     def health(self) -> EngineHealth:
         """Always ok once constructed: the model is in memory."""
@@ -84,7 +117,33 @@ class HFEngine:
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
     ) -> GenerationResult:
         """Answer `messages` in one piece, with `adapter` or the base model (None)."""
-        inputs = self._prepare(messages, params, adapter)
+        return self._generate(self._prepare(messages, params, adapter), params, adapter)
+
+    def generate_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> GenerationResult:
+        """Continue the raw `prompt` (no chat template), with `adapter` or the base model."""
+        return self._generate(self._prepare_text(prompt, params, adapter), params, adapter)
+
+    def stream_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> Iterator[str]:
+        """Continue the raw `prompt` as text pieces; bad input raises before the first piece."""
+        inputs = self._prepare_text(prompt, params, adapter)
+        if self._scheduler is not None:
+            return self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+        return self._stream(inputs, params, adapter)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes for this model's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _generate(
+        self, inputs: dict, params: GenerationParams, adapter: str | None
+    ) -> GenerationResult:
+        if self._scheduler is not None:
+            ids = inputs["input_ids"]
+            return self._scheduler.generate(ids, params, self._internal(adapter))
         prompt_len = inputs["input_ids"].shape[1]
         with self._lock:
             output = self._run(inputs, params, adapter)
@@ -100,6 +159,8 @@ class HFEngine:
     ) -> Iterator[str]:
         """Answer `messages` as text pieces; bad input raises here, before the first piece."""
         inputs = self._prepare(messages, params, adapter)
+        if self._scheduler is not None:
+            return self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
         return self._stream(inputs, params, adapter)
 
     def _stream(self, inputs: dict, params: GenerationParams, adapter: str | None) -> Iterator[str]:
@@ -150,7 +211,43 @@ class HFEngine:
         # A chat template already writes BOS and friends; adding them again would change the
         # prompt. The plain-transcript fallback has none, so the tokenizer adds them.
         templated = bool(getattr(self.tokenizer, "chat_template", None))
-        return dict(self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated))
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
+        return self._fits(dict(inputs))
+
+    def _fits(self, inputs: dict) -> dict:
+        """The inputs, or InvalidInput when the prompt alone fills the model's context."""
+        limit = getattr(self._base.config, "max_position_embeddings", None)
+        length = inputs["input_ids"].shape[1]
+        if limit and length >= limit:
+            raise InvalidInput(
+                f"the prompt has {length} tokens; the model's context holds {limit}",
+                hint="shorten the messages or the retrieved context",
+            )
+        return inputs
+
+    def _prepare_text(self, prompt: str, params: GenerationParams, adapter: str | None) -> dict:
+        params.validate()
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidInput("prompt must be a non-empty string")
+        if adapter is not None and adapter not in self._adapters:
+            raise self._unknown(adapter)
+        return self._fits(dict(self.tokenizer(prompt, return_tensors="pt")))
+
+    def _internal(self, adapter: str | None) -> str | None:
+        """PEFT's name for a public adapter name (None: the base model)."""
+        if adapter is None:
+            return None
+        if adapter not in self._adapters:
+            raise self._unknown(adapter)
+        return self._adapters[adapter][0]
+
+    def eos_ids(self) -> set[int]:
+        """Token ids that end an answer."""
+        return self._eos_ids()
+
+    def model_for_step(self) -> Any:
+        """The module to run a forward pass on (the PeftModel once an adapter is attached)."""
+        return self._peft if self._peft is not None else self._base
 
     def _run(
         self,
@@ -196,7 +293,7 @@ class HFEngine:
         config.top_k = 50 if params.greedy else params.top_k
         config.repetition_penalty = params.repetition_penalty
         config.stop_strings = list(params.stop) or None
-        config.eos_token_id = sorted(self._eos_ids()) or None
+        config.eos_token_id = None if params.ignore_eos else (sorted(self._eos_ids()) or None)
         config.pad_token_id = self.tokenizer.pad_token_id
         return config
 
@@ -231,8 +328,12 @@ def load_local_engine(
     device: str,
     quantization: str | None,
     adapters_root: Path,
+    max_batch: int = 0,
 ) -> tuple[HFEngine, list[str]]:
-    """Resolve and load the base model, attach every adapter found; warnings for failures."""
+    """Resolve and load the base model, attach every adapter found; warnings for failures.
+
+    `max_batch` > 0 serves requests through the continuous-batching scheduler.
+    """
     device = resolve_device(device)
     resolved = resolve_base_model(base_model_name, cache_dir)
     model, tokenizer = load_model_and_tokenizer(resolved, device, quantization)
@@ -243,4 +344,6 @@ def load_local_engine(
             engine.load_adapter(name, path)
         except LoraflowError as exc:
             warnings.append(f"adapter {name!r} was not attached: {exc}")
+    if max_batch > 0:
+        engine.enable_batching(max_batch)
     return engine, warnings

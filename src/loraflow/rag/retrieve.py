@@ -20,6 +20,14 @@ class RetrievedChunk:
     score: float
     start: int
     end: int
+    # Filled by hybrid retrieval: each ranker's own score, and the best-matching sentence
+    # with its character offsets in the document.
+    vector_score: float | None = None
+    bm25_score: float | None = None
+    collection: str | None = None
+    quote: str | None = None
+    quote_start: int | None = None
+    quote_end: int | None = None
 
 
 def retrieve(query: str, embedder: Embedder, store: VectorStore, k: int) -> list[RetrievedChunk]:

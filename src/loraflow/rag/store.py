@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +21,7 @@ from loraflow.rag.versioned_dir import current_version, write_version
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
+WRITE_LOCK_FILE = ".write.lock"
 META_FILE = "meta.json"
 
 
@@ -96,9 +100,12 @@ class FaissStore:
         self._docs: dict[str, DocumentInfo] = {}
         self._chunks: dict[int, ChunkRecord] = {}
         self._next_id = 0
+        # Name of the saved version this memory state came from (None: never saved).
+        self._version: str | None = None
         self._lock = threading.RLock()
         # Serialises whole saves so a later snapshot is never overwritten by an earlier one.
         self._save_lock = threading.Lock()
+        self._write_lock = threading.RLock()
 
     @classmethod
     def open(cls, path: Path, embedding_name: str, dim: int) -> FaissStore:
@@ -116,7 +123,45 @@ class FaissStore:
                 )
             return store
         store._load(folder)
+        store._version = folder.name
         return store
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Exclusive across threads and processes for a read-modify-write; refreshes first.
+
+        Without it two workers could both load version N, change it, and the second save
+        would drop the first one's documents.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self._write_lock, open(self.path / WRITE_LOCK_FILE, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                self.refresh()
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def refresh(self) -> bool:
+        """Reload if another process saved a newer version since; True when reloaded.
+
+        Several server workers share one store folder: each checks the CURRENT pointer
+        (one small file read) before reading or changing the store.
+        """
+        for attempt in range(3):
+            folder = current_version(self.path) if self.path.is_dir() else None
+            if folder is None or folder.name == self._version:
+                return False
+            try:
+                with self._lock:
+                    self._load(folder)
+                    self._version = folder.name
+                return True
+            except StoreError:
+                # The version we read was replaced and removed while loading: read again.
+                if attempt == 2:
+                    raise
+        return False
 
     def _load(self, folder: Path) -> None:
         meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
@@ -237,6 +282,23 @@ class FaissStore:
         with self._lock:
             return len(self._chunks)
 
+    @property
+    def revision(self) -> tuple[int, int]:
+        """Changes whenever chunks are added or removed (keys derived indexes such as BM25)."""
+        with self._lock:
+            return (self._next_id, len(self._chunks))
+
+    def chunks(self) -> list[ChunkRecord]:
+        """A snapshot of every stored chunk, in insertion order."""
+        with self._lock:
+            return list(self._chunks.values())
+
+    def document_chunks(self, doc_id: str) -> list[ChunkRecord]:
+        """The chunks of one document, in position order."""
+        with self._lock:
+            found = [c for c in self._chunks.values() if c.doc_id == doc_id]
+        return sorted(found, key=lambda c: c.position)
+
     def search(self, query: np.ndarray, k: int) -> list[SearchHit]:
         """The `k` chunks most similar to `query`, best first."""
         if k < 1:
@@ -264,12 +326,13 @@ class FaissStore:
                 meta = self._meta(hashlib.sha256(index_bytes).hexdigest())
             meta_bytes = json.dumps(meta, ensure_ascii=False).encode("utf-8")
             try:
-                write_version(self.path, {INDEX_FILE: index_bytes, META_FILE: meta_bytes})
+                final = write_version(self.path, {INDEX_FILE: index_bytes, META_FILE: meta_bytes})
             except OSError as exc:
                 raise StoreError(
                     f"Could not save the vector store to {str(self.path)!r}: {exc}",
                     hint="the previously saved state is unchanged",
                 ) from exc
+            self._version = final.name
 
     def _meta(self, index_sha: str) -> dict[str, Any]:
         return {

@@ -9,8 +9,10 @@ from typing import Any
 
 from loraflow.engines.base import Engine, GenerationParams
 from loraflow.errors import EngineUnavailable, InvalidInput
-from loraflow.rag.prompt import build_rag_messages
-from loraflow.rag.retrieve import RetrievedChunk, retrieve
+from loraflow.rag.prompt import DEFAULT_SYSTEM_PROMPT, build_rag_messages
+from loraflow.rag.retrieve import RetrievedChunk
+from loraflow.services.assistants import apply_assistant
+from loraflow.services.knowledge import retrieve_for
 from loraflow.services.models import Selection, current_selection, require_adapter
 from loraflow.services.runtime import Runtime
 
@@ -31,6 +33,15 @@ class AskRequest:
     top_k_sampling: int | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    collection: str | None = None
+    assistant: str | None = None
+    retrieval_mode: str | None = None
+    # Filled from an assistant (or by a chat API): engine, persona, earlier turns, knowledge.
+    engine: str | None = None
+    system_prompt: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+    collections: list[str] = field(default_factory=list)
+    use_retrieval: bool = True
 
 
 @dataclass
@@ -45,10 +56,15 @@ class AskResult:
     adapter: str | None
     fallback: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
+    assistant: str | None = None
 
 
 def _choose(rt: Runtime, req: AskRequest) -> Selection:
     """Per-request choice: explicit adapter, then use_lora, then the shared selection."""
+    if req.engine == "ollama":
+        return Selection("ollama", None)
+    if req.engine == "local" and req.adapter is None:
+        return Selection("local", None)
     if req.adapter is not None:
         return Selection("local", require_adapter(rt, req.adapter))
     current = current_selection(rt)
@@ -110,6 +126,12 @@ def sources_of(chunks: list[RetrievedChunk]) -> list[dict[str, Any]]:
             "end": c.end,
             "score": round(float(c.score), 4),
             "content": c.text,
+            "collection": c.collection,
+            "quote": c.quote,
+            "quote_start": c.quote_start,
+            "quote_end": c.quote_end,
+            "vector_score": None if c.vector_score is None else round(c.vector_score, 4),
+            "bm25_score": None if c.bm25_score is None else round(c.bm25_score, 4),
         }
         for i, c in enumerate(chunks, start=1)
     ]
@@ -119,12 +141,22 @@ def ask(rt: Runtime, req: AskRequest) -> AskResult:
     """Answer one question from the knowledge base, citing the chunks used."""
     started = time.perf_counter()
     query = validate_query(rt, req.query)
+    req = apply_assistant(rt, req)
     params = _params(rt, req)
     sel = _choose(rt, req)
     engine = _engine_for(rt, sel)
     k = req.top_k or rt.settings.retrieval_top_k
-    chunks = retrieve(query, rt.embedder, rt.store, k)
-    messages = build_rag_messages(query, chunks)
+    chunks: list[RetrievedChunk] = []
+    if req.use_retrieval:
+        names: list[str | None] = list(req.collections) or [req.collection]
+        chunks = retrieve_for(rt, names, query, k, req.retrieval_mode)
+        messages = build_rag_messages(query, chunks, system_prompt=req.system_prompt)
+    else:
+        # An assistant without knowledge bases is a plain chat with its persona.
+        messages = [{"role": "system", "content": req.system_prompt or DEFAULT_SYSTEM_PROMPT}]
+        messages.append({"role": "user", "content": query})
+    # Earlier turns of a chat go between the instructions and the current question.
+    messages[1:1] = req.history
     fallback = None
     try:
         result = engine.generate(messages, params, adapter=sel.adapter)
@@ -145,6 +177,7 @@ def ask(rt: Runtime, req: AskRequest) -> AskResult:
         engine=sel.engine,
         adapter=sel.adapter,
         fallback=fallback,
+        assistant=req.assistant,
         usage={
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,

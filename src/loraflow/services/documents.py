@@ -8,6 +8,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,7 +47,8 @@ def ingest(
 ) -> IngestReport:
     """Ingest files or folders into the vector store, saved once at the end."""
     s = rt.settings
-    with rt.ingest_lock:
+    # The store's write lock also holds off other server workers sharing the folder.
+    with rt.ingest_lock, rt.store.write_lock():
         return ingest_paths(
             paths,
             rt.embedder,
@@ -60,9 +62,19 @@ def ingest(
 
 def ingest_sample_if_empty(rt: Runtime) -> IngestReport | None:
     """On an empty store, ingest the shipped sample docs so the first /ask has sources."""
-    if not rt.settings.auto_ingest_sample or rt.store.list_documents():
+    if not rt.settings.auto_ingest_sample:
         return None
-    report = ingest(rt, [sample_docs_dir()])
+    with rt.ingest_lock, rt.store.write_lock():
+        # Checked under the lock: several workers starting together ingest it once.
+        if rt.store.list_documents():
+            return None
+        report = ingest_paths(
+            [sample_docs_dir()],
+            rt.embedder,
+            rt.store,
+            rt.settings.chunk_size,
+            rt.settings.chunk_overlap,
+        )
     log.info("ingested the sample knowledge base: %d documents", len(report.added))
     return report
 
@@ -108,8 +120,12 @@ def save_upload(rt: Runtime, filename: str, stream: BinaryIO) -> tuple[Path, str
     return target, display
 
 
-def ingest_uploads(rt: Runtime, files: Iterable[tuple[str, BinaryIO]]) -> IngestReport:
-    """Save and ingest uploaded files; a file that fails to parse is removed again."""
+def ingest_uploads(
+    rt: Runtime,
+    files: Iterable[tuple[str, BinaryIO]],
+    ingest_fn: Callable[..., IngestReport] | None = None,
+) -> IngestReport:
+    """Save and ingest uploaded files (into the default store unless `ingest_fn` says where)."""
     saved: dict[Path, str] = {}
     try:
         for name, stream in files:
@@ -121,7 +137,7 @@ def ingest_uploads(rt: Runtime, files: Iterable[tuple[str, BinaryIO]]) -> Ingest
         raise
     if not saved:
         raise InvalidInput("no file was uploaded; send one or more files in the 'files' field")
-    report = ingest(rt, list(saved), sources=saved)
+    report = (ingest_fn or partial(ingest, rt))(list(saved), sources=saved)
     failed_sources = {src for src, _ in report.failed}
     for path, display in saved.items():
         if display in failed_sources:
@@ -133,11 +149,12 @@ def ingest_uploads(rt: Runtime, files: Iterable[tuple[str, BinaryIO]]) -> Ingest
 
 
 def list_documents(rt: Runtime) -> list[dict[str, Any]]:
+    rt.store.refresh()  # another worker may have saved since
     return [asdict(d) for d in rt.store.list_documents()]
 
 
 def delete_document(rt: Runtime, doc_id: str) -> dict[str, Any]:
-    with rt.ingest_lock:
+    with rt.ingest_lock, rt.store.write_lock():
         info = rt.store.delete_document(doc_id)
         rt.store.save()
     return asdict(info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -138,6 +139,8 @@ def model_info(rt: Runtime) -> dict[str, Any]:
         "local_model_error": rt.local_error,
         "ollama_base_url": s.ollama_base_url,
         "ollama_model": s.ollama_model,
+        # Which server process answered: several workers share one instance's state.
+        "worker_pid": os.getpid(),
     }
 
 
@@ -145,6 +148,7 @@ def health(rt: Runtime) -> dict[str, Any]:
     """Each component checked for real; degraded while something can still answer."""
     ollama = rt.ollama.health()
     try:
+        rt.store.refresh()
         n_docs = len(rt.store.list_documents())
         n_chunks = rt.store.count_chunks()
         store_ok, store_detail = True, f"{n_docs} documents, {n_chunks} chunks"

@@ -14,11 +14,14 @@ from loraflow import db
 from loraflow.config import Settings
 from loraflow.engines.ollama import OllamaEngine
 from loraflow.errors import ConfigError, LoraflowError
+from loraflow.memory.index import MemoryIndexes
+from loraflow.rag.collections import KnowledgeBases
 from loraflow.rag.embed import Embedder, load_embedder
 from loraflow.rag.store import FaissStore, VectorStore
 
 if TYPE_CHECKING:
     from loraflow.engines.hf import HFEngine
+    from loraflow.training.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,13 @@ class Runtime:
     # Ingest and delete are read-modify-write on the store: one at a time per process.
     ingest_lock: threading.Lock = field(default_factory=threading.Lock)
     started_at: float = field(default_factory=time.time)
+    # Named knowledge bases ("default" is `store` above) and this process's background jobs.
+    knowledge: KnowledgeBases | None = None
+    jobs: dict[str, threading.Thread] = field(default_factory=dict)
+    # The fine-tuning queue; started only by the service (services/training.start_runner).
+    training_runner: JobRunner | None = None
+    # Per-project vector indexes of the story memory (semantic triggers).
+    memory_index: MemoryIndexes | None = None
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -65,6 +75,8 @@ def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runt
     store = open_store(settings, embedder)
     ollama = OllamaEngine(settings.ollama_base_url, settings.ollama_model, settings.ollama_timeout)
     rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, ollama=ollama)
+    rt.knowledge = KnowledgeBases(settings, engine, embedder, store, rt.ingest_lock)
+    rt.memory_index = MemoryIndexes(settings.data_path / "memory_index")
     want_local = settings.load_local_model if load_local is None else load_local
     if want_local:
         load_local_engine_into(rt)
@@ -86,6 +98,7 @@ def load_local_engine_into(rt: Runtime) -> None:
             s.device,
             s.quantization_type if s.enable_quantization else None,
             s.lora_path,
+            max_batch=s.max_batch_size if s.continuous_batching else 0,
         )
     except LoraflowError as exc:
         rt.local = None

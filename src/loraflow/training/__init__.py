@@ -1,1 +1,1 @@
-"""LoRA / QLoRA fine-tuning: presets, trainer, background jobs."""
+"""LoRA / QLoRA fine-tuning: params, model, batching, trainer, jobs, worker, runner."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -26,6 +26,11 @@ class AskBody(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, description="Stop strings (not empty).")
     seed: int | None = None
+    collection: str | None = Field(None, description="Knowledge base to search; default 'default'.")
+    assistant: str | None = Field(None, description="Answer as this assistant.")
+    retrieval_mode: Literal["hybrid", "vector", "bm25"] | None = Field(
+        None, description="Override RETRIEVAL_MODE for this question."
+    )
 
 
 class SourceDocument(BaseModel):
@@ -37,6 +42,12 @@ class SourceDocument(BaseModel):
     end: int
     score: float
     content: str
+    collection: str | None = None
+    quote: str | None = Field(None, description="The sentence of the chunk that best matches.")
+    quote_start: int | None = None
+    quote_end: int | None = None
+    vector_score: float | None = None
+    bm25_score: float | None = None
 
 
 class AskResponse(BaseModel):
@@ -48,6 +59,7 @@ class AskResponse(BaseModel):
     adapter: str | None
     fallback: str | None = None
     usage: dict[str, int]
+    assistant: str | None = None
 
 
 @router.post("/ask", response_model=AskResponse, summary="Answer a question with sources")

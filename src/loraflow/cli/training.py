@@ -1,0 +1,231 @@
+"""Training commands: prepare, train (foreground with a progress bar), tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from loraflow.cli.common import DataDir, app, console, err, fail, make_settings
+from loraflow.errors import LoraflowError
+
+tasks_app = typer.Typer(help="List, show, cancel and resume training tasks.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+def _context(data_dir: Path | None) -> Any:
+    from loraflow.db import make_engine
+    from loraflow.services.training import TrainingContext
+
+    settings = make_settings(data_dir=data_dir)
+    return TrainingContext(settings, make_engine(settings.db_url))
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="Files or folders (default: DATA_DIR/raw).")
+    ] = None,
+    sample: Annotated[bool, typer.Option(help="Write example novels to DATA_DIR/raw.")] = False,
+    chunk_size: Annotated[int, typer.Option(help="Characters per raw-text chunk.")] = 2048,
+    val_split: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.1,
+    dataset_type: Annotated[
+        str | None, typer.Option("--type", help="alpaca|sharegpt|raw (default: detect).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (DATA_DIR/processed).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Turn datasets or raw novels into train.jsonl / val.jsonl and print statistics."""
+    from loraflow.services.datasets import prepare_dataset
+
+    try:
+        report, warning = prepare_dataset(
+            make_settings(data_dir=data_dir),
+            inputs,
+            out,
+            sample=sample,
+            dataset_type=dataset_type,
+            chunk_size=chunk_size,
+            val_split=val_split,
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    for name, kind in report.files.items():
+        console.print(f"read {name} ({kind})")
+    console.print(f"train: {report.n_train} examples -> {report.train_path}")
+    console.print(f"val:   {report.n_val} examples -> {report.val_path}")
+    if report.tokens:
+        t = report.tokens
+        console.print(
+            f"tokens: {t['total']} in {t['sequences']} sequences; mean {t.get('mean')}, "
+            f"median {t.get('median')}, max {t.get('max')}; "
+            f"{t.get('over_max_len', 0)} longer than 512"
+        )
+    if warning:
+        err.print(f"[yellow]{warning}[/yellow]")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Dataset file (.json/.jsonl/.txt).")],
+    dataset_type: Annotated[str, typer.Option("--type", help="alpaca|sharegpt|raw.")] = "alpaca",
+    base_model: Annotated[
+        str | None, typer.Option(help="Base model (default: BASE_MODEL_NAME).")
+    ] = None,
+    task_name: Annotated[
+        str | None, typer.Option(help="Unique name (default: from --data).")
+    ] = None,
+    val_data: Annotated[Path | None, typer.Option(help="Validation file.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Micro-batch size (4).")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation (4).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (2e-4).")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (16).")] = None,
+    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (32).")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Max sequence tokens (512).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (0: all).")] = None,
+    target_modules: Annotated[str | None, typer.Option(help="q,v | all-linear | names.")] = None,
+    detach: Annotated[bool, typer.Option(help="Queue it for the service and return.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Fine-tune a LoRA adapter; Ctrl-C leaves the job running in the background."""
+    from loraflow.services import training
+
+    params = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "rank": rank,
+        "alpha": alpha,
+        "max_len": max_len,
+        "max_steps": max_steps,
+        "target_modules": target_modules,
+    }
+    try:
+        ctx = _context(data_dir)
+        name = task_name or f"{data.stem}-{_stamp()}"
+        base = base_model or ctx.settings.base_model_name
+        params = {k: v for k, v in params.items() if v is not None}
+        task = training.submit(
+            ctx, name, base, "", dataset_type, params, local_dataset=data, local_val=val_data
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    tid = task["task_id"]
+    console.print(f"task {tid} ({task['task_name']}) -> {task['output_path']}")
+    if detach:
+        console.print("queued; the service runs it. Follow it with `loraflow tasks show ID`.")
+        return
+    _follow(ctx, tid)
+
+
+def _follow(ctx: Any, tid: int) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from loraflow.services import training
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console) as bar:
+            row = bar.add_task("training", total=100, info="")
+
+            def on_poll(job: dict[str, Any]) -> None:
+                loss = f"loss {job['loss']:.3f}" if job["loss"] is not None else ""
+                info = f"step {job['step']}/{job['total_steps']} {loss}"
+                bar.update(row, completed=job["progress"], info=info, description=job["status"])
+
+            final = training.run_foreground(ctx, tid, on_poll)
+    except KeyboardInterrupt:
+        console.print(
+            f"\ntask {tid} keeps running in the background; `loraflow tasks cancel {tid}` stops it"
+        )
+        raise typer.Exit(130) from None
+    _print_outcome(final)
+
+
+def _stamp() -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y%m%d%H%M%S")
+
+
+def _print_outcome(job: dict[str, Any]) -> None:
+    style = {"completed": "green", "cancelled": "yellow"}.get(job["status"], "red")
+    console.print(f"[{style}]{job['status']}[/{style}]: {job['message']}")
+    if job["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@tasks_app.command("list")
+def tasks_list(data_dir: DataDir = None) -> None:
+    """List training tasks, newest first."""
+    from loraflow.services.training import list_tasks
+
+    try:
+        rows = list_tasks(_context(data_dir))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    table = Table()
+    for col in ("id", "name", "status", "progress", "epoch", "loss", "message"):
+        table.add_column(col)
+    for t in rows:
+        loss = f"{t['loss']:.3f}" if t["loss"] is not None else ""
+        table.add_row(
+            str(t["task_id"]),
+            t["task_name"],
+            t["status"],
+            f"{t['progress']:.0f}%",
+            str(t["current_epoch"]),
+            loss,
+            t["message"] or "",
+        )
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(task_id: int, data_dir: DataDir = None) -> None:
+    """Show one task as JSON."""
+    import json
+
+    from loraflow.services.training import get_task
+
+    try:
+        console.print_json(json.dumps(get_task(_context(data_dir), task_id)))
+    except LoraflowError as exc:
+        fail(exc)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(task_id: int, data_dir: DataDir = None) -> None:
+    """Cancel a task; a running one stops within seconds and keeps its checkpoint."""
+    from loraflow.services.training import cancel
+
+    try:
+        console.print(cancel(_context(data_dir), task_id)["message"])
+    except LoraflowError as exc:
+        fail(exc)
+
+
+@tasks_app.command("resume")
+def tasks_resume(
+    task_id: int,
+    detach: Annotated[bool, typer.Option(help="Queue it for the service and return.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Continue a cancelled or failed task from its last checkpoint."""
+    from loraflow.services.training import resume
+
+    try:
+        ctx = _context(data_dir)
+        console.print(resume(ctx, task_id)["message"])
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if not detach:
+        _follow(ctx, task_id)

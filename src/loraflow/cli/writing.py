@@ -1,0 +1,199 @@
+"""Writing-studio commands: `memory ...` (projects, entries, export/import) and `write`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.errors import LoraflowError
+
+if TYPE_CHECKING:
+    from loraflow.services.runtime import Runtime
+
+memory_app = typer.Typer(help="Story memory: projects, entries, export and import.")
+app.add_typer(memory_app, name="memory")
+
+
+def _runtime(data_dir: Path | None, load_local: bool = False) -> Runtime:
+    from loraflow.services.runtime import build_runtime
+
+    return build_runtime(make_settings(data_dir=data_dir), load_local=load_local)
+
+
+def _print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+
+
+@memory_app.command("projects")
+def projects(data_dir: DataDir = None) -> None:
+    """List story projects with their entry counts."""
+    from loraflow.services import memory
+
+    try:
+        items = memory.list_projects(_runtime(data_dir))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    table = Table()
+    for col in ("id", "name", "entries", "passages", "pending suggestions"):
+        table.add_column(col)
+    for p in items:
+        row = (p["entries"], p["passages"], p["pending_suggestions"])
+        table.add_row(p["id"], p["name"], *map(str, row))
+    console.print(table)
+
+
+@memory_app.command("create")
+def create(name: str, description: str = "", data_dir: DataDir = None) -> None:
+    """Create a story project."""
+    from loraflow.services import memory
+
+    try:
+        p = memory.create_project(_runtime(data_dir), name, description)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"created {p['name']} ({p['id']})")
+
+
+@memory_app.command("add")
+def add(
+    project: str,
+    kind: Annotated[str, typer.Option(help="character, plot_event, world, dialogue, note")],
+    title: Annotated[str, typer.Option()],
+    content: Annotated[str, typer.Option()],
+    keyword: Annotated[list[str] | None, typer.Option(help="Trigger word (repeatable).")] = None,
+    importance: int = 5,
+    always_on: bool = False,
+    chapter: int | None = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Add a memory entry to a project (by id or name)."""
+    from loraflow.services import memory
+
+    fields = {
+        "kind": kind,
+        "title": title,
+        "content": content,
+        "keywords": keyword or [],
+        "importance": importance,
+        "always_on": always_on,
+        "chapter": chapter,
+    }
+    try:
+        e = memory.add_entry(_runtime(data_dir), project, fields)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"added {e['kind']} {e['title']!r} ({e['entry_id']})")
+
+
+@memory_app.command("list")
+def list_entries(project: str, data_dir: DataDir = None) -> None:
+    """List a project's current entries."""
+    from loraflow.services import memory
+
+    try:
+        items = memory.list_entries(_runtime(data_dir), project)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    table = Table()
+    for col in ("entry", "kind", "title", "importance", "always on", "v", "keywords"):
+        table.add_column(col)
+    for e in items:
+        flags = (str(e["importance"]), "yes" if e["always_on"] else "", str(e["version"]))
+        table.add_row(e["entry_id"], e["kind"], e["title"], *flags, ", ".join(e["keywords"]))
+    console.print(table)
+
+
+@memory_app.command("export")
+def export(
+    project: str,
+    out: Annotated[Path | None, typer.Option(help="Write to this file; default stdout.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Export a project's memory as JSON."""
+    from loraflow.services import memory
+
+    try:
+        doc = memory.export_project(_runtime(data_dir), project)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    text = json.dumps(doc, ensure_ascii=False, indent=2)
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {len(doc['entries'])} entries to {out}")
+
+
+@memory_app.command("import")
+def import_(
+    file: Path,
+    name: Annotated[
+        str | None, typer.Option(help="Project name; default the exported one.")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a project from an exported JSON file."""
+    from loraflow.errors import InvalidInput
+    from loraflow.services import memory
+
+    try:
+        try:
+            doc = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read {str(file)!r} as JSON: {exc}") from exc
+        p = memory.import_project(_runtime(data_dir), doc, name)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"imported {p['entries']} entries into {p['name']} ({p['id']})")
+
+
+@app.command()
+def write(
+    prompt: Annotated[str, typer.Argument(help="Text to continue.")] = "",
+    project: Annotated[str | None, typer.Option(help="Story project for memory.")] = None,
+    cont: Annotated[bool, typer.Option("--continue", help="Continue the stored story.")] = False,
+    adapter: Annotated[str | None, typer.Option(help="A loaded LoRA adapter.")] = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="Do not inject memory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Generate story text with the local model, memory injected."""
+    from loraflow.services.writing import WriteRequest
+    from loraflow.services.writing import write as run_write
+
+    req = WriteRequest(
+        prompt=prompt,
+        mode="continue" if cont else "prompt",
+        project=project,
+        use_memory=not no_memory,
+        engine="local",
+        adapter=adapter,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
+    try:
+        out = run_write(_runtime(data_dir, load_local=True), req)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        _print_json(out)
+        return
+    console.print(out["text"], markup=False, highlight=False)
+    if out["memory"]:
+        used = ", ".join(u["title"] for u in out["memory"]["used"]) or "none"
+        dropped = ", ".join(d["title"] for d in out["memory"]["dropped"]) or "none"
+        console.print(f"[dim]memory used: {used}; dropped for budget: {dropped}[/dim]")

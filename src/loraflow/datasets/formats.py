@@ -1,0 +1,165 @@
+"""Dataset formats (Alpaca, ShareGPT, raw novels) parsed into one example shape.
+
+An example is `{"messages": [{"role", "content"}, ...]}` (chat; loss on assistant turns)
+or `{"text": str}` (raw text; loss on every token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loraflow.datasets.records import Record, read_records
+from loraflow.errors import InvalidInput
+from loraflow.text import split_text
+
+DATASET_TYPES = ("alpaca", "sharegpt", "raw")
+Example = dict[str, Any]
+
+# ShareGPT speaker names and the OpenAI-style roles they map to.
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+_FIELD_HINTS = {
+    "alpaca": 'Alpaca records are {"instruction", "input" (optional), "output"}',
+    "sharegpt": 'ShareGPT records are {"conversations": [{"from": "human"|"gpt", "value"}]}',
+    "raw": 'raw records are {"title", "content"} (or {"text"}), or a .txt file',
+}
+
+
+def check_type(dataset_type: str) -> str:
+    """The normalized dataset type; raise with the allowed ones when unknown."""
+    value = (dataset_type or "").strip().lower()
+    if value not in DATASET_TYPES:
+        raise InvalidInput(
+            f"dataset_type {dataset_type!r} is not one of {', '.join(DATASET_TYPES)}"
+        )
+    return value
+
+
+def guess_type(record: Any) -> str | None:
+    """The format one record looks like, or None."""
+    if not isinstance(record, dict):
+        return None
+    if "conversations" in record or "messages" in record:
+        return "sharegpt"
+    if "instruction" in record or "output" in record:
+        return "alpaca"
+    if "content" in record or "text" in record:
+        return "raw"
+    return None
+
+
+def load_examples(path: Path, dataset_type: str, chunk_size: int = 2048) -> list[Example]:
+    """Parse a dataset file of `dataset_type` into examples; raw text is split into chunks."""
+    kind = check_type(dataset_type)
+    if path.suffix.lower() == ".txt" and kind != "raw":
+        raise InvalidInput(
+            f"{path.name!r} is plain text, which is a raw dataset, not {kind}",
+            hint="choose dataset_type 'raw' for .txt files",
+        )
+    parse: Callable[[Record], list[Example]] = {
+        "alpaca": _alpaca,
+        "sharegpt": _sharegpt,
+        "raw": lambda r: _raw(r, chunk_size),
+    }[kind]
+    examples: list[Example] = []
+    for record in read_records(path):
+        examples.extend(parse(record))
+    if not examples:
+        raise InvalidInput(f"dataset {path.name!r} has no usable records")
+    return examples
+
+
+def _record(record: Record, kind: str) -> dict[str, Any]:
+    data = record.data
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"{record.where}: expected a JSON object, got {type(data).__name__}",
+            hint=_FIELD_HINTS[kind],
+        )
+    looks = guess_type(data)
+    if looks is not None and looks != kind:
+        raise InvalidInput(
+            f"{record.where} looks like a {looks} record (keys {sorted(data)}), not {kind}",
+            hint=f"choose dataset_type {looks!r}, or fix the file: {_FIELD_HINTS[kind]}",
+        )
+    return data
+
+
+def _text_field(record: Record, data: dict, key: str, kind: str, required: bool = True) -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise InvalidInput(
+                f"{record.where}: missing field {key!r} (has {sorted(data)})",
+                hint=_FIELD_HINTS[kind],
+            )
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{record.where}: field {key!r} must be a string, not {value!r:.60}")
+    return value
+
+
+def _alpaca(record: Record) -> list[Example]:
+    data = _record(record, "alpaca")
+    instruction = _text_field(record, data, "instruction", "alpaca")
+    extra = _text_field(record, data, "input", "alpaca", required=False)
+    output = _text_field(record, data, "output", "alpaca")
+    if not instruction.strip() or not output.strip():
+        raise InvalidInput(f"{record.where}: 'instruction' and 'output' must not be empty")
+    prompt = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction.strip()
+    messages = []
+    if isinstance(data.get("system"), str) and data["system"].strip():
+        messages.append({"role": "system", "content": data["system"].strip()})
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return [{"messages": messages}]
+
+
+def _sharegpt(record: Record) -> list[Example]:
+    data = _record(record, "sharegpt")
+    key = "conversations" if "conversations" in data else "messages"
+    turns = data.get(key)
+    if not isinstance(turns, list) or not turns:
+        raise InvalidInput(
+            f"{record.where}: field 'conversations' must be a non-empty list",
+            hint=_FIELD_HINTS["sharegpt"],
+        )
+    messages = []
+    if isinstance(data.get("system"), str) and data["system"].strip():
+        messages.append({"role": "system", "content": data["system"].strip()})
+    for i, turn in enumerate(turns, 1):
+        where = f"{record.where} turn {i}"
+        if not isinstance(turn, dict):
+            raise InvalidInput(f"{where}: expected an object, got {type(turn).__name__}")
+        speaker = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        role = _ROLES.get(str(speaker).strip().lower()) if speaker is not None else None
+        if role is None:
+            raise InvalidInput(
+                f"{where}: speaker {speaker!r} is not one of {', '.join(_ROLES)}",
+                hint=_FIELD_HINTS["sharegpt"],
+            )
+        if not isinstance(text, str):
+            raise InvalidInput(f"{where}: missing text ('value' or 'content' must be a string)")
+        if role == "system" and messages:
+            raise InvalidInput(f"{where}: a system prompt must come first")
+        messages.append({"role": role, "content": text})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise InvalidInput(
+            f"{record.where}: no 'gpt'/'assistant' turn with text, so nothing to learn from"
+        )
+    return [{"messages": messages}]
+
+
+def _raw(record: Record, chunk_size: int) -> list[Example]:
+    data = _record(record, "raw")
+    key = "content" if "content" in data else "text"
+    content = _text_field(record, data, key, "raw")
+    return [{"text": c.text} for c in split_text(content, chunk_size, 0)]

@@ -1,0 +1,324 @@
+"""Continuous batching: concurrent requests, each with its own adapter, share every decode step.
+
+PEFT runs a batch whose rows use different LoRA adapters (`adapter_names=[...]`, "__base__"
+for the base model); this scheduler keeps one such batch running. Each row has its own slice
+of one left-padded KV cache; new requests are prefilled alone (so their prompt pass is exactly
+what a lone `generate` does) and join between steps; finished or cancelled rows leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
+from loraflow.engines.sampling import next_tokens
+from loraflow.engines.stops import StopFilter
+from loraflow.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"
+
+
+@dataclass
+class _Done:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _Row:
+    """One request in flight: its tokens, sampling state and the queue its reader waits on."""
+
+    prompt: list[int]
+    params: GenerationParams
+    adapter: str | None
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    sent: str = ""
+    error: BaseException | None = None
+    done: _Done | None = None
+    generator: Any = None
+    stops: StopFilter | None = None
+
+    @property
+    def position(self) -> int:
+        """Position id of the last generated token, the next decode step's input."""
+        return len(self.prompt) + len(self.generated) - 1
+
+
+class TokenStream:
+    """Text pieces of one request; usage and finish reason are set once it has ended."""
+
+    def __init__(self, row: _Row) -> None:
+        self._row = row
+        self.finish_reason: FinishReason | None = None
+        self.prompt_tokens = len(row.prompt)
+        self.completion_tokens = 0
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> str:
+        if self.finish_reason is not None:
+            raise StopIteration
+        item = self._row.events.get()
+        if isinstance(item, str):
+            return item
+        if isinstance(item, _Done):
+            self.finish_reason = item.finish_reason
+            self.completion_tokens = item.completion_tokens
+            raise StopIteration
+        self._row.cancel.set()
+        raise item
+
+    def close(self) -> None:
+        """Stop generating for this request (the reader went away)."""
+        self._row.cancel.set()
+
+    def __del__(self) -> None:
+        self._row.cancel.set()
+
+
+class BatchScheduler:
+    """One background thread that decodes every active request together, step by step."""
+
+    def __init__(self, engine: Any, max_batch: int = 16) -> None:
+        self._engine = engine
+        self._max = max(1, max_batch)
+        self._pending: deque[_Row] = deque()
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask: Any = None
+        self._admitting: list[_Row] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="loraflow-batch", daemon=True)
+        self._thread.start()
+
+    # --- the reader's side -------------------------------------------------------------
+    def stream(self, input_ids: Any, params: GenerationParams, adapter: str | None) -> TokenStream:
+        """Queue a request (prompt ids of shape (1, L)); its pieces arrive as it decodes."""
+        row = _Row(input_ids[0].tolist(), params, adapter, stops=StopFilter(params.stop))
+        if params.seed is not None and not params.greedy:
+            import torch
+
+            row.generator = torch.Generator().manual_seed(params.seed)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batch scheduler is closed")
+            self._pending.append(row)
+            self._wake.notify()
+        return TokenStream(row)
+
+    def generate(
+        self, input_ids: Any, params: GenerationParams, adapter: str | None
+    ) -> GenerationResult:
+        """Queue a request and wait for its whole answer."""
+        stream = self.stream(input_ids, params, adapter)
+        text = "".join(stream)
+        assert stream.finish_reason is not None  # set by the end of iteration
+        return GenerationResult(
+            text, stream.prompt_tokens, stream.completion_tokens, stream.finish_reason
+        )
+
+    def depth(self) -> tuple[int, int]:
+        """(rows decoding, requests waiting to join)."""
+        return len(self._rows), len(self._pending)
+
+    def drop_adapter(self, internal: str) -> None:
+        """Fail the requests using an adapter that is being removed; the caller holds the lock."""
+        with self._wake:
+            waiting = list(self._pending)
+        for row in [*self._rows, *waiting]:
+            if row.adapter == internal:
+                row.error = NotFound("the adapter of this request was unloaded mid-answer")
+
+    def close(self) -> None:
+        """Finish the thread; requests still queued get an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # --- the decoding thread -----------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._pending and not self._rows:
+                    self._wake.wait()
+                if self._closed:
+                    break
+            try:
+                with self._engine._lock:
+                    self._step()
+            except BaseException as exc:  # every reader gets it; the thread keeps serving
+                log.exception("batch step failed")
+                for row in [*self._rows, *self._admitting]:
+                    row.events.put(exc)
+                self._rows, self._cache, self._mask = [], None, None
+        for row in [*self._rows, *self._pending]:
+            row.events.put(RuntimeError("the engine was shut down"))
+
+    def _step(self) -> None:
+        self._evict([r for r in self._rows if r.cancel.is_set() or r.error is not None])
+        room = self._max - len(self._rows)
+        with self._wake:
+            while room > 0 and self._pending:
+                self._admitting.append(self._pending.popleft())
+                room -= 1
+        for row in self._admitting:
+            if row.cancel.is_set():
+                continue
+            if row.error is not None:
+                row.events.put(row.error)
+                continue
+            try:
+                self._prefill(row)
+            except Exception as exc:  # one bad prompt fails its own request, not the batch
+                log.exception("prefill failed")
+                row.events.put(exc)
+        self._admitting = []
+        # A row can finish on its first token (EOS, max_new_tokens=1): it leaves before decoding.
+        self._evict([r for r in self._rows if r.cancel.is_set()])
+        if self._rows:
+            self._decode()
+
+    def _call(self, rows: list[_Row], **kwargs: Any) -> Any:
+        import torch
+
+        model = self._engine.model_for_step()
+        if model is not self._engine._base:
+            kwargs["adapter_names"] = [r.adapter or BASE_ADAPTER for r in rows]
+        with torch.inference_mode():
+            # Only the last position's logits are used; the LM head is big (49k x 576 here).
+            return model(use_cache=True, logits_to_keep=1, **kwargs)
+
+    def _prefill(self, row: _Row) -> None:
+        import torch
+
+        ids = torch.tensor([row.prompt], device=self._engine._base.device)
+        out = self._call([row], input_ids=ids, attention_mask=torch.ones_like(ids))
+        token = next_tokens(out.logits[:, -1, :], [row])[0]
+        self._join(row, out.past_key_values, len(row.prompt))
+        self._accept(row, token)
+
+    def _decode(self) -> None:
+        import torch
+
+        rows = list(self._rows)
+        device = self._mask.device
+        ids = torch.tensor([[r.generated[-1]] for r in rows], device=device)
+        positions = torch.tensor([[r.position] for r in rows], device=device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        out = self._call(
+            rows,
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            past_key_values=self._cache,
+        )
+        for row, token in zip(rows, next_tokens(out.logits[:, -1, :], rows), strict=True):
+            self._accept(row, token)
+        self._evict([r for r in rows if r.cancel.is_set()])
+
+    def _accept(self, row: _Row, token: int) -> None:
+        """Record one new token; emit text; finish the row on EOS, a stop string or the limit."""
+        row.generated.append(token)
+        finish: FinishReason | None = None
+        if token in self._engine.eos_ids() and not row.params.ignore_eos:
+            finish = "stop"
+        else:
+            text = self._engine.tokenizer.decode(row.generated, skip_special_tokens=True)
+            # A multi-byte character split across tokens decodes as U+FFFD until complete.
+            if not text.endswith("\ufffd"):
+                piece = text[len(row.sent) :]
+                row.sent = text
+                out = row.stops.feed(piece) if row.stops else piece
+                if out:
+                    row.events.put(out)
+                if row.stops and row.stops.stopped:
+                    finish = "stop"
+        if finish is None and len(row.generated) >= row.params.max_new_tokens:
+            finish = "length"
+        if finish is None:
+            return
+        if row.stops and not row.stops.stopped:
+            tail = row.stops.flush()
+            if tail:
+                row.events.put(tail)
+        # Sent once the row has left the batch, so a finished reader never sees it counted.
+        row.done = _Done(finish, len(row.prompt), len(row.generated))
+        row.cancel.set()
+
+    # --- the shared KV cache -----------------------------------------------------------
+    def _join(self, row: _Row, cache: Any, length: int) -> None:
+        """Add a prefilled row's cache to the batch, left-padding whichever side is shorter."""
+        import torch
+
+        mask = torch.ones((1, length), dtype=torch.long, device=self._engine._base.device)
+        if self._cache is None:
+            self._cache, self._mask, self._rows = cache, mask, [row]
+            return
+        width = self._mask.shape[1]
+        pad_old, pad_new = max(0, length - width), max(0, width - length)
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_pad(mine.keys, pad_old), _pad(theirs.keys, pad_new)])
+            mine.values = torch.cat([_pad(mine.values, pad_old), _pad(theirs.values, pad_new)])
+        self._mask = torch.cat([_pad_mask(self._mask, pad_old), _pad_mask(mask, pad_new)])
+        self._rows.append(row)
+
+    def _evict(self, gone: list[_Row]) -> None:
+        """Drop finished rows from the batch and trim columns that only padding uses now."""
+        if not gone:
+            return
+        keep = [i for i, r in enumerate(self._rows) if r not in gone]
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            _notify(gone)
+            return
+        import torch
+
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        start = int(mask.any(dim=0).long().argmax())
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self._mask = mask[:, start:]
+        self._rows = [self._rows[i] for i in keep]
+        _notify(gone)
+
+
+def _notify(gone: list[_Row]) -> None:
+    """Tell the readers of rows that left: their end, or the error that removed them."""
+    for row in gone:
+        if row.done is not None:
+            row.events.put(row.done)
+        elif row.error is not None:
+            row.events.put(row.error)
+        row.cancel.set()
+
+
+def _pad(t: Any, n: int) -> Any:
+    """Left-pad a (B, H, T, D) cache tensor with n zero positions."""
+    if n == 0:
+        return t
+    import torch
+
+    return torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=2)
+
+
+def _pad_mask(m: Any, n: int) -> Any:
+    if n == 0:
+        return m
+    import torch
+
+    return torch.cat([m.new_zeros((m.shape[0], n)), m], dim=1)

@@ -1,0 +1,196 @@
+"""Assistants: a named system prompt, generation defaults, engine + adapter and knowledge bases."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from loraflow import db
+from loraflow.engines.base import GenerationParams
+from loraflow.errors import Conflict, InvalidInput, NotFound
+from loraflow.models.adapters import discover_adapters
+from loraflow.rag.collections import check_name
+from loraflow.rag.hybrid import check_mode
+from loraflow.services.knowledge import kbs
+from loraflow.services.runtime import Runtime
+
+if TYPE_CHECKING:
+    from loraflow.services.ask import AskRequest
+    from loraflow.services.chat import ChatRequest
+
+T = db.assistants
+ENGINES = ("local", "ollama")
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop")
+RETRIEVAL_KEYS = ("top_k", "mode")
+# The model name under which an assistant appears in the OpenAI and Ollama APIs (chat.py).
+MODEL_PREFIX = "assistant/"
+
+
+@dataclass
+class Assistant:
+    """One assistant record; empty `collections` means it answers without retrieval."""
+
+    name: str
+    engine: str = "local"
+    adapter: str | None = None
+    system_prompt: str = ""
+    description: str = ""
+    collections: list[str] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+
+
+def _from_row(row: Any) -> Assistant:
+    m = row._mapping
+    return Assistant(
+        name=m["name"],
+        engine=m["engine"],
+        adapter=m["adapter"],
+        system_prompt=m["system_prompt"] or "",
+        description=m["description"] or "",
+        collections=list(m["collections"] or []),
+        generation=dict(m["generation"] or {}),
+        retrieval=dict(m["retrieval"] or {}),
+        created_at=m["created_at"].isoformat(timespec="seconds"),
+        updated_at=m["updated_at"].isoformat(timespec="seconds"),
+    )
+
+
+def list_assistants(rt: Runtime) -> list[Assistant]:
+    with rt.db.connect() as conn:
+        return [_from_row(r) for r in conn.execute(select(T).order_by(T.c.name)).all()]
+
+
+def get_assistant(rt: Runtime, name: str) -> Assistant:
+    """The assistant called `name`, or NotFound naming the known ones."""
+    with rt.db.connect() as conn:
+        row = conn.execute(select(T).where(T.c.name == name)).first()
+    if row is None:
+        known = ", ".join(repr(a.name) for a in list_assistants(rt)) or "none yet"
+        raise NotFound(f"unknown assistant {name!r}; known assistants: {known}")
+    return _from_row(row)
+
+
+def _validate(rt: Runtime, a: Assistant) -> Assistant:
+    check_name(a.name)
+    if a.engine not in ENGINES:
+        raise InvalidInput(f"engine {a.engine!r} is unknown; use one of {', '.join(ENGINES)}")
+    if a.adapter is not None:
+        if a.engine != "local":
+            raise InvalidInput("an adapter needs engine 'local'; drop 'adapter' or change engine")
+        known = sorted(discover_adapters(rt.settings.lora_path))
+        if rt.local is not None:
+            known = sorted(set(known) | set(rt.local.adapters()))
+        if a.adapter not in known:
+            listed = ", ".join(repr(n) for n in known) or "none are installed"
+            raise NotFound(f"unknown adapter {a.adapter!r}; known adapters: {listed}")
+    for c in a.collections:
+        kbs(rt).get(c)  # NotFound naming the known collections
+    bad = set(a.generation) - set(GENERATION_KEYS)
+    bad |= {f"retrieval.{k}" for k in set(a.retrieval) - {*RETRIEVAL_KEYS, "notices"}}
+    if bad:
+        raise InvalidInput(
+            f"unknown setting(s) {sorted(bad)}; generation takes {list(GENERATION_KEYS)}, "
+            f"retrieval takes {list(RETRIEVAL_KEYS)}"
+        )
+    GenerationParams(**{**asdict(GenerationParams()), **a.generation}).validate()
+    if "mode" in a.retrieval:
+        check_mode(a.retrieval["mode"])
+    return a
+
+
+def _check_keys(spec: dict[str, Any]) -> None:
+    allowed = [f for f in Assistant.__dataclass_fields__ if f not in ("created_at", "updated_at")]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"unknown assistant field(s) {unknown}; allowed: {allowed}")
+
+
+def _values(a: Assistant) -> dict[str, Any]:
+    out = asdict(a)
+    out.pop("created_at"), out.pop("updated_at")
+    return out
+
+
+def create_assistant(rt: Runtime, spec: dict[str, Any]) -> Assistant:
+    """Store a new assistant after checking its adapter, collections and settings exist."""
+    _check_keys(spec)
+    a = _validate(rt, Assistant(**spec))
+    now = datetime.now(UTC)
+    try:
+        with rt.db.begin() as conn:
+            conn.execute(T.insert().values(**_values(a), created_at=now, updated_at=now))
+    except IntegrityError as exc:
+        raise Conflict(f"an assistant named {a.name!r} already exists") from exc
+    return get_assistant(rt, a.name)
+
+
+def update_assistant(rt: Runtime, name: str, changes: dict[str, Any]) -> Assistant:
+    """Change some fields; an update clears the notices about deleted collections."""
+    _check_keys(changes)
+    current = get_assistant(rt, name)
+    retrieval = {k: v for k, v in current.retrieval.items() if k != "notices"}
+    merged = replace(current, retrieval=retrieval, **changes)
+    a = _validate(rt, merged)
+    try:
+        with rt.db.begin() as conn:
+            conn.execute(
+                T.update()
+                .where(T.c.name == name)
+                .values(**_values(a), updated_at=datetime.now(UTC))
+            )
+    except IntegrityError as exc:
+        raise Conflict(f"an assistant named {a.name!r} already exists") from exc
+    return get_assistant(rt, a.name)
+
+
+def delete_assistant(rt: Runtime, name: str) -> Assistant:
+    a = get_assistant(rt, name)
+    with rt.db.begin() as conn:
+        conn.execute(T.delete().where(T.c.name == name))
+    return a
+
+
+def apply_assistant(rt: Runtime, req: AskRequest) -> AskRequest:
+    """The request with the assistant's settings filled in where the request left them unset."""
+    if not req.assistant:
+        return req
+    a = get_assistant(rt, req.assistant)
+    gen, ret = a.generation, a.retrieval
+    return replace(
+        req,
+        engine=req.engine or (None if req.use_lora is not None or req.adapter else a.engine),
+        adapter=req.adapter if req.adapter or req.use_lora is not None else a.adapter,
+        # A caller's system message adds to the assistant's persona instead of replacing it.
+        system_prompt="\n\n".join(p for p in (a.system_prompt, req.system_prompt) if p) or None,
+        collections=list(a.collections) if req.collection is None else [req.collection],
+        use_retrieval=bool(a.collections) or req.collection is not None,
+        top_k=req.top_k or ret.get("top_k"),
+        retrieval_mode=req.retrieval_mode or ret.get("mode"),
+        max_new_tokens=req.max_new_tokens or gen.get("max_new_tokens"),
+        temperature=req.temperature if req.temperature is not None else gen.get("temperature"),
+        top_p=req.top_p if req.top_p is not None else gen.get("top_p"),
+        top_k_sampling=req.top_k_sampling if req.top_k_sampling is not None else gen.get("top_k"),
+        stop=list(req.stop) or list(gen.get("stop", [])),
+    )
+
+
+def with_chat_defaults(rt: Runtime, name: str | None, req: ChatRequest) -> ChatRequest:
+    """A chat-API request with the assistant's generation defaults where it set none."""
+    if not name:
+        return req
+    gen = get_assistant(rt, name).generation
+    return replace(
+        req,
+        max_tokens=req.max_tokens or gen.get("max_new_tokens"),
+        temperature=req.temperature if req.temperature is not None else gen.get("temperature"),
+        top_p=req.top_p if req.top_p is not None else gen.get("top_p"),
+        top_k=req.top_k if req.top_k is not None else gen.get("top_k"),
+        stop=list(req.stop) or list(gen.get("stop", [])),
+    )

@@ -1,0 +1,350 @@
+"""Chat and text completion for the OpenAI- and Ollama-compatible APIs; model names resolve here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
+from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
+from loraflow.services import assistants
+from loraflow.services.ask import AskRequest, ask
+from loraflow.services.models import known_adapters
+from loraflow.services.runtime import Runtime
+
+# Accepted as the base model's name besides BASE_MODEL_NAME itself.
+BASE_ALIAS = "base"
+
+TargetKind = Literal["base", "adapter", "assistant"]
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """What one API model name means: the local base model or one of its adapters."""
+
+    name: str
+    kind: TargetKind
+    adapter: str | None = None
+    assistant: str | None = None
+
+
+def base_model_id(rt: Runtime) -> str:
+    """The name the APIs list for the local base model."""
+    return rt.settings.base_model_name
+
+
+def model_names(rt: Runtime) -> list[str]:
+    """Every name `resolve_model` accepts for generation, base model first."""
+    return [base_model_id(rt), *known_adapters(rt)]
+
+
+def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
+    """The target an API `model` field names; NotFound lists the names that exist."""
+    raw = (name or "").strip()
+    if not raw:
+        raise InvalidInput(f"model is required; known models: {_listing(rt)}")
+    if raw in known_adapters(rt):
+        return ModelTarget(raw, "adapter", raw)
+    if raw in (base_model_id(rt), BASE_ALIAS):
+        return ModelTarget(raw, "base")
+    if raw.startswith(assistants.MODEL_PREFIX):
+        # `assistant/<name>`: its prompt, model or adapter and knowledge bases, with sources.
+        found = assistants.get_assistant(rt, raw[len(assistants.MODEL_PREFIX) :])
+        return ModelTarget(raw, "assistant", found.adapter, found.name)
+    # Ollama clients add the default tag to bare names.
+    if raw.endswith(":latest"):
+        return resolve_model(rt, raw[: -len(":latest")])
+    raise NotFound(f"model {raw!r} does not exist; known models: {_listing(rt)}")
+
+
+def _listing(rt: Runtime) -> str:
+    return ", ".join(repr(n) for n in model_names(rt))
+
+
+def list_models(rt: Runtime) -> list[dict[str, Any]]:
+    """The base model and every loaded adapter, with where each comes from."""
+    paths = rt.local.adapter_paths() if rt.local is not None else {}
+    rows: list[dict[str, Any]] = [
+        {"id": base_model_id(rt), "kind": "base", "parent": None, "path": None}
+    ]
+    for name in known_adapters(rt):
+        path = paths.get(name)
+        rows.append(
+            {"id": name, "kind": "adapter", "parent": base_model_id(rt), "path": str(path or "")}
+        )
+    for a in assistants.list_assistants(rt):
+        parent = a.adapter or (
+            base_model_id(rt) if a.engine == "local" else rt.settings.ollama_model
+        )
+        rows.append(
+            {
+                "id": assistants.MODEL_PREFIX + a.name,
+                "kind": "assistant",
+                "parent": parent,
+                "path": "",
+            }
+        )
+    return rows
+
+
+def batch_stats(rt: Runtime) -> dict[str, Any]:
+    """How many requests the local engine is decoding now and how many wait to join."""
+    engine = rt.local
+    running, waiting = engine.queue_depth() if engine is not None else (0, 0)
+    return {
+        "batching": bool(engine is not None and engine.batching),
+        "max_batch_size": rt.settings.max_batch_size,
+        "running": running,
+        "waiting": waiting,
+    }
+
+
+def local_engine(rt: Runtime) -> Any:
+    """The local HF engine, or EngineUnavailable saying why it is not loaded."""
+    if rt.local is None:
+        raise EngineUnavailable(
+            f"the local model is not loaded: {rt.local_error}",
+            hint="fix BASE_MODEL_NAME / CACHE_DIR and restart",
+        )
+    return rt.local
+
+
+@dataclass
+class ChatRequest:
+    """One chat or completion request in API-neutral terms."""
+
+    model: str
+    messages: list[dict[str, str]] = field(default_factory=list)
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    rag: bool = False
+    rag_top_k: int | None = None
+    collection: str | None = None
+
+
+@dataclass
+class Choice:
+    """One answer of a request that asked for `n` of them."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason
+
+
+@dataclass
+class ChatResult:
+    """Answers, token counts and (for RAG) the cited sources."""
+
+    model: str
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+    sources: list[dict[str, Any]] | None = None
+
+
+def params_of(rt: Runtime, req: ChatRequest) -> GenerationParams:
+    """Generation settings from the request, defaults from the settings."""
+    s = rt.settings
+    if not 1 <= req.n <= 8:
+        raise InvalidInput(f"n={req.n} must be between 1 and 8")
+    return GenerationParams(
+        max_new_tokens=req.max_tokens or s.max_new_tokens,
+        temperature=s.temperature if req.temperature is None else req.temperature,
+        top_p=s.top_p if req.top_p is None else req.top_p,
+        top_k=s.top_k if req.top_k is None else req.top_k,
+        stop=list(req.stop),
+        seed=req.seed,
+        ignore_eos=req.ignore_eos,
+    ).validate()
+
+
+def _nth(params: GenerationParams, i: int) -> GenerationParams:
+    # Distinct seeds so n sampled answers differ yet stay repeatable.
+    return params if i == 0 or params.seed is None else replace(params, seed=params.seed + i)
+
+
+def chat(rt: Runtime, req: ChatRequest) -> ChatResult:
+    """Answer a chat (or continue a prompt) `n` times with the model it names."""
+    target = resolve_model(rt, req.model)
+    req = assistants.with_chat_defaults(rt, target.assistant, req)
+    params = params_of(rt, req)
+    if req.rag or target.assistant:
+        return _rag_chat(rt, target, req, params)
+    engine = local_engine(rt)
+    if not getattr(engine, "batching", False):
+        results = [_generate(engine, target, req, _nth(params, i)) for i in range(req.n)]
+        choices = [Choice(i, r.text, r.finish_reason) for i, r in enumerate(results)]
+        completion = sum(r.completion_tokens for r in results)
+        return ChatResult(target.name, choices, results[0].prompt_tokens, completion)
+    # Opened together, the n answers decode side by side in the running batch.
+    streams = [_open(rt, target, req, _nth(params, i)) for i in range(req.n)]
+    choices, completion, prompt = [], 0, 0
+    for i, stream in enumerate(streams):
+        text = "".join(stream)
+        choices.append(Choice(i, text, stream.finish_reason))
+        completion += stream.completion_tokens
+        prompt = stream.prompt_tokens
+    return ChatResult(target.name, choices, prompt, completion)
+
+
+def _generate(
+    engine: Any, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> GenerationResult:
+    if req.prompt is not None:
+        return engine.generate_text(req.prompt, params, adapter=target.adapter)
+    return engine.generate(req.messages, params, adapter=target.adapter)
+
+
+def _rag_chat(
+    rt: Runtime, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> ChatResult:
+    """The /ask pipeline (retrieve, cite, answer) for the chat's last user turn."""
+    if req.prompt is not None:
+        raise InvalidInput("rag works with chat messages, not with a raw prompt")
+    turns = [m for m in req.messages if m.get("role") in ("user", "assistant")]
+    if not turns or turns[-1].get("role") != "user":
+        raise InvalidInput("with rag the chat must end with a user message")
+    system = "\n".join(m["content"] for m in req.messages if m.get("role") == "system")
+    choices, completion, prompt, sources = [], 0, 0, None
+    for i in range(req.n):
+        p = _nth(params, i)
+        result = ask(
+            rt,
+            AskRequest(
+                query=turns[-1]["content"],
+                adapter=None if target.assistant else target.adapter,
+                engine=None if target.assistant else "local",
+                assistant=target.assistant,
+                top_k=req.rag_top_k,
+                collection=req.collection,
+                max_new_tokens=p.max_new_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                top_k_sampling=p.top_k,
+                stop=list(p.stop),
+                seed=p.seed,
+                system_prompt=system or None,
+                history=[{"role": m["role"], "content": m["content"]} for m in turns[:-1]],
+            ),
+        )
+        tokens = result.usage.get("completion_tokens", 0)
+        finish: FinishReason = "length" if tokens >= p.max_new_tokens else "stop"
+        choices.append(Choice(i, result.answer, finish))
+        completion += tokens
+        prompt = result.usage.get("prompt_tokens", 0)
+        sources = result.source_documents
+    return ChatResult(target.name, choices, prompt, completion, sources)
+
+
+class AnswerStream:
+    """Text pieces of one answer; finish reason and token counts are known once it ends."""
+
+    def __init__(self, pieces: Iterator[str], engine: Any, max_tokens: int, prompt_tokens: int):
+        self._pieces = pieces
+        self._engine = engine
+        self._max = max_tokens
+        self._text: list[str] = []
+        self.prompt_tokens = getattr(pieces, "prompt_tokens", prompt_tokens)
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason = "stop"
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self._text.append(piece)
+            yield piece
+        exact = getattr(self._pieces, "finish_reason", None)
+        if exact is not None:
+            self.finish_reason = exact
+            self.completion_tokens = self._pieces.completion_tokens
+        else:
+            # The unbatched engine streams text only; its token count is re-measured.
+            self.completion_tokens = self._engine.count_tokens("".join(self._text))
+            self.finish_reason = "length" if self.completion_tokens >= self._max else "stop"
+
+    def close(self) -> None:
+        """Stop generating (the client went away)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _open(
+    rt: Runtime, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> AnswerStream:
+    engine = local_engine(rt)
+    if req.prompt is not None:
+        pieces = engine.stream_text(req.prompt, params, adapter=target.adapter)
+        prompt_tokens = engine.count_tokens(req.prompt)
+    else:
+        pieces = engine.stream(req.messages, params, adapter=target.adapter)
+        prompt_tokens = sum(engine.count_tokens(m["content"]) for m in req.messages)
+    return AnswerStream(pieces, engine, params.max_new_tokens, prompt_tokens)
+
+
+@dataclass
+class StreamEvent:
+    """A piece of answer `index`, or (text None) its end with the finish reason."""
+
+    index: int
+    text: str | None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class ChatStream:
+    """A streamed request: events, then usage; `sources` is known before the first event."""
+
+    model: str
+    events: Iterator[StreamEvent]
+    sources: list[dict[str, Any]] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    _open: list[AnswerStream] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop every answer still generating."""
+        for s in self._open:
+            s.close()
+
+
+def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
+    """Stream `n` answers one after another; bad input raises here, before any event."""
+    target = resolve_model(rt, req.model)
+    req = assistants.with_chat_defaults(rt, target.assistant, req)
+    params = params_of(rt, req)
+    if req.rag or target.assistant:
+        # Retrieval and the cited answer come from /ask, which answers in one piece.
+        result = _rag_chat(rt, target, req, params)
+        events = [
+            e
+            for c in result.choices
+            for e in (StreamEvent(c.index, c.text), StreamEvent(c.index, None, c.finish_reason))
+        ]
+        usage = {"prompt_tokens": result.prompt_tokens}
+        usage["completion_tokens"] = result.completion_tokens
+        return ChatStream(target.name, iter(events), result.sources, usage)
+    first = _open(rt, target, req, params)
+    out = ChatStream(target.name, iter(()), None)
+    out._open.append(first)
+
+    def events() -> Iterator[StreamEvent]:
+        completion = 0
+        for i in range(req.n):
+            stream = first if i == 0 else _open(rt, target, req, _nth(params, i))
+            if i:
+                out._open.append(stream)
+            for piece in stream:
+                yield StreamEvent(i, piece)
+            completion += stream.completion_tokens
+            out.usage = {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion}
+            yield StreamEvent(i, None, stream.finish_reason)
+
+    out.events = events()
+    return out

@@ -1,0 +1,110 @@
+"""Training parameters: the seed's presets (SPEC B), overridable per job, checked by name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from loraflow.errors import InvalidInput
+
+TARGET_PRESETS = {
+    "q,v": ["q_proj", "v_proj"],
+    "all-linear": "all-linear",
+}
+
+
+@dataclass
+class TrainParams:
+    """One job's hyper-parameters; defaults are the seed's, tuned for a 6 GB GPU."""
+
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: int = 32
+    """LoRA alpha (scale = alpha / rank)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    epochs: float = 3.0
+    """Passes over the training set."""
+    batch_size: int = 4
+    """Sequences per micro-batch."""
+    grad_accum: int = 4
+    """Micro-batches per optimizer step (effective batch = batch_size * grad_accum)."""
+    lr: float = 2e-4
+    """Peak learning rate (linear decay, short warm-up)."""
+    max_len: int = 512
+    """Longest sequence in tokens; longer chat examples are cut, raw text is windowed."""
+    target_modules: str = "q,v"
+    """'q,v', 'all-linear', or a comma list of module names."""
+    quantization: str = "auto"
+    """'auto' (4-bit when CUDA and bitsandbytes exist), '4bit', or 'none'."""
+    gradient_checkpointing: str = "auto"
+    """'auto' (on for CUDA, off on CPU where it only costs time), 'on', 'off'."""
+    val_split: float = 0.1
+    """Share of examples held out for eval loss when no validation file is given."""
+    chunk_size: int = 2048
+    """Characters per chunk of raw novels."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    seed: int = 42
+    """Random seed for the split, LoRA init and shuffling."""
+    device: str = "cpu"
+    """cpu, cuda or auto."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainParams:
+        """Defaults overridden by `values`; unknown names and bad values raise."""
+        values = {k: v for k, v in (values or {}).items() if v is not None}
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidInput(
+                f"unknown training parameter(s) {unknown}; known: {', '.join(known)}"
+            )
+        typed: dict[str, Any] = {}
+        for name, value in values.items():
+            kind = type(getattr(cls(), name))
+            try:
+                typed[name] = kind(value)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(
+                    f"training parameter {name}={value!r} is not a {kind.__name__}"
+                ) from exc
+        params = cls(**typed)
+        params.check()
+        return params
+
+    def check(self) -> None:
+        """Raise InvalidInput naming the parameter when a value cannot work."""
+        positive = ("rank", "alpha", "epochs", "batch_size", "grad_accum", "lr", "max_len")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InvalidInput(f"{name}={getattr(self, name)!r} must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise InvalidInput(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not 0 <= self.val_split < 1:
+            raise InvalidInput(f"val_split={self.val_split!r} must be in [0, 1)")
+        if self.max_len < 16:
+            raise InvalidInput(f"max_len={self.max_len} is too short; use at least 16 tokens")
+        for name, allowed in (
+            ("quantization", ("auto", "4bit", "none")),
+            ("gradient_checkpointing", ("auto", "on", "off")),
+            ("device", ("cpu", "cuda", "auto")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise InvalidInput(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        self.targets()
+
+    def targets(self) -> list[str] | str:
+        """The PEFT target_modules value."""
+        if self.target_modules in TARGET_PRESETS:
+            return TARGET_PRESETS[self.target_modules]
+        names = [n.strip() for n in self.target_modules.split(",") if n.strip()]
+        if not names:
+            raise InvalidInput(
+                f"target_modules={self.target_modules!r} is empty; use "
+                f"{', '.join(TARGET_PRESETS)} or module names like q_proj,k_proj"
+            )
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

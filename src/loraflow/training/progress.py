@@ -1,0 +1,101 @@
+"""A Trainer callback that reports progress, keeps the loss history and honours cancel."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class ProgressCallback(TrainerCallback):
+    """Calls `report` with step, progress, loss, eval loss and ETA; stops when asked."""
+
+    def __init__(self, report: Report, should_stop: Callable[[], bool], device: str) -> None:
+        self.report = report
+        self.should_stop = should_stop
+        self.device = device
+        self.history: list[dict[str, Any]] = []
+        self.cancelled = False
+        self._t0 = 0.0
+        self._step0 = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t0 = time.monotonic()
+        self._step0 = state.global_step
+        # A resumed run carries the checkpoint's log; keep the whole curve, not just the rest.
+        self.history = [e for e in map(_entry, state.log_history) if len(e) > 2]
+        self._send(state, message=f"training on {self.device}: step {state.global_step}")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._check_cancel(control)
+        self._send(state)
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        # Checked per micro-batch too, so a cancel lands within seconds even with
+        # gradient accumulation; the checkpoint is the last completed optimizer step.
+        self._check_cancel(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.cancelled:
+            control.should_evaluate = False
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        entry = _entry({"step": state.global_step, "epoch": state.epoch, **(logs or {})})
+        if len(entry) > 2:
+            self.history.append(entry)
+            self._send(state)
+
+    def _check_cancel(self, control: Any) -> None:
+        if not self.cancelled and self.should_stop():
+            self.cancelled = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _send(self, state: Any, message: str | None = None) -> None:
+        total = max(state.max_steps, 1)
+        done = state.global_step - self._step0
+        eta = None
+        if done > 0:
+            per_step = (time.monotonic() - self._t0) / done
+            eta = round(per_step * (state.max_steps - state.global_step), 1)
+        last_loss = next((h["loss"] for h in reversed(self.history) if "loss" in h), None)
+        last_eval = next((h["eval_loss"] for h in reversed(self.history) if "eval_loss" in h), None)
+        if message is None:
+            message = f"training on {self.device}: step {state.global_step}/{state.max_steps}"
+            if eta is not None:
+                message += f", about {_human(eta)} left"
+        self.report(
+            {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "progress": round(100.0 * state.global_step / total, 1),
+                "current_epoch": max(1, math.ceil(state.epoch or 0.0)),
+                "loss": last_loss,
+                "eval_loss": last_eval,
+                "eta_seconds": eta,
+                "message": message,
+                "history": self.history,
+            }
+        )
+
+
+def _entry(log: dict[str, Any]) -> dict[str, Any]:
+    """Step, epoch and the losses of one Trainer log record."""
+    entry = {"step": log.get("step", 0), "epoch": round(log.get("epoch") or 0.0, 4)}
+    for key in ("loss", "eval_loss"):
+        if key in log:
+            entry[key] = float(log[key])
+    return entry
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,150 @@
+"""The job queue runner: one worker subprocess at a time, cancel, crash and restart handling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from loraflow.training import jobs
+
+log = logging.getLogger(__name__)
+CANCEL_GRACE_S = 30.0  # a worker that ignores SIGTERM this long is killed
+LOG_NAME = "train.log"
+_POLL_S = 0.5
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn_worker(
+    db_url: str, job: dict[str, Any], lock: Path, *, follow_parent: bool
+) -> subprocess.Popen:
+    """Start `python -m loraflow.training.worker JOB_ID`; its log goes to the job's folder."""
+    out = Path(job["output_path"])
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "loraflow.training.worker", str(job["id"])]
+    if follow_parent:
+        argv.append("--follow-parent")
+    with open(out / LOG_NAME, "a") as logfile:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Its own session: a Ctrl-C in the terminal that started it does not reach it.
+            start_new_session=True,
+        )
+    if proc.stdin is not None:
+        proc.stdin.write(json.dumps({"db_url": db_url, "lock": str(lock)}) + "\n")
+        proc.stdin.close()
+    return proc
+
+
+def supervise(
+    db: Engine,
+    job_id: int,
+    proc: subprocess.Popen,
+    stopping: Callable[[], bool] = lambda: False,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Wait for a worker, forwarding cancel and shutdown as SIGTERM; record a crash."""
+    jobs.update_job(db, job_id, pid=proc.pid)
+    term_sent: float | None = None
+    while proc.poll() is None:
+        job = jobs.get_job(db, job_id)
+        if on_poll is not None:
+            on_poll(job)
+        if term_sent is None and (job["cancel_requested"] or stopping()):
+            proc.send_signal(signal.SIGTERM)
+            term_sent = time.monotonic()
+        elif term_sent is not None and time.monotonic() - term_sent > CANCEL_GRACE_S:
+            proc.kill()
+        time.sleep(_POLL_S)
+    job = jobs.get_job(db, job_id)
+    if job["status"] == "running":
+        # The worker died without recording an outcome: a crash, a kill, or out of memory.
+        rc = proc.returncode
+        why = f"the training process exited with code {rc}"
+        if rc in (-signal.SIGKILL, 137):
+            why += " (killed; out of memory? lower batch_size or max_len)"
+        cancelled = bool(job["cancel_requested"])
+        jobs.update_job(
+            db,
+            job_id,
+            status="cancelled" if cancelled else "failed",
+            error=None if cancelled else why,
+            message="cancelled" if cancelled else f"failed: {why}; see {LOG_NAME}",
+            resumable=True,
+            completed_at=jobs.now(),
+            pid=None,
+        )
+        job = jobs.get_job(db, job_id)
+    return job
+
+
+class JobRunner:
+    """Runs queued jobs one after another in a background thread of the service."""
+
+    def __init__(self, db: Engine, db_url: str, lock: Path) -> None:
+        self.db, self.db_url, self.lock = db, db_url, lock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Mark jobs orphaned by a previous run as resumable, then start the queue thread."""
+        lost = jobs.mark_interrupted(self.db, pid_alive)
+        if lost:
+            log.warning("training jobs %s were interrupted; they can be resumed", lost)
+        self._thread = threading.Thread(target=self._loop, name="loraflow-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = CANCEL_GRACE_S + 5) -> None:
+        """Stop taking jobs; a running worker checkpoints and stops (resumable)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = jobs.claim_next(self.db, pid=os.getpid())
+                if job is None:
+                    self._stop.wait(1.0)
+                    continue
+                log.info("training job %s (%s) started", job["id"], job["task_name"])
+                try:
+                    proc = spawn_worker(self.db_url, job, self.lock, follow_parent=True)
+                except OSError as exc:
+                    jobs.update_job(
+                        self.db,
+                        job["id"],
+                        status="failed",
+                        error=f"could not start the training process: {exc}",
+                        message=f"failed: could not start the training process: {exc}",
+                        completed_at=jobs.now(),
+                    )
+                    continue
+                done = supervise(self.db, job["id"], proc, self._stop.is_set)
+                log.info("training job %s ended: %s", job["id"], done["status"])
+            except Exception:  # one broken job must not stop the queue
+                log.exception("training queue error")
+                self._stop.wait(2.0)

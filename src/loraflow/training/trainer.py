@@ -1,0 +1,203 @@
+"""Train one LoRA / QLoRA adapter with PEFT + transformers and write its output folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loraflow.datasets.encode import Encoded, encode_examples
+from loraflow.datasets.formats import load_examples
+from loraflow.datasets.prepare import split_train_val
+from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.models.resolve import ResolvedModel
+from loraflow.training.params import TrainParams
+from loraflow.training.progress import Report
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"
+OOM_HINT = "lower batch_size or max_len, use quantization='4bit' on CUDA, or train on CPU"
+
+
+@dataclass
+class TrainSpec:
+    """Everything one training run needs; paths are already resolved and checked."""
+
+    task_name: str
+    base_model: str
+    base_model_path: Path
+    dataset_path: Path
+    dataset_type: str
+    output_dir: Path
+    params: TrainParams = field(default_factory=TrainParams)
+    val_path: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: completed (adapter written) or cancelled (checkpoint kept)."""
+
+    status: str
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` folder of a run, or None."""
+    folder = output_dir / CHECKPOINTS
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def load_data(spec: TrainSpec, tokenizer: Any) -> tuple[list[Encoded], list[Encoded]]:
+    """Encoded train and validation sequences."""
+    p = spec.params
+    examples = load_examples(spec.dataset_path, spec.dataset_type, p.chunk_size)
+    if spec.val_path is not None:
+        train_ex, val_ex = examples, load_examples(spec.val_path, spec.dataset_type, p.chunk_size)
+    else:
+        train_ex, val_ex = split_train_val(examples, p.val_split, p.seed)
+    train = encode_examples(train_ex, tokenizer, p.max_len)
+    if not train:
+        raise InvalidInput(
+            f"dataset {spec.dataset_path.name!r} has no trainable tokens within "
+            f"max_len={p.max_len}",
+            hint="raise max_len, or check that records have assistant/output text",
+        )
+    return train, encode_examples(val_ex, tokenizer, p.max_len)
+
+
+def run_training(
+    spec: TrainSpec,
+    report: Report | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train, checkpoint every epoch, evaluate every epoch, and write the adapter folder."""
+    import torch
+
+    try:
+        return _run(spec, report or (lambda _: None), should_stop or (lambda: False), resume)
+    except torch.OutOfMemoryError as exc:
+        raise LoraflowError(f"out of memory while training: {exc}", hint=OOM_HINT) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise LoraflowError(f"out of memory while training: {exc}", hint=OOM_HINT) from exc
+        raise
+
+
+def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resume: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    from loraflow.training.batching import LabelOnlyTrainer, PaddingFreeCollator
+    from loraflow.training.model import build_lora_model, plan_device
+    from loraflow.training.progress import ProgressCallback
+
+    p = spec.params
+    plan = plan_device(p)
+    torch.manual_seed(p.seed)
+    resolved = ResolvedModel("hf_dir", spec.base_model_path, None, spec.base_model)
+    model, tokenizer = build_lora_model(resolved, p, plan)
+    train, val = load_data(spec, tokenizer)
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    args = TrainingArguments(
+        output_dir=str(spec.output_dir / CHECKPOINTS),
+        per_device_train_batch_size=plan["batch_size"],
+        per_device_eval_batch_size=plan["batch_size"],
+        gradient_accumulation_steps=plan["grad_accum"],
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps or -1,
+        learning_rate=p.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0.03,
+        logging_steps=1,
+        eval_strategy="epoch" if val else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        # fp32 on CPU: bf16 autocast there made a step ~40x slower (DESIGN.md).
+        bf16=plan["bf16"],
+        fp16=False,
+        gradient_checkpointing=plan["checkpointing"],
+        use_cpu=plan["device"] == "cpu",
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["target_ids"],
+        prediction_loss_only=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=p.seed,
+    )
+    callback = ProgressCallback(report, should_stop, plan["label"])
+    trainer = LabelOnlyTrainer(
+        model=model,
+        args=args,
+        train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in train],
+        eval_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in val] or None,
+        data_collator=PaddingFreeCollator(),
+        callbacks=[callback],
+    )
+    checkpoint = last_checkpoint(spec.output_dir) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics = {
+        "history": callback.history,
+        "train_sequences": len(train),
+        "val_sequences": len(val),
+    }
+    if callback.cancelled:
+        return TrainResult("cancelled", spec.output_dir, metrics)
+    if val and not any("eval_loss" in h for h in callback.history):
+        # max_steps ended the run before the first epoch's evaluation.
+        callback.history.append(
+            {"step": trainer.state.global_step, "eval_loss": trainer.evaluate()["eval_loss"]}
+        )
+    _write_output(spec, model, tokenizer, metrics, plan)
+    return TrainResult("completed", spec.output_dir, metrics)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), "utf-8")
+    os.replace(tmp, path)
+
+
+def _write_output(
+    spec: TrainSpec, model: Any, tokenizer: Any, metrics: dict, plan: dict[str, Any]
+) -> None:
+    out = spec.output_dir
+    staging = out / ".final"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    # adapter_config.json goes in last: a folder with it is a complete adapter to scanners.
+    names = sorted(os.listdir(staging), key=lambda n: n == "adapter_config.json")
+    for name in names:
+        os.replace(staging / name, out / name)
+    staging.rmdir()
+    write_json(out / "training_args.json", {**spec.params.to_dict(), **plan})
+    write_json(out / "metrics.json", metrics)
+    history = metrics["history"]
+    write_json(
+        out / "loraflow.json",
+        {
+            "name": out.name,
+            "task_name": spec.task_name,
+            "type": "lora",
+            "base_model": spec.base_model,
+            "base_model_path": str(spec.base_model_path),
+            "dataset": spec.dataset_path.name,
+            "dataset_type": spec.dataset_type,
+            "created_at": datetime.now(UTC).isoformat(),
+            "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            "eval_loss": next(
+                (h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None
+            ),
+        },
+    )

@@ -1,0 +1,102 @@
+"""API keys, CORS and body limits on a real server (Ollama-only, no local model: fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, free_port, uvicorn_argv
+
+pytestmark = pytest.mark.integration
+
+KEY = "s3cret-key-for-tests"
+ORIGIN = "http://ui.example.test"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
+    port = free_port()
+    srv = Server(
+        tmp_path_factory.mktemp("guarded"),
+        {
+            "LOAD_LOCAL_MODEL": "false",
+            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+            "API_KEY": f"other-key,{KEY}",
+            "CORS_ORIGINS": ORIGIN,
+            "MAX_BODY_MB": "0.5",
+            "LOG_LEVEL": "DEBUG",
+        },
+        uvicorn_argv(port),
+        port,
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("path", ["/documents", "/model_info", "/openapi.json", "/docs"])
+def test_every_route_needs_the_key(guarded: Server, path: str) -> None:
+    r = httpx.get(guarded.url + path, timeout=30)
+    assert r.status_code == 401
+    assert "API key" in r.json()["detail"]
+    r = httpx.get(guarded.url + path, headers={"Authorization": "Bearer wrong"}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_health_stays_open_for_probes(guarded: Server) -> None:
+    assert httpx.get(f"{guarded.url}/health", timeout=30).status_code in (200, 503)
+
+
+def test_bearer_and_x_api_key_are_accepted(guarded: Server) -> None:
+    for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
+        r = httpx.get(f"{guarded.url}/documents", headers=headers, timeout=30)
+        assert r.status_code == 200 and r.json()["count"] > 0
+
+
+def test_oversized_json_body_is_413_by_header_and_when_streamed(guarded: Server) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    big = b'{"query": "' + b"a" * 600_000 + b'"}'
+    r = httpx.post(
+        f"{guarded.url}/ask", content=big, headers={**auth, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413 and "MAX_BODY_MB" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while received
+        yield b'{"query": "'
+        for _ in range(40):
+            yield b"b" * 20_000
+        yield b'"}'
+
+    r = httpx.post(
+        f"{guarded.url}/ask", content=chunks(), headers={**auth, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+def test_cors_allows_only_the_configured_origin(guarded: Server) -> None:
+    pre = {"Access-Control-Request-Method": "POST"}
+    ok = httpx.options(f"{guarded.url}/ask", headers={"Origin": ORIGIN, **pre}, timeout=30)
+    assert ok.headers.get("access-control-allow-origin") == ORIGIN
+    other = httpx.options(f"{guarded.url}/ask", headers={"Origin": "http://evil.test", **pre})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_is_closed_by_default(server: Server) -> None:
+    r = httpx.options(
+        f"{server.url}/ask",
+        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"},
+        timeout=30,
+    )
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_the_key_never_reaches_the_log(guarded: Server) -> None:
+    httpx.get(f"{guarded.url}/documents", headers={"X-API-Key": KEY}, timeout=30)
+    httpx.get(f"{guarded.url}/documents", headers={"X-API-Key": "nope"}, timeout=30)
+    log = guarded.log()
+    assert "GET /documents" in log  # the log is being written
+    assert KEY not in log

@@ -1,0 +1,66 @@
+"""Padding-free batches and label-only loss equal the padded per-sequence computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from loraflow.datasets.encode import IGNORE, encode_examples
+from loraflow.training.batching import PaddingFreeCollator, label_only_loss
+
+EXAMPLES = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    {"text": "A short raw text about lighthouses and storms."},
+    {
+        "messages": [
+            {"role": "user", "content": "Count"},
+            {"role": "assistant", "content": "1 2 3"},
+            {"role": "user", "content": "More"},
+            {"role": "assistant", "content": "4 5"},
+        ]
+    },
+]
+
+
+def _features(tiny_llama_dir: Path) -> list[dict]:
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    encoded = encode_examples(EXAMPLES, tok, 512)
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+
+
+def test_packed_loss_equals_separate_sequences(tiny_llama_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    feats = _features(tiny_llama_dir)
+    with torch.no_grad():
+        packed = label_only_loss(model, PaddingFreeCollator()(feats))
+        total, count = 0.0, 0
+        for f in feats:
+            out = model(input_ids=torch.tensor([f["input_ids"]]))
+            logits, labels = out.logits[0, :-1], torch.tensor(f["labels"][1:])
+            keep = labels != IGNORE
+            total += torch.nn.functional.cross_entropy(
+                logits[keep], labels[keep], reduction="sum"
+            ).item()
+            count += int(keep.sum())
+    assert abs(packed.item() - total / count) < 1e-4
+
+
+def test_no_attention_across_sequence_boundaries(tiny_llama_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    feats = _features(tiny_llama_dir)
+    changed = [dict(feats[0], input_ids=[7] * len(feats[0]["input_ids"])), *feats[1:]]
+    collate = PaddingFreeCollator()
+
+    def logits(batch: list[dict]) -> torch.Tensor:
+        inputs = {k: v for k, v in collate(batch).items() if k != "target_ids"}
+        # With a KV cache transformers ignores the packing (it builds a plain causal mask).
+        return model(**inputs, use_cache=False).logits
+
+    with torch.no_grad():
+        a, b = logits(feats), logits(changed)
+    n0 = len(feats[0]["input_ids"])
+    # Rewriting the first sequence leaves every later sequence's logits unchanged.
+    assert torch.allclose(a[0, n0:], b[0, n0:], atol=1e-5)
+    assert not torch.allclose(a[0, :n0], b[0, :n0])

@@ -1,0 +1,75 @@
+"""CLI: train/tasks commands queue, list and cancel jobs; bad input is an error, not a trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loraflow.cli import app
+
+
+@pytest.fixture()
+def env(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CACHE_DIR", str(model_cache))
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"instruction": "Hi", "output": "Hello"}] * 3))
+    return tmp_path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def text(result) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_detached_job_is_listed_and_cancelled(env: Path) -> None:
+    dd = str(env / "data")
+    r = invoke(
+        "train",
+        "--data",
+        str(env / "a.json"),
+        "--task-name",
+        "hello",
+        "--detach",
+        "--epochs",
+        "1",
+        "--data-dir",
+        dd,
+    )
+    assert r.exit_code == 0, r.output
+    assert "task 1 (hello)" in r.output
+    listed = invoke("tasks", "list", "--data-dir", dd)
+    assert "hello" in listed.output and "pending" in listed.output
+    shown = json.loads(invoke("tasks", "show", "1", "--data-dir", dd).output)
+    assert shown["training_params"]["epochs"] == 1.0 and shown["status"] == "pending"
+    assert "cancelled" in invoke("tasks", "cancel", "1", "--data-dir", dd).output
+    again = invoke("tasks", "cancel", "1", "--data-dir", dd)
+    assert again.exit_code != 0 and "only pending or running" in text(again)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--base-model", "no/such"], "available: "),
+        (["--type", "sharegpt"], "alpaca"),
+        (["--rank", "0"], "rank=0"),
+        (["--task-name", "../up"], "task_name"),
+    ],
+)
+def test_bad_train_input_is_a_clear_error(env: Path, extra: list[str], expected: str) -> None:
+    r = invoke(
+        "train", "--data", str(env / "a.json"), "--detach", "--data-dir", str(env / "data"), *extra
+    )
+    assert r.exit_code != 0
+    assert expected in text(r) and "Traceback" not in r.output
+
+
+def test_missing_dataset_file(env: Path) -> None:
+    r = invoke("train", "--data", str(env / "nope.json"), "--data-dir", str(env / "data"))
+    assert r.exit_code != 0 and "does not exist" in text(r)

@@ -1,0 +1,59 @@
+"""Training presets: the seed's defaults, per-job overrides, errors that name the parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraflow.errors import InvalidInput
+from loraflow.training.params import TrainParams
+
+
+def test_defaults_are_the_seed_presets() -> None:
+    p = TrainParams()
+    assert (p.rank, p.alpha, p.dropout, p.epochs) == (16, 32, 0.05, 3)
+    assert (p.batch_size, p.grad_accum, p.lr, p.max_len) == (4, 4, 2e-4, 512)
+    assert p.targets() == ["q_proj", "v_proj"]
+
+
+def test_overrides_are_typed() -> None:
+    p = TrainParams.from_dict({"epochs": "2", "lr": "1e-3", "target_modules": "all-linear"})
+    assert p.epochs == 2.0 and p.lr == 1e-3 and p.targets() == "all-linear"
+    assert TrainParams.from_dict({"target_modules": "q_proj, o_proj"}).targets() == [
+        "q_proj",
+        "o_proj",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"learning_rate": 1}, "unknown training parameter"),
+        ({"rank": 0}, "rank=0"),
+        ({"batch_size": "many"}, "batch_size='many'"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"quantization": "8bit"}, "quantization='8bit'"),
+        ({"target_modules": " , "}, "target_modules"),
+    ],
+)
+def test_bad_values_name_the_parameter(values: dict, expected: str) -> None:
+    with pytest.raises(InvalidInput, match=expected.replace("(", r"\(")):
+        TrainParams.from_dict(values)
+
+
+def test_micro_batch_follows_gpu_memory_at_equal_effective_batch() -> None:
+    from loraflow.training.model import fit_batch
+
+    gib = 2**30
+    assert fit_batch(4, 4, 4 * gib) == (2, 8)
+    assert fit_batch(4, 4, 6 * gib) == (4, 4)
+    assert fit_batch(4, 4, 80 * gib) == (8, 2)
+    assert fit_batch(1, 1, 4 * gib) == (1, 1)
+
+
+def test_cpu_plan_is_fp32_without_checkpointing_or_quantization() -> None:
+    from loraflow.training.model import plan_device
+
+    plan = plan_device(TrainParams())
+    assert plan["device"] == "cpu" and not plan["bf16"] and not plan["checkpointing"]
+    assert plan["quantization"] is None and "CPU" in plan["label"]
+    assert (plan["batch_size"], plan["grad_accum"]) == (4, 4)
