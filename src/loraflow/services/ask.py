@@ -12,6 +12,7 @@ from loraflow.errors import EngineUnavailable, InvalidInput
 from loraflow.rag.prompt import DEFAULT_SYSTEM_PROMPT, build_rag_messages
 from loraflow.rag.retrieve import RetrievedChunk
 from loraflow.services.assistants import apply_assistant
+from loraflow.services.generation import request_params
 from loraflow.services.knowledge import retrieve_for
 from loraflow.services.models import Selection, current_selection, require_adapter
 from loraflow.services.runtime import Runtime
@@ -90,17 +91,15 @@ def _engine_for(rt: Runtime, sel: Selection) -> Engine:
 
 
 def _params(rt: Runtime, req: AskRequest) -> GenerationParams:
-    s = rt.settings
-    params = GenerationParams(
-        max_new_tokens=req.max_new_tokens or s.max_new_tokens,
-        temperature=s.temperature if req.temperature is None else req.temperature,
-        top_p=s.top_p if req.top_p is None else req.top_p,
-        top_k=s.top_k if req.top_k_sampling is None else req.top_k_sampling,
-        stop=list(req.stop),
+    return request_params(
+        rt.settings,
+        max_tokens=req.max_new_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k_sampling,
+        stop=req.stop,
         seed=req.seed,
     )
-    params.validate()
-    return params
 
 
 def validate_query(rt: Runtime, query: str) -> str:

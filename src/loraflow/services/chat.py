@@ -10,6 +10,7 @@ from loraflow.engines.base import FinishReason, GenerationParams, GenerationResu
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 from loraflow.services import assistants
 from loraflow.services.ask import AskRequest, ask
+from loraflow.services.generation import request_params
 from loraflow.services.models import known_adapters
 from loraflow.services.runtime import Runtime
 
@@ -155,15 +156,16 @@ def params_of(rt: Runtime, req: ChatRequest) -> GenerationParams:
     s = rt.settings
     if not 1 <= req.n <= 8:
         raise InvalidInput(f"n={req.n} must be between 1 and 8")
-    return GenerationParams(
-        max_new_tokens=req.max_tokens or s.max_new_tokens,
-        temperature=s.temperature if req.temperature is None else req.temperature,
-        top_p=s.top_p if req.top_p is None else req.top_p,
-        top_k=s.top_k if req.top_k is None else req.top_k,
-        stop=list(req.stop),
+    return request_params(
+        s,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        stop=req.stop,
         seed=req.seed,
         ignore_eos=req.ignore_eos,
-    ).validate()
+    )
 
 
 def _nth(params: GenerationParams, i: int) -> GenerationParams:

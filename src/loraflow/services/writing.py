@@ -20,6 +20,7 @@ from loraflow.memory.entries import check_text
 from loraflow.memory.render import memory_block
 from loraflow.memory.story import add_passage, story_tail
 from loraflow.memory.suggestions import suggest
+from loraflow.services.generation import request_params
 from loraflow.services.memory import (
     activation_for,
     activation_report,
@@ -76,16 +77,16 @@ class Plan:
 
 
 def _params(rt: Runtime, req: WriteRequest) -> GenerationParams:
-    s = rt.settings
-    return GenerationParams(
-        max_new_tokens=req.max_tokens or s.max_new_tokens,
-        temperature=s.temperature if req.temperature is None else req.temperature,
-        top_p=s.top_p if req.top_p is None else req.top_p,
-        top_k=s.top_k if req.top_k is None else req.top_k,
-        stop=list(req.stop),
+    return request_params(
+        rt.settings,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        stop=req.stop,
         seed=req.seed,
         repetition_penalty=req.repetition_penalty,
-    ).validate()
+    )
 
 
 def _select(rt: Runtime, req: WriteRequest) -> Selection:
