@@ -90,3 +90,22 @@ def test_bad_use_lora_value_is_a_usage_error(env: Path) -> None:
     r = runner.invoke(app, ["serve", "--use-lora", "maybe"])
     assert r.exit_code == 2
     assert "maybe" in r.output
+
+
+def test_inference_answers_with_the_base_and_an_adapter(
+    env: Path, monkeypatch: pytest.MonkeyPatch, smollm2_dir: Path
+) -> None:
+    from tests.e2e.conftest import make_adapter
+
+    make_adapter(smollm2_dir, env / "lora_adapters" / "tuned")
+    args = ["inference", "Name a colour.", "--max-new-tokens", "6", "--temperature", "0"]
+    base = runner.invoke(app, args)
+    assert base.exit_code == 0, base.output
+    assert "model: base" in base.output
+    tuned = runner.invoke(app, [*args, "--adapter", "tuned"])
+    assert tuned.exit_code == 0, tuned.output
+    assert "model: tuned" in tuned.output
+    text = [r.stdout.split("\n")[0] for r in (base, tuned)]
+    assert text[0].strip() and text[0] != text[1]  # the adapter changes the greedy answer
+    missing = runner.invoke(app, [*args, "--adapter", "nope"])
+    assert missing.exit_code == 1 and "'tuned'" in missing.output

@@ -124,3 +124,35 @@ def serve(
         workers=workers,
         log_level=settings.log_level.lower(),
     )
+
+
+@app.command()
+def inference(
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as one user message).")],
+    adapter: Annotated[str | None, typer.Option(help="Answer with this adapter.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Answer length limit.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Quick test of the local model: prompt in, text out (no server, no retrieval)."""
+    from loraflow.services.inference import quick_generate
+
+    try:
+        result, warnings = quick_generate(
+            make_settings(data_dir=data_dir),
+            prompt,
+            adapter=adapter,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    for w in warnings:
+        err.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(result.text)
+    console.print(
+        f"[dim]{result.completion_tokens} tokens, finish: {result.finish_reason}, "
+        f"model: {adapter or 'base'}[/dim]"
+    )
+

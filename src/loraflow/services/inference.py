@@ -1,0 +1,36 @@
+"""Quick local inference without a server: load the base model (+ adapters), answer once."""
+
+from __future__ import annotations
+
+from loraflow.config import Settings
+from loraflow.engines.base import GenerationResult
+from loraflow.engines.hf import load_local_engine
+from loraflow.errors import NotFound
+from loraflow.services.generation import request_params
+
+
+def quick_generate(
+    settings: Settings,
+    prompt: str,
+    *,
+    adapter: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> tuple[GenerationResult, list[str]]:
+    """Answer one prompt with the base model or an adapter; also returns load warnings."""
+    params = request_params(settings, max_tokens=max_tokens, temperature=temperature)
+    engine, warnings = load_local_engine(
+        settings.base_model_name,
+        settings.cache_path,
+        settings.device,
+        settings.quantization_type if settings.enable_quantization else None,
+        settings.lora_path,
+    )
+    if adapter is not None and adapter not in engine.adapters():
+        known = ", ".join(repr(n) for n in engine.adapters()) or "none are loaded"
+        raise NotFound(
+            f"unknown adapter {adapter!r}; known adapters: {known}",
+            hint=f"put PEFT adapter folders under {settings.lora_path}",
+        )
+    result = engine.generate([{"role": "user", "content": prompt}], params, adapter=adapter)
+    return result, warnings
