@@ -155,3 +155,17 @@ def test_openapi_documents_the_routes(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/ask", "/switch_model", "/model_info", "/health", "/documents"):
         assert p in paths
+
+
+def test_metrics_count_requests_by_route_and_report_live_gauges(client: httpx.Client) -> None:
+    client.get("/model_info")
+    client.post("/switch_model", json={"adapter": "missing-one"})  # a 404
+    text = client.get("/metrics").text
+    assert 'loraflow_http_requests_total{method="GET",route="/model_info",status="200"}' in text
+    assert 'route="/switch_model",status="404"' in text
+    assert "loraflow_http_request_duration_seconds_bucket" in text
+    assert "loraflow_adapters_loaded 1.0" in text
+    assert 'loraflow_generation_queue{state="running"}' in text
+    # Raw paths never become labels (no cardinality explosion from ids).
+    client.delete("/documents/abc123")
+    assert "abc123" not in client.get("/metrics").text

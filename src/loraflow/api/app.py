@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import __version__
+from loraflow.api.metrics import install_metrics
 from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
 from loraflow.api.routes import assistants as assistant_routes
 from loraflow.api.routes import collections as collection_routes
@@ -88,6 +89,8 @@ def create_app(
         )
 
     app.add_middleware(RequestGuards)
+    # Added after the guards, so it is outermost and counts refused requests too.
+    install_metrics(app)
     app.include_router(system.router)
     app.include_router(ask.router)
     app.include_router(documents.router)

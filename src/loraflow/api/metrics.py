@@ -1,0 +1,119 @@
+"""Prometheus metrics: request counts and latency per route, plus live gauges at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from loraflow.api.security import ASGIApp, Message, Receive, Scope, Send
+from loraflow.services.chat import batch_stats
+from loraflow.services.models import known_adapters
+
+# Generation requests take seconds on a CPU; the buckets reach past a minute.
+BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """One registry per app, so several apps in one process never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "loraflow_http_requests",
+            "HTTP requests by route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "loraflow_http_request_duration_seconds",
+            "Time to the end of the response body, by route template.",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request under its route template (never the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "(unmatched)"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+class RuntimeCollector:
+    """Gauges read from the running instance when Prometheus scrapes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rt = getattr(self.app.state, "runtime", None)
+        if rt is None:
+            return
+        stats = batch_stats(rt)
+        queue = GaugeMetricFamily(
+            "loraflow_generation_queue", "Requests decoding now and waiting.", labels=["state"]
+        )
+        queue.add_metric(["running"], stats["running"])
+        queue.add_metric(["waiting"], stats["waiting"])
+        yield queue
+        yield GaugeMetricFamily(
+            "loraflow_adapters_loaded", "LoRA adapters loaded.", value=len(known_adapters(rt))
+        )
+        yield GaugeMetricFamily(
+            "loraflow_documents",
+            "Documents in the default knowledge base.",
+            value=len(rt.store.list_documents()),
+        )
+        yield GaugeMetricFamily(
+            "loraflow_local_model_loaded",
+            "1 when the local base model is loaded.",
+            value=1 if rt.local is not None else 0,
+        )
+
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=True)
+def metrics(request: Request) -> Response:
+    registry: CollectorRegistry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_metrics(app: Any) -> None:
+    """Attach the registry, the counting middleware, the gauges and the /metrics route."""
+    m = Metrics()
+    m.registry.register(RuntimeCollector(app))
+    app.state.metrics = m
+    app.add_middleware(MetricsMiddleware, metrics=m)
+    app.include_router(router)
