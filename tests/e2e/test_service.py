@@ -169,3 +169,15 @@ def test_metrics_count_requests_by_route_and_report_live_gauges(client: httpx.Cl
     # Raw paths never become labels (no cardinality explosion from ids).
     client.delete("/documents/abc123")
     assert "abc123" not in client.get("/metrics").text
+
+
+def test_cli_status_sees_the_running_server(server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from loraflow.cli import app
+
+    monkeypatch.setenv("LORAFLOW_DATA_DIR", str(server.data_dir))
+    monkeypatch.setenv("API_PORT", str(server.port))
+    r = CliRunner().invoke(app, ["status"])
+    assert r.exit_code == 0, r.output
+    assert f"{server.url} up" in r.output and ADAPTER_NAME in r.output

@@ -109,3 +109,28 @@ def test_inference_answers_with_the_base_and_an_adapter(
     assert text[0].strip() and text[0] != text[1]  # the adapter changes the greedy answer
     missing = runner.invoke(app, [*args, "--adapter", "nope"])
     assert missing.exit_code == 1 and "'tuned'" in missing.output
+
+
+def test_status_reports_queued_jobs_and_a_missing_server(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraflow import db
+    from loraflow.training.jobs import create_job
+    from tests.e2e.server import free_port
+
+    monkeypatch.setenv("API_PORT", str(free_port()))  # nothing listens there
+    engine = db.make_engine(f"sqlite:///{env / 'loraflow.db'}")
+    create_job(
+        engine,
+        task_name="novel-style",
+        base_model="bundled:smollm2",
+        dataset_file="d.json",
+        dataset_type="alpaca",
+        output_path="x",
+        training_params={},
+    )
+    engine.dispose()
+    r = runner.invoke(app, ["status"])
+    assert r.exit_code == 0, r.output
+    assert "not answering" in r.output
+    assert "pending 1" in r.output and "queued   #1 novel-style" in r.output

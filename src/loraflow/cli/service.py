@@ -156,3 +156,38 @@ def inference(
         f"model: {adapter or 'base'}[/dim]"
     )
 
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON status.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """What is running, loaded and queued: the server at API_HOST:API_PORT and training jobs."""
+    import json
+
+    from loraflow.services.status import instance_status
+
+    try:
+        st = instance_status(make_settings(data_dir=data_dir))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    if as_json:
+        console.print_json(json.dumps(st, default=str, ensure_ascii=False))
+        return
+    srv = st["server"]
+    if srv["up"]:
+        console.print(
+            f"server   {srv['url']} up: engine {srv['engine']}, model {srv['model_used']}, "
+            f"adapters {', '.join(srv['adapters']) or 'none'}"
+        )
+    else:
+        console.print(f"server   {srv['url']} not answering ({srv['error']})")
+    counts = st["jobs"]["counts"]
+    console.print(
+        "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+    )
+    for t in st["jobs"]["running"]:
+        console.print(f"running  #{t['task_id']} {t['task_name']} {t['progress']:.0f}%")
+    for t in st["jobs"]["queued"]:
+        console.print(f"queued   #{t['task_id']} {t['task_name']}")

@@ -1,0 +1,41 @@
+"""What an instance is doing: the server's loaded models (if one answers) and training jobs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from loraflow import db
+from loraflow.config import Settings
+from loraflow.services.training import TrainingContext, list_tasks
+
+
+def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
+    """Running, queued and finished jobs from the database; loaded models from the server."""
+    engine = db.make_engine(settings.db_url)
+    try:
+        tasks = list_tasks(TrainingContext(settings=settings, db=engine))
+    finally:
+        engine.dispose()
+    by_status = Counter(t["status"] for t in tasks)
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    url = f"http://{host}:{settings.api_port}"
+    headers = {"X-API-Key": settings.api_key_list[0]} if settings.api_key_list else {}
+    server: dict[str, Any]
+    try:
+        r = httpx.get(f"{url}/model_info", timeout=timeout, headers=headers)
+        r.raise_for_status()
+        server = {"url": url, "up": True, **r.json()}
+    except httpx.HTTPError as exc:
+        server = {"url": url, "up": False, "error": str(exc) or type(exc).__name__}
+    return {
+        "server": server,
+        "jobs": {
+            "counts": dict(by_status),
+            "running": [t for t in tasks if t["status"] == "running"],
+            "queued": [t for t in tasks if t["status"] == "pending"],
+        },
+        "data_dir": str(settings.data_path),
+    }
