@@ -88,6 +88,12 @@ def train(
     max_len: Annotated[int | None, typer.Option(help="Max sequence tokens (512).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (0: all).")] = None,
     target_modules: Annotated[str | None, typer.Option(help="q,v | all-linear | names.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: evaluations without improvement (0: off).")
+    ] = None,
+    min_delta: Annotated[
+        float | None, typer.Option(help="Early stopping: smallest eval-loss drop that counts.")
+    ] = None,
     detach: Annotated[bool, typer.Option(help="Queue it for the service and return.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -104,6 +110,8 @@ def train(
         "max_len": max_len,
         "max_steps": max_steps,
         "target_modules": target_modules,
+        "early_stopping_patience": patience,
+        "early_stopping_min_delta": min_delta,
     }
     try:
         ctx = _context(data_dir)

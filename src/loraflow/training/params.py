@@ -45,6 +45,10 @@ class TrainParams:
     """Characters per chunk of raw novels."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: run all epochs)."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement of eval loss (0: off)."""
+    early_stopping_min_delta: float = 0.0
+    """The smallest drop of eval loss that counts as an improvement."""
     seed: int = 42
     """Random seed for the split, LoRA init and shuffling."""
     device: str = "cpu"
@@ -83,6 +87,11 @@ class TrainParams:
             raise InvalidInput(f"dropout={self.dropout!r} must be in [0, 1)")
         if not 0 <= self.val_split < 1:
             raise InvalidInput(f"val_split={self.val_split!r} must be in [0, 1)")
+        if self.early_stopping_patience < 0 or self.early_stopping_min_delta < 0:
+            raise InvalidInput(
+                "early_stopping_patience and early_stopping_min_delta must be >= 0 "
+                f"(got {self.early_stopping_patience}, {self.early_stopping_min_delta})"
+            )
         if self.max_len < 16:
             raise InvalidInput(f"max_len={self.max_len} is too short; use at least 16 tokens")
         for name, allowed in (

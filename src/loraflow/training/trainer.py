@@ -97,6 +97,7 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     from transformers import TrainingArguments
 
     from loraflow.training.batching import LabelOnlyTrainer, PaddingFreeCollator
+    from loraflow.training.early_stop import EarlyStopOnEvalLoss
     from loraflow.training.model import build_lora_model, plan_device
     from loraflow.training.progress import ProgressCallback
 
@@ -135,13 +136,14 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         seed=p.seed,
     )
     callback = ProgressCallback(report, should_stop, plan["label"])
+    early = EarlyStopOnEvalLoss(p.early_stopping_patience, p.early_stopping_min_delta)
     trainer = LabelOnlyTrainer(
         model=model,
         args=args,
         train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in train],
         eval_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in val] or None,
         data_collator=PaddingFreeCollator(),
-        callbacks=[callback],
+        callbacks=[callback, early],
     )
     checkpoint = last_checkpoint(spec.output_dir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -152,6 +154,8 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     }
     if callback.cancelled:
         return TrainResult("cancelled", spec.output_dir, metrics)
+    if early.reason:
+        metrics["stopped_early"] = early.reason
     if val and not any("eval_loss" in h for h in callback.history):
         # max_steps ended the run before the first epoch's evaluation.
         callback.history.append(

@@ -125,7 +125,8 @@ def run_job(db: Any, job_id: int, lock: Path | None, follow_parent: bool) -> str
             completed_at=now(),
             resumable=False,
             pid=None,
-            message=f"adapter written to {spec.output_dir}",
+            message=f"adapter written to {spec.output_dir}"
+            + (f"; {result.metrics['stopped_early']}" if "stopped_early" in result.metrics else ""),
         )
         return "completed"
     ckpt = last_checkpoint(spec.output_dir)
