@@ -113,7 +113,9 @@ def test_unloading_an_adapter_fails_only_its_requests(
     engine = _engine(tiny_model_dir, adapters_root, tmp_path, True)
     try:
         msgs = [{"role": "user", "content": PROMPTS[1]}]
-        long = GenerationParams(max_new_tokens=300, temperature=0)
+        # ignore_eos: the doomed answer must still be decoding when the adapter goes away
+        # (a tiny random model can emit EOS within a few tokens).
+        long = GenerationParams(max_new_tokens=2000, temperature=0, ignore_eos=True)
         doomed = engine.stream(msgs, long, adapter="alpha")
         kept = engine.stream(msgs, GenerationParams(max_new_tokens=20, temperature=0))
         next(doomed)
