@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from loraflow.errors import ConfigError
 
@@ -203,18 +207,56 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-    try:
-        metadata.create_all(engine)
-        with engine.begin() as conn:
-            row = conn.execute(select(schema_info.c.version)).first()
-            if row is None:
-                conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
-    except OperationalError as exc:
-        raise ConfigError(
-            f"cannot open the database at {_redact(url)}: {exc.orig}",
-            hint="check DATABASE_URL and that the server is running",
-        ) from exc
+    _create_schema(engine, url)
     return engine
+
+
+def _create_schema(engine: Engine, url: str) -> None:
+    """Create missing tables once, even when several workers start at the same moment.
+
+    create_all checks, then creates: two processes can both see a table missing and the
+    second CREATE fails. A SQLite file is guarded by a file lock; a server database by
+    retrying, since a retry sees the other process's tables and skips them.
+    """
+    lock_path = _sqlite_file(url)
+    for attempt in range(5):
+        try:
+            with _file_lock(lock_path):
+                metadata.create_all(engine)
+                with engine.begin() as conn:
+                    row = conn.execute(select(schema_info.c.version)).first()
+                    if row is None:
+                        conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
+            return
+        except (ProgrammingError, IntegrityError, OperationalError) as exc:
+            racing = "exist" in str(exc.orig).lower() or isinstance(exc, IntegrityError)
+            if attempt < 4 and racing:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise ConfigError(
+                f"cannot open the database at {_redact(url)}: {exc.orig}",
+                hint="check DATABASE_URL and that the server is running",
+            ) from exc
+
+
+def _sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(f"{path}.lock") if path and path != ":memory:" else None
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _redact(url: str) -> str:

@@ -48,3 +48,25 @@ def test_unreachable_server_is_a_clear_error() -> None:
 def test_redact_url_hides_the_password() -> None:
     assert db.redact_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert db.redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _open(url: str, barrier) -> None:
+    barrier.wait()  # all processes create the schema at the same moment
+    db.make_engine(url).dispose()
+
+
+def test_workers_starting_together_create_the_schema_once(db_url: str) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open, args=(db_url, barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        assert len(conn.execute(db.schema_info.select()).all()) == 1
+    engine.dispose()
