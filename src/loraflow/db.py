@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from loraflow.errors import ConfigError
+from loraflow.locks import file_lock
 
 SCHEMA_VERSION = 1
 
@@ -221,7 +220,7 @@ def _create_schema(engine: Engine, url: str) -> None:
     lock_path = _sqlite_file(url)
     for attempt in range(5):
         try:
-            with _file_lock(lock_path):
+            with file_lock(lock_path) if lock_path else nullcontext():
                 metadata.create_all(engine)
                 with engine.begin() as conn:
                     row = conn.execute(select(schema_info.c.version)).first()
@@ -244,19 +243,6 @@ def _sqlite_file(url: str) -> Path | None:
         return None
     path = url.split("///", 1)[-1]
     return Path(f"{path}.lock") if path and path != ":memory:" else None
-
-
-@contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _redact(url: str) -> str:

