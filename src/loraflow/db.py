@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     select,
@@ -110,6 +111,90 @@ simple_lora_tasks = Table(
     Column("pid", Integer, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("resumable", Boolean, nullable=False, default=False),
+)
+
+
+# Adapter registry: one row per adapter folder (a new version of a name is a new folder).
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("base_model", String(512), nullable=False, default=""),
+    Column("path", String(1024), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("dataset", String(512), nullable=True),
+    Column("metrics", JSON, nullable=False),
+    Column("file_size_mb", Float, nullable=False),
+    Column("checksum_sha256", String(64), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("alpha", Float, nullable=False),
+    Column("target_modules", JSON, nullable=False),
+    Column("source", String(16), nullable=False),
+    # ok | changed (files differ from the checksum) | missing (folder gone)
+    Column("status", String(16), nullable=False, default="ok"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("name", "version", name="uq_adapters_name_version"),
+)
+
+# Validation reports (the whole report as JSON, score and grade as columns to filter on).
+adapter_validations = Table(
+    "adapter_validations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("adapter_id", String(32), nullable=True, index=True),
+    Column("checksum_sha256", String(64), nullable=True),
+    Column("mode", String(16), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("grade", String(16), nullable=False),
+    Column("report", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# What each deployment target (a model name clients call) routes to, and its history.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("target", String(64), primary_key=True),
+    Column("strategy", String(16), nullable=False),
+    # {"variants": [{"name", "adapter", "weight"}], ...strategy fields}
+    Column("state", JSON, nullable=False),
+    Column("previous", JSON, nullable=True),
+    Column("version", Integer, nullable=False, default=1),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+deployment_events = Table(
+    "deployment_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(64), nullable=False, index=True),
+    Column("action", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Merge -> validate -> deploy workflows (and single long operations) with their steps.
+adapter_workflows = Table(
+    "adapter_workflows",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("spec", JSON, nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    # host:pid of the process running it; a restart interrupts only its own dead runs.
+    Column("owner", String(128), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 

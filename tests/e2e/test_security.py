@@ -100,3 +100,23 @@ def test_the_key_never_reaches_the_log(guarded: Server) -> None:
     log = guarded.log()
     assert "GET /documents" in log  # the log is being written
     assert KEY not in log
+
+
+def test_web_ui_asks_for_a_key_as_its_own_login(guarded: Server) -> None:
+    # Browsers cannot send the key header, so /ui has its own login (a key is the password).
+    page = httpx.get(f"{guarded.url}/ui/", timeout=60, follow_redirects=True)
+    assert page.status_code == 200
+    config = httpx.get(f"{guarded.url}/ui/config", timeout=60)
+    assert config.status_code in (200, 401)
+    assert config.status_code == 401 or config.json().get("auth_required") is True
+    assert "components" not in (config.json() if config.status_code == 200 else {})
+    denied = httpx.post(
+        f"{guarded.url}/ui/login/", data={"username": "x", "password": "wrong"}, timeout=60
+    )
+    assert denied.status_code == 400
+    with httpx.Client(base_url=guarded.url, timeout=60) as browser:
+        ok = browser.post("/ui/login/", data={"username": "x", "password": KEY})
+        assert ok.status_code == 200, ok.text
+        assert "components" in browser.get("/ui/config").json()
+    # Everything outside /ui still needs the key itself.
+    assert httpx.get(f"{guarded.url}/uix", timeout=30).status_code == 401

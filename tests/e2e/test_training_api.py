@@ -229,3 +229,7 @@ def test_job_lifecycle_queue_cancel_resume_and_restart(
         assert {"secret-job", "doomed"} <= set(names)
         curve = again.get(f"{API}/tasks/{tid}/metrics").json()
         assert curve["eval_loss"]
+        # The finished adapter is registered under the task's name, ready to serve.
+        rec = again.get("/api/adapters/secret-job").json()
+        assert rec["source"] == "training" and rec["path"] == str(out)
+        assert rec["compatibility"]["compatible"] is True

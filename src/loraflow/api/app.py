@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from loraflow import __version__
 from loraflow.api.metrics import install_metrics
+from loraflow.api.routes import adapters as adapter_routes
 from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
 from loraflow.api.routes import assistants as assistant_routes
 from loraflow.api.routes import collections as collection_routes
@@ -41,8 +42,25 @@ def _start(settings: Settings, use_lora: bool | None) -> Runtime:
     rt = build_runtime(settings)
     initialise_selection(rt, use_lora)
     ingest_sample_if_empty(rt)
+    register_adapters(rt)
     start_training_runner(rt)
     return rt
+
+
+def register_adapters(rt: Runtime) -> None:
+    """Scan the adapter folders into the registry; interrupt workflows of stopped processes."""
+    from loraflow.services import adapters, workflows
+
+    try:
+        found = adapters.scan(rt)
+    except LoraflowError as exc:
+        log.warning("adapter scan failed: %s", exc)
+    else:
+        for path, why in found.skipped.items():
+            log.warning("adapter folder %s not registered: %s", path, why)
+        if found.added:
+            log.info("registered adapters: %s", ", ".join(r.ref for r in found.added))
+    workflows.recover(rt)
 
 
 def create_app(
@@ -60,7 +78,16 @@ def create_app(
         else:
             s = settings or get_settings()
             app.state.runtime = await run_in_threadpool(_start, s, use_lora)
-        yield
+        async with AsyncExitStack() as stack:
+            if app.state.runtime.settings.enable_ui:
+                # Gradio is imported only when the UI is on (ENABLE_UI).
+                from loraflow.ui.app import serve_ui
+
+                def current() -> Runtime | None:
+                    return getattr(app.state, "runtime", None)
+
+                await stack.enter_async_context(serve_ui(app, current))
+            yield
         if app.state.runtime is not None:
             await run_in_threadpool(stop_training_runner, app.state.runtime)
         app.state.runtime = None
@@ -95,6 +122,7 @@ def create_app(
     app.include_router(ask.router)
     app.include_router(documents.router)
     app.include_router(training_routes.router)
+    app.include_router(adapter_routes.router)
     app.include_router(collection_routes.router)
     app.include_router(assistant_routes.router)
     app.include_router(admin.router)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from loraflow.api.security import ASGIApp, Message, Receive, Scope, Send
@@ -94,11 +94,52 @@ class RuntimeCollector:
             "Documents in the default knowledge base.",
             value=len(rt.store.list_documents()),
         )
+        requests = CounterMetricFamily(
+            "loraflow_model_requests", "Generation requests by model or adapter.", labels=["model"]
+        )
+        tokens = CounterMetricFamily(
+            "loraflow_tokens",
+            "Prompt and generated tokens by model or adapter.",
+            labels=["model", "kind"],
+        )
+        for name, u in sorted(rt.usage.snapshot().items()):
+            requests.add_metric([name], u.requests)
+            tokens.add_metric([name, "prompt"], u.prompt_tokens)
+            tokens.add_metric([name, "completion"], u.completion_tokens)
+        yield requests
+        yield tokens
+        yield from deployment_metrics(rt)
         yield GaugeMetricFamily(
             "loraflow_local_model_loaded",
             "1 when the local base model is loaded.",
             value=1 if rt.local is not None else 0,
         )
+
+
+def deployment_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
+    """Traffic share and live numbers of every deployment variant (this process's counts)."""
+    from loraflow.services.deployments import list_deployments
+
+    share = GaugeMetricFamily(
+        "loraflow_deployment_traffic_percent",
+        "Traffic share of each deployment variant.",
+        labels=["target", "variant", "adapter"],
+    )
+    served = GaugeMetricFamily(
+        "loraflow_deployment_requests",
+        "Requests and errors per deployment variant since its last change.",
+        labels=["target", "variant", "outcome"],
+    )
+    for d in list_deployments(rt):
+        stats = rt.traffic.get(d["target"], d["version"])
+        for v in d["state"].get("variants", []):
+            share.add_metric([d["target"], v["name"], v["adapter"]], v["weight"])
+            s = stats.get(v["name"])
+            if s is not None:
+                served.add_metric([d["target"], v["name"], "ok"], s.requests - s.errors)
+                served.add_metric([d["target"], v["name"], "error"], s.errors)
+    yield share
+    yield served
 
 
 router = APIRouter(tags=["system"])

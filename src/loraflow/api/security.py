@@ -42,9 +42,12 @@ async def _reject(send: Send, status: int, detail: str, headers: list[tuple[byte
 class ApiKeyMiddleware:
     """Every route but /health needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
 
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], own_login: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        # Mounted apps with a login of their own (the web UI asks for a key as password):
+        # browsers cannot send the key header, so these prefixes are checked there instead.
+        self.own_login = own_login
 
     def _allowed(self, scope: Scope) -> bool:
         headers = dict(scope.get("headers") or [])
@@ -56,7 +59,11 @@ class ApiKeyMiddleware:
         return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        path = scope["path"]
+        if scope["type"] != "http" or path in OPEN_PATHS or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        if any(path == p or path.startswith(p + "/") for p in self.own_login):
             await self.app(scope, receive, send)
             return
         if not self._allowed(scope):
@@ -143,7 +150,8 @@ class RequestGuards:
             self.app, settings.max_body_bytes, settings.max_upload_bytes
         )
         if settings.api_key_list:
-            chain = ApiKeyMiddleware(chain, settings.api_key_list)
+            ui = ("/ui",) if settings.enable_ui else ()
+            chain = ApiKeyMiddleware(chain, settings.api_key_list, own_login=ui)
         if settings.cors_origin_list:
             chain = CORSMiddleware(
                 chain,

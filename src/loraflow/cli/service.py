@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,7 +21,7 @@ from loraflow.cli.common import (
     setup_logging,
 )
 from loraflow.config import Settings
-from loraflow.errors import LoraflowError
+from loraflow.errors import ConfigError, LoraflowError
 
 
 def _print_checks(settings: Settings) -> bool:
@@ -100,6 +101,8 @@ def serve(
         f"loraflow {__version__}: data in {settings.data_path}\n"
         f"  API      {base}\n  API docs {base}/docs\n  health   {base}/health"
     )
+    if settings.enable_ui:
+        console.print(f"  web UI   {base}/ui/")
     if workers == 1:
         uvicorn.run(
             create_app(settings, use_lora=flag),
@@ -122,6 +125,59 @@ def serve(
         host=settings.api_host,
         port=settings.api_port,
         workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def webui(
+    lora: Annotated[
+        Path | None,
+        typer.Option(
+            "--lora",
+            help="An adapter folder, or a folder of adapter folders, to serve (LORA_MODEL_PATH).",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (API_PORT).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the service with its web UI (the same server as serve) and print the UI's address."""
+    try:
+        if lora is not None and not lora.exists():
+            raise ConfigError(
+                f"--lora {str(lora)!r} does not exist",
+                hint="give a PEFT adapter folder or a folder of adapter folders",
+            )
+        settings = make_settings(
+            api_host=host,
+            api_port=port,
+            data_dir=data_dir,
+            lora_model_path=lora.resolve() if lora is not None else None,
+            use_lora_default=True if lora is not None else None,
+            enable_ui=True,
+            log_level="DEBUG" if verbose else None,
+        )
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    setup_logging(settings.log_level)
+    import uvicorn
+
+    from loraflow.api.app import create_app
+
+    # A wildcard bind address is not something a browser can open.
+    shown = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    base = f"http://{shown}:{settings.api_port}"
+    console.print(
+        f"loraflow {__version__}: data in {settings.data_path}\n"
+        f"  web UI   {base}/ui/\n  API      {base}\n  API docs {base}/docs"
+    )
+    uvicorn.run(
+        create_app(settings, use_lora=True if lora is not None else None),
+        host=settings.api_host,
+        port=settings.api_port,
         log_level=settings.log_level.lower(),
     )
 

@@ -94,6 +94,17 @@ def train(
     min_delta: Annotated[
         float | None, typer.Option(help="Early stopping: smallest eval-loss drop that counts.")
     ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(help="none | accelerate | torchrun: train in num-processes DDP processes."),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(help="Processes (one per GPU; on CPU only for testing).")
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(help="accelerate config file (FSDP, DeepSpeed; see examples/accelerate/)."),
+    ] = None,
     detach: Annotated[bool, typer.Option(help="Queue it for the service and return.")] = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -112,6 +123,8 @@ def train(
         "target_modules": target_modules,
         "early_stopping_patience": patience,
         "early_stopping_min_delta": min_delta,
+        "launcher": launcher,
+        "num_processes": num_processes,
     }
     try:
         ctx = _context(data_dir)
@@ -119,13 +132,23 @@ def train(
         base = base_model or ctx.settings.base_model_name
         params = {k: v for k, v in params.items() if v is not None}
         task = training.submit(
-            ctx, name, base, "", dataset_type, params, local_dataset=data, local_val=val_data
+            ctx,
+            name,
+            base,
+            "",
+            dataset_type,
+            params,
+            local_dataset=data,
+            local_val=val_data,
+            accelerate_config=accelerate_config,
         )
     except LoraflowError as exc:
         fail(exc)
         return
     tid = task["task_id"]
     console.print(f"task {tid} ({task['task_name']}) -> {task['output_path']}")
+    if task["training_params"].get("launcher", "none") != "none":
+        console.print(f"launch: {task['launch']}")
     if detach:
         console.print("queued; the service runs it. Follow it with `loraflow tasks show ID`.")
         return

@@ -245,6 +245,20 @@ class HFEngine:
         """Token ids that end an answer."""
         return self._eos_ids()
 
+    def logits_finite(self, text: str, adapter: str | None = None) -> bool:
+        """Whether one forward pass over `text` gives finite logits (a deployment check)."""
+        import torch
+
+        ids = self.tokenizer(text, return_tensors="pt")["input_ids"].to(self._base.device)
+        with self._lock, torch.inference_mode():
+            kwargs: dict[str, Any] = {}
+            if self._peft is not None:
+                kwargs["adapter_names"] = [self._internal(adapter) if adapter else BASE_ADAPTER]
+            elif adapter is not None:
+                raise self._unknown(adapter)
+            out = self.model_for_step()(input_ids=ids, **kwargs)
+        return bool(torch.isfinite(out.logits).all())
+
     def model_for_step(self) -> Any:
         """The module to run a forward pass on (the PeftModel once an adapter is attached)."""
         return self._peft if self._peft is not None else self._base

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import threading
@@ -17,12 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from loraflow import db
 from loraflow.config import Settings
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound, StoreError
+from loraflow.rag.backends import drop_index, open_index
 from loraflow.rag.bm25 import BM25Index
 from loraflow.rag.chunking import check_chunk_params
 from loraflow.rag.embed import Embedder, load_embedder
 from loraflow.rag.hybrid import CrossEncoderReranker, Reranker
-from loraflow.rag.store import FaissStore
+from loraflow.rag.store import VectorStore
 
+log = logging.getLogger(__name__)
 DEFAULT = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 T = db.kb_collections
@@ -45,11 +48,11 @@ class CollectionInfo:
 
 @dataclass
 class Handle:
-    """An open collection: its embedder, its FAISS store and a BM25 index kept in step."""
+    """An open collection: its embedder, its vector store and a BM25 index kept in step."""
 
     info: CollectionInfo
     embedder: Embedder
-    store: FaissStore
+    store: VectorStore
     # Serialises writers (ingest, delete, the last step of a re-embed) of this collection.
     lock: threading.Lock
     _bm25: BM25Index | None = None
@@ -83,7 +86,7 @@ class KnowledgeBases:
         settings: Settings,
         engine: Engine,
         default_embedder: Embedder,
-        default_store: FaissStore,
+        default_store: VectorStore,
         default_lock: threading.Lock,
     ) -> None:
         self.settings = settings
@@ -236,6 +239,14 @@ class KnowledgeBases:
             conn.execute(T.delete().where(T.c.id == info.id))
         with self._lock:
             self._handles.pop(info.id, None)
+        # With Qdrant / Chroma the vectors are collections named after the index folders.
+        pending = (info.reembed or {}).get("index_dir")
+        for index_dir in (info.index_dir, pending):
+            if index_dir and self.settings.vector_store != "faiss":
+                try:
+                    drop_index(self.settings, self.index_path(with_index_dir(info, index_dir)))
+                except LoraflowError as exc:
+                    log.warning("collection %r: its vectors were not deleted: %s", name, exc)
         shutil.rmtree(self.settings.data_path / "collections" / info.id, ignore_errors=True)
         return info
 
@@ -267,7 +278,7 @@ class KnowledgeBases:
         embedder = self.embedder(info.embedding_model)
         path = self.index_path(info)
         try:
-            store = FaissStore.open(path, embedder.name, embedder.dim)
+            store = open_index(self.settings, path, embedder.name, embedder.dim)
         except StoreError as exc:
             raise StoreError(
                 f"collection {info.name!r}: {exc.message}",
@@ -293,3 +304,8 @@ class KnowledgeBases:
         handle.info = self.get(info.name)
         with self._lock:
             self._handles[info.id] = handle
+
+
+def with_index_dir(info: CollectionInfo, index_dir: str) -> CollectionInfo:
+    """A copy of `info` pointing at another index folder."""
+    return CollectionInfo(**{**info.__dict__, "index_dir": index_dir})

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from loraflow.errors import InvalidInput
-from loraflow.rag.collections import CollectionInfo, Handle, KnowledgeBases
-from loraflow.rag.store import FaissStore
+from loraflow.rag.backends import drop_index, open_index
+from loraflow.rag.collections import CollectionInfo, Handle, KnowledgeBases, with_index_dir
+from loraflow.rag.store import VectorStore
 
 Progress = Callable[[int, int], None]
 
@@ -60,10 +60,10 @@ def reembed(
         target_dir = pending["index_dir"]  # resume an interrupted run
     else:
         if pending.get("index_dir"):
-            shutil.rmtree(kbs.index_path(_with_dir(info, pending["index_dir"])), True)
+            drop_index(kbs.settings, kbs.index_path(with_index_dir(info, pending["index_dir"])))
         target_dir = _next_index_dir(info)
-    target = kbs.index_path(_with_dir(info, target_dir))
-    new_store = FaissStore.open(target, new_embedder.name, new_embedder.dim)
+    target = kbs.index_path(with_index_dir(info, target_dir))
+    new_store = open_index(kbs.settings, target, new_embedder.name, new_embedder.dim)
     resumed = len(new_store.list_documents())
     state = {
         "embedding_model": model,
@@ -96,7 +96,7 @@ def reembed(
         raise
     old_path = kbs.index_path(info)
     if old_path != target:
-        shutil.rmtree(old_path, ignore_errors=True)
+        drop_index(kbs.settings, old_path)
     return ReembedReport(
         collection=info.name,
         old_model=info.embedding_model,
@@ -108,13 +108,9 @@ def reembed(
     )
 
 
-def _with_dir(info: CollectionInfo, index_dir: str) -> CollectionInfo:
-    return CollectionInfo(**{**info.__dict__, "index_dir": index_dir})
-
-
 def _copy_missing(
     old: Handle,
-    new_store: FaissStore,
+    new_store: VectorStore,
     embedder,  # noqa: ANN001 - an Embedder
     state: dict,
     kbs: KnowledgeBases,

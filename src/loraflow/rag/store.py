@@ -7,7 +7,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +67,11 @@ class ChunkData(Protocol):
 
 
 class VectorStore(Protocol):
-    """Documents, their chunks and one vector per chunk, searchable by cosine similarity."""
+    """Documents, their chunks and one vector per chunk, searchable by cosine similarity.
+
+    Implemented by FaissStore (files) and, in their own modules, QdrantStore and ChromaStore;
+    rag/backends.py picks one by VECTOR_STORE.
+    """
 
     dim: int
     embedding_name: str
@@ -80,13 +84,26 @@ class VectorStore(Protocol):
 
     def list_documents(self) -> list[DocumentInfo]: ...
 
+    def get_document(self, doc_id: str) -> DocumentInfo | None: ...
+
     def get_document_by_source(self, source: str) -> DocumentInfo | None: ...
 
     def search(self, query: np.ndarray, k: int) -> list[SearchHit]: ...
 
     def count_chunks(self) -> int: ...
 
+    def chunks(self) -> list[ChunkRecord]: ...
+
+    def document_chunks(self, doc_id: str) -> list[ChunkRecord]: ...
+
+    @property
+    def revision(self) -> tuple[int, int]: ...
+
     def save(self) -> None: ...
+
+    def refresh(self) -> bool: ...
+
+    def write_lock(self) -> AbstractContextManager[None]: ...
 
 
 class FaissStore:

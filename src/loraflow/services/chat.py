@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
-from loraflow.services import assistants
+from loraflow.services import adapters as adapter_registry
+from loraflow.services import assistants, deployments
 from loraflow.services.ask import AskRequest, ask
 from loraflow.services.generation import request_params
 from loraflow.services.models import known_adapters
@@ -28,6 +30,8 @@ class ModelTarget:
     kind: TargetKind
     adapter: str | None = None
     assistant: str | None = None
+    # Set when the name is a deployment target: the variant this request was routed to.
+    routed: deployments.Routed | None = None
 
 
 def base_model_id(rt: Runtime) -> str:
@@ -49,6 +53,13 @@ def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
         return ModelTarget(raw, "adapter", raw)
     if raw in (base_model_id(rt), BASE_ALIAS):
         return ModelTarget(raw, "base")
+    routed = deployments.route(rt, raw)
+    if routed is not None:
+        return ModelTarget(raw, "adapter", routed.adapter, routed=routed)
+    # A registered adapter (e.g. one just trained) is attached on first use.
+    served = adapter_registry.lookup_servable(rt, raw) if rt.local is not None else None
+    if served is not None:
+        return ModelTarget(raw, "adapter", served)
     if raw.startswith(assistants.MODEL_PREFIX):
         # `assistant/<name>`: its prompt, model or adapter and knowledge bases, with sources.
         found = assistants.get_assistant(rt, raw[len(assistants.MODEL_PREFIX) :])
@@ -176,6 +187,34 @@ def _nth(params: GenerationParams, i: int) -> GenerationParams:
 def chat(rt: Runtime, req: ChatRequest) -> ChatResult:
     """Answer a chat (or continue a prompt) `n` times with the model it names."""
     target = resolve_model(rt, req.model)
+    if target.routed is None:
+        return _counted(rt, target, _chat(rt, target, req))
+    # Requests to a deployment target count towards its variant's live numbers.
+    started = time.perf_counter()
+    try:
+        result = _chat(rt, target, req)
+    except InvalidInput:
+        raise  # the request's fault, not the adapter's
+    except Exception:
+        deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        raise
+    deployments.record(rt, target.routed, True, time.perf_counter() - started)
+    return _counted(rt, target, result)
+
+
+def _usage_name(target: ModelTarget) -> str:
+    """The model name usage is counted under: the adapter that answered, or the name asked."""
+    if target.kind == "adapter" and target.adapter:
+        return target.adapter
+    return target.name
+
+
+def _counted(rt: Runtime, target: ModelTarget, result: ChatResult) -> ChatResult:
+    rt.usage.record(_usage_name(target), result.prompt_tokens, result.completion_tokens)
+    return result
+
+
+def _chat(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ChatResult:
     req = assistants.with_chat_defaults(rt, target.assistant, req)
     params = params_of(rt, req)
     if req.rag or target.assistant:
@@ -332,11 +371,41 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
         usage = {"prompt_tokens": result.prompt_tokens}
         usage["completion_tokens"] = result.completion_tokens
         return ChatStream(target.name, iter(events), result.sources, usage)
-    first = _open(rt, target, req, params)
+    started = time.perf_counter()
+    try:
+        first = _open(rt, target, req, params)
+    except InvalidInput:
+        raise
+    except Exception:
+        if target.routed is not None:
+            deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        raise
     out = ChatStream(target.name, iter(()), None)
     out._open.append(first)
 
     def events() -> Iterator[StreamEvent]:
+        try:
+            yield from routed()
+        finally:
+            usage = out.usage
+            rt.usage.record(
+                _usage_name(target),
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+            )
+
+    def routed() -> Iterator[StreamEvent]:
+        if target.routed is None:
+            yield from answers()
+            return
+        ok = False
+        try:
+            yield from answers()
+            ok = True
+        finally:
+            deployments.record(rt, target.routed, ok, time.perf_counter() - started)
+
+    def answers() -> Iterator[StreamEvent]:
         completion = 0
         for i in range(req.n):
             stream = first if i == 0 else _open(rt, target, req, _nth(params, i))

@@ -12,8 +12,8 @@ from loraflow.engines.ollama import OllamaEngine
 from loraflow.errors import LoraflowError
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.resolve import describe_base_model
+from loraflow.rag.backends import index_name, open_index
 from loraflow.rag.embed import load_embedder
-from loraflow.rag.store import FaissStore
 
 
 @dataclass
@@ -76,11 +76,12 @@ def run_checks(settings: Settings) -> list[Check]:
         embedder = load_embedder(settings.embedding_model, device="cpu")
         checks.append(Check("embedding model", True, f"{embedder.name} ({embedder.dim}-d)"))
         try:
-            store = FaissStore.open(settings.vector_store_dir, embedder.name, embedder.dim)
+            where = settings.vector_store_dir
+            store = open_index(settings, where, embedder.name, embedder.dim)
             n = len(store.list_documents())
-            checks.append(
-                Check("vector store", True, f"{settings.vector_store_dir} ({n} documents)")
-            )
+            if settings.vector_store != "faiss":
+                where = f"{settings.vector_store} collection {index_name(settings, where)}"
+            checks.append(Check("vector store", True, f"{where} ({n} documents)"))
         except LoraflowError as exc:
             checks.append(Check("vector store", False, str(exc)))
     except LoraflowError as exc:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from loraflow import db
-from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
+from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError, NotFound
 from loraflow.services.runtime import Runtime
 
 SELECTION_KEY = "model_selection"
@@ -39,6 +39,13 @@ def known_adapters(rt: Runtime) -> list[str]:
 def require_adapter(rt: Runtime, name: str) -> str:
     """Return the adapter name, or NotFound naming the adapters that are loaded."""
     names = known_adapters(rt)
+    if name not in names and rt.local is not None:
+        # A registered adapter (e.g. one just trained) is attached on first use.
+        from loraflow.services.adapters import lookup_servable
+
+        served = lookup_servable(rt, name)
+        if served is not None:
+            return served
     if name not in names:
         listed = ", ".join(repr(n) for n in names) if names else "none are loaded"
         raise NotFound(
@@ -72,8 +79,20 @@ def current_selection(rt: Runtime) -> Selection:
     adapter = raw.get("adapter")
     # An adapter removed since the switch is not silently used: fall back to the base.
     if adapter is not None and adapter not in known_adapters(rt):
-        adapter = None
+        adapter = _servable_or_none(rt, adapter)
     return Selection(raw.get("engine", "local"), adapter)
+
+
+def _servable_or_none(rt: Runtime, name: str) -> str | None:
+    """A registered adapter another worker switched to, attached here; None when gone."""
+    if rt.local is None:
+        return None
+    from loraflow.services.adapters import lookup_servable
+
+    try:
+        return lookup_servable(rt, name)
+    except LoraflowError:
+        return None
 
 
 def switch_model(

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine as DBEngine
 
 from loraflow import db
+from loraflow.adapters.deploy import TrafficStats
 from loraflow.config import Settings
 from loraflow.engines.ollama import OllamaEngine
 from loraflow.errors import ConfigError, LoraflowError
 from loraflow.memory.index import MemoryIndexes
+from loraflow.rag.backends import open_index
 from loraflow.rag.collections import KnowledgeBases
 from loraflow.rag.embed import Embedder, load_embedder
-from loraflow.rag.store import FaissStore, VectorStore
+from loraflow.rag.store import VectorStore
+from loraflow.services.usage import TokenUsage
 
 if TYPE_CHECKING:
     from loraflow.engines.hf import HFEngine
@@ -48,6 +51,14 @@ class Runtime:
     training_runner: JobRunner | None = None
     # Per-project vector indexes of the story memory (semantic triggers).
     memory_index: MemoryIndexes | None = None
+    # Registered adapters are attached on first use, one attach at a time.
+    serve_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Live per-variant counters of deployment targets (canary, A/B), in this process.
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    # Requests and tokens per model name, for /metrics.
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    # Workflows (merge -> validate -> deploy) running in this process.
+    workflow_threads: dict[str, threading.Thread] = field(default_factory=dict)
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -63,8 +74,8 @@ def prepare_data_dir(settings: Settings) -> None:
 
 
 def open_store(settings: Settings, embedder: Embedder) -> VectorStore:
-    """Open (or create) the vector store for the configured embedding model."""
-    return FaissStore.open(settings.vector_store_dir, embedder.name, embedder.dim)
+    """Open (or create) the VECTOR_STORE backend's store for the configured embedding model."""
+    return open_index(settings, settings.vector_store_dir, embedder.name, embedder.dim)
 
 
 def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runtime:

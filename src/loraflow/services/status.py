@@ -12,6 +12,17 @@ from loraflow.config import Settings
 from loraflow.services.training import TrainingContext, list_tasks
 
 
+def server_url(settings: Settings) -> str:
+    """Where this instance's server listens, as a loopback URL when it binds every address."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
+def server_headers(settings: Settings) -> dict[str, str]:
+    """The API key header the server wants, when API_KEY is set."""
+    return {"X-API-Key": settings.api_key_list[0]} if settings.api_key_list else {}
+
+
 def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
     """Running, queued and finished jobs from the database; loaded models from the server."""
     engine = db.make_engine(settings.db_url)
@@ -20,9 +31,7 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
     finally:
         engine.dispose()
     by_status = Counter(t["status"] for t in tasks)
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
-    url = f"http://{host}:{settings.api_port}"
-    headers = {"X-API-Key": settings.api_key_list[0]} if settings.api_key_list else {}
+    url, headers = server_url(settings), server_headers(settings)
     server: dict[str, Any]
     try:
         r = httpx.get(f"{url}/model_info", timeout=timeout, headers=headers)

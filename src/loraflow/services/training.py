@@ -20,6 +20,7 @@ from loraflow.models.resolve import resolve_base_model
 from loraflow.services.datasets import available_models, dataset_path
 from loraflow.services.runtime import Runtime
 from loraflow.training import jobs
+from loraflow.training.launcher import check_accelerate_config, check_launch
 from loraflow.training.params import TrainParams
 from loraflow.training.runner import spawn_worker, supervise
 
@@ -52,8 +53,9 @@ def submit(
     *,
     local_dataset: Path | None = None,
     local_val: Path | None = None,
+    accelerate_config: Path | None = None,
 ) -> dict[str, Any]:
-    """Queue a job; an API dataset is an uploaded name, the CLI may pass a local path."""
+    """Queue a job; an API dataset is an uploaded name, the CLI may pass local paths."""
     s = rt.settings
     name = (task_name or "").strip()
     if not _TASK_NAME.match(name):
@@ -66,6 +68,11 @@ def submit(
     if not path.is_file():
         raise NotFound(f"dataset file {str(path)!r} does not exist")
     train_params = TrainParams.from_dict({"device": s.training_device, **(params or {})})
+    # A launcher that is missing or more processes than GPUs: refused now, not as a failed job.
+    launch = check_launch(train_params)
+    if accelerate_config is not None:
+        accelerate_config = accelerate_config.resolve()
+        check_accelerate_config(accelerate_config, train_params)
     base_path = _base_model_path(rt, base_model)
     # Parse now, so a bad file is a clear error at submit time rather than a failed job.
     load_examples(path, kind, train_params.chunk_size)
@@ -85,9 +92,10 @@ def submit(
             "base_model_path": str(base_path),
             "dataset_path": str(path),
             "val_path": str(local_val.resolve()) if local_val else None,
+            "accelerate_config": str(accelerate_config) if accelerate_config else None,
         },
     )
-    return view(job)
+    return {**view(job), "launch": launch}
 
 
 def _base_model_path(rt: Context, base_model: str) -> Path:
@@ -137,7 +145,7 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "training_params": {
             k: v
             for k, v in job["training_params"].items()
-            if k not in ("base_model_path", "dataset_path", "val_path")
+            if k not in ("base_model_path", "dataset_path", "val_path", "accelerate_config")
         },
     }
 
@@ -214,9 +222,20 @@ def start_runner(rt: Runtime) -> None:
 
     if rt.training_runner is None:
         rt.training_runner = JobRunner(
-            rt.db, rt.settings.db_url, rt.settings.data_path / ".training.lock"
+            rt.db,
+            rt.settings.db_url,
+            rt.settings.data_path / ".training.lock",
+            on_finished=lambda job: register_output(rt, job),
         )
         rt.training_runner.start()
+
+
+def register_output(rt: Context, job: dict[str, Any]) -> None:
+    """Put a completed job's adapter in the registry, so it can be served by name at once."""
+    if job.get("status") == "completed":
+        from loraflow.services.adapters import sync_trained
+
+        sync_trained(rt)
 
 
 def stop_runner(rt: Runtime) -> None:
@@ -237,7 +256,9 @@ def run_foreground(
     if claimed:
         job = jobs.get_job(rt.db, task_id)
         proc = spawn_worker(s.db_url, job, s.data_path / ".training.lock", follow_parent=False)
-        return view(supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j))))
+        done = supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j)))
+        register_output(rt, done)
+        return view(done)
     while True:
         job = view(jobs.get_job(rt.db, task_id))
         on_poll(job)

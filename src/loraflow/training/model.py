@@ -26,6 +26,13 @@ def plan_device(p: TrainParams) -> dict[str, Any]:
     batch, accum = p.batch_size, p.grad_accum
     if cuda:
         batch, accum = fit_batch(batch, accum, torch.cuda.get_device_properties(0).total_memory)
+    n = p.num_processes
+    if n > 1:
+        label = f"{n} CUDA GPUs" if cuda else f"{n} CPU processes (gloo, for testing)"
+        if accum % n == 0:
+            # Each process takes its share of the accumulation: the effective batch, and so
+            # the optimisation, stays that of one process; the steps just run in parallel.
+            accum //= n
     return {
         "device": device,
         "quantization": "4bit" if quant else None,
@@ -34,6 +41,7 @@ def plan_device(p: TrainParams) -> dict[str, Any]:
         "label": label,
         "batch_size": batch,
         "grad_accum": accum,
+        "effective_batch": batch * accum * n,
     }
 
 

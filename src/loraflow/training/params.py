@@ -11,6 +11,7 @@ TARGET_PRESETS = {
     "q,v": ["q_proj", "v_proj"],
     "all-linear": "all-linear",
 }
+LAUNCHERS = ("none", "accelerate", "torchrun")
 
 
 @dataclass
@@ -53,6 +54,10 @@ class TrainParams:
     """Random seed for the split, LoRA init and shuffling."""
     device: str = "cpu"
     """cpu, cuda or auto."""
+    launcher: str = "none"
+    """'none' (train in one process), 'accelerate' or 'torchrun' (num_processes DDP processes)."""
+    num_processes: int = 1
+    """Data-parallel processes: one per GPU; on CPU (gloo) only to test the multi-process path."""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainParams:
@@ -98,9 +103,18 @@ class TrainParams:
             ("quantization", ("auto", "4bit", "none")),
             ("gradient_checkpointing", ("auto", "on", "off")),
             ("device", ("cpu", "cuda", "auto")),
+            ("launcher", LAUNCHERS),
         ):
             if getattr(self, name) not in allowed:
                 raise InvalidInput(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.num_processes < 1:
+            raise InvalidInput(f"num_processes={self.num_processes} must be >= 1")
+        if self.num_processes > 1 and self.launcher == "none":
+            raise InvalidInput(
+                f"num_processes={self.num_processes} needs a launcher; launcher='none' trains in "
+                "one process",
+                hint="use launcher='accelerate' or launcher='torchrun'",
+            )
         self.targets()
 
     def targets(self) -> list[str] | str:

@@ -32,13 +32,13 @@ class ProgressCallback(TrainerCallback):
         self._send(state, message=f"training on {self.device}: step {state.global_step}")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._check_cancel(control)
+        self._check_cancel(args, control)
         self._send(state)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         # Checked per micro-batch too, so a cancel lands within seconds even with
         # gradient accumulation; the checkpoint is the last completed optimizer step.
-        self._check_cancel(control)
+        self._check_cancel(args, control)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.cancelled:
@@ -50,13 +50,21 @@ class ProgressCallback(TrainerCallback):
             self.history.append(entry)
             self._send(state)
 
-    def _check_cancel(self, control: Any) -> None:
-        if not self.cancelled and self.should_stop():
+    def _check_cancel(self, args: Any, control: Any) -> None:
+        if self.cancelled:
+            return
+        stop = self.should_stop()
+        if args.world_size > 1:
+            stop = any_rank(stop, args.device)
+        if stop:
             self.cancelled = True
             control.should_save = True
             control.should_training_stop = True
 
     def _send(self, state: Any, message: str | None = None) -> None:
+        if not state.is_world_process_zero:
+            # Several processes train one job; rank 0 speaks for all of them.
+            return
         total = max(state.max_steps, 1)
         done = state.global_step - self._step0
         eta = None
@@ -82,6 +90,20 @@ class ProgressCallback(TrainerCallback):
                 "history": self.history,
             }
         )
+
+
+def any_rank(flag: bool, device: Any) -> bool:
+    """True on every process when it is True on any of them.
+
+    Ranks see a cancel or a signal at different moments; DDP deadlocks if one stops a step
+    before the others, so they stop together at the first step where any of them saw it.
+    """
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _entry(log: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,25 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Signal a process and all its descendants; returns the pids signalled.
+
+    torchrun starts each rank in a session of its own, so a process-group kill would miss
+    them: the tree is walked instead (collected first, while the parent links still exist).
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
+    return [proc.pid for proc in procs]
 
 
 def spawn_worker(
@@ -77,7 +97,8 @@ def supervise(
             proc.send_signal(signal.SIGTERM)
             term_sent = time.monotonic()
         elif term_sent is not None and time.monotonic() - term_sent > CANCEL_GRACE_S:
-            proc.kill()
+            # The worker and any launcher ranks it started: none may outlive a cancel.
+            kill_tree(proc.pid)
         time.sleep(_POLL_S)
     job = jobs.get_job(db, job_id)
     if job["status"] == "running":
@@ -104,8 +125,16 @@ def supervise(
 class JobRunner:
     """Runs queued jobs one after another in a background thread of the service."""
 
-    def __init__(self, db: Engine, db_url: str, lock: Path) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        db_url: str,
+        lock: Path,
+        on_finished: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.db, self.db_url, self.lock = db, db_url, lock
+        # Called with each job's final record (e.g. to register the trained adapter).
+        self.on_finished = on_finished
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -145,6 +174,8 @@ class JobRunner:
                     continue
                 done = supervise(self.db, job["id"], proc, self._stop.is_set)
                 log.info("training job %s ended: %s", job["id"], done["status"])
+                if self.on_finished is not None:
+                    self.on_finished(done)
             except Exception:  # one broken job must not stop the queue
                 log.exception("training queue error")
                 self._stop.wait(2.0)

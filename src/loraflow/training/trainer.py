@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraflow.datasets.encode import Encoded, encode_examples
 from loraflow.datasets.formats import load_examples
@@ -18,7 +18,10 @@ from loraflow.datasets.prepare import split_train_val
 from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.models.resolve import ResolvedModel
 from loraflow.training.params import TrainParams
-from loraflow.training.progress import Report
+
+if TYPE_CHECKING:
+    # Only a type here: the launching worker imports this module and needs no transformers.
+    from loraflow.training.progress import Report
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -37,6 +40,7 @@ class TrainSpec:
     output_dir: Path
     params: TrainParams = field(default_factory=TrainParams)
     val_path: Path | None = None
+    accelerate_config: Path | None = None
 
 
 @dataclass
@@ -46,6 +50,8 @@ class TrainResult:
     status: str
     output_dir: Path
     metrics: dict[str, Any]
+    main: bool = True
+    """False in the ranks of a multi-process run other than rank 0."""
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
@@ -94,7 +100,6 @@ def run_training(
 
 def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resume: bool) -> Any:
     import torch
-    from transformers import TrainingArguments
 
     from loraflow.training.batching import LabelOnlyTrainer, PaddingFreeCollator
     from loraflow.training.early_stop import EarlyStopOnEvalLoss
@@ -103,38 +108,17 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
 
     p = spec.params
     plan = plan_device(p)
+    # Built first: it sets up the process group of a launched run and names this rank's GPU.
+    args = _training_args(spec, plan, evaluate=True)
+    if plan["device"] != "cpu":
+        plan["device"] = str(args.device)
     torch.manual_seed(p.seed)
     resolved = ResolvedModel("hf_dir", spec.base_model_path, None, spec.base_model)
     model, tokenizer = build_lora_model(resolved, p, plan)
     train, val = load_data(spec, tokenizer)
+    if not val:
+        args = _training_args(spec, plan, evaluate=False)
     spec.output_dir.mkdir(parents=True, exist_ok=True)
-    args = TrainingArguments(
-        output_dir=str(spec.output_dir / CHECKPOINTS),
-        per_device_train_batch_size=plan["batch_size"],
-        per_device_eval_batch_size=plan["batch_size"],
-        gradient_accumulation_steps=plan["grad_accum"],
-        num_train_epochs=p.epochs,
-        max_steps=p.max_steps or -1,
-        learning_rate=p.lr,
-        lr_scheduler_type="linear",
-        warmup_steps=0.03,
-        logging_steps=1,
-        eval_strategy="epoch" if val else "no",
-        save_strategy="epoch",
-        save_total_limit=2,
-        # fp32 on CPU: bf16 autocast there made a step ~40x slower (DESIGN.md).
-        bf16=plan["bf16"],
-        fp16=False,
-        gradient_checkpointing=plan["checkpointing"],
-        use_cpu=plan["device"] == "cpu",
-        report_to="none",
-        remove_unused_columns=False,
-        label_names=["target_ids"],
-        prediction_loss_only=True,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=p.seed,
-    )
     callback = ProgressCallback(report, should_stop, plan["label"])
     early = EarlyStopOnEvalLoss(p.early_stopping_patience, p.early_stopping_min_delta)
     trainer = LabelOnlyTrainer(
@@ -145,6 +129,7 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         data_collator=PaddingFreeCollator(),
         callbacks=[callback, early],
     )
+    main = trainer.is_world_process_zero()
     checkpoint = last_checkpoint(spec.output_dir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = {
@@ -153,7 +138,7 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         "val_sequences": len(val),
     }
     if callback.cancelled:
-        return TrainResult("cancelled", spec.output_dir, metrics)
+        return TrainResult("cancelled", spec.output_dir, metrics, main)
     if early.reason:
         metrics["stopped_early"] = early.reason
     if val and not any("eval_loss" in h for h in callback.history):
@@ -161,8 +146,45 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         callback.history.append(
             {"step": trainer.state.global_step, "eval_loss": trainer.evaluate()["eval_loss"]}
         )
-    _write_output(spec, model, tokenizer, metrics, plan)
-    return TrainResult("completed", spec.output_dir, metrics)
+    _write_output(spec, trainer, tokenizer, metrics, plan)
+    return TrainResult("completed", spec.output_dir, metrics, main)
+
+
+def _training_args(spec: TrainSpec, plan: dict[str, Any], evaluate: bool) -> Any:
+    from transformers import TrainingArguments
+
+    p = spec.params
+    launched = p.num_processes > 1
+    return TrainingArguments(
+        output_dir=str(spec.output_dir / CHECKPOINTS),
+        per_device_train_batch_size=plan["batch_size"],
+        per_device_eval_batch_size=plan["batch_size"],
+        gradient_accumulation_steps=plan["grad_accum"],
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps or -1,
+        learning_rate=p.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0.03,
+        logging_steps=1,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        # fp32 on CPU: bf16 autocast there made a step ~40x slower (DESIGN.md).
+        bf16=plan["bf16"],
+        fp16=False,
+        gradient_checkpointing=plan["checkpointing"],
+        use_cpu=plan["device"] == "cpu",
+        # Every LoRA weight gets a gradient: DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False if launched else None,
+        ddp_backend="gloo" if launched and plan["device"] == "cpu" else None,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["target_ids"],
+        prediction_loss_only=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=p.seed,
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -173,12 +195,20 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def _write_output(
-    spec: TrainSpec, model: Any, tokenizer: Any, metrics: dict, plan: dict[str, Any]
+    spec: TrainSpec, trainer: Any, tokenizer: Any, metrics: dict, plan: dict[str, Any]
 ) -> None:
     out = spec.output_dir
     staging = out / ".final"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    # Every rank takes part: under FSDP or DeepSpeed the weights are gathered from all of
+    # them; only rank 0 writes.
+    trainer.save_model(str(staging))
+    if not main:
+        return
+    # The Trainer also pickles its arguments there; adapters hold safetensors and JSON only.
+    (staging / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(staging)
     # adapter_config.json goes in last: a folder with it is a complete adapter to scanners.
     names = sorted(os.listdir(staging), key=lambda n: n == "adapter_config.json")

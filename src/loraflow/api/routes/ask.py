@@ -65,4 +65,10 @@ class AskResponse(BaseModel):
 @router.post("/ask", response_model=AskResponse, summary="Answer a question with sources")
 def ask_route(body: AskBody, rt: RuntimeDep) -> dict[str, Any]:
     result = ask(rt, AskRequest(**body.model_dump()))
+    used = result.adapter or (
+        "ollama" if result.engine == "ollama" else rt.settings.base_model_name
+    )
+    rt.usage.record(
+        used, result.usage.get("prompt_tokens", 0), result.usage.get("completion_tokens", 0)
+    )
     return asdict(result)

@@ -44,6 +44,8 @@ def train(
     max_length: int | None = Form(None),
     max_steps: int | None = Form(None),
     target_modules: str | None = Form(None),
+    launcher: str | None = Form(None, description="none, accelerate or torchrun"),
+    num_processes: int | None = Form(None, description="DDP processes (one per GPU)"),
     training_params: str | None = Form(None, description="JSON object of any other parameter"),
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
@@ -63,14 +65,19 @@ def train(
         "max_len": max_length,
         "max_steps": max_steps,
         "target_modules": target_modules,
+        "launcher": launcher,
+        "num_processes": num_processes,
     }
     params = {**extra, **{k: v for k, v in fields.items() if v is not None}}
     task = training.submit(rt, task_name, base_model, dataset_filename, dataset_type, params)
+    message = f"task {task['task_name']!r} queued; output will be {task['output_path']}"
+    if task["training_params"].get("launcher", "none") != "none":
+        message += f"; {task['launch']}"
     return {
         "task_id": task["task_id"],
         "task_name": task["task_name"],
         "status": task["status"],
-        "message": f"task {task['task_name']!r} queued; output will be {task['output_path']}",
+        "message": message,
     }
 
 

@@ -1,0 +1,80 @@
+"""Loading the base model and tokenizer for merges: offline, safetensors-only, fp32."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import ModelLoadError
+
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
+
+
+def load_causal_lm(path: Path) -> Any:
+    """A causal LM from a safetensors folder in float32 (exact arithmetic on any device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
+            trust_remote_code=False,
+        )
+    except LOAD_ERRORS as exc:
+        raise ModelLoadError(f"could not load the model at {path}: {exc}") from exc
+    model.eval()
+    return model
+
+
+def attach_adapter(model: Any, adapter_dir: Path, name: str = "default") -> Any:
+    """`model` wrapped by PEFT with the adapter at `adapter_dir` loaded (safetensors)."""
+    from peft import PeftModel
+
+    # PEFT reads adapter_model.safetensors whenever it exists, and merge inputs are checked
+    # to have it, so no pickle is ever loaded here.
+    try:
+        return PeftModel.from_pretrained(
+            model, str(adapter_dir), adapter_name=name, is_trainable=False
+        )
+    except LOAD_ERRORS as exc:
+        raise ModelLoadError(f"could not load the adapter at {adapter_dir}: {exc}") from exc
+
+
+def load_tokenizer(path: Path) -> Any | None:
+    """The tokenizer saved in `path`, or None when the folder has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=False
+        )
+    except LOAD_ERRORS:
+        return None
+
+
+def saved_dtype(path: Path) -> Any:
+    """The torch dtype a model folder's config.json declares (float32 when unset)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else torch.float32
+
+
+def free_memory() -> None:
+    """Give freed model memory back after a merge step."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

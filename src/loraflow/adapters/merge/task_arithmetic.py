@@ -1,0 +1,41 @@
+"""Task arithmetic: lambda times the weighted sum of the adapters' deltas (not normalized)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loraflow.adapters.merge.base import Into, LambdaParams
+from loraflow.adapters.merge.concat import ConcatMethod
+from loraflow.adapters.merge.lora import LoraSource
+from loraflow.adapters.merge.peft_weighted import task_vector_config
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TaskArithmetic(ConcatMethod):
+    """delta = lambda * sum_i w_i * delta_i, exact (ranks stacked); one adapter scales it."""
+
+    name = "task_arithmetic"
+    description = "lambda times the weighted sum of the adapters' deltas"
+    params_model = LambdaParams
+    min_adapters = 1
+
+    def coefficients(self, sources: list[LoraSource], module: str, params: Any) -> list[float]:
+        return [params.lambda_ * w for w in params.weights]
+
+    def mergekit_config(
+        self, models: list[Path], base_model_dir: Path, params: Any
+    ) -> dict[str, Any]:
+        return task_vector_config(self.name, models, base_model_dir, params, density=False)
+
+    def reference_delta(
+        self,
+        deltas: list[torch.Tensor],
+        params: Any,
+        *,
+        into: Into,
+        base: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return params.lambda_ * sum(w * d for w, d in zip(params.weights, deltas, strict=True))

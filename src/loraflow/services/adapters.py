@@ -1,0 +1,225 @@
+"""Adapter registry use cases: scan, register, inspect, serve on demand, validation records."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, select
+
+from loraflow import db
+from loraflow.adapters.inspect import inspect_adapter
+from loraflow.adapters.registry import AdapterRecord, Registry, ScanResult, check_compatible
+from loraflow.config import Settings
+from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
+from loraflow.models.resolve import resolve_base_model
+from loraflow.training import jobs
+
+log = logging.getLogger(__name__)
+
+
+class Context(Protocol):
+    """A Runtime, or anything with settings and a database (the CLI's light context)."""
+
+    settings: Settings
+    db: Engine
+
+
+def registry(ctx: Context) -> Registry:
+    return Registry(ctx.db, max_rank=ctx.settings.max_lora_rank)
+
+
+def adapter_roots(ctx: Context) -> list[Path]:
+    """Where adapters are found: LORA_MODEL_PATH and the training output folder."""
+    s = ctx.settings
+    return [s.lora_path, s.training_output_path]
+
+
+def base_model_dir(ctx: Context) -> Path:
+    """The folder of the configured base model (converted once for bundled models)."""
+    s = ctx.settings
+    return resolve_base_model(s.base_model_name, s.cache_path).path
+
+
+def scan(ctx: Context) -> ScanResult:
+    return registry(ctx).scan(adapter_roots(ctx))
+
+
+def sync_trained(ctx: Context) -> list[AdapterRecord]:
+    """Register the adapters of completed training jobs not registered yet (by task name)."""
+    reg = registry(ctx)
+    added = []
+    for job in jobs.list_jobs(ctx.db):
+        if job["status"] != "completed":
+            continue
+        out = Path(job["output_path"])
+        if reg.find_by_path(out) is not None or not out.is_dir():
+            continue
+        try:
+            added.append(reg.register(out, name=job["task_name"], source="training"))
+        except Conflict:
+            continue  # registered by another worker meanwhile
+        except LoraflowError as exc:
+            log.warning("trained adapter at %s was not registered: %s", out, exc)
+    return added
+
+
+def list_adapters(ctx: Context, *, name: str | None = None) -> list[AdapterRecord]:
+    sync_trained(ctx)
+    return registry(ctx).list(name=name)
+
+
+def get_adapter(ctx: Context, ref: str) -> AdapterRecord:
+    reg = registry(ctx)
+    if reg.find(ref) is None:
+        sync_trained(ctx)  # a job may have finished a moment ago
+    return reg.get(ref)
+
+
+def register(
+    ctx: Context,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    description: str = "",
+    tags: list[str] | None = None,
+    source: str = "registered",
+) -> AdapterRecord:
+    """Register a folder inside the data dir or LORA_MODEL_PATH, checked against the base."""
+    folder = inside_allowed(ctx, path)
+    return registry(ctx).register(
+        folder,
+        name=name,
+        description=description,
+        tags=tags,
+        source=source,
+        base_dir=_base_dir_or_none(ctx),
+    )
+
+
+def inside_allowed(ctx: Context, raw: str | Path) -> Path:
+    """An adapter folder path, refused when outside the data dir and LORA_MODEL_PATH."""
+    s = ctx.settings
+    given = Path(str(raw)).expanduser()
+    path = (given if given.is_absolute() else s.lora_path / given).resolve()
+    roots = [s.data_path.resolve(), s.lora_path.resolve()]
+    if not any(path.is_relative_to(r) for r in roots):
+        allowed = " or ".join(str(r) for r in roots)
+        raise InvalidInput(
+            f"adapter path {str(raw)!r} is outside the folders adapters may come from ({allowed})",
+            hint="copy the adapter under LORA_MODEL_PATH",
+        )
+    return path
+
+
+def _base_dir_or_none(ctx: Context) -> Path | None:
+    try:
+        return base_model_dir(ctx)
+    except Exception:  # no base model here: compatibility is checked when it is loaded
+        return None
+
+
+def compatibility(ctx: Context, ref: str) -> dict[str, Any]:
+    """Whether a registered adapter fits the configured base model, with the reasons."""
+    rec = registry(ctx).get(ref)
+    try:
+        check_compatible(inspect_adapter(Path(rec.path)), base_model_dir(ctx))
+    except (InvalidInput, NotFound) as exc:
+        return {"adapter": rec.ref, "compatible": False, "reason": str(exc)}
+    return {"adapter": rec.ref, "compatible": True, "reason": None}
+
+
+# --- serving ------------------------------------------------------------------------------
+def served_name(rec: AdapterRecord, engine: Any) -> str:
+    """The engine name of a registered adapter: its name, or name@vN when that is taken."""
+    paths = engine.adapter_paths()
+    loaded = paths.get(rec.name)
+    if loaded is None or Path(loaded).resolve() == Path(rec.path).resolve():
+        return rec.name
+    return rec.ref
+
+
+def ensure_served(rt: Any, ref: str) -> str:
+    """The engine name of a registered adapter, attaching it first (checksum verified)."""
+    engine = rt.local
+    if engine is None:
+        from loraflow.errors import EngineUnavailable
+
+        raise EngineUnavailable(f"the local model is not loaded: {rt.local_error}")
+    reg = registry(rt)
+    rec = reg.get(ref)
+    name = served_name(rec, engine)
+    if _attached(engine, name, rec):
+        return name
+    with rt.serve_lock:
+        if _attached(engine, name, rec):
+            return name
+        # Files are checked when they are attached: a changed folder is refused, not served.
+        rec = reg.verify(rec.id)
+        engine.load_adapter(name, Path(rec.path))
+    return name
+
+
+def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:
+    path = engine.adapter_paths().get(name)
+    return path is not None and Path(path).resolve() == Path(rec.path).resolve()
+
+
+def lookup_servable(rt: Any, name: str) -> str | None:
+    """The engine name for `name` when it is a registered adapter that can be served."""
+    reg = registry(rt)
+    rec = reg.find(name)
+    if rec is None and sync_trained(rt):
+        rec = reg.find(name)
+    if rec is None:
+        return None
+    return ensure_served(rt, rec.id)
+
+
+# --- validation records ---------------------------------------------------------------------
+def store_validation(
+    ctx: Context, report: dict[str, Any], adapter: AdapterRecord | None = None
+) -> str:
+    """Keep a validation report (as JSON) of a registered adapter's current files; its id."""
+    vid = str(report.get("id") or uuid.uuid4().hex)
+    overall = report.get("overall") if isinstance(report.get("overall"), dict) else {}
+    score = float(report.get("overall_score", overall.get("score", 0.0)) or 0.0)
+    grade = str(report.get("grade", overall.get("grade", "poor")))
+    with ctx.db.begin() as conn:
+        conn.execute(
+            db.adapter_validations.insert().values(
+                id=vid,
+                adapter_id=adapter.id if adapter else None,
+                checksum_sha256=adapter.checksum_sha256 if adapter else None,
+                mode=str(report.get("mode", "standard")),
+                score=score,
+                grade=grade,
+                report=report,
+                created_at=datetime.now(UTC),
+            )
+        )
+    return vid
+
+
+def validations(ctx: Context, adapter_id: str | None = None) -> list[dict[str, Any]]:
+    """Stored reports, newest first (of one adapter when given)."""
+    t = db.adapter_validations
+    q = select(t).order_by(t.c.created_at.desc())
+    if adapter_id is not None:
+        q = q.where(t.c.adapter_id == adapter_id)
+    with ctx.db.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(q)]
+    for r in rows:
+        r["created_at"] = r["created_at"].isoformat() if r["created_at"] else None
+    return rows
+
+
+def latest_validation(ctx: Context, rec: AdapterRecord) -> dict[str, Any] | None:
+    """The newest report of this adapter whose checksum is the adapter's current one."""
+    for row in validations(ctx, rec.id):
+        if row.get("checksum_sha256") in (None, rec.checksum_sha256):
+            return row
+    return None

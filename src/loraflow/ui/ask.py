@@ -1,0 +1,206 @@
+"""The Ask tab: questions answered from the knowledge base with sources, and its documents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from loraflow import db
+from loraflow.services import documents, knowledge
+from loraflow.services.ask import AskRequest, ask
+from loraflow.services.runtime import Runtime
+from loraflow.ui.context import UIContext, action, cell, model_choices, model_request, whole
+
+# The chat is kept in the database, so a reload or a second browser shows the same history.
+HISTORY_KEY = "ui.ask_history"
+MAX_HISTORY = 200
+DEFAULT = "default"
+
+
+def load_history(rt: Runtime) -> list[dict[str, str]]:
+    """The Ask tab's saved chat messages (oldest first)."""
+    saved = db.get_state(rt.db, HISTORY_KEY, [])
+    return saved if isinstance(saved, list) else []
+
+
+def _save_history(rt: Runtime, messages: list[dict[str, str]]) -> None:
+    db.set_state(rt.db, HISTORY_KEY, messages[-MAX_HISTORY:])
+
+
+def sources_markdown(ctx: UIContext, sources: list[dict[str, Any]]) -> str:
+    """The numbered sources of one answer, as Markdown."""
+    if not sources:
+        return f"**{ctx.t('sources')}**: {ctx.t('no_sources')}"
+    lines = [f"**{ctx.t('sources')}**"]
+    for s in sources:
+        quote = cell(s.get("quote") or s.get("content"), 220)
+        lines.append(
+            f"{s['index']}. `{cell(s['source'], 80)}` · {ctx.t('chunk')} {s['chunk']} · "
+            f"{ctx.t('score')} {s['score']:.3f} — {quote}"
+        )
+    return "\n".join(lines)
+
+
+def _collection(name: str | None) -> str | None:
+    return None if not name or name == DEFAULT else name
+
+
+def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
+    """Lay out the Ask tab and wire its events (call inside a gr.Tab)."""
+    t = ctx.t
+    with gr.Row():
+        model = gr.Dropdown(label=t("model"), elem_id="ask-model", scale=2)
+        collection = gr.Dropdown(label=t("knowledge_base"), elem_id="ask-collection", scale=2)
+        top_k = gr.Number(
+            label=t("top_k_chunks"),
+            value=ctx.settings.retrieval_top_k,
+            precision=0,
+            minimum=1,
+            maximum=50,
+            scale=1,
+        )
+    chat = gr.Chatbot(label=t("chat"), elem_id="ask-chat", height=420)
+    with gr.Row():
+        question = gr.Textbox(
+            label=t("question"), placeholder=t("question_hint"), elem_id="ask-question", scale=5
+        )
+        send = gr.Button(t("ask"), variant="primary", elem_id="ask-send", scale=1)
+    clear = gr.Button(t("clear_history"), size="sm", elem_id="ask-clear")
+    with gr.Accordion(t("documents"), open=True):
+        files = gr.File(
+            label=t("upload_documents"),
+            file_count="multiple",
+            file_types=[".txt", ".md", ".pdf", ".json", ".jsonl"],
+            type="filepath",
+            elem_id="ask-upload",
+        )
+        upload = gr.Button(t("upload_ingest"), elem_id="ask-upload-go")
+        upload_status = gr.Markdown(elem_id="ask-upload-status")
+        docs = gr.Dataframe(
+            headers=[t("source"), t("chunks"), t("characters"), t("added"), "doc_id"],
+            interactive=False,
+            elem_id="ask-documents",
+        )
+        with gr.Row():
+            doc_pick = gr.Dropdown(label=t("document"), scale=3)
+            delete = gr.Button(t("delete_document"), variant="stop", scale=1)
+
+    def _docs(rt: Runtime, name: str | None) -> tuple[list[list[Any]], Any]:
+        items = knowledge.list_documents(rt, _collection(name))
+        rows = [[d["source"], d["n_chunks"], d["chars"], d["added_at"], d["doc_id"]] for d in items]
+        choices = [(f"{d['source']} ({d['doc_id'][:8]})", d["doc_id"]) for d in items]
+        return rows, gr.update(choices=choices, value=None)
+
+    @action
+    def refresh(name: str | None, current_model: str | None) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        names = [c["name"] for c in knowledge.list_collections(rt)] or [DEFAULT]
+        name = name if name in names else (DEFAULT if DEFAULT in names else names[0])
+        choices = model_choices(ctx, rt)
+        values = [v for _, v in choices]
+        picked = current_model if current_model in values else values[0]
+        rows, pick = _docs(rt, name)
+        return (
+            gr.update(choices=choices, value=picked),
+            gr.update(choices=names, value=name),
+            load_history(rt),
+            rows,
+            pick,
+        )
+
+    @action
+    def on_ask(
+        q: str, choice: str | None, name: str | None, k: float | None
+    ) -> Iterator[tuple[Any, str]]:
+        rt = ctx.rt()
+        history = load_history(rt)
+        pending = [*history, {"role": "user", "content": q}]
+        yield pending, ""
+        result = ask(
+            rt,
+            AskRequest(
+                query=q, top_k=whole(k), collection=_collection(name), **model_request(choice)
+            ),
+        )
+        used = result.model_used + (f" ({result.adapter})" if result.adapter else "")
+        note = f"\n\n_{t('answered_by')} {used} · {result.processing_time:.1f} s_"
+        if result.fallback:
+            note += f"\n\n_{result.fallback}_"
+        body = f"{result.answer}{note}\n\n{sources_markdown(ctx, result.source_documents)}"
+        # Re-read: another browser may have asked something meanwhile.
+        messages = [*load_history(rt), pending[-1], {"role": "assistant", "content": body}]
+        _save_history(rt, messages)
+        yield messages, ""
+
+    @action
+    def on_clear() -> list[dict[str, str]]:
+        _save_history(ctx.rt(), [])
+        return []
+
+    @action
+    def on_upload(paths: list[str] | None, name: str | None, progress=gr.Progress()) -> tuple:
+        rt = ctx.rt()
+        if not paths:
+            raise gr.Error(t("no_file_chosen"))
+        coll = _collection(name)
+        if coll is not None:
+            knowledge.get_collection(rt, coll)  # an unknown collection is refused first
+
+        def step(source: str, done: int, total: int) -> None:
+            progress((done, total), desc=source)
+
+        handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed below
+        try:
+            report = documents.ingest_uploads(
+                rt,
+                ((Path(p).name, h) for p, h in zip(paths, handles, strict=True)),
+                ingest_fn=partial(knowledge.ingest, rt, coll, progress=step),
+            )
+        finally:
+            for h in handles:
+                h.close()
+        parts = [f"{t('added')}: {', '.join(d.source for d in report.added) or '-'}"]
+        if report.replaced:
+            parts.append(f"{t('replaced')}: {', '.join(report.replaced)}")
+        if report.unchanged:
+            parts.append(f"{t('unchanged')}: {', '.join(report.unchanged)}")
+        for source, reason in report.failed:
+            parts.append(f"{t('failed')}: {source}: {reason}")
+        rows, pick = _docs(rt, name)
+        return "  \n".join(parts), rows, pick, None
+
+    @action
+    def on_delete(doc_id: str | None, name: str | None) -> tuple:
+        rt = ctx.rt()
+        if not doc_id:
+            raise gr.Error(t("pick_document"))
+        info = knowledge.delete_document(rt, _collection(name), doc_id)
+        rows, pick = _docs(rt, name)
+        return f"{t('deleted')}: {info['source']}", rows, pick
+
+    @action
+    def on_collection(name: str | None) -> tuple:
+        return _docs(ctx.rt(), name)
+
+    outputs = [model, collection, chat, docs, doc_pick]
+    demo.load(refresh, [collection, model], outputs, show_progress="hidden")
+    ask_event = {"fn": on_ask, "inputs": [question, model, collection, top_k]}
+    send.click(**ask_event, outputs=[chat, question], api_name="ask", concurrency_limit=8)
+    question.submit(**ask_event, outputs=[chat, question], concurrency_limit=8)
+    clear.click(on_clear, None, chat, api_name="ask_clear")
+    # The chat's own trash button clears the saved history too.
+    chat.clear(on_clear, None, chat)
+    upload.click(
+        on_upload,
+        [files, collection],
+        [upload_status, docs, doc_pick, files],
+        api_name="upload_documents",
+    )
+    delete.click(on_delete, [doc_pick, collection], [upload_status, docs, doc_pick])
+    collection.change(on_collection, collection, [docs, doc_pick], show_progress="hidden")
+    # Opening the tab again shows models loaded and documents added since.
+    tab.select(refresh, [collection, model], outputs, show_progress="hidden")

@@ -1,0 +1,138 @@
+"""What every tab shares: the running service's Runtime, the labels, and error display."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from loraflow.config import Settings
+from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
+from loraflow.services import memory, models
+from loraflow.services.runtime import Runtime
+from loraflow.ui.i18n import Labels
+
+log = logging.getLogger("loraflow.ui")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Model choices shared by the Ask and Create tabs; adapter names never start with "_".
+CURRENT, BASE, OLLAMA = "__current__", "__base__", "__ollama__"
+
+
+@dataclass
+class UIContext:
+    """The service's Runtime getter, its settings (form defaults) and the labels."""
+
+    runtime: Callable[[], Runtime | None]
+    settings: Settings
+    t: Labels
+
+    def rt(self) -> Runtime:
+        """The Runtime, or EngineUnavailable while the service is still starting."""
+        rt = self.runtime()
+        if rt is None:
+            raise EngineUnavailable("the service is still starting; retry in a few seconds")
+        return rt
+
+
+def _shown(exc: Exception) -> gr.Error:
+    if isinstance(exc, LoraflowError):
+        text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        return gr.Error(text)
+    # Never a traceback in the page; the log keeps it for the operator.
+    log.exception("unexpected error in the web UI")
+    return gr.Error(f"internal error: {type(exc).__name__}; see the server log")
+
+
+def action(fn: F) -> F:
+    """Wrap an event handler so loraflow errors show as a message in the page."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _shown(exc) from exc
+
+        return stream  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise _shown(exc) from exc
+
+    return call  # type: ignore[return-value]
+
+
+def model_choices(ctx: UIContext, rt: Runtime) -> list[tuple[str, str]]:
+    """The current selection, the base model, Ollama, then every loaded adapter."""
+    t = ctx.t
+    adapters = rt.local.adapters() if rt.local is not None else []
+    sel = models.current_selection(rt)
+    now = {"ollama": t("model_ollama"), "base": t("model_base")}.get(
+        sel.model_used, f"LoRA: {sel.adapter}"
+    )
+    return [
+        (f"{t('model_current')}: {now}", CURRENT),
+        (t("model_base"), BASE),
+        (t("model_ollama"), OLLAMA),
+        *((f"LoRA: {name}", name) for name in adapters),
+    ]
+
+
+def model_request(choice: str | None) -> dict[str, Any]:
+    """The engine/adapter fields of a request for one model choice."""
+    if not choice or choice == CURRENT:
+        return {}
+    if choice == BASE:
+        return {"engine": "local"}
+    if choice == OLLAMA:
+        return {"engine": "ollama"}
+    return {"adapter": choice}
+
+
+def project_choices(rt: Runtime) -> list[tuple[str, str]]:
+    """Story projects as (name, id) dropdown choices."""
+    return [(p["name"], p["id"]) for p in memory.list_projects(rt)]
+
+
+def whole(value: Any) -> int | None:
+    """A gr.Number's value as an int (None stays None)."""
+    return None if value is None or value == "" else int(value)
+
+
+def optional_whole(text: Any, what: str) -> int | None:
+    """A whole number typed into a text field; empty means not set."""
+    raw = "" if text is None else str(text).strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"{what} {raw!r} is not a whole number; leave it empty or give one"
+        ) from None
+
+
+def decimal(value: Any) -> float | None:
+    """A gr.Number's value as a float (None stays None)."""
+    return None if value is None or value == "" else float(value)
+
+
+def cell(value: Any, limit: int = 120) -> str:
+    """A value as one short line for a table cell."""
+    text = "" if value is None else " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,225 @@
+"""The Models tab: which model answers, loaded and trained adapters, the adapter registry.
+
+The tab is a list of sections (SECTIONS), each a function laying out one part; the adapter
+registry's sections (scan, merge, validate, deploy, export) live in loraflow.ui.adapters and
+loraflow.ui.deploy. A new part is one more function appended there; an action that changes
+what is loaded puts `bump(...)` into `parts.changed`, and a section showing adapters re-reads
+them with `refresh_on(parts, ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from loraflow.services import models, training
+from loraflow.services.lora_serving import load_lora, unload_lora
+from loraflow.services.runtime import Runtime
+from loraflow.ui import adapters, deploy
+from loraflow.ui.context import BASE, OLLAMA, UIContext, action
+
+
+@dataclass
+class TabParts:
+    """What a section builds on: labels and runtime, the page, the tab, a change signal."""
+
+    ctx: UIContext
+    demo: gr.Blocks
+    tab: gr.Tab
+    changed: gr.State
+
+
+Section = Callable[[TabParts], None]
+
+
+def bump(value: int | None) -> int:
+    """The next value of the change signal."""
+    return (value or 0) + 1
+
+
+def refresh_on(
+    parts: TabParts, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any]
+) -> None:
+    """Run `fn` on page load, when the tab opens, and when any section changes adapters."""
+    for trigger in (parts.demo.load, parts.tab.select, parts.changed.change):
+        trigger(fn, list(inputs), list(outputs), show_progress="hidden")
+
+
+def loaded_adapters(rt: Runtime) -> dict[str, Path]:
+    """Adapters the local engine holds now, with their folders."""
+    return rt.local.adapter_paths() if rt.local is not None else {}
+
+
+def trained_adapters(rt: Runtime) -> list[dict[str, Any]]:
+    """Completed training jobs whose adapter folder exists, newest first."""
+    out = []
+    for task in training.list_tasks(rt):
+        folder = Path(task["output_path"])
+        if task["status"] == "completed" and (folder / "adapter_config.json").is_file():
+            out.append({**task, "folder": folder})
+    return out
+
+
+def selection_section(parts: TabParts) -> None:
+    """The model that answers requests that do not choose one, and switching it."""
+    ctx, t = parts.ctx, parts.ctx.t
+    gr.Markdown(f"### {t('default_model')}")
+    info = gr.Markdown(elem_id="models-selection")
+    with gr.Row():
+        choice = gr.Dropdown(label=t("model"), elem_id="models-switch-choice", scale=3)
+        switch = gr.Button(t("use_as_default"), elem_id="models-switch", scale=1)
+
+    def _info(rt: Runtime) -> str:
+        m = models.model_info(rt)
+        used = {"base": t("model_base"), "ollama": f"Ollama {m['ollama_model']}"}.get(
+            m["model_used"], f"LoRA {m['adapter']}"
+        )
+        local = t("loaded") if m["local_model_loaded"] else m["local_model_error"]
+        return (
+            f"**{t('answering_with')}**: {used}  \n"
+            f"**{t('base_model')}**: {m['base_model']} ({local}; {m['device'] or '-'})  \n"
+            f"**{t('embedding_model')}**: {m['embedding_model']}"
+        )
+
+    @action
+    def refresh(current: str | None) -> tuple[str, Any]:
+        rt = ctx.rt()
+        choices = [(t("model_base"), BASE), (t("model_ollama"), OLLAMA)]
+        choices += [(f"LoRA: {n}", n) for n in loaded_adapters(rt)]
+        sel = models.current_selection(rt)
+        default = OLLAMA if sel.engine == "ollama" else (sel.adapter or BASE)
+        values = [v for _, v in choices]
+        return _info(rt), gr.update(
+            choices=choices, value=current if current in values else default
+        )
+
+    @action
+    def on_switch(picked: str | None, signal: int | None) -> tuple[str, int]:
+        rt = ctx.rt()
+        if picked == OLLAMA:
+            models.switch_model(rt, engine="ollama")
+        elif picked == BASE or not picked:
+            models.switch_model(rt, engine="local")
+        else:
+            models.switch_model(rt, engine="local", adapter=picked)
+        return _info(rt), bump(signal)
+
+    refresh_on(parts, refresh, [choice], [info, choice])
+    switch.click(on_switch, [choice, parts.changed], [info, parts.changed], api_name="switch_model")
+
+
+def loaded_section(parts: TabParts) -> None:
+    """Adapters the local engine serves now: list, load a folder, unload."""
+    ctx, t = parts.ctx, parts.ctx.t
+    gr.Markdown(f"### {t('loaded_adapters')}")
+    table = gr.Dataframe(
+        headers=[t("name"), t("folder")], interactive=False, elem_id="models-loaded"
+    )
+    with gr.Row():
+        unload_pick = gr.Dropdown(label=t("adapter"), elem_id="models-unload-pick", scale=3)
+        unload = gr.Button(t("unload"), variant="stop", elem_id="models-unload", scale=1)
+    with gr.Row():
+        name = gr.Textbox(label=t("adapter_name"), elem_id="models-load-name", scale=2)
+        folder = gr.Textbox(
+            label=t("adapter_folder"), placeholder=t("adapter_folder_hint"), scale=3
+        )
+        replace = gr.Checkbox(label=t("replace_loaded"), scale=1)
+        load = gr.Button(t("load"), elem_id="models-load", scale=1)
+    status = gr.Markdown(elem_id="models-loaded-status")
+
+    @action
+    def refresh() -> tuple[Any, Any]:
+        found = loaded_adapters(ctx.rt())
+        rows = [[n, str(p)] for n, p in found.items()] or [[t("none"), ""]]
+        return rows, gr.update(choices=list(found), value=None)
+
+    @action
+    def on_load(n: str, path: str, swap: bool, signal: int | None) -> tuple[str, int]:
+        done = load_lora(ctx.rt(), (n or "").strip(), (path or "").strip(), replace=bool(swap))
+        return f"{t('loaded')}: {done['lora_name']} ← {done['lora_path']}", bump(signal)
+
+    @action
+    def on_unload(n: str | None, signal: int | None) -> tuple[str, int]:
+        if not n:
+            raise gr.Error(t("pick_adapter"))
+        unload_lora(ctx.rt(), n)
+        return f"{t('unloaded')}: {n}", bump(signal)
+
+    refresh_on(parts, refresh, [], [table, unload_pick])
+    load.click(on_load, [name, folder, replace, parts.changed], [status, parts.changed])
+    unload.click(on_unload, [unload_pick, parts.changed], [status, parts.changed])
+
+
+def trained_section(parts: TabParts) -> None:
+    """Adapters written by completed training jobs, each loadable with one click."""
+    ctx, t = parts.ctx, parts.ctx.t
+    gr.Markdown(f"### {t('trained_adapters')}")
+    table = gr.Dataframe(
+        headers=["#", t("task"), t("base_model"), t("completed"), t("is_loaded"), t("folder")],
+        interactive=False,
+        elem_id="models-trained",
+    )
+    with gr.Row():
+        pick = gr.Dropdown(label=t("trained_adapter"), elem_id="models-trained-pick", scale=3)
+        as_name = gr.Textbox(label=t("adapter_name"), placeholder=t("default_task_name"), scale=2)
+        load = gr.Button(t("load"), variant="primary", elem_id="models-trained-load", scale=1)
+    status = gr.Markdown(elem_id="models-trained-status")
+
+    @action
+    def refresh(current: int | None) -> tuple[Any, Any]:
+        rt = ctx.rt()
+        live = {p.resolve() for p in loaded_adapters(rt).values()}
+        found = trained_adapters(rt)
+        rows = [
+            [
+                x["task_id"],
+                x["task_name"],
+                x["base_model"],
+                (x["completed_at"] or "")[:19].replace("T", " "),
+                "✓" if x["folder"].resolve() in live else "",
+                str(x["folder"]),
+            ]
+            for x in found
+        ]
+        choices = [(f"#{x['task_id']} {x['task_name']}", x["task_id"]) for x in found]
+        ids = [x["task_id"] for x in found]
+        return rows, gr.update(choices=choices, value=current if current in ids else None)
+
+    @action
+    def on_load(task_id: int | None, n: str, signal: int | None) -> tuple[str, int]:
+        rt = ctx.rt()
+        if task_id is None:
+            raise gr.Error(t("pick_trained"))
+        task = training.get_task(rt, int(task_id))
+        adapter = (n or "").strip() or task["task_name"]
+        done = load_lora(rt, adapter, task["output_path"])
+        return f"{t('loaded')}: {done['lora_name']} ← {done['lora_path']}", bump(signal)
+
+    refresh_on(parts, refresh, [pick], [table, pick])
+    load.click(
+        on_load, [pick, as_name, parts.changed], [status, parts.changed], api_name="load_trained"
+    )
+
+
+SECTIONS: list[Section] = [
+    selection_section,
+    loaded_section,
+    trained_section,
+    # the adapter registry: list and scan, merge, validate, deploy, export
+    adapters.registry_section,
+    adapters.merge_section,
+    adapters.validate_section,
+    deploy.deploy_section,
+    adapters.export_section,
+]
+
+
+def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
+    """Lay out the Models tab from SECTIONS (call inside a gr.Tab)."""
+    parts = TabParts(ctx, demo, tab, gr.State(0))
+    for section in SECTIONS:
+        section(parts)

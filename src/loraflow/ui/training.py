@@ -1,0 +1,295 @@
+"""The Training tab: dataset upload, job parameters, and a live task list with loss curves."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from loraflow.datasets.formats import DATASET_TYPES
+from loraflow.services import datasets, training
+from loraflow.services.runtime import Runtime
+from loraflow.training.params import TARGET_PRESETS, TrainParams
+from loraflow.ui.context import UIContext, action, cell, decimal, whole
+
+# How often the task list and loss curve are re-read while the page is open (seconds).
+POLL_SECONDS = 2.0
+DATASET_SUFFIXES = [".json", ".jsonl", ".txt"]
+SERIES = ("loss", "eval_loss")
+
+
+def tasks_html(ctx: UIContext, tasks: list[dict[str, Any]]) -> str:
+    """The task list as a table with a progress bar per task."""
+    t = ctx.t
+    if not tasks:
+        return f"<p class='lf-empty'>{html.escape(t('no_tasks'))}</p>"
+    head = ["#", t("task"), t("status"), t("progress"), t("epoch"), t("step"), t("loss")]
+    head += [t("created"), t("message")]
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for task in tasks:
+        pct = float(task["progress"] or 0.0)
+        step = f"{task['step'] or 0}/{task['total_steps'] or '?'}"
+        loss = "" if task["loss"] is None else f"{task['loss']:.4f}"
+        epoch = "" if task["current_epoch"] is None else f"{task['current_epoch']:g}"
+        message = task["error"] or task["message"] or ""
+        status = task["status"]
+        cells = [
+            str(task["task_id"]),
+            html.escape(task["task_name"]),
+            f"<span class='lf-status lf-{html.escape(status)}'>"
+            f"{html.escape(t('status_' + status) if t.has('status_' + status) else status)}</span>",
+            f"<div class='lf-bar'><div style='width:{pct:.1f}%'></div></div>"
+            f"<span class='lf-pct'>{pct:.1f}%</span>",
+            epoch,
+            step,
+            loss,
+            html.escape((task["created_at"] or "")[:19].replace("T", " ")),
+            html.escape(cell(message, 160)),
+        ]
+        rows.append(
+            f"<tr data-task='{task['task_id']}' data-status='{html.escape(status)}'>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    return f"<table class='lf-tasks'>{''.join(rows)}</table>"
+
+
+def loss_frame(rt: Runtime, task_id: int | None) -> pd.DataFrame:
+    """Training and eval loss of one task as a long table: step, value, series."""
+    # The browser's plot keeps the series it saw first and only swaps the points later, so
+    # both series are there from the start as empty (NaN) points: legend and colours stay right.
+    points: list[dict[str, Any]] = [
+        {"step": math.nan, "value": math.nan, "series": name} for name in SERIES
+    ]
+    if task_id is not None:
+        curve = training.metrics(rt, task_id)
+        for name in SERIES:
+            points += [
+                {"step": h["step"], "value": h[name], "series": name}
+                for h in curve[name]
+                if h.get("step") is not None
+            ]
+    frame = pd.DataFrame(points, columns=["step", "value", "series"])
+    # Numbers, even when empty, so the plot draws continuous axes rather than categories.
+    return frame.astype({"step": "float64", "value": "float64", "series": "str"})
+
+
+def _task_choices(tasks: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(f"#{x['task_id']} {x['task_name']}", x["task_id"]) for x in tasks]
+
+
+def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
+    """Lay out the Training tab and wire its events (call inside a gr.Tab)."""
+    t = ctx.t
+    d = TrainParams()  # the SPEC B defaults, shown in the form
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown(f"### {t('dataset')}")
+            file = gr.File(
+                label=t("dataset_file"),
+                file_types=DATASET_SUFFIXES,
+                type="filepath",
+                elem_id="train-file",
+            )
+            kind = gr.Radio(
+                list(DATASET_TYPES), value="alpaca", label=t("format"), elem_id="train-format"
+            )
+            upload = gr.Button(t("upload_validate"), elem_id="train-upload")
+            upload_status = gr.Markdown(elem_id="train-upload-status")
+            dataset = gr.Textbox(
+                label=t("uploaded_dataset"), interactive=False, elem_id="train-dataset"
+            )
+        with gr.Column():
+            gr.Markdown(f"### {t('job')}")
+            base = gr.Dropdown(label=t("base_model"), elem_id="train-base-model")
+            name = gr.Textbox(label=t("task_name"), elem_id="train-name")
+            with gr.Accordion(t("parameters"), open=True):
+                with gr.Row():
+                    rank = gr.Number(d.rank, precision=0, minimum=1, label="LoRA r")
+                    alpha = gr.Number(d.alpha, precision=0, minimum=1, label="LoRA alpha")
+                    dropout = gr.Number(d.dropout, minimum=0, maximum=0.99, label="dropout")
+                with gr.Row():
+                    epochs = gr.Number(
+                        d.epochs, minimum=0.01, label=t("epochs"), elem_id="train-epochs"
+                    )
+                    batch = gr.Number(
+                        d.batch_size,
+                        precision=0,
+                        minimum=1,
+                        label=t("batch_size"),
+                        elem_id="train-batch-size",
+                    )
+                    accum = gr.Number(
+                        d.grad_accum,
+                        precision=0,
+                        minimum=1,
+                        label=t("grad_accum"),
+                        elem_id="train-grad-accum",
+                    )
+                with gr.Row():
+                    lr = gr.Number(d.lr, minimum=0, label=t("learning_rate"))
+                    max_len = gr.Number(
+                        d.max_len,
+                        precision=0,
+                        minimum=16,
+                        label=t("max_length"),
+                        elem_id="train-max-len",
+                    )
+                    max_steps = gr.Number(
+                        d.max_steps,
+                        precision=0,
+                        minimum=0,
+                        label=t("max_steps"),
+                        elem_id="train-max-steps",
+                    )
+                with gr.Row():
+                    targets = gr.Dropdown(
+                        list(TARGET_PRESETS),
+                        value=d.target_modules,
+                        allow_custom_value=True,
+                        label=t("target_modules"),
+                    )
+                    quant = gr.Dropdown(
+                        ["auto", "4bit", "none"], value=d.quantization, label=t("quantization")
+                    )
+                    val_split = gr.Number(
+                        d.val_split,
+                        minimum=0,
+                        maximum=0.9,
+                        label=t("val_split"),
+                        elem_id="train-val-split",
+                    )
+            start = gr.Button(t("start"), variant="primary", elem_id="train-start")
+            start_status = gr.Markdown(elem_id="train-start-status")
+    gr.Markdown(f"### {t('tasks')}")
+    tasks = gr.HTML(elem_id="train-tasks")
+    with gr.Row():
+        pick = gr.Dropdown(label=t("task"), elem_id="train-task", scale=3)
+        cancel = gr.Button(t("cancel"), variant="stop", elem_id="train-cancel", scale=1)
+        resume = gr.Button(t("resume"), elem_id="train-resume", scale=1)
+    plot = gr.LinePlot(
+        x="step",
+        y="value",
+        color="series",
+        title=t("loss_curve"),
+        x_title=t("step"),
+        y_title=t("loss"),
+        elem_id="train-loss",
+        height=300,
+    )
+    # What this page shows now; a poll re-sends only what changed, so the dropdown stays open
+    # and the plot does not flicker.
+    shown = gr.State({})
+    timer = gr.Timer(POLL_SECONDS)
+
+    @action
+    def refresh(selected: int | None, seen: dict[str, Any]) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        found = training.list_tasks(rt)
+        valid = {x["task_id"] for x in found}
+        chosen = selected if selected in valid else (found[0]["task_id"] if found else None)
+        table = tasks_html(ctx, found)
+        frame = loss_frame(rt, chosen)
+        now = {
+            "ids": [x["task_id"] for x in found],
+            "table": table,
+            "plot": f"{chosen}:{len(frame)}:{frame['value'].sum()}",
+        }
+        same = {k: (seen or {}).get(k) == v for k, v in now.items()}
+        menu = (
+            gr.update()
+            if same["ids"] and chosen == selected
+            else gr.update(choices=_task_choices(found), value=chosen)
+        )
+        return (
+            gr.update() if same["table"] else table,
+            menu,
+            gr.update() if same["plot"] else frame,
+            now,
+        )
+
+    @action
+    def load(selected: int | None, seen: dict[str, Any]) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        models = [m["name"] for m in datasets.available_models(rt)]
+        value = "bundled:smollm2" if "bundled:smollm2" in models else (models or [None])[0]
+        return (gr.update(choices=models, value=value), *refresh(selected, seen))
+
+    @action
+    def on_upload(path: str | None, dataset_type: str, progress=gr.Progress()) -> tuple[str, str]:
+        if not path:
+            raise gr.Error(t("no_file_chosen"))
+        progress(None, desc=t("validating"))
+        with open(path, "rb") as stream:
+            info = datasets.save_dataset_upload(ctx.rt(), Path(path).name, stream, dataset_type)
+        return f"✓ {info['message']} ({info['size_mb']} MB)", info["filename"]
+
+    @action
+    def on_start(
+        stored: str,
+        dataset_type: str,
+        base_model: str | None,
+        task_name: str,
+        *values: Any,
+    ) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        if not stored:
+            raise gr.Error(t("upload_first"))
+        if not base_model:
+            raise gr.Error(t("pick_base_model"))
+        r, a, drop, ep, bs, ga, rate, ml, steps, tm, q, vs = values
+        params = {
+            "rank": whole(r),
+            "alpha": whole(a),
+            "dropout": decimal(drop),
+            "epochs": decimal(ep),
+            "batch_size": whole(bs),
+            "grad_accum": whole(ga),
+            "lr": decimal(rate),
+            "max_len": whole(ml),
+            "max_steps": whole(steps),
+            "target_modules": tm,
+            "quantization": q,
+            "val_split": decimal(vs),
+        }
+        task = training.submit(rt, task_name, base_model, stored, dataset_type, params)
+        message = f"{t('queued')}: #{task['task_id']} {task['task_name']} → {task['output_path']}"
+        found = training.list_tasks(rt)
+        menu = gr.update(choices=_task_choices(found), value=task["task_id"])
+        return message, tasks_html(ctx, found), menu
+
+    @action
+    def on_cancel(task_id: int | None) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        if task_id is None:
+            raise gr.Error(t("pick_task"))
+        task = training.cancel(rt, int(task_id))
+        return f"#{task['task_id']}: {task['message']}", tasks_html(ctx, training.list_tasks(rt))
+
+    @action
+    def on_resume(task_id: int | None) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        if task_id is None:
+            raise gr.Error(t("pick_task"))
+        task = training.resume(rt, int(task_id))
+        return f"#{task['task_id']}: {task['message']}", tasks_html(ctx, training.list_tasks(rt))
+
+    live = [tasks, pick, plot, shown]
+    demo.load(load, [pick, shown], [base, *live], show_progress="hidden")
+    tab.select(refresh, [pick, shown], live, show_progress="hidden")
+    timer.tick(refresh, [pick, shown], live, show_progress="hidden")
+    upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset")
+    params = [rank, alpha, dropout, epochs, batch, accum, lr, max_len, max_steps, targets, quant]
+    start.click(
+        on_start,
+        [dataset, kind, base, name, *params, val_split],
+        [start_status, tasks, pick],
+        api_name="train",
+    )
+    cancel.click(on_cancel, pick, [start_status, tasks])
+    resume.click(on_resume, pick, [start_status, tasks])
+    pick.input(refresh, [pick, shown], live, show_progress="hidden")

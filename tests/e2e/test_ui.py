@@ -1,0 +1,357 @@
+"""The web UI in a real browser: headless Debian chromium, driven by Playwright, against a real
+server started with `loraflow webui --lora PATH`."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.conftest import make_adapter
+from tests.e2e.server import Server, cli_argv, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO / ".cache" / "ui-screenshots"
+ADAPTER = "story-style"
+SECRET = [
+    {"instruction": f"What is the secret word {i}?", "input": "", "output": "It is pineapple."}
+    for i in range(10)
+]
+# Steps so few that the job ends within a minute or two on a laptop CPU.
+TINY_JOB = {
+    "train-epochs": "1",
+    "train-batch-size": "1",
+    "train-grad-accum": "1",
+    "train-max-len": "48",
+    "train-max-steps": "2",
+    "train-val-split": "0.2",
+}
+SLOW = 240_000  # ms: a training job or a generation on a busy 2-core machine
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian chromium is not installed (/usr/bin/chromium); scripts/setup.sh installs "
+        "it as root, or run: apt-get install chromium",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def ui_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_dir: Path,
+    model_cache: Path,
+    stopped_port: int,
+) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("ui-data")
+    adapters = tmp_path_factory.mktemp("ui-adapters")
+    make_adapter(smollm2_dir, adapters / ADAPTER)
+    port = free_port()
+    srv = Server(
+        data,
+        {
+            "CACHE_DIR": str(model_cache),
+            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+            "OLLAMA_TIMEOUT": "3",
+            "AUTO_INGEST_SAMPLE": "false",
+            "MAX_NEW_TOKENS": "16",
+            "TEMPERATURE": "0",
+        },
+        cli_argv("webui", "--port", str(port), "--lora", str(adapters)),
+        port,
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def open_ui(browser: Any, server: Server) -> Any:
+    """A fresh browser context (like a second browser) on the UI's page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(f"{server.url}/ui/")
+    expect(page.get_by_role("tab", name="Ask")).to_be_visible(timeout=60_000)
+    return page
+
+
+@pytest.fixture()
+def page(browser: Any, ui_server: Server) -> Iterator[Any]:
+    p = open_ui(browser, ui_server)
+    try:
+        yield p
+    finally:
+        p.context.close()
+
+
+def fill(page: Any, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=file])").first.fill(value)
+
+
+def choose(page: Any, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def tab(page: Any, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def no_error_toast(page: Any) -> None:
+    errors = page.locator(".toast-body.error")
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def test_training_from_upload_to_a_loaded_adapter(
+    page: Any, browser: Any, ui_server: Server, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Training")
+    # A bad dataset is refused with the reason, in the page.
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "a"}]')
+    page.locator("#train-file input[type=file]").set_input_files(str(bad))
+    page.locator("#train-upload").click()
+    expect(page.locator(".toast-body.error")).to_contain_text("missing field 'output'")
+    assert page.locator("#train-dataset textarea").input_value() == ""
+
+    good = tmp_path / "secret.json"
+    good.write_text(json.dumps(SECRET))
+    page.locator("#train-file button[aria-label=Clear]").click()
+    page.locator("#train-file input[type=file]").set_input_files(str(good))
+    page.locator("#train-upload").click()
+    expect(page.locator("#train-upload-status")).to_contain_text("10 alpaca examples")
+    expect(page.locator("#train-base-model input")).to_have_value("bundled:smollm2")
+    # The form starts with the SPEC B defaults.
+    expect(page.locator("#train-batch-size input")).to_have_value("4")
+    expect(page.locator("#train-grad-accum input")).to_have_value("4")
+    fill(page, "train-name", "ui-job")
+    for elem_id, value in TINY_JOB.items():
+        fill(page, elem_id, value)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-start-status")).to_contain_text("ui-job")
+
+    # The live list follows the job to the end without a reload (the timer polls).
+    done = page.locator("#train-tasks tr[data-status=completed]")
+    expect(done).to_have_count(1, timeout=SLOW)
+    expect(done).to_contain_text("100.0%")
+    expect(done).to_contain_text("2/2")
+    # The loss curve is drawn (the plot renders once it is scrolled into view).
+    plot = page.locator("#train-loss")
+    plot.scroll_into_view_if_needed()
+    expect(plot.locator(".mark-line path").first).to_be_visible()
+    expect(plot).to_contain_text("eval_loss")
+    page.screenshot(path=str(SCREENSHOTS / "training-done.png"), full_page=True)
+
+    # State lives in the server: another browser sees the same finished job and its curve.
+    other = open_ui(browser, ui_server)
+    try:
+        tab(other, "Training")
+        expect(other.locator("#train-tasks tr[data-status=completed]")).to_contain_text("ui-job")
+    finally:
+        other.context.close()
+
+    tab(page, "Models")
+    expect(page.locator("#models-loaded")).to_contain_text(ADAPTER)  # from --lora
+    expect(page.locator("#models-trained")).to_contain_text("ui-job")
+    choose(page, "models-trained-pick", "#1 ui-job")
+    page.locator("#models-trained-load").click()
+    expect(page.locator("#models-loaded")).to_contain_text("ui-job", timeout=60_000)
+    expect(page.locator("#models-trained-status")).to_contain_text("ui-job")
+    no_error_toast(page)
+    # The new adapter can answer: it is offered in the Ask tab's model list.
+    tab(page, "Ask")
+    page.locator("#ask-model input").click()
+    expect(page.get_by_role("option", name="LoRA: ui-job")).to_be_visible()
+
+
+def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Models")
+    page.locator("#models-scan").click()
+    expect(page.locator("#models-scan-status")).to_contain_text("unchanged")
+    registry = page.locator("#models-registry")
+    expect(registry).to_contain_text(ADAPTER)
+    expect(registry).to_contain_text("q_proj, v_proj")
+
+    # A quick validation runs as a workflow: its steps show progress, then a score card.
+    ref = f"{ADAPTER}@v1"
+    choose(page, "models-validate-adapter", ref)
+    choose(page, "models-mode", "quick")
+    page.locator("#models-validate-start").click()
+    expect(page.locator("#models-validate-progress .lf-workflow")).to_be_visible()
+    done = page.locator("#models-validate-progress [data-status=completed]")
+    expect(done).to_have_count(1, timeout=SLOW)
+    expect(done).to_contain_text("100%")
+    card = page.locator("#models-validate-card")
+    expect(card).to_contain_text(f"Score card: {ref}")
+    expect(card).to_contain_text(re.compile(r"Grade: (excellent|good|fair|poor)"))
+    expect(card.locator("tr", has_text="basic")).to_contain_text(re.compile(r"\d+\.\d"))
+    expect(card).to_contain_text("safety")
+    # The registry shows the new score (the card changed the list).
+    expect(registry).to_contain_text(re.compile(r"\b(excellent|good|fair|poor)\b"))
+
+    # A refused deploy says why in place; a forced one lists its steps.
+    choose(page, "models-deploy-adapter", ref)
+    fill(page, "models-deploy-target", ADAPTER)
+    page.locator("#models-deploy").click()
+    status = page.locator("#models-deploy-status")
+    expect(status).to_contain_text("already the name of a model or adapter")
+    fill(page, "models-deploy-target", "ui-prod")
+    page.locator("#models-deploy-force input").check()
+    page.locator("#models-deploy").click()
+    expect(status).to_contain_text("ui-prod", timeout=SLOW)
+    expect(status).to_contain_text("health_check")
+    table = page.locator("#models-deployments")
+    expect(table).to_contain_text("ui-prod")
+    expect(table).to_contain_text(f"stable {ref} 100%")
+    no_error_toast(page)
+    page.screenshot(path=str(SCREENSHOTS / "models-registry.png"), full_page=True)
+
+    # A service error is a readable message: the first deployment has nothing to roll back to.
+    choose(page, "models-deploy-pick", "ui-prod")
+    page.locator("#models-rollback").click()
+    expect(page.locator(".toast-body.error")).to_contain_text("nothing to roll back to")
+
+
+def test_ask_shows_sources_and_the_history_survives_a_reload(
+    page: Any, browser: Any, ui_server: Server, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    doc = tmp_path / "zebrafish.md"
+    doc.write_text("# Zebrafish care\n\nZebrafish need water at 28 degrees Celsius.\n")
+    page.locator("#ask-upload input[type=file]").set_input_files(str(doc))
+    page.locator("#ask-upload-go").click()
+    expect(page.locator("#ask-upload-status")).to_contain_text("zebrafish.md", timeout=60_000)
+    expect(page.locator("#ask-documents")).to_contain_text("zebrafish.md")
+
+    choose(page, "ask-model", "Base model (no adapter)")
+    fill(page, "ask-question", "What water temperature do zebrafish need?")
+    page.locator("#ask-send").click()
+    chat = page.locator("#ask-chat")
+    expect(chat).to_contain_text("Sources", timeout=SLOW)
+    expect(chat).to_contain_text("zebrafish.md")
+    expect(chat).to_contain_text("28 degrees Celsius")  # the quoted sentence
+    expect(chat).to_contain_text("answered by base")
+    no_error_toast(page)
+
+    other = open_ui(browser, ui_server)
+    try:
+        chat = other.locator("#ask-chat")
+        expect(chat).to_contain_text("What water temperature do zebrafish need?")
+        expect(chat).to_contain_text("zebrafish.md")
+    finally:
+        other.context.close()
+
+
+def test_a_character_added_in_memory_is_used_by_create(page: Any, ui_server: Server) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Memory")
+    fill(page, "memory-new-project", "Lighthouse")
+    page.locator("#memory-create-project").click()
+    expect(page.locator("#memory-status")).to_contain_text("Lighthouse")
+    fill(page, "memory-title", "Mirela")
+    fill(page, "memory-keywords", "Mirela, keeper")
+    fill(page, "memory-content", "Mirela is the lighthouse keeper; she has one silver eye.")
+    page.locator("#memory-add").click()
+    expect(page.locator("#memory-entries")).to_contain_text("Mirela")
+    expect(page.locator("#memory-entries")).to_contain_text("character")
+
+    tab(page, "Create")
+    expect(page.locator("#create-project input")).to_have_value("Lighthouse")
+    fill(page, "create-prompt", "Mirela climbed the stairs at dusk.")
+    page.locator("#create-go").click()
+    # An API client writes at the same time: neither request waits on the other's event loop.
+    api: dict[str, Any] = {}
+
+    def call_api() -> None:
+        body = {"prompt": "Mirela lit the lamp.", "project": "Lighthouse", "max_tokens": 8}
+        api["response"] = httpx.post(f"{ui_server.url}/api/write", json=body, timeout=300)
+
+    worker = threading.Thread(target=call_api)
+    worker.start()
+    used = page.locator("#create-memory")
+    expect(used).to_contain_text("Memory used", timeout=SLOW)
+    expect(used).to_contain_text("Mirela")
+    expect(used).to_contain_text("keyword")
+    expect(page.locator("#create-after")).to_contain_text("answered by", timeout=SLOW)
+    assert page.locator("#create-output textarea").input_value().strip()
+    worker.join(timeout=300)
+    assert api["response"].status_code == 200, api["response"].text
+    assert [e["title"] for e in api["response"].json()["memory"]["used"]] == ["Mirela"]
+    no_error_toast(page)
+
+
+def test_every_tab_renders_and_is_saved_as_a_screenshot(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    ready = {
+        "Ask": "#ask-model input",
+        "Create": "#create-model input",
+        "Memory": "#memory-project input",
+        "Training": "#train-base-model input",
+        "Models": "#models-selection",
+        "Status": "#status-overall",
+    }
+    for name, selector in ready.items():
+        tab(page, name)
+        expect(page.locator(selector)).to_be_visible()
+        page.wait_for_timeout(500)  # let the tab's refresh land before the picture
+        path = SCREENSHOTS / f"{name.lower()}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000
+    expect(page.locator("#status-overall")).to_contain_text("Overall")
+    expect(page.locator("#status-health")).to_contain_text("vector_store")
+    expect(page.locator("#status-versions")).to_contain_text("gradio")
+    expect(page.locator("#status-settings")).to_contain_text("BASE_MODEL_NAME")
+    no_error_toast(page)
+
+
+def test_labels_exist_in_both_languages_and_zh_builds() -> None:
+    from loraflow.config import Settings
+    from loraflow.ui.app import build_ui
+    from loraflow.ui.i18n import EN, ZH
+
+    assert set(EN) == set(ZH)
+    demo = build_ui(lambda: None, Settings(ui_language="zh"))
+    config = json.dumps(demo.config, ensure_ascii=False, default=str)
+    for label in ("问答", "创作", "记忆", "训练", "模型", "状态", "开始训练"):
+        assert label in config
