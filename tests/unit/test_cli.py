@@ -129,8 +129,27 @@ def test_status_reports_queued_jobs_and_a_missing_server(
         output_path="x",
         training_params={},
     )
+    from datetime import UTC, datetime
+
+    with engine.begin() as conn:
+        conn.execute(
+            db.deployments.insert().values(
+                target="prod",
+                strategy="canary",
+                version=3,
+                state={
+                    "strategy": "canary",
+                    "variants": [
+                        {"name": "stable", "adapter": "a@v1", "weight": 90.0},
+                        {"name": "canary", "adapter": "a@v2", "weight": 10.0},
+                    ],
+                },
+                updated_at=datetime.now(UTC),
+            )
+        )
     engine.dispose()
     r = runner.invoke(app, ["status"])
     assert r.exit_code == 0, r.output
     assert "not answering" in r.output
     assert "pending 1" in r.output and "queued   #1 novel-style" in r.output
+    assert "deployed prod (canary, v3): a@v1 90%, a@v2 10%" in r.output

@@ -116,9 +116,24 @@ def check_name(name: str) -> str:
 class Registry:
     """Adapter rows in the database, and the folders they point to."""
 
-    def __init__(self, engine: Engine, *, max_rank: int = 64) -> None:
+    def __init__(self, engine: Engine, *, max_rank: int = 64, root: Path | None = None) -> None:
         self.db = engine
         self.max_rank = max_rank
+        # Folders inside `root` (the data dir) are stored relative to it, so a restored
+        # backup in another data dir still finds its adapters.
+        self.root = Path(root).resolve() if root is not None else None
+
+    def _stored(self, path: Path) -> str:
+        path = Path(path).resolve()
+        if self.root is not None and path.is_relative_to(self.root):
+            return path.relative_to(self.root).as_posix()
+        return str(path)
+
+    def _record(self, row: Any) -> AdapterRecord:
+        rec = _record(row)
+        if self.root is not None and not Path(rec.path).is_absolute():
+            rec.path = str(self.root / rec.path)
+        return rec
 
     # --- reading -------------------------------------------------------------------------
     def list(self, *, name: str | None = None) -> list[AdapterRecord]:
@@ -126,7 +141,7 @@ class Registry:
         if name is not None:
             q = q.where(db.adapters.c.name == name)
         with self.db.connect() as conn:
-            return [_record(r) for r in conn.execute(q)]
+            return [self._record(r) for r in conn.execute(q)]
 
     def find(self, ref: str) -> AdapterRecord | None:
         """By id, `name@vN`, or name (its newest version)."""
@@ -144,7 +159,7 @@ class Registry:
                 row = conn.execute(
                     select(db.adapters).where(c.name == ref).order_by(c.version.desc()).limit(1)
                 ).first()
-        return _record(row) if row is not None else None
+        return self._record(row) if row is not None else None
 
     def get(self, ref: str) -> AdapterRecord:
         found = self.find(ref)
@@ -160,9 +175,9 @@ class Registry:
     def find_by_path(self, path: Path) -> AdapterRecord | None:
         with self.db.connect() as conn:
             row = conn.execute(
-                select(db.adapters).where(db.adapters.c.path == str(Path(path).resolve()))
+                select(db.adapters).where(db.adapters.c.path == self._stored(Path(path)))
             ).first()
-        return _record(row) if row is not None else None
+        return self._record(row) if row is not None else None
 
     # --- writing -------------------------------------------------------------------------
     def register(
@@ -210,7 +225,7 @@ class Registry:
                     "version": int(top or 0) + 1,
                     "type": "lora",
                     "base_model": facts.base_model,
-                    "path": str(facts.path),
+                    "path": self._stored(facts.path),
                     "description": description or str(meta.get("description") or ""),
                     "dataset": meta.get("dataset"),
                     "metrics": metrics,

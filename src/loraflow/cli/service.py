@@ -239,6 +239,9 @@ def status(
         )
     else:
         console.print(f"server   {srv['url']} not answering ({srv['error']})")
+    for d in st["deployments"]:
+        shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in d["variants"])
+        console.print(f"deployed {d['target']} ({d['strategy']}, v{d['version']}): {shares}")
     counts = st["jobs"]["counts"]
     console.print(
         "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")

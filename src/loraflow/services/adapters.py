@@ -29,7 +29,7 @@ class Context(Protocol):
 
 
 def registry(ctx: Context) -> Registry:
-    return Registry(ctx.db, max_rank=ctx.settings.max_lora_rank)
+    return Registry(ctx.db, max_rank=ctx.settings.max_lora_rank, root=ctx.settings.data_path)
 
 
 def adapter_roots(ctx: Context) -> list[Path]:

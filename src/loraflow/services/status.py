@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from loraflow import db
 from loraflow.config import Settings
@@ -28,6 +29,17 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
     engine = db.make_engine(settings.db_url)
     try:
         tasks = list_tasks(TrainingContext(settings=settings, db=engine))
+        with engine.connect() as conn:
+            rows = conn.execute(select(db.deployments).order_by(db.deployments.c.target)).all()
+        deployed = [
+            {
+                "target": r.target,
+                "strategy": r.strategy,
+                "version": r.version,
+                "variants": r.state.get("variants", []),
+            }
+            for r in rows
+        ]
     finally:
         engine.dispose()
     by_status = Counter(t["status"] for t in tasks)
@@ -46,5 +58,6 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
             "running": [t for t in tasks if t["status"] == "running"],
             "queued": [t for t in tasks if t["status"] == "pending"],
         },
+        "deployments": deployed,
         "data_dir": str(settings.data_path),
     }

@@ -128,3 +128,19 @@ def test_pickle_only_and_non_lora_folders_are_refused(
     assert set(result.skipped) == {str(pickled.resolve()), str(ia3.resolve())}
     assert "pickle" in result.skipped[str(pickled.resolve())]
     assert registry.list() == []
+
+
+def test_folders_inside_the_data_dir_survive_a_move_of_the_data_dir(
+    db_url: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    old = tmp_path / "old-data"
+    shutil.copytree(tiny_models["a"], old / "lora_adapters" / "alpha")
+    engine = db.make_engine(db_url)
+    Registry(engine, root=old).scan([old / "lora_adapters"])
+    # A restored backup: the same files and database rows in another data dir.
+    new = tmp_path / "new-data"
+    shutil.move(old, new)
+    moved = Registry(engine, root=new)
+    rec = moved.verify("alpha")
+    assert rec.path == str((new / "lora_adapters" / "alpha").resolve())
+    assert moved.scan([new / "lora_adapters"]).unchanged == 1
