@@ -196,6 +196,8 @@ def test_failed_health_check_leaves_the_previous_deployment_serving(
     assert now["version"] == version
     assert now["state"]["variants"][0]["adapter"] == "second-bot@v1"
     assert answer(client, "safe") == answer(client, "second-bot")
+    used = client.delete("/api/adapters/second-bot")
+    assert used.status_code == 409 and "'safe'" in used.json()["detail"]
     events = client.get("/api/adapters/deployments/safe/history").json()["events"]
     assert events[0]["status"] == "failed" and "health check" in events[0]["detail"]["error"]
 
@@ -255,6 +257,9 @@ def test_ab_split_and_canary_step_up_over_real_requests(
         e["action"] for e in client.get("/api/adapters/deployments/can/history").json()["events"]
     ]
     assert actions.count("canary_step") == 2
+    # Rolling back a promoted canary restores what the canary deploy replaced.
+    back = client.post("/api/adapters/deployments/can/rollback").json()
+    assert back["state"]["variants"][0]["adapter"] == f"{ADAPTER_NAME}@v1"
 
 
 def test_live_error_rate_rolls_a_canary_back_automatically(
@@ -298,6 +303,8 @@ def test_live_error_rate_rolls_a_canary_back_automatically(
     event = client.get("/api/adapters/deployments/live/history").json()["events"][0]
     assert event["action"] == "rollback" and event["status"] == "auto"
     assert "error rate" in event["detail"]["reason"]
+    # The failed trial is not offered back by a manual rollback.
+    assert client.post("/api/adapters/deployments/live/rollback").status_code == 409
     assert chat(client, "live", max_tokens=1).status_code == 200
     # Per-variant and per-adapter numbers are exported for Prometheus.
     metrics = client.get("/metrics").text

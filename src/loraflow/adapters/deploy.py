@@ -107,9 +107,9 @@ def new_state(
             "step_requests": int(step_requests),
         }
     # ab
-    a, b = [float(x) for x in (split or (70, 30))][:2] if split else (70.0, 30.0)
     if split is not None and len(split) != 2:
         raise InvalidInput(f"an A/B split has two shares, not {len(split)}: {split}")
+    a, b = (float(split[0]), float(split[1])) if split else (70.0, 30.0)
     if a < 0 or b < 0 or a + b <= 0:
         raise InvalidInput(f"A/B split {split} must be two non-negative shares, not both 0")
     total = a + b

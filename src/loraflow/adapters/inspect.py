@@ -84,6 +84,8 @@ def lora_module_shapes(weights: Path) -> dict[str, tuple[int, int]]:
         if b_key not in shapes:
             raise InvalidInput(f"{weights}: {key} has no matching {b_key}")
         module = module.removeprefix("base_model.model.")
+        if len(shape) != 2 or len(shapes[b_key]) != 2:
+            raise InvalidInput(f"{weights}: {key} is not a 2-D LoRA matrix (shape {shape})")
         out[module] = (int(shape[1]), int(shapes[b_key][0]))
     if not out:
         raise InvalidInput(f"{weights} holds no LoRA tensors (no *.lora_A.* weights)")
@@ -101,7 +103,11 @@ def inspect_adapter(path: Path) -> AdapterFacts:
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         targets = [targets]
-    rank = int(config.get("r") or 0)
+    try:
+        rank = int(config.get("r") or 0)
+        extra_ranks = _ranks(config)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{path / ADAPTER_CONFIG}: r and rank_pattern must be numbers") from exc
     if rank < 1:
         raise InvalidInput(f"{path / ADAPTER_CONFIG}: r must be a positive rank, not {rank!r}")
     shapes = lora_module_shapes(path / ADAPTER_WEIGHTS)
@@ -109,7 +115,7 @@ def inspect_adapter(path: Path) -> AdapterFacts:
         path=path,
         config=config,
         metadata=meta,
-        rank=max([rank, *_ranks(config)]),
+        rank=max([rank, *extra_ranks]),
         alpha=float(config.get("lora_alpha") or rank),
         target_modules=sorted(str(t) for t in targets),
         base_model=str(meta.get("base_model") or config.get("base_model_name_or_path") or ""),

@@ -323,6 +323,8 @@ class Registry:
                         result.unchanged += 1
                 except LoraflowError as exc:
                     result.skipped[key] = str(exc)
+                except Exception as exc:  # a malformed folder must not stop a scan
+                    result.skipped[key] = f"unreadable adapter folder: {exc}"
         for rec in self.list():
             if rec.path not in seen and not Path(rec.path).is_dir() and rec.status != "missing":
                 result.missing.append(self._set_status(rec, "missing"))
@@ -376,10 +378,16 @@ def _adapter_folders(root: Path) -> list[Path]:
     return found
 
 
-def _scan_name(facts: AdapterFacts) -> str:
-    raw = str(facts.metadata.get("name") or facts.path.name)
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._") or "adapter"
+def safe_name(raw: str) -> str:
+    """`raw` turned into a valid registry name (other characters become '-')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(raw)).strip("-._") or "adapter"
     return cleaned[:128]
+
+
+def _scan_name(facts: AdapterFacts) -> str:
+    meta = facts.metadata
+    # A training run's folder is <task>_<timestamp>; the adapter is named after the task.
+    return safe_name(str(meta.get("task_name") or meta.get("name") or facts.path.name))
 
 
 def _final_metrics(path: Path) -> dict[str, Any]:

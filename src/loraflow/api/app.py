@@ -58,6 +58,16 @@ def register_adapters(rt: Runtime) -> None:
     else:
         for path, why in found.skipped.items():
             log.warning("adapter folder %s not registered: %s", path, why)
+        for rec in found.changed:
+            # Attached from disk at start, but no longer what was registered: not served.
+            for name, folder in (rt.local.adapter_paths() if rt.local else {}).items():
+                if str(folder.resolve()) == rec.path:
+                    rt.local.unload_adapter(name)
+                    log.warning(
+                        "adapter %s detached: its files changed since registration (%s)",
+                        name,
+                        rec.path,
+                    )
         if found.added:
             log.info("registered adapters: %s", ", ".join(r.ref for r in found.added))
     workflows.recover(rt)

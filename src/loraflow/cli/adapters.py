@@ -90,7 +90,8 @@ def _report(wf: dict[str, Any], as_json: bool) -> None:
                 if key in detail:
                     line += f"  {key}={detail[key]}"
             if isinstance(detail.get("adapter"), dict):
-                line += f"  adapter={detail['adapter'].get('ref') or detail['adapter']['name']}"
+                a = detail["adapter"]
+                line += f"  adapter={a['name']}@v{a['version']}"
             if step.get("error"):
                 line += f"  [red]{step['error']}[/red]"
             console.print(line)
@@ -454,7 +455,7 @@ def workflow_cmd(
 @adapters_app.command("status")
 def status_cmd(
     workflow_id: Annotated[
-        str | None, typer.Argument(help="A workflow id (--workflow-id); none: an overview.")
+        str | None, typer.Argument(help="A workflow id; none: an overview.")
     ] = None,
     data_dir: DataDir = None,
     as_json: AsJson = False,

@@ -12,13 +12,21 @@ from sqlalchemy import Engine, select
 
 from loraflow import db
 from loraflow.adapters.inspect import inspect_adapter
-from loraflow.adapters.registry import AdapterRecord, Registry, ScanResult, check_compatible
+from loraflow.adapters.registry import (
+    AdapterRecord,
+    Registry,
+    ScanResult,
+    check_compatible,
+    safe_name,
+)
 from loraflow.config import Settings
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
 from loraflow.models.resolve import resolve_base_model
 from loraflow.training import jobs
 
 log = logging.getLogger(__name__)
+# Finished training folders the registry refused (bad files), by path, in this process.
+_REFUSED: set[str] = set()
 
 
 class Context(Protocol):
@@ -56,13 +64,15 @@ def sync_trained(ctx: Context) -> list[AdapterRecord]:
         if job["status"] != "completed":
             continue
         out = Path(job["output_path"])
-        if reg.find_by_path(out) is not None or not out.is_dir():
+        key = str(out.resolve())
+        if key in _REFUSED or reg.find_by_path(out) is not None or not out.is_dir():
             continue
         try:
-            added.append(reg.register(out, name=job["task_name"], source="training"))
+            added.append(reg.register(out, name=safe_name(job["task_name"]), source="training"))
         except Conflict:
             continue  # registered by another worker meanwhile
         except LoraflowError as exc:
+            _REFUSED.add(key)  # not hashed again on every listing
             log.warning("trained adapter at %s was not registered: %s", out, exc)
     return added
 
@@ -155,6 +165,8 @@ def ensure_served(rt: Any, ref: str) -> str:
     if _attached(engine, name, rec):
         return name
     with rt.serve_lock:
+        # Decided again under the lock: another request may have taken the bare name.
+        name = served_name(rec, engine)
         if _attached(engine, name, rec):
             return name
         # Files are checked when they are attached: a changed folder is refused, not served.
@@ -170,10 +182,7 @@ def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:
 
 def lookup_servable(rt: Any, name: str) -> str | None:
     """The engine name for `name` when it is a registered adapter that can be served."""
-    reg = registry(rt)
-    rec = reg.find(name)
-    if rec is None and sync_trained(rt):
-        rec = reg.find(name)
+    rec = registry(rt).find(name)
     if rec is None:
         return None
     return ensure_served(rt, rec.id)

@@ -49,17 +49,8 @@ def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
     raw = (name or "").strip()
     if not raw:
         raise InvalidInput(f"model is required; known models: {_listing(rt)}")
-    if raw in known_adapters(rt):
-        return ModelTarget(raw, "adapter", raw)
     if raw in (base_model_id(rt), BASE_ALIAS):
         return ModelTarget(raw, "base")
-    routed = deployments.route(rt, raw)
-    if routed is not None:
-        return ModelTarget(raw, "adapter", routed.adapter, routed=routed)
-    # A registered adapter (e.g. one just trained) is attached on first use.
-    served = adapter_registry.lookup_servable(rt, raw) if rt.local is not None else None
-    if served is not None:
-        return ModelTarget(raw, "adapter", served)
     if raw.startswith(assistants.MODEL_PREFIX):
         # `assistant/<name>`: its prompt, model or adapter and knowledge bases, with sources.
         found = assistants.get_assistant(rt, raw[len(assistants.MODEL_PREFIX) :])
@@ -67,6 +58,16 @@ def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
     # Ollama clients add the default tag to bare names.
     if raw.endswith(":latest"):
         return resolve_model(rt, raw[: -len(":latest")])
+    # A deployment target routes before any adapter of the same name.
+    routed = deployments.route(rt, raw)
+    if routed is not None:
+        return ModelTarget(raw, "adapter", routed.adapter, routed=routed)
+    if raw in known_adapters(rt):
+        return ModelTarget(raw, "adapter", raw)
+    # A registered adapter (e.g. one just trained) is attached on first use.
+    served = adapter_registry.lookup_servable(rt, raw) if rt.local is not None else None
+    if served is not None:
+        return ModelTarget(raw, "adapter", served)
     raise NotFound(f"model {raw!r} does not exist; known models: {_listing(rt)}")
 
 
@@ -402,6 +403,9 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
         try:
             yield from answers()
             ok = True
+        except GeneratorExit:
+            ok = True  # the client went away: not the adapter's failure
+            raise
         finally:
             deployments.record(rt, target.routed, ok, time.perf_counter() - started)
 

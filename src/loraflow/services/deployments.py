@@ -271,7 +271,7 @@ def deploy(
         health = health_check(rt, served)
         steps.append({"step": "health_check", **health})
         if not health["ok"]:
-            if served not in loaded_before and not _in_use(rt, rec.ref):
+            if served not in loaded_before and not in_use(rt, rec.ref):
                 rt.local.unload_adapter(served)
             last = health["attempts"][-1].get("error", "failed")
             raise InvalidInput(
@@ -313,14 +313,15 @@ def deploy(
     return {**get_deployment(rt, target), "steps": steps}
 
 
-def _in_use(rt: Runtime, ref: str) -> bool:
+def in_use(rt: Runtime, ref: str) -> str | None:
+    """The deployment that serves, keeps on standby or could roll back to `ref`, if any."""
     for d in list_deployments(rt):
-        st = d["state"]
-        refs = [v["adapter"] for v in st.get("variants", [])]
-        refs += [st["standby"]["adapter"]] if st.get("standby") else []
-        if ref in refs:
-            return True
-    return False
+        for st in (d["state"], d["previous"] or {}):
+            refs = [v["adapter"] for v in st.get("variants", [])]
+            refs += [st["standby"]["adapter"]] if st.get("standby") else []
+            if ref in refs:
+                return d["target"]
+    return None
 
 
 def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, Any]:
@@ -415,7 +416,8 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
                 "strategy": "replace",
                 "variants": [{"name": "stable", "adapter": stable["adapter"], "weight": 100.0}],
             }
-            _swap(rt, routed.target, row["version"], restored, row["state"])
+            # The failed trial is not kept as something to roll back to.
+            _swap(rt, routed.target, row["version"], restored, None)
             _event(
                 rt,
                 routed.target,
@@ -425,7 +427,8 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
             )
         elif strategies.ready_to_advance(row["state"], stats):
             new = strategies.advance_canary(row["state"])
-            _swap(rt, routed.target, row["version"], new, row["state"])
+            # A rollback after a step still restores what the canary deploy replaced.
+            _swap(rt, routed.target, row["version"], new, row["previous"])
             _event(rt, routed.target, "canary_step", "ok", {"state": new, "live": _live(stats)})
     except Conflict:
         pass  # another request or worker changed the target first

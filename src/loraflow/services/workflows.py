@@ -392,14 +392,10 @@ def _own_val_file(rec: Any) -> Path | None:
 
 
 def _inside_data(ctx: Any, raw: str) -> Path:
-    s = ctx.settings
-    path = Path(raw)
-    path = (path if path.is_absolute() else s.uploads_dir / path).resolve()
-    if not path.is_relative_to(s.data_path.resolve()):
-        raise InvalidInput(f"val_file {raw!r} must be inside the data dir ({s.data_path})")
-    if not path.is_file():
-        raise NotFound(f"val_file {raw!r} does not exist (looked at {path})")
-    return path
+    """A validation split uploaded like a training dataset (a generated upload name)."""
+    from loraflow.services.datasets import dataset_path
+
+    return dataset_path(ctx, raw)
 
 
 def _deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:

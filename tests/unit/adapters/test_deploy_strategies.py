@@ -31,6 +31,8 @@ def test_split_strategies_need_a_current_adapter_and_sane_numbers() -> None:
         d.new_state("canary", live, "a@v2", schedule=[50, 10])
     with pytest.raises(InvalidInput, match="two shares"):
         d.new_state("ab", live, "a@v2", split=[50, 30, 20])
+    with pytest.raises(InvalidInput, match="two shares, not 1"):
+        d.new_state("ab", live, "a@v2", split=[50])
     with pytest.raises(InvalidInput, match="allowed: replace, blue_green, canary, ab"):
         d.check_strategy("shadow")
 

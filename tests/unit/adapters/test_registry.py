@@ -123,9 +123,15 @@ def test_pickle_only_and_non_lora_folders_are_refused(
     (ia3 / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(InvalidInput, match="only LoRA"):
         registry.register(ia3)
+    odd = shutil.copytree(tiny_models["a"], tmp_path / "odd")
+    cfg = json.loads((odd / "adapter_config.json").read_text())
+    cfg["r"] = "sixteen"
+    (odd / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidInput, match="must be numbers"):
+        registry.register(odd)
     result = registry.scan([tmp_path])
-    # A scan registers neither and says why for each.
-    assert set(result.skipped) == {str(pickled.resolve()), str(ia3.resolve())}
+    # A scan registers none of them and says why for each.
+    assert set(result.skipped) == {str(p.resolve()) for p in (pickled, ia3, odd)}
     assert "pickle" in result.skipped[str(pickled.resolve())]
     assert registry.list() == []
 

@@ -92,7 +92,9 @@ class DeploySpec(BaseModel):
     percent: float | None = Field(None, gt=0, le=100, description="Canary's first share.")
     schedule: list[float] | None = Field(None, description="Canary step-up shares, e.g. [5,25,50].")
     step_requests: int | None = Field(None, ge=1, description="Requests per canary step.")
-    split: list[float] | None = Field(None, description="A/B shares, e.g. [70, 30].")
+    split: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="A/B shares, e.g. [70, 30]."
+    )
     force: bool = Field(False, description="Deploy even when the quality gate fails.")
 
 
@@ -250,12 +252,12 @@ def update_adapter(ref: str, body: UpdateBody, rt: RuntimeDep) -> dict[str, Any]
 @router.delete("/{ref}", summary="Forget an adapter (its files stay on disk)")
 def remove_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.get_adapter(rt, ref)
-    for d in deployments.list_deployments(rt):
-        used = [v["adapter"] for v in d["state"].get("variants", [])]
-        if rec.ref in used:
-            raise Conflict(
-                f"adapter {rec.ref} serves deployment {d['target']!r}; remove that first"
-            )
+    target = deployments.in_use(rt, rec.ref)
+    if target is not None:
+        raise Conflict(
+            f"adapter {rec.ref} is used by deployment {target!r} (serving, standby or "
+            "rollback); remove or redeploy that first"
+        )
     return {"removed": adapter_svc.registry(rt).remove(rec.id).to_dict()}
 
 
