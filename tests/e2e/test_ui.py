@@ -262,7 +262,9 @@ def test_ask_shows_sources_and_the_history_survives_a_reload(
     page.locator("#ask-upload input[type=file]").set_input_files(str(doc))
     page.locator("#ask-upload-go").click()
     expect(page.locator("#ask-upload-status")).to_contain_text("zebrafish.md", timeout=60_000)
-    # The list refreshes in a second event after the upload's status (slow under load).
+    # The document list comes from the server: a reloaded page lists the new document.
+    page.reload()
+    expect(page.get_by_role("tab", name="Ask")).to_be_visible(timeout=60_000)
     expect(page.locator("#ask-documents")).to_contain_text("zebrafish.md", timeout=SLOW)
 
     choose(page, "ask-model", "Base model (no adapter)")

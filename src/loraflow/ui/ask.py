@@ -199,6 +199,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         [files, collection],
         [upload_status, docs, doc_pick, files],
         api_name="upload_documents",
+    ).then(
+        # Read the list again once the upload has ended: a page-load refresh that started
+        # before the upload may have answered after it with the older list.
+        on_collection,
+        collection,
+        [docs, doc_pick],
+        show_progress="hidden",
     )
     delete.click(on_delete, [doc_pick, collection], [upload_status, docs, doc_pick])
     collection.change(on_collection, collection, [docs, doc_pick], show_progress="hidden")
