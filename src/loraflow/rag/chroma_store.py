@@ -203,6 +203,8 @@ class ChromaStore(ExternalStore):
             for m, t, d in zip(
                 got["metadatas"][0], got["documents"][0], got["distances"][0], strict=True
             )
+            # A point another thread is still writing can come back without its metadata.
+            if m is not None and t is not None
         ]
 
     def _put_doc(self, fields: dict[str, Any]) -> None:
