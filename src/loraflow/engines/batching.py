@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
+from loraflow.engines.gathered_lora import GatheredLoRA
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import NotFound
@@ -98,6 +99,7 @@ class BatchScheduler:
         self._cache: Any = None
         self._mask: Any = None
         self._admitting: list[_Row] = []
+        self._gathered: GatheredLoRA | None = None
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="loraflow-batch", daemon=True)
@@ -147,6 +149,9 @@ class BatchScheduler:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        if self._gathered is not None:
+            self._gathered.close()
+            self._gathered = None
 
     # --- the decoding thread -----------------------------------------------------------
     def _loop(self) -> None:
@@ -195,11 +200,28 @@ class BatchScheduler:
         import torch
 
         model = self._engine.model_for_step()
-        if model is not self._engine._base:
-            kwargs["adapter_names"] = [r.adapter or BASE_ADAPTER for r in rows]
+        # Only the last position's logits are used; the LM head is big (49k x 576 here).
+        kwargs.update(use_cache=True, logits_to_keep=1)
+        if model is self._engine._base:
+            with torch.inference_mode():
+                return model(**kwargs)
+        names = [r.adapter for r in rows]
+        gathered = self._gathered_for(model) if len(set(names)) > 1 else None
         with torch.inference_mode():
-            # Only the last position's logits are used; the LM head is big (49k x 576 here).
-            return model(use_cache=True, logits_to_keep=1, **kwargs)
+            if gathered is not None:
+                with gathered.rows(names):
+                    return model(**kwargs)
+            # One adapter for every row (or layers the gathered path cannot run): PEFT's own.
+            return model(adapter_names=[n or BASE_ADAPTER for n in names], **kwargs)
+
+    def _gathered_for(self, model: Any) -> GatheredLoRA | None:
+        """The gathered-LoRA runner for the attached adapters, rebuilt when they change."""
+        if self._gathered is not None and self._gathered.current(model):
+            return self._gathered if self._gathered.supported else None
+        if self._gathered is not None:
+            self._gathered.close()
+        self._gathered = GatheredLoRA(model)
+        return self._gathered if self._gathered.supported else None
 
     def _prefill(self, row: _Row) -> None:
         import torch
