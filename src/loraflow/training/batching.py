@@ -3,16 +3,20 @@
 Why not TRL's SFTTrainer: it is not installed here and its SFTConfig turns on bf16 and
 gradient checkpointing by default, which made CPU training 13x slower (DESIGN.md); its
 padding-free mode still projects every position onto the vocabulary. This module does
-both levers in ~60 lines on the stock transformers Trainer.
+those levers on the stock transformers Trainer, plus one more: attention per packed
+sequence (see `segment_attention`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
+from transformers import AttentionInterface, Trainer
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from loraflow.datasets.encode import IGNORE
 
@@ -34,26 +38,95 @@ class PaddingFreeCollator:
             ids += f["input_ids"]
             pos += range(n)
             targets += list(f["labels"][1:]) + [IGNORE]
+        starts = [0]
+        for f in features:
+            starts.append(starts[-1] + len(f["input_ids"]))
         return {
             "input_ids": torch.tensor([ids]),
             "position_ids": torch.tensor([pos]),
             "target_ids": torch.tensor([targets]),
+            "segments": torch.tensor(starts),
         }
+
+
+SEGMENT_ATTENTION = "loraflow_segments"
+
+
+def segment_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention run separately on each packed sequence of a one-row batch.
+
+    With packed rows transformers builds a block-diagonal L x L mask, and a masked SDPA call
+    falls back to the math kernel over the whole row: O(L^2) scores, most of them masked.
+    One causal SDPA call per sequence needs no mask (the fused kernel) and computes only the
+    sum of l_i^2 / 2 scores. Without segment bounds it is plain SDPA.
+    """
+    bounds = kwargs.pop("loraflow_segments", None)
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    p = dropout if module.training else 0.0
+    parts = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=p, is_causal=True,
+            scale=scaling,
+        )
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]  # fmt: skip
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+
+
+@contextmanager
+def _attention(model: Any, name: str | None) -> Iterator[None]:
+    """Use attention implementation `name` for the forward passes inside the block."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "_attn_implementation", None)
+    if name is None or config is None or old not in ("sdpa", name):
+        yield
+        return
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = old
 
 
 def label_only_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss, projecting onto the vocabulary only at target positions."""
     targets = inputs["target_ids"][0]
     keep = (targets != IGNORE).nonzero().squeeze(-1)
+    extra: dict[str, Any] = {}
+    segments = inputs.get("segments")
+    # Gradient checkpointing re-runs the forward during backward, outside this block, where
+    # the mask-free attention would not apply: packed rows keep transformers' own mask then.
+    if segments is not None and not _checkpointing(model):
+        extra["loraflow_segments"] = segments.tolist()
     # The LM head over a ~49k vocabulary is a large share of a small model's compute;
     # prompt tokens need no logits at all.
-    out = model(
-        input_ids=inputs["input_ids"],
-        position_ids=inputs["position_ids"],
-        logits_to_keep=keep,
-        # Required: with a KV cache transformers skips packed-sequence detection entirely.
-        use_cache=False,
-    )
+    with _attention(model, SEGMENT_ATTENTION if extra else None):
+        out = model(
+            input_ids=inputs["input_ids"],
+            position_ids=inputs["position_ids"],
+            logits_to_keep=keep,
+            # Required: with a KV cache transformers skips packed-sequence detection entirely.
+            use_cache=False,
+            **extra,
+        )
     logits = out.logits.reshape(-1, out.logits.shape[-1])
     return F.cross_entropy(logits.float(), targets[keep])
 
@@ -86,3 +159,11 @@ class LabelOnlyTrainer(Trainer):
         with torch.no_grad():
             loss = label_only_loss(model, inputs)
         return loss.detach(), None, None
+
+
+def _checkpointing(model: Any) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (now deprecated) to this.
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)

@@ -54,7 +54,7 @@ def test_no_attention_across_sequence_boundaries(tiny_llama_dir: Path) -> None:
     collate = PaddingFreeCollator()
 
     def logits(batch: list[dict]) -> torch.Tensor:
-        inputs = {k: v for k, v in collate(batch).items() if k != "target_ids"}
+        inputs = {k: v for k, v in collate(batch).items() if k not in ("target_ids", "segments")}
         # With a KV cache transformers ignores the packing (it builds a plain causal mask).
         return model(**inputs, use_cache=False).logits
 
@@ -64,3 +64,32 @@ def test_no_attention_across_sequence_boundaries(tiny_llama_dir: Path) -> None:
     # Rewriting the first sequence leaves every later sequence's logits unchanged.
     assert torch.allclose(a[0, n0:], b[0, n0:], atol=1e-5)
     assert not torch.allclose(a[0, :n0], b[0, :n0])
+
+
+def test_per_sequence_attention_gives_the_masked_loss_and_gradients(tiny_llama_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    batch = PaddingFreeCollator()(_features(tiny_llama_dir))
+    assert batch["segments"].tolist()[0] == 0
+    assert batch["segments"].tolist()[-1] == batch["input_ids"].shape[1]
+
+    def loss_and_grads(inputs: dict) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = label_only_loss(model, inputs)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return loss.item(), grads
+
+    # Without segment bounds the packed row goes through transformers' block-diagonal mask.
+    masked = loss_and_grads({k: v for k, v in batch.items() if k != "segments"})
+    per_sequence = loss_and_grads(batch)
+    assert abs(masked[0] - per_sequence[0]) < 1e-5
+    for a, b in zip(masked[1], per_sequence[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    # The attention implementation is switched only for that forward pass.
+    assert model.config._attn_implementation == "sdpa"
