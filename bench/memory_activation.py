@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import add_json_flag, write_results
 
 from loraflow import db
 from loraflow.memory import projects, store
@@ -51,7 +52,7 @@ def count(text: str) -> int:
     return len(text) // 4 + 1
 
 
-def run(n: int, requests: int, k: int, embedder) -> None:  # noqa: ANN001
+def run(n: int, requests: int, k: int, embedder) -> dict:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite:///{Path(tmp) / 'b.db'}")
         p = projects.create_project(engine, "bench")
@@ -85,6 +86,13 @@ def run(n: int, requests: int, k: int, embedder) -> None:  # noqa: ANN001
             f"{n:5d} entries  first index build {first:6.2f}s  per request: loraflow "
             f"{o * 1000:7.1f} ms  naive {b_ * 1000:8.1f} ms  speed-up {b_ / o:6.1f}x"
         )
+        return {
+            "entries": n,
+            "first_index_build_s": round(first, 3),
+            "loraflow_ms": round(o * 1000, 2),
+            "naive_ms": round(b_ * 1000, 2),
+            "speedup": round(b_ / o, 2),
+        }
 
 
 def main() -> None:
@@ -92,10 +100,19 @@ def main() -> None:
     ap.add_argument("--entries", type=int, nargs="+", default=[200, 1000])
     ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--k", type=int, default=4)
+    add_json_flag(ap)
     args = ap.parse_args()
     embedder = load_embedder("bundled:minilm")
-    for n in args.entries:
-        run(n, args.requests, args.k, embedder)
+    rows = [run(n, args.requests, args.k, embedder) for n in args.entries]
+    write_results(
+        args.json,
+        "memory_activation",
+        {"entries": args.entries, "requests": args.requests, "k": args.k, "embedder": "minilm"},
+        rows,
+        {f"{r['entries']} entries: loraflow vs naive": r["speedup"] for r in rows},
+        baseline="naive: re-embed every entry per request",
+        notes=["activated entry lists identical between loraflow and the naive baseline"],
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import add_json_flag, write_results
 from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
@@ -181,6 +182,7 @@ def main() -> None:
     ap.add_argument("--val-rows", type=int, default=32, help="held-out rows for the loss")
     ap.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "test-models")
     ap.add_argument("--configs", default="padded,group_by_length,loraflow")
+    add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base_dir = resolve_base_model("bundled:smollm2", args.cache_dir).path
@@ -216,6 +218,31 @@ def main() -> None:
         others = [best[n] for n in names if n not in ("loraflow", "padded")]
         if others:
             print(f"loraflow vs best built-in option: {best['loraflow'] / max(others):.2f}x")
+    rows = [
+        {"config": n, "real_tok_per_s": round(best[n], 2), "held_out_loss": round(losses[n], 4),
+         "vs_padded": round(best[n] / base, 3) if base else None}
+        for n in names
+    ]  # fmt: skip
+    ratios = {f"{n} vs padded": best[n] / base for n in names if base and n != "padded"}
+    builtin = [best[n] for n in names if n not in ("loraflow", "padded")]
+    if "loraflow" in best and builtin:
+        ratios["loraflow vs best built-in"] = best["loraflow"] / max(builtin)
+    targets = {"loraflow vs padded": (">=", 2.0), "loraflow vs best built-in": (">=", 1.2)}
+    config = {k: getattr(args, k) for k in ("steps", "rows", "batch", "rounds", "val_rows")}
+    config.update(configs=names, threads=torch.get_num_threads(), lora="r=16 on q_proj,v_proj")
+    write_results(
+        args.json,
+        "train_throughput",
+        config,
+        rows,
+        ratios,
+        baseline="padded: PEFT + Trainer with DataCollatorForSeq2Seq",
+        targets={k: v for k, v in targets.items() if k in ratios},  # issue #4
+        notes=[
+            f"token lengths min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
+            f"max {lengths[-1]}"
+        ],  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Start a real `loraflow serve` on 127.0.0.1 in a fresh data dir, for the bench scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+# The converted bundled models that the tests also reuse (conversion takes ~15 s once).
+MODEL_CACHE = REPO / ".cache" / "test-models"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def require_loopback(url: str) -> str:
+    """The URL without a trailing slash; refuses any host that is not this machine."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or parsed.hostname not in LOOPBACK:
+        raise SystemExit(
+            f"--url {url!r} is not a loopback http(s) URL; allowed hosts: {sorted(LOOPBACK)}"
+        )
+    return url.rstrip("/")
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BenchServer:
+    """`loraflow serve` as a subprocess; its data dir is temporary and removed on stop()."""
+
+    def __init__(self, env: dict[str, str] | None = None, keep: bool = False) -> None:
+        self.data_dir = Path(tempfile.mkdtemp(prefix="lf-bench-server-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.keep = keep
+        self.log_path = self.data_dir / "server.log"
+        # The bench's own environment minus loraflow settings, so the server sees only ours.
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("LORAFLOW", "API_"))}
+        full.update(
+            LORAFLOW_DATA_DIR=str(self.data_dir),
+            HF_HUB_OFFLINE="1",
+            CACHE_DIR=str(MODEL_CACHE),
+            # Nothing listens there: Ollama counts as down, every answer is local.
+            OLLAMA_BASE_URL=f"http://127.0.0.1:{free_port()}",
+            OLLAMA_TIMEOUT="3",
+            TEMPERATURE="0",
+        )
+        full.update(env or {})
+        exe = Path(sys.executable).parent / "loraflow"
+        argv = [str(exe), "serve", "--port", str(self.port), "--use-lora", "true"]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.data_dir
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait for /health to answer; raises with the server log when it does not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        if not self.keep:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> BenchServer:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,226 @@
+"""Batch-1 generation speed: the transformers engine vs the llama.cpp engine, in one run.
+
+Both engines load the bundled SmolLM2-135M-Instruct (transformers: the fp32 safetensors copy;
+llama.cpp: the shipped Q4_1 GGUF) and answer the same chat prompts greedily, one request at a
+time, with a fixed number of new tokens; then again with the same random LoRA adapter applied
+(PEFT in transformers, converted to GGUF for llama.cpp). Raw llama-cpp-python (its own token
+loop on the same GGUF, no loraflow) is the baseline loraflow's llama.cpp engine must keep up
+with; `--http` also measures `loraflow serve` with LOCAL_ENGINE=llamacpp end to end over HTTP.
+
+    .venv/bin/python bench/generate.py                      # 64 tokens x 4 prompts x 2 rounds
+    .venv/bin/python bench/generate.py --tokens 128 --http --json bench/results/generate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _results import add_json_flag, write_results
+from _server import MODEL_CACHE, BenchServer
+
+from loraflow.adapters.gguf import export_gguf_adapter
+from loraflow.adapters.inspect import checksum
+from loraflow.engines.base import GenerationParams
+from loraflow.engines.chat import render_prompt
+from loraflow.engines.hf import HFEngine
+from loraflow.engines.llamacpp_load import load_llamacpp_engine
+from loraflow.models.bundled import smollm2_gguf_path
+from loraflow.models.load import load_model_and_tokenizer
+from loraflow.models.resolve import resolve_base_model
+
+PROMPTS = [
+    "Explain what a LoRA adapter is.",
+    "Write a short poem about the sea.",
+    "How do I reset my password?",
+    "Why is the sky blue?",
+]
+ADAPTER = "bench-lora"
+# Issue #7: loraflow's llama.cpp path keeps up with raw llama-cpp-python, and an adapter
+# costs it little.
+TARGETS = {
+    "llama.cpp engine vs raw llama-cpp-python": (">=", 0.9),
+    "HTTP (LOCAL_ENGINE=llamacpp) vs raw llama-cpp-python": (">=", 0.9),
+    "llama.cpp engine: LoRA vs base": (">=", 0.85),
+}
+
+
+def make_adapter(base_dir: Path, dest: Path, targets: list[str], rank: int) -> None:
+    """A LoRA whose random, non-zero weights change the answers (as a trained one would)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(0)
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    peft_model.save_pretrained(dest)
+
+
+def raw_llama(
+    template: object, threads: int, tokens: int, reset: bool = False
+) -> Callable[[str], int]:
+    """Raw llama-cpp-python on its own copy of the GGUF: tokenize, greedy token loop, decode.
+
+    By default its prompt cache is reused as llama-cpp-python does; `reset` re-evaluates every
+    prompt, as loraflow's engine does (so answers never depend on the request before).
+    """
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=0, n_threads=threads,
+                n_threads_batch=threads, verbose=False)  # fmt: skip
+
+    def run(prompt: str) -> int:
+        text = render_prompt(template, [{"role": "user", "content": prompt}])
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if reset:
+            llm.reset()
+        out = b""
+        for n, token in enumerate(llm.generate(ids, temp=0.0, min_p=0.0), start=1):
+            out += llm.detokenize([token])
+            if n >= tokens:
+                break
+        return n
+
+    return run
+
+
+def engine_run(engine: object, params: GenerationParams, adapter: str | None) -> Callable:
+    def run(prompt: str) -> int:
+        messages = [{"role": "user", "content": prompt}]
+        return engine.generate(messages, params, adapter=adapter).completion_tokens  # type: ignore[attr-defined]
+
+    return run
+
+
+def http_run(url: str, model: str, tokens: int) -> Callable[[str], int]:
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=600)
+
+    def run(prompt: str) -> int:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": tokens, "temperature": 0, "ignore_eos": True}  # fmt: skip
+        r = client.post("/v1/chat/completions", json=body)
+        r.raise_for_status()
+        return int(r.json()["usage"]["completion_tokens"])
+
+    return run
+
+
+def measure(runs: dict[str, Callable[[str], int]], rounds: int) -> dict[str, tuple[int, float]]:
+    """(tokens, seconds) per scenario; scenarios take turns prompt by prompt, after a warm-up."""
+    totals = {name: (0, 0.0) for name in runs}
+    for run in runs.values():
+        run(PROMPTS[0])
+    for r in range(rounds):
+        for prompt in PROMPTS:
+            # The order flips every round, so load changes on the machine hit both sides.
+            order = list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]
+            for name, run in order:
+                started = time.perf_counter()
+                n = run(prompt)
+                tok, sec = totals[name]
+                totals[name] = (tok + n, sec + time.perf_counter() - started)
+        rates = ", ".join(f"{k} {t / s:.1f}" for k, (t, s) in totals.items())
+        print(f"  after round {r + 1}: {rates} tok/s", flush=True)
+    return totals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the prompts")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--http", action="store_true", help="also measure a real loraflow server")
+    add_json_flag(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    resolved = resolve_base_model("bundled:smollm2", MODEL_CACHE)
+    work = Path(tempfile.mkdtemp(prefix="lf-bench-generate-"))
+    make_adapter(resolved.path, work / "adapters" / ADAPTER, args.targets.split(","), args.rank)
+    model, tokenizer = load_model_and_tokenizer(resolved)
+    hf = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
+    hf.load_adapter(ADAPTER, work / "adapters" / ADAPTER)
+    llama, warnings = load_llamacpp_engine(
+        "bundled:smollm2",
+        MODEL_CACHE,
+        work / "adapters",
+        threads=args.threads,
+        export_lora=export_gguf_adapter,
+        checksum=checksum,
+        lora_cache_dir=work / "gguf",
+    )
+    assert not warnings, warnings
+    params = GenerationParams(max_new_tokens=args.tokens, temperature=0, ignore_eos=True)
+    print(f"SmolLM2-135M, batch 1, greedy, {args.tokens} new tokens, {args.threads} threads, "
+          f"LoRA r={args.rank} on {args.targets}")  # fmt: skip
+    runs = {
+        "transformers": engine_run(hf, params, None),
+        "llama.cpp": engine_run(llama, params, None),
+        "raw llama-cpp-python": raw_llama(llama.template, args.threads, args.tokens),
+        "raw, prompt re-evaluated": raw_llama(llama.template, args.threads, args.tokens, True),
+        "transformers+LoRA": engine_run(hf, params, ADAPTER),
+        "llama.cpp+LoRA": engine_run(llama, params, ADAPTER),
+    }
+    totals = measure(runs, args.rounds)
+    if args.http:
+        # The in-process engines are freed first, so the server has the cores to itself.
+        llama.close()
+        del hf, model
+        env = {"LOCAL_ENGINE": "llamacpp", "LLAMACPP_THREADS": str(args.threads),
+               "LORA_MODEL_PATH": str(work / "adapters"), "AUTO_INGEST_SAMPLE": "false",
+               "ENABLE_UI": "false"}  # fmt: skip
+        with BenchServer(env) as server:
+            http = {"HTTP (LOCAL_ENGINE=llamacpp)": http_run(server.url, "base", args.tokens),
+                    "raw llama-cpp-python (beside HTTP)": runs["raw llama-cpp-python"]}  # fmt: skip
+            totals.update(measure(http, args.rounds))
+
+    rates = {k: t / s for k, (t, s) in totals.items()}
+    for k, rate in rates.items():
+        print(f"{k:<38} {rate:7.1f} tok/s ({totals[k][0]} tok, {totals[k][1]:.1f}s)")
+    ratios = {
+        "llama.cpp vs transformers (base)": rates["llama.cpp"] / rates["transformers"],
+        "llama.cpp vs transformers (LoRA)": rates["llama.cpp+LoRA"] / rates["transformers+LoRA"],
+        "llama.cpp engine vs raw llama-cpp-python": rates["llama.cpp"]
+        / rates["raw llama-cpp-python"],
+        "llama.cpp engine vs raw, prompt re-evaluated": rates["llama.cpp"]
+        / rates["raw, prompt re-evaluated"],
+        "llama.cpp engine: LoRA vs base": rates["llama.cpp+LoRA"] / rates["llama.cpp"],
+        "transformers engine: LoRA vs base": rates["transformers+LoRA"] / rates["transformers"],
+    }
+    if args.http:
+        ratios["HTTP (LOCAL_ENGINE=llamacpp) vs raw llama-cpp-python"] = (
+            rates["HTTP (LOCAL_ENGINE=llamacpp)"] / rates["raw llama-cpp-python (beside HTTP)"]
+        )
+    for k, v in ratios.items():
+        print(f"ratio {k}: {v:.2f}x")
+    rows = [{"scenario": k, "tokens": totals[k][0], "seconds": round(totals[k][1], 2),
+             "tok_per_s": round(r, 2)} for k, r in rates.items()]  # fmt: skip
+    config = {k: getattr(args, k) for k in ("tokens", "rounds", "threads", "targets", "rank",
+              "http")}  # fmt: skip
+    write_results(
+        args.json,
+        "generate",
+        config,
+        rows,
+        ratios,
+        baseline="transformers engine (and raw llama-cpp-python for the engine's overhead)",
+        targets={k: v for k, v in TARGETS.items() if k in ratios},
+        notes=["batch 1, greedy, fixed-length answers (ignore_eos)"],
+    )
+
+
+if __name__ == "__main__":
+    main()
