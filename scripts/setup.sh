@@ -24,6 +24,18 @@ fi
 EXTRAS="${LORAFLOW_EXTRAS-dev}"
 TARGET="."
 [ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
+# llama.cpp (LOCAL_ENGINE=llamacpp) for the dev and llamacpp extras, before the main install so
+# pip never builds it with native flags: a -march=native build segfaults on some CPUs. The
+# first build takes minutes; pip caches the wheel, and an importable copy is kept as is.
+if [[ ",$EXTRAS," == *",dev,"* || ",$EXTRAS," == *",llamacpp,"* ]] \
+  && ! "$VPY" -c "import llama_cpp" 2>/dev/null; then
+  LLAMA_SPEC=$("$VPY" -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['llamacpp'][0])")
+  echo "setup: building $LLAMA_SPEC (portable CPU flags; a few minutes the first time)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF" \
+    "$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt "$LLAMA_SPEC"
+fi
+
 echo "setup: installing loraflow and its dependencies ($TARGET)"
 "$VPY" -m pip install -q --disable-pip-version-check -c constraints.txt -e "$TARGET"
 

@@ -297,6 +297,62 @@ class Settings(BaseSettings):
         description="Language of the web UI's labels: en or zh.",
     )
 
+    remote_backend: Literal["ollama", "openai"] = Field(
+        "ollama",
+        validation_alias=AliasChoices("REMOTE_BACKEND", "remote_backend"),
+        description="The second engine: ollama (OLLAMA_*) or openai (vLLM or any /v1 server).",
+    )
+    openai_base_url: str = Field(
+        "http://localhost:8000/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="OpenAI-compatible API of REMOTE_BACKEND=openai, e.g. http://vllm:8000/v1.",
+    )
+    openai_model: str = Field(
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        validation_alias=AliasChoices("OPENAI_MODEL", "openai_model"),
+        description="Base model name that server serves (vLLM: --served-model-name or path).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="Bearer key of that server (vLLM --api-key); never printed.",
+    )
+    openai_timeout: float = Field(
+        120.0, gt=0, validation_alias=AliasChoices("OPENAI_TIMEOUT", "openai_timeout")
+    )
+
+    max_loaded_adapters: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        validation_alias=AliasChoices("MAX_LOADED_ADAPTERS", "max_loaded_adapters"),
+        description="Adapters the local engine keeps attached; registered adapters attached on "
+        "demand are detached least recently used first (not while deployed or answering).",
+    )
+
+    local_engine: Literal["transformers", "llamacpp"] = Field(
+        "transformers",
+        validation_alias=AliasChoices("LOCAL_ENGINE", "local_engine"),
+        description="Engine of the local model: transformers (PEFT, batching) or llamacpp (a "
+        "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra).",
+    )
+    llamacpp_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        validation_alias=AliasChoices("LLAMACPP_THREADS", "llamacpp_threads"),
+        description="CPU threads of the llama.cpp engine; 0: one per core.",
+    )
+
+    db_busy_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        validation_alias=AliasChoices("DB_BUSY_TIMEOUT", "db_busy_timeout"),
+        description="Seconds a write waits for another process's database lock before the "
+        "request is refused with 503 (SQLite busy timeout; connect timeout of a server).",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, v: str) -> str:
@@ -306,7 +362,7 @@ class Settings(BaseSettings):
             raise ValueError(f"LOG_LEVEL={v!r} is not one of {sorted(allowed)}")
         return level
 
-    @field_validator("ollama_base_url")
+    @field_validator("ollama_base_url", "openai_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")

@@ -26,7 +26,14 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from loraflow.errors import ConfigError
 from loraflow.locks import file_lock
@@ -261,19 +268,37 @@ story_passages = Table(
 )
 
 
+# The highest version each adapter name was ever given, kept when rows are forgotten, so
+# a number is never reused for different files. Names registered before this table existed
+# fall back to their highest remaining row.
+adapter_versions = Table(
+    "adapter_versions",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("top", Integer, nullable=False),
+)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine, make the SQLite folder, and create missing tables."""
+def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
+    """Create the engine, make the SQLite folder, and create missing tables.
+
+    `busy_timeout` (DB_BUSY_TIMEOUT) bounds how long a write waits for another process's
+    SQLite lock, and how long a connect to a database server may take.
+    """
     kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Several threads (request handlers, workers) share the engine.
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout}
+    elif url.startswith(("postgresql", "mysql")):
+        # A stopped server refuses at once; an unreachable host must not hang a request.
+        kwargs["connect_args"] = {"connect_timeout": max(1, round(busy_timeout))}
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError) as exc:
@@ -288,7 +313,7 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             # WAL lets readers proceed while one writer commits (several workers, one file).
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
     _create_schema(engine, url)
@@ -338,6 +363,41 @@ def _redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
     return url
+
+
+def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[str, str] | None:
+    """Message and hint when `exc` means the database is locked or down (a retry may work).
+
+    None for any other error: those are bugs or bad data, not an outage.
+    """
+    if not isinstance(exc, DBAPIError):
+        return None
+    if not isinstance(exc, (OperationalError, InterfaceError)) and not exc.connection_invalidated:
+        return None
+    reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+    if "locked" in reason.lower() or "busy" in reason.lower():
+        return (
+            f"the database is busy: another process held its lock for more than "
+            f"DB_BUSY_TIMEOUT={busy_timeout:g}s ({reason})",
+            "retry in a moment; if it lasts, stop what holds the database open "
+            "(a long backup or a sqlite3 shell) or raise DB_BUSY_TIMEOUT",
+        )
+    return (
+        f"the database at {_redact(url)} is unavailable ({reason})",
+        "check that the database server is running and DATABASE_URL is right; "
+        "retry once it is back",
+    )
+
+
+def ping(engine: Engine) -> tuple[bool, str]:
+    """Whether the database answers a trivial query, and a line saying so."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(select(1))
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        return False, f"unavailable: {first}"
+    return True, f"reachable ({engine.dialect.name})"
 
 
 def redact_url(url: str) -> str:

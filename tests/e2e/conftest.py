@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,33 +36,41 @@ def stopped_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(
-    tmp_path_factory: pytest.TempPathFactory,
-    smollm2_dir: Path,
-    model_cache: Path,
-    stopped_port: int,
+def server_env(model_cache: Path, stopped_port: int) -> dict[str, str]:
+    """Settings every test server shares: the test model cache, a stopped Ollama, short answers."""
+    return {
+        "CACHE_DIR": str(model_cache),
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "OLLAMA_TIMEOUT": "3",
+        "MAX_NEW_TOKENS": "24",
+        "TEMPERATURE": "0",
+    }
+
+
+@contextmanager
+def start_server(
+    data: Path,
+    env: dict[str, str],
+    args: tuple[str, ...] = ("serve", "--use-lora", "true"),
 ) -> Iterator[Server]:
-    data = tmp_path_factory.mktemp("server-data")
-    make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER_NAME)
+    """A `loraflow <args>` server on a free loopback port with data dir `data`, stopped after."""
     port = free_port()
-    srv = Server(
-        data,
-        {
-            "CACHE_DIR": str(model_cache),
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "OLLAMA_TIMEOUT": "3",
-            "MAX_UPLOAD_MB": "1",
-            "MAX_NEW_TOKENS": "24",
-            "TEMPERATURE": "0",
-        },
-        cli_argv("serve", "--port", str(port), "--use-lora", "true"),
-        port,
-    )
+    srv = Server(data, env, cli_argv(*args, "--port", str(port)), port)
     try:
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, server_env: dict[str, str]
+) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("server-data")
+    make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER_NAME)
+    with start_server(data, {**server_env, "MAX_UPLOAD_MB": "1"}) as srv:
+        yield srv
 
 
 @pytest.fixture()

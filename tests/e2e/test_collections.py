@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from loraflow.services.documents import sample_docs_dir
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +21,10 @@ pytestmark = pytest.mark.integration
 def kb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Retrieval needs no generation model, so this server starts without one (faster).
     data = tmp_path_factory.mktemp("kb-server")
-    port = free_port()
     env = {"LOAD_LOCAL_MODEL": "false", "AUTO_INGEST_SAMPLE": "false", "OLLAMA_TIMEOUT": "2"}
     env["OLLAMA_BASE_URL"] = f"http://127.0.0.1:{free_port()}"
-    srv = Server(data, env, cli_argv("serve", "--port", str(port)), port)
-    try:
-        srv.wait_ready()
+    with start_server(data, env, ("serve",)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture()

@@ -20,41 +20,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.e2e.conftest import ADAPTER_NAME, make_adapter
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import ADAPTER_NAME, make_adapter, start_server
+from tests.e2e.server import Server
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
 
 @pytest.fixture(scope="module")
 def server(
-    tmp_path_factory: pytest.TempPathFactory,
-    smollm2_dir: Path,
-    model_cache: Path,
-    stopped_port: int,
+    tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, server_env: dict[str, str]
 ) -> Iterator[Server]:
     """A server of its own: these tests register, attach and deploy many adapters."""
     data = tmp_path_factory.mktemp("deploy-data")
     make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER_NAME)
-    port = free_port()
-    srv = Server(
-        data,
-        {
-            "CACHE_DIR": str(model_cache),
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "OLLAMA_TIMEOUT": "3",
-            "AUTO_INGEST_SAMPLE": "false",
-            "MAX_NEW_TOKENS": "24",
-            "TEMPERATURE": "0",
-        },
-        cli_argv("serve", "--port", str(port), "--use-lora", "true"),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    with start_server(data, {**server_env, "AUTO_INGEST_SAMPLE": "false"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
@@ -21,23 +22,14 @@ def two_workers(
     smollm2_dir: Path,
     stopped_port: int,
 ) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(
-        tmp_path_factory.mktemp("workers"),
-        {
-            "CACHE_DIR": str(model_cache),
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "MAX_NEW_TOKENS": "8",
-        },
-        cli_argv("serve", "--port", str(port), "--workers", "2"),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "CACHE_DIR": str(model_cache),
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "MAX_NEW_TOKENS": "8",
+    }
+    with start_server(tmp_path_factory.mktemp("workers"), env, ("serve", "--workers", "2")) as srv:
         _wait_for_workers(srv)
         yield srv
-    finally:
-        srv.stop()
 
 
 def _wait_for_workers(srv: Server, n: int = 2, timeout: float = 300) -> None:

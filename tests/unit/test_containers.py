@@ -69,3 +69,48 @@ def test_compose_wires_services_by_known_settings() -> None:
         if isinstance(value, str) and "://" in value and not value.startswith("sqlite"):
             host = re.split(r"[/:@]", value.split("://", 1)[1].split("@")[-1])[0]
             assert host in services, f"{key} points at {host!r}, not a compose service"
+
+
+def commented_lines(service: str) -> list[str]:
+    """Commented lines of a compose service: its optional arguments and settings."""
+    text = (REPO / "compose.yaml").read_text()
+    block = re.split(r"^  [a-z]", text.split(f"\n  {service}:\n", 1)[1], flags=re.M)[0]
+    return [ln.strip() for ln in block.splitlines() if ln.strip().startswith("#")]
+
+
+def commented_env(service: str) -> dict[str, str]:
+    """`# NAME: value` lines of a compose service: the documented optional settings."""
+    pairs = (re.match(r"#\s*([A-Z][A-Z0-9_]*):\s*(.+)$", ln) for ln in commented_lines(service))
+    return {m.group(1): m.group(2) for m in pairs if m}
+
+
+def test_compose_optional_settings_are_real_and_point_at_its_services() -> None:
+    services = yaml.safe_load((REPO / "compose.yaml").read_text())["services"]
+    env = commented_env("loraflow")
+    assert {"REMOTE_BACKEND", "OPENAI_BASE_URL", "VECTOR_STORE", "QDRANT_URL"} <= set(env)
+    assert set(env) <= setting_names(), set(env) - setting_names()
+    assert Settings(REMOTE_BACKEND=env["REMOTE_BACKEND"]).remote_backend == "openai"
+    for key in ("OPENAI_BASE_URL", "QDRANT_URL"):
+        host = env[key].split("://", 1)[1].split(":")[0]
+        assert host in services, f"{key} points at {host!r}, not a compose service"
+    # A secret is never written into the file.
+    assert not env["OPENAI_API_KEY"].startswith("sk-")
+
+
+def test_compose_vllm_service_serves_lora_on_a_gpu() -> None:
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    vllm = compose["services"]["vllm"]
+    image, tag = vllm["image"].split(":")
+    assert image == "vllm/vllm-openai" and tag not in ("", "latest")
+    assert vllm["profiles"] == ["vllm"]
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    args = vllm["command"]
+    assert "--enable-lora" in args
+    rank = int(args[args.index("--max-lora-rank") + 1])
+    assert rank >= Settings().max_lora_rank, "vLLM would refuse adapters the registry accepts"
+    # Port 8000 of that service is where OPENAI_BASE_URL points.
+    assert commented_env("loraflow")["OPENAI_BASE_URL"] == "http://vllm:8000/v1"
+    assert any("--lora-modules" in line for line in commented_lines("vllm"))
+    volumes = {v.split(":")[0] for v in vllm["volumes"]}
+    assert volumes <= set(compose["volumes"]) and "loraflow-data" in volumes

@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from loraflow.adapters.inspect import base_weight_shapes, sha256_file
+from loraflow.adapters.inspect import (
+    ADAPTER_PREFIX,
+    LoraLayout,
+    check_fits,
+    group_lora,
+    sha256_file,
+    split_lora_key,
+)
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, ModelLoadError
 from loraflow.models.adapters import ADAPTER_WEIGHTS, check_adapter_folder
 from loraflow.models.load import resolve_device
@@ -27,7 +34,6 @@ QUANTIZATIONS: tuple[str, ...] = ("8bit", "4bit")
 Progress = Callable[[str, int, int], None]
 
 METADATA_FILE = "loraflow.json"
-ADAPTER_PREFIX = "base_model.model."
 # Short, varied prompts: enough positions to see any real adapter change in the logits.
 CHECK_PROMPTS = ("The capital of France is", "def add(a, b):", "Once upon a time, a small robot")
 # Merging adds B@A into W once instead of computing it per forward pass; in fp32 the two paths
@@ -75,6 +81,7 @@ class LoraTensors:
     pairs: dict[str, tuple[Any, Any]]
     kinds: dict[str, str]
     extra: dict[str, Any]
+    layout: LoraLayout
 
 
 def export_merged_model(
@@ -100,7 +107,7 @@ def export_merged_model(
     report("checking adapter and base model", 0)
     _check_output_free(output_dir)
     lora = read_lora_tensors(adapter_dir)
-    check_lora_shapes(lora, base_weight_shapes(base_model_dir), adapter_dir, base_model_dir)
+    check_lora_shapes(lora, adapter_dir, base_model_dir)
     refuse_no_op(lora, adapter_dir)
     adapter_sha = sha256_file(adapter_dir / ADAPTER_WEIGHTS)
     device = resolve_device(device)
@@ -194,71 +201,26 @@ def read_lora_tensors(adapter_dir: Path) -> LoraTensors:
         state = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
     except Exception as exc:  # safetensors raises its own error type for damaged files
         raise InvalidInput(f"{adapter_dir / ADAPTER_WEIGHTS} cannot be read: {exc}") from exc
-    halves: dict[str, dict[str, Any]] = {}
-    kinds: dict[str, str] = {}
+    layout = group_lora(state, adapter_dir)
+    pairs: dict[str, tuple[Any, Any]] = {}
     extra: dict[str, Any] = {}
     for key, tensor in state.items():
-        name = key.removeprefix(ADAPTER_PREFIX)
-        for suffix, kind, half in (
-            (".lora_A.weight", "linear", "A"),
-            (".lora_B.weight", "linear", "B"),
-            (".lora_embedding_A", "embedding", "A"),
-            (".lora_embedding_B", "embedding", "B"),
-        ):
-            if name.endswith(suffix):
-                module = name.removesuffix(suffix)
-                halves.setdefault(module, {})[half] = tensor
-                kinds[module] = kind
-                break
-        else:
-            extra[name] = tensor
-    pairs: dict[str, tuple[Any, Any]] = {}
-    for module, parts in halves.items():
-        if set(parts) != {"A", "B"}:
-            have = next(iter(parts))
-            lacks = "B" if have == "A" else "A"
-            raise InvalidInput(
-                f"adapter at {adapter_dir} has lora_{have} but no lora_{lacks} "
-                f"for module {module!r}"
-            )
-        pairs[module] = (parts["A"], parts["B"])
-    if not pairs:
-        raise InvalidInput(f"adapter at {adapter_dir} holds no LoRA weights (lora_A/lora_B)")
-    return LoraTensors(config=config, pairs=pairs, kinds=kinds, extra=extra)
+        split = split_lora_key(key)
+        if split is None:
+            extra[key.removeprefix(ADAPTER_PREFIX)] = tensor
+            continue
+        module, _, half = split
+        a, b = pairs.get(module, (None, None))
+        pairs[module] = (tensor, b) if half == "A" else (a, tensor)
+    kinds = dict(layout.kinds)
+    return LoraTensors(config=config, pairs=pairs, kinds=kinds, extra=extra, layout=layout)
 
 
-def check_lora_shapes(
-    lora: LoraTensors, shapes: dict[str, tuple[int, ...]], adapter_dir: Path, base_dir: Path
-) -> None:
+def check_lora_shapes(lora: LoraTensors, adapter_dir: Path, base_dir: Path) -> None:
     """Raise naming the tensor and both shapes when the adapter does not fit the base model."""
-    trained_for = lora.config.get("base_model_name_or_path") or "unknown"
-    for module, (a, b) in sorted(lora.pairs.items()):
-        weight = shapes.get(f"{module}.weight")
-        if weight is None:
-            raise InvalidInput(
-                f"adapter at {adapter_dir} (trained for {trained_for!r}) changes {module!r}, "
-                f"which base model {base_dir} does not have"
-            )
-        if lora.kinds[module] == "embedding":
-            # PEFT keeps embedding LoRAs as A (r, num_embeddings) and B (embedding_dim, r).
-            want_a, want_b = (a.shape[0], weight[0]), (weight[1], b.shape[1])
-        else:
-            want_a, want_b = (a.shape[0], weight[1]), (weight[0], b.shape[1])
-        if len(weight) != 2 or tuple(a.shape) != want_a or tuple(b.shape) != want_b:
-            raise InvalidInput(
-                f"adapter at {adapter_dir} (trained for {trained_for!r}) does not fit base model "
-                f"{base_dir}: {module}.weight has shape {list(weight)} in the base model, but "
-                f"the adapter's lora_A is {list(a.shape)} and lora_B is {list(b.shape)}, which "
-                f"multiply to {[b.shape[0], a.shape[1]]}",
-                hint="export with the base model the adapter was trained on",
-            )
-    for name, tensor in sorted(lora.extra.items()):
-        want = shapes.get(name)
-        if want is not None and tuple(tensor.shape) != want:
-            raise InvalidInput(
-                f"adapter at {adapter_dir} does not fit base model {base_dir}: {name} has shape "
-                f"{list(want)} in the base model and {list(tensor.shape)} in the adapter"
-            )
+    trained_for = str(lora.config.get("base_model_name_or_path") or "unknown")
+    hint = "export with the base model the adapter was trained on"
+    check_fits(lora.layout, adapter_dir, base_dir, trained_for, strict=True, hint=hint)
 
 
 def refuse_no_op(lora: LoraTensors, adapter_dir: Path) -> None:

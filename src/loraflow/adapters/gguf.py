@@ -15,7 +15,7 @@ from loraflow.adapters.export import (
     read_lora_tensors,
     refuse_no_op,
 )
-from loraflow.adapters.inspect import base_weight_shapes, read_base_config
+from loraflow.adapters.inspect import read_base_config
 from loraflow.errors import Conflict, InvalidInput
 
 # Hugging Face architectures that llama.cpp's converter handles as its "llama" model.
@@ -36,7 +36,7 @@ def export_gguf_adapter(adapter_dir: Path, base_model_dir: Path, output_path: Pa
     config = read_base_config(base_model_dir)
     arch = _architecture(config, base_model_dir)
     lora = read_lora_tensors(adapter_dir)
-    check_lora_shapes(lora, base_weight_shapes(base_model_dir), adapter_dir, base_model_dir)
+    check_lora_shapes(lora, adapter_dir, base_model_dir)
     refuse_no_op(lora, adapter_dir)
     _check_llama_cpp_can_hold(lora, adapter_dir)
 

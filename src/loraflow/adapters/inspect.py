@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +9,22 @@ from typing import Any
 
 from safetensors import safe_open
 
+from loraflow.adapters.checksums import checksum
+from loraflow.adapters.checksums import sha256_file as sha256_file
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
 METADATA_FILE = "loraflow.json"
 # vLLM accepts these max_lora_rank values; engines get the smallest that fits.
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+ADAPTER_PREFIX = "base_model.model."
+# PEFT's saved key suffixes: (suffix, layer kind, which factor).
+LORA_SUFFIXES = (
+    (".lora_A.weight", "linear", "A"),
+    (".lora_B.weight", "linear", "B"),
+    (".lora_embedding_A", "embedding", "A"),
+    (".lora_embedding_B", "embedding", "B"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,21 +38,28 @@ class AdapterFacts:
     alpha: float
     target_modules: list[str]
     base_model: str
-    # module path in the base model (e.g. model.layers.0.self_attn.q_proj) -> (in, out)
-    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # module path in the base model (e.g. model.layers.0.self_attn.q_proj) -> LoRA factors
+    layout: LoraLayout | None = None
     checksum_sha256: str = ""
     file_size_mb: float = 0.0
 
 
-def checksum(path: Path) -> str:
-    """sha256 over the adapter's config and weights (what serving it depends on)."""
-    digest = hashlib.sha256()
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        digest.update(name.encode())
-        with open(path / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class LoraLayout:
+    """The shapes of an adapter's LoRA factors per module, and of its full tensors."""
+
+    pairs: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (A shape, B shape)
+    kinds: dict[str, str]  # module -> "linear" | "embedding"
+    extra: dict[str, tuple[int, ...]] = field(default_factory=dict)  # e.g. modules_to_save
+
+
+def split_lora_key(key: str) -> tuple[str, str, str] | None:
+    """(module, kind, "A" | "B") of a saved LoRA tensor name; None for other tensors."""
+    name = key.removeprefix(ADAPTER_PREFIX)
+    for suffix, kind, half in LORA_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), kind, half
+    return None
 
 
 def folder_size_mb(path: Path) -> float:
@@ -72,24 +88,47 @@ def tensor_shapes(weights: Path) -> dict[str, list[int]]:
         raise InvalidInput(f"{weights} is not a readable safetensors file: {exc}") from exc
 
 
-def lora_module_shapes(weights: Path) -> dict[str, tuple[int, int]]:
-    """Module path -> (in_features, out_features) for each LoRA pair in an adapter file."""
-    shapes = tensor_shapes(weights)
-    out: dict[str, tuple[int, int]] = {}
-    for key, shape in shapes.items():
-        if ".lora_A." not in key:
+def lora_layout(weights: Path) -> LoraLayout:
+    """The LoRA factor shapes of an adapter file, from its header; raise on an unpaired factor."""
+    return group_lora(
+        {k: tuple(int(n) for n in v) for k, v in tensor_shapes(weights).items()}, weights
+    )
+
+
+def group_lora(tensors: dict[str, Any], source: Path) -> LoraLayout:
+    """Group saved tensors (or their shapes) into LoRA pairs per module plus full tensors.
+
+    `tensors` maps saved names to tensors or shape tuples; the layout holds shapes only.
+    """
+    halves: dict[str, dict[str, tuple[int, ...]]] = {}
+    kinds: dict[str, str] = {}
+    extra: dict[str, tuple[int, ...]] = {}
+    for key, value in tensors.items():
+        shape = tuple(int(n) for n in getattr(value, "shape", value))
+        split = split_lora_key(key)
+        if split is None:
+            extra[key.removeprefix(ADAPTER_PREFIX)] = shape
             continue
-        module = key.split(".lora_A.", 1)[0]
-        b_key = key.replace(".lora_A.", ".lora_B.")
-        if b_key not in shapes:
-            raise InvalidInput(f"{weights}: {key} has no matching {b_key}")
-        module = module.removeprefix("base_model.model.")
-        if len(shape) != 2 or len(shapes[b_key]) != 2:
-            raise InvalidInput(f"{weights}: {key} is not a 2-D LoRA matrix (shape {shape})")
-        out[module] = (int(shape[1]), int(shapes[b_key][0]))
-    if not out:
-        raise InvalidInput(f"{weights} holds no LoRA tensors (no *.lora_A.* weights)")
-    return out
+        module, kind, half = split
+        halves.setdefault(module, {})[half] = shape
+        kinds[module] = kind
+    pairs: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for module, parts in halves.items():
+        if set(parts) != {"A", "B"}:
+            have = next(iter(parts))
+            lacks = "B" if have == "A" else "A"
+            raise InvalidInput(
+                f"adapter at {source} has lora_{have} but no lora_{lacks} for module {module!r}"
+            )
+        if len(parts["A"]) != 2 or len(parts["B"]) != 2:
+            raise InvalidInput(
+                f"adapter at {source}: {module} is not a 2-D LoRA pair "
+                f"(lora_A {list(parts['A'])}, lora_B {list(parts['B'])})"
+            )
+        pairs[module] = (parts["A"], parts["B"])
+    if not pairs:
+        raise InvalidInput(f"adapter at {source} holds no LoRA weights (lora_A/lora_B)")
+    return LoraLayout(pairs=pairs, kinds=kinds, extra=extra)
 
 
 def inspect_adapter(path: Path) -> AdapterFacts:
@@ -110,7 +149,7 @@ def inspect_adapter(path: Path) -> AdapterFacts:
         raise InvalidInput(f"{path / ADAPTER_CONFIG}: r and rank_pattern must be numbers") from exc
     if rank < 1:
         raise InvalidInput(f"{path / ADAPTER_CONFIG}: r must be a positive rank, not {rank!r}")
-    shapes = lora_module_shapes(path / ADAPTER_WEIGHTS)
+    layout = lora_layout(path / ADAPTER_WEIGHTS)
     return AdapterFacts(
         path=path,
         config=config,
@@ -119,7 +158,7 @@ def inspect_adapter(path: Path) -> AdapterFacts:
         alpha=float(config.get("lora_alpha") or rank),
         target_modules=sorted(str(t) for t in targets),
         base_model=str(meta.get("base_model") or config.get("base_model_name_or_path") or ""),
-        shapes=shapes,
+        layout=layout,
         checksum_sha256=checksum(path),
         file_size_mb=folder_size_mb(path),
     )
@@ -128,15 +167,6 @@ def inspect_adapter(path: Path) -> AdapterFacts:
 def _ranks(config: dict[str, Any]) -> list[int]:
     pattern = config.get("rank_pattern") or {}
     return [int(v) for v in pattern.values()] if isinstance(pattern, dict) else []
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of one file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_base_config(base_model_dir: Path) -> dict[str, Any]:
@@ -185,32 +215,71 @@ def base_weight_shapes(base_model_dir: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def base_linear_shapes(base_dir: Path) -> dict[str, tuple[int, int]] | None:
-    """Module path -> (in, out) of every 2-D weight of a base model; None for a GGUF file."""
-    base_dir = Path(base_dir)
-    if base_dir.is_file() or not any(base_dir.glob("*.safetensors")):
-        return None  # a GGUF or foreign layout: shapes cannot be read cheaply
-    return {
-        key[: -len(".weight")]: (int(shape[1]), int(shape[0]))
-        for key, shape in base_weight_shapes(base_dir).items()
-        if key.endswith(".weight") and len(shape) == 2
-    }
+def shape_problems(layout: LoraLayout, base_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Why an adapter cannot apply to a base model with these weight shapes (empty: it can).
 
-
-def compatibility_problems(
-    facts: AdapterFacts, base_shapes: dict[str, tuple[int, int]]
-) -> list[str]:
-    """Why the adapter cannot apply to a base model with these linear shapes (empty: it can)."""
+    Each problem names the layer and both shapes, e.g. for a base model of another size.
+    """
     problems = []
-    for module, (a_in, b_out) in sorted(facts.shapes.items()):
-        found = base_shapes.get(module)
-        if found is None:
+    for module, (a, b) in sorted(layout.pairs.items()):
+        weight = base_shapes.get(f"{module}.weight")
+        if weight is None:
             problems.append(f"{module}: the base model has no such layer")
-        elif found != (a_in, b_out):
+            continue
+        if len(weight) != 2:
+            problems.append(f"{module}.weight has shape {list(weight)}, not a 2-D matrix")
+            continue
+        if layout.kinds.get(module) == "embedding":
+            # PEFT keeps embedding LoRAs as A (r, num_embeddings) and B (embedding_dim, r).
+            want_a, want_b = (a[0], weight[0]), (weight[1], b[1])
+            need, have = (a[1], b[0]), (weight[0], weight[1])
+        else:
+            want_a, want_b = (a[0], weight[1]), (weight[0], b[1])
+            need, have = (a[1], b[0]), (weight[1], weight[0])
+        if tuple(a) != want_a or tuple(b) != want_b:
             problems.append(
-                f"{module}: adapter expects in/out {a_in}x{b_out}, base has {found[0]}x{found[1]}"
+                f"{module}.weight has shape {list(weight)} in the base model, but the adapter's "
+                f"lora_A is {list(a)} and lora_B is {list(b)}, which multiply to "
+                f"{[b[0], a[1]]} (adapter expects in/out {need[0]}x{need[1]}, "
+                f"base has {have[0]}x{have[1]})"
+            )
+    for name, shape in sorted(layout.extra.items()):
+        want = base_shapes.get(name)
+        if want is not None and tuple(shape) != tuple(want):
+            problems.append(
+                f"{name} has shape {list(want)} in the base model and {list(shape)} in the adapter"
             )
     return problems
+
+
+def check_fits(
+    layout: LoraLayout,
+    adapter_dir: Path,
+    base_dir: Path,
+    trained_for: str = "",
+    *,
+    strict: bool = False,
+    hint: str = "use the base model the adapter was trained on",
+) -> None:
+    """Raise InvalidInput naming the layers and shapes when an adapter does not fit a base.
+
+    Unless `strict`, a base model that is not a safetensors folder (e.g. a GGUF file) passes:
+    its shapes cannot be read cheaply, and loading it reports any mismatch.
+    """
+    base_dir = Path(base_dir)
+    if not strict and (base_dir.is_file() or not any(base_dir.glob("*.safetensors"))):
+        return
+    problems = shape_problems(layout, base_weight_shapes(base_dir))
+    if not problems:
+        return
+    shown = "; ".join(problems[:3])
+    if len(problems) > 3:
+        shown += f"; and {len(problems) - 3} more"
+    trained = f" (trained for {trained_for!r})" if trained_for else ""
+    raise InvalidInput(
+        f"adapter at {adapter_dir}{trained} does not fit the base model at {base_dir}: {shown}",
+        hint=hint,
+    )
 
 
 def engine_rank(rank: int) -> int:

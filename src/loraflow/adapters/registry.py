@@ -2,7 +2,8 @@
 
 An adapter is registered with the checksum of its files; it is verified again before it is
 served, so a folder changed after registration is refused instead of silently used. A new
-version of a name is a new folder (folders are never rewritten in place).
+version of a name is a new folder (folders are never rewritten in place), and a version
+number is never given twice, even after the newest version was forgotten.
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from loraflow import db
-from loraflow.adapters.inspect import (
-    AdapterFacts,
-    base_linear_shapes,
-    checksum,
-    compatibility_problems,
-    engine_rank,
-    inspect_adapter,
-)
+from loraflow.adapters.checksums import checksum
+from loraflow.adapters.inspect import AdapterFacts, check_fits, engine_rank, inspect_adapter
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
 from loraflow.models.adapters import discover_adapters, is_adapter_folder
 
@@ -215,37 +210,38 @@ class Registry:
         metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
         if not metrics and (facts.path / "metrics.json").is_file():
             metrics = _final_metrics(facts.path / "metrics.json")
-        c = db.adapters.c
         for _attempt in range(3):
-            with self.db.begin() as conn:
-                top = conn.execute(select(func.max(c.version)).where(c.name == name)).scalar()
-                row = {
-                    "id": uuid.uuid4().hex,
-                    "name": name,
-                    "version": int(top or 0) + 1,
-                    "type": "lora",
-                    "base_model": facts.base_model,
-                    "path": self._stored(facts.path),
-                    "description": description or str(meta.get("description") or ""),
-                    "dataset": meta.get("dataset"),
-                    "metrics": metrics,
-                    "file_size_mb": facts.file_size_mb,
-                    "checksum_sha256": facts.checksum_sha256,
-                    "tags": sorted({str(t) for t in tags}),
-                    "rank": facts.rank,
-                    "alpha": facts.alpha,
-                    "target_modules": facts.target_modules,
-                    "source": source,
-                    "status": "ok",
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                try:
+            try:
+                with self.db.begin() as conn:
+                    version = _next_version(conn, name)
+                    row = {
+                        "id": uuid.uuid4().hex,
+                        "name": name,
+                        "version": version,
+                        "type": "lora",
+                        "base_model": facts.base_model,
+                        "path": self._stored(facts.path),
+                        "description": description or str(meta.get("description") or ""),
+                        "dataset": meta.get("dataset"),
+                        "metrics": metrics,
+                        "file_size_mb": facts.file_size_mb,
+                        "checksum_sha256": facts.checksum_sha256,
+                        "tags": sorted({str(t) for t in tags}),
+                        "rank": facts.rank,
+                        "alpha": facts.alpha,
+                        "target_modules": facts.target_modules,
+                        "source": source,
+                        "status": "ok",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
                     conn.execute(db.adapters.insert().values(**row))
-                except Exception as exc:  # two registrations raced for the same version
-                    if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
-                        continue
-                    raise
+                    _raise_top(conn, name, version)
+            except Exception as exc:  # two registrations raced for the same version
+                # Raised out of the `with`, so the transaction rolls back before the retry.
+                if "unique" in str(exc).lower() or "duplicate" in str(exc).lower():
+                    continue
+                raise
             return self.get(row["id"])
         raise Conflict(f"could not register {facts.path} as {name!r}: concurrent registrations")
 
@@ -330,15 +326,19 @@ class Registry:
                 result.missing.append(self._set_status(rec, "missing"))
         return result
 
-    def verify(self, ref: str) -> AdapterRecord:
-        """The record, after checking its files still match the registered checksum."""
+    def verify(self, ref: str, *, fresh: bool = False) -> AdapterRecord:
+        """The record, after checking its files still match the registered checksum.
+
+        Unchanged files (same size, mtime, ctime, inode) reuse this process's digest;
+        `fresh` reads every byte again.
+        """
         rec = self.get(ref)
         path = Path(rec.path)
         if not is_adapter_folder(path):
             self._set_status(rec, "missing")
             raise NotFound(f"adapter {rec.ref} is registered at {path}, which no longer exists")
         try:
-            actual = checksum(path)
+            actual = checksum(path, fresh=fresh)
         except OSError as exc:
             raise NotFound(f"adapter {rec.ref}: cannot read its files at {path}: {exc}") from exc
         if actual != rec.checksum_sha256:
@@ -351,21 +351,28 @@ class Registry:
         return rec
 
 
+def _next_version(conn: Any, name: str) -> int:
+    """One above the highest version `name` ever had, including forgotten ones."""
+    c, hw = db.adapters.c, db.adapter_versions.c
+    kept = conn.execute(select(func.max(c.version)).where(c.name == name)).scalar()
+    ever = conn.execute(select(hw.top).where(hw.name == name)).scalar()
+    return max(int(kept or 0), int(ever or 0)) + 1
+
+
+def _raise_top(conn: Any, name: str, version: int) -> None:
+    """Record `version` as the name's high-water mark (a racing insert fails as unique)."""
+    t = db.adapter_versions
+    done = conn.execute(
+        t.update().where(t.c.name == name, t.c.top < version).values(top=version)
+    ).rowcount
+    if not done and conn.execute(select(t.c.top).where(t.c.name == name)).first() is None:
+        conn.execute(t.insert().values(name=name, top=version))
+
+
 def check_compatible(facts: AdapterFacts, base_dir: Path) -> None:
     """Raise a clear error when the adapter's layers do not fit the base model's."""
-    shapes = base_linear_shapes(Path(base_dir))
-    if shapes is None:
-        return
-    problems = compatibility_problems(facts, shapes)
-    if problems:
-        shown = "; ".join(problems[:3]) + (
-            f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        )
-        trained = f" (trained for {facts.base_model})" if facts.base_model else ""
-        raise InvalidInput(
-            f"adapter at {facts.path}{trained} does not fit the base model at {base_dir}: {shown}",
-            hint="use the base model the adapter was trained on",
-        )
+    if facts.layout is not None:
+        check_fits(facts.layout, facts.path, Path(base_dir), facts.base_model)
 
 
 def _adapter_folders(root: Path) -> list[Path]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import __version__
@@ -21,6 +23,7 @@ from loraflow.api.routes import training as training_routes
 from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
 from loraflow.config import Settings, get_settings
+from loraflow.db import unavailable_reason
 from loraflow.errors import LoraflowError
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.models import initialise_selection
@@ -115,6 +118,34 @@ def create_app(
         if exc.hint:
             body["hint"] = exc.hint
         return JSONResponse(body, status_code=exc.http_status)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        rt = getattr(request.app.state, "runtime", None)
+        found = None
+        if rt is not None:
+            found = unavailable_reason(exc, rt.settings.db_url, rt.settings.db_busy_timeout)
+        if found is None:
+            return await _unexpected(request, exc)
+        # Locked or down is an outage the client can retry, not a server bug.
+        log.warning("database unavailable: %s", found[0])
+        return JSONResponse(
+            {"detail": found[0], "hint": found[1]}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return await _unexpected(request, exc)
+        # A full disk (or quota, or file-size limit) is the operator's to fix, not a bug.
+        log.error("disk full: %s", exc)
+        return JSONResponse(
+            {
+                "detail": f"the server's disk is full: {exc.strerror}; nothing was saved",
+                "hint": "free space in the data dir (LORAFLOW_DATA_DIR) and retry",
+            },
+            status_code=507,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

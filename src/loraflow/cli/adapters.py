@@ -201,13 +201,20 @@ def register_cmd(
 
 
 @adapters_app.command("show")
-def show_cmd(ref: str, data_dir: DataDir = None) -> None:
+def show_cmd(
+    ref: str,
+    data_dir: DataDir = None,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Re-read every byte and check the registered checksum."),
+    ] = False,
+) -> None:
     """One adapter's record, compatibility with the base model and latest validation."""
     from loraflow.services import adapters as svc
 
     ctx = _ctx(data_dir)
     try:
-        rec = svc.get_adapter(ctx, ref)
+        rec = svc.verify_adapter(ctx, ref) if verify else svc.get_adapter(ctx, ref)
         out = {
             **rec.to_dict(),
             "compatibility": svc.compatibility(ctx, rec.id),

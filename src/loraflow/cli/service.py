@@ -237,6 +237,11 @@ def status(
             f"server   {srv['url']} up: engine {srv['engine']}, model {srv['model_used']}, "
             f"adapters {', '.join(srv['adapters']) or 'none'}"
         )
+        if "remote_backend" in srv:
+            console.print(
+                f"remote   {srv['remote_backend']} {srv['remote_model']} at "
+                f"{srv['remote_base_url']}: {srv.get('remote_state') or 'unknown'}"
+            )
     else:
         console.print(f"server   {srv['url']} not answering ({srv['error']})")
     for d in st["deployments"]:

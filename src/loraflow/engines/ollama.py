@@ -10,6 +10,7 @@ import httpx
 
 from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult
 from loraflow.engines.chat import check_messages
+from loraflow.engines.transport import transport_reason
 from loraflow.errors import EngineUnavailable, NotFound
 
 HEALTH_TIMEOUT = 2.0
@@ -88,6 +89,7 @@ class OllamaEngine:
         return EngineHealth(False, f"{missing}; run `ollama pull {self.model}`")
 
     def _stream(self, body: dict) -> Iterator[str]:
+        started = False
         try:
             with self._client.stream("POST", "/api/chat", json=body) as response:
                 if response.status_code >= 400:
@@ -101,11 +103,22 @@ class OllamaEngine:
                         raise EngineUnavailable(f"Ollama failed mid-answer: {data['error']}")
                     piece = (data.get("message") or {}).get("content", "")
                     if piece:
+                        started = True
                         yield piece
                     if data.get("done"):
                         return
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
+            if not started:
+                raise self._unreachable(exc) from exc
+            reason = transport_reason(exc, self.timeout, "OLLAMA_TIMEOUT")
+            raise EngineUnavailable(
+                f"Ollama at {self.base_url} failed mid-answer: {reason}"
+            ) from exc
+        # A body that ends without the final `done` record was cut, not finished.
+        raise EngineUnavailable(
+            f"Ollama at {self.base_url} failed mid-answer: "
+            "the stream ended without its final record"
+        )
 
     def _body(
         self,
@@ -150,10 +163,16 @@ class OllamaEngine:
         raise EngineUnavailable(f"Ollama at {self.base_url} answered {_excerpt(response)}")
 
     def _unreachable(self, exc: httpx.TransportError) -> EngineUnavailable:
-        hint = "start it with `ollama serve` or set OLLAMA_BASE_URL"
-        if isinstance(exc, httpx.ReadTimeout):
-            hint = f"no answer within {self.timeout:g}s; raise OLLAMA_TIMEOUT or {hint}"
-        return EngineUnavailable(f"Ollama unreachable at {self.base_url}", hint=hint)
+        reason = transport_reason(exc, self.timeout, "OLLAMA_TIMEOUT")
+        if reason == "unreachable":
+            return EngineUnavailable(
+                f"Ollama unreachable at {self.base_url}",
+                hint="start it with `ollama serve` or set OLLAMA_BASE_URL",
+            )
+        return EngineUnavailable(
+            f"Ollama at {self.base_url} {reason}",
+            hint="check that OLLAMA_BASE_URL points at a running Ollama",
+        )
 
 
 def _json(text: str) -> dict:

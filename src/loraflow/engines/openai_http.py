@@ -14,6 +14,7 @@ import httpx
 
 from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult
 from loraflow.engines.chat import check_messages
+from loraflow.engines.transport import transport_reason
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 
 HEALTH_TIMEOUT = 2.0
@@ -52,13 +53,19 @@ class OpenAIHTTPEngine:
         try:
             response = self._client.get("/models", timeout=timeout or self.timeout)
         except httpx.TransportError as exc:
-            raise self._unreachable() from exc
+            raise self._unreachable(exc) from exc
         self._check(response, None)
         return list(_json(response.text).get("data") or [])
 
     def adapters(self) -> list[str]:
         """Model names the server lists besides the base model (vLLM's LoRA modules)."""
-        return [m["id"] for m in self._models() if m.get("id") and m["id"] != self.model]
+        # vLLM names a LoRA module's base in `parent`; other models there (loraflow's embedder,
+        # a second base) are not adapters of this one. Servers without `parent` list them all.
+        return [
+            m["id"]
+            for m in self._models()
+            if m.get("id") and m["id"] != self.model and m.get("parent", self.model) == self.model
+        ]
 
     def health(self) -> EngineHealth:
         """Whether the server answers and serves the configured model."""
@@ -78,7 +85,7 @@ class OpenAIHTTPEngine:
         try:
             response = self._client.post("/chat/completions", json=body)
         except httpx.TransportError as exc:
-            raise self._unreachable() from exc
+            raise self._unreachable(exc) from exc
         self._check(response, adapter)
         data = _json(response.text)
         choice = (data.get("choices") or [{}])[0]
@@ -97,6 +104,7 @@ class OpenAIHTTPEngine:
         return self._stream(self._body(messages, params, adapter, stream=True), adapter)
 
     def _stream(self, body: dict, adapter: str | None) -> Iterator[str]:
+        started = False
         try:
             with self._client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
@@ -116,9 +124,17 @@ class OpenAIHTTPEngine:
                     for choice in data.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
+                            started = True
                             yield piece
         except httpx.TransportError as exc:
-            raise self._unreachable() from exc
+            if not started:
+                raise self._unreachable(exc) from exc
+            reason = transport_reason(exc, self.timeout, "OPENAI_TIMEOUT")
+            raise EngineUnavailable(f"{self.base_url} failed mid-answer: {reason}") from exc
+        # A body that ends without `data: [DONE]` was cut, not finished.
+        raise EngineUnavailable(
+            f"{self.base_url} failed mid-answer: the stream ended without data: [DONE]"
+        )
 
     def _body(
         self,
@@ -161,11 +177,14 @@ class OpenAIHTTPEngine:
             raise InvalidInput(f"{self.base_url} refused the request: {message}")
         raise EngineUnavailable(f"{self.base_url} answered HTTP {response.status_code}: {message}")
 
-    def _unreachable(self) -> EngineUnavailable:
-        return EngineUnavailable(
-            f"OpenAI-compatible server unreachable at {self.base_url}",
-            hint="start it (e.g. `vllm serve MODEL --enable-lora`) or fix its base URL",
-        )
+    def _unreachable(self, exc: httpx.TransportError) -> EngineUnavailable:
+        reason = transport_reason(exc, self.timeout, "OPENAI_TIMEOUT")
+        if reason == "unreachable":
+            return EngineUnavailable(
+                f"OpenAI-compatible server unreachable at {self.base_url}",
+                hint="start it (e.g. `vllm serve MODEL --enable-lora`) or fix its base URL",
+            )
+        return EngineUnavailable(f"OpenAI-compatible server at {self.base_url} {reason}")
 
 
 def _json(text: str) -> dict:

@@ -340,11 +340,25 @@ class FaissStore:
             try:
                 final = write_version(self.path, {INDEX_FILE: index_bytes, META_FILE: meta_bytes})
             except OSError as exc:
+                # Memory holds changes the disk does not (disk full, say): go back to the
+                # saved state, so what is served is what a restart would serve.
+                self._restore_saved()
                 raise StoreError(
                     f"Could not save the vector store to {str(self.path)!r}: {exc}",
-                    hint="the previously saved state is unchanged",
+                    hint="the previously saved state is unchanged and still served; "
+                    "free disk space and run the ingest again",
                 ) from exc
             self._version = final.name
+
+    def _restore_saved(self) -> None:
+        folder = current_version(self.path) if self.path.is_dir() else None
+        with self._lock:
+            if folder is None:
+                self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+                self._docs, self._chunks, self._next_id = {}, {}, 0
+            else:
+                self._load(folder)
+            self._version = folder.name if folder else None
 
     def _meta(self, index_sha: str) -> dict[str, Any]:
         return {

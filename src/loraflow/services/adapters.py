@@ -89,6 +89,12 @@ def get_adapter(ctx: Context, ref: str) -> AdapterRecord:
     return reg.get(ref)
 
 
+def verify_adapter(ctx: Context, ref: str) -> AdapterRecord:
+    """The record after reading all its files again (no cached digest) against its checksum."""
+    get_adapter(ctx, ref)  # a job that just finished is registered first
+    return registry(ctx).verify(ref, fresh=True)
+
+
 def register(
     ctx: Context,
     path: str | Path,
@@ -110,8 +116,13 @@ def register(
     )
 
 
-def inside_allowed(ctx: Context, raw: str | Path) -> Path:
-    """An adapter folder path, refused when outside the data dir and LORA_MODEL_PATH."""
+def inside_allowed(ctx: Context, raw: str | Path, *, field: str = "adapter path") -> Path:
+    """An adapter folder path, refused when outside the data dir and LORA_MODEL_PATH.
+
+    Relative paths are adapter folders under LORA_MODEL_PATH, like the ones found at start.
+    """
+    if not str(raw or "").strip():
+        raise InvalidInput(f"{field} is empty; give an adapter folder")
     s = ctx.settings
     given = Path(str(raw)).expanduser()
     path = (given if given.is_absolute() else s.lora_path / given).resolve()
@@ -119,7 +130,7 @@ def inside_allowed(ctx: Context, raw: str | Path) -> Path:
     if not any(path.is_relative_to(r) for r in roots):
         allowed = " or ".join(str(r) for r in roots)
         raise InvalidInput(
-            f"adapter path {str(raw)!r} is outside the folders adapters may come from ({allowed})",
+            f"{field} {str(raw)!r} is outside the folders adapters may load from ({allowed})",
             hint="copy the adapter under LORA_MODEL_PATH",
         )
     return path
@@ -153,7 +164,11 @@ def served_name(rec: AdapterRecord, engine: Any) -> str:
 
 
 def ensure_served(rt: Any, ref: str) -> str:
-    """The engine name of a registered adapter, attaching it first (checksum verified)."""
+    """The engine name of a registered adapter, attaching it first (checksum verified).
+
+    Attaching past MAX_LOADED_ADAPTERS first detaches the least recently used adapter that
+    was attached this way, unless a deployment uses it or a request is decoding with it.
+    """
     engine = rt.local
     if engine is None:
         from loraflow.errors import EngineUnavailable
@@ -163,16 +178,67 @@ def ensure_served(rt: Any, ref: str) -> str:
     rec = reg.get(ref)
     name = served_name(rec, engine)
     if _attached(engine, name, rec):
+        rt.attached.touch(name)
         return name
     with rt.serve_lock:
         # Decided again under the lock: another request may have taken the bare name.
         name = served_name(rec, engine)
         if _attached(engine, name, rec):
+            rt.attached.touch(name)
             return name
         # Files are checked when they are attached: a changed folder is refused, not served.
         rec = reg.verify(rec.id)
+        make_room(rt, rt.settings.max_loaded_adapters - 1)
         engine.load_adapter(name, Path(rec.path))
+        rt.attached.add(name, rec.ref)
     return name
+
+
+def make_room(rt: Any, keep_at_most: int) -> list[str]:
+    """Detach on-demand adapters (least recently used first) until `keep_at_most` remain.
+
+    Adapters a deployment uses, or a request in the batch decodes with, are skipped.
+    """
+    from loraflow.services.deployments import in_use  # deployments builds on this module
+
+    engine = rt.local
+    attached = set(engine.adapters())
+    for name, _ in rt.attached.oldest_first():
+        if name not in attached:  # unloaded through /v1/unload_lora_adapter or a failed deploy
+            rt.attached.discard(name)
+    busy = adapters_decoding(engine)
+    detached: list[str] = []
+    for name, ref in rt.attached.oldest_first():
+        if len(engine.adapters()) <= keep_at_most:
+            break
+        if name in busy or in_use(rt, ref) is not None:
+            continue
+        engine.unload_adapter(name)
+        rt.attached.discard(name)
+        detached.append(name)
+        log.info("detached adapter %s (least recently used; MAX_LOADED_ADAPTERS)", name)
+    if len(engine.adapters()) > keep_at_most:
+        log.warning(
+            "%d adapters stay attached, above MAX_LOADED_ADAPTERS=%d: the others are deployed, "
+            "decoding, or loaded explicitly",
+            len(engine.adapters()),
+            rt.settings.max_loaded_adapters,
+        )
+    return detached
+
+
+def adapters_decoding(engine: Any) -> set[str]:
+    """Names of the adapters that requests in the engine's batch (running or queued) use."""
+    # The batch scheduler owns its rows; read them without taking the decode lock, since a
+    # stale answer only makes an adapter look busy one step longer.
+    scheduler = getattr(engine, "_scheduler", None)
+    if scheduler is None:
+        return set()
+    rows = [*getattr(scheduler, "_rows", []), *list(getattr(scheduler, "_pending", []))]
+    rows += list(getattr(scheduler, "_admitting", []))
+    internal = {getattr(r, "adapter", None) for r in rows}
+    table = getattr(engine, "_adapters", {})
+    return {name for name, (peft_name, _) in table.items() if peft_name in internal}
 
 
 def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:

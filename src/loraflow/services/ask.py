@@ -14,7 +14,13 @@ from loraflow.rag.retrieve import RetrievedChunk
 from loraflow.services.assistants import apply_assistant
 from loraflow.services.generation import request_params
 from loraflow.services.knowledge import retrieve_for
-from loraflow.services.models import Selection, current_selection, require_adapter
+from loraflow.services.models import (
+    Selection,
+    current_selection,
+    remote_selection,
+    require_adapter,
+)
+from loraflow.services.remote import is_remote
 from loraflow.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,8 +68,9 @@ class AskResult:
 
 def _choose(rt: Runtime, req: AskRequest) -> Selection:
     """Per-request choice: explicit adapter, then use_lora, then the shared selection."""
-    if req.engine == "ollama":
-        return Selection("ollama", None)
+    if is_remote(req.engine):
+        # With the remote engine, `adapter` names one of its server's adapters (vLLM LoRA).
+        return remote_selection(rt, req.adapter)
     if req.engine == "local" and req.adapter is None:
         return Selection("local", None)
     if req.adapter is not None:
@@ -72,7 +79,7 @@ def _choose(rt: Runtime, req: AskRequest) -> Selection:
     if req.use_lora is None:
         return current
     if req.use_lora is False:
-        return Selection("ollama", None)
+        return current if is_remote(current.engine) else remote_selection(rt)
     if current.engine == "local" and current.adapter:
         return current
     names = rt.local.adapters() if rt.local is not None else []
@@ -80,12 +87,12 @@ def _choose(rt: Runtime, req: AskRequest) -> Selection:
 
 
 def _engine_for(rt: Runtime, sel: Selection) -> Engine:
-    if sel.engine == "ollama":
-        return rt.ollama
+    if is_remote(sel.engine):
+        return rt.remote
     if rt.local is None:
         raise EngineUnavailable(
             f"the local model is not loaded: {rt.local_error}",
-            hint="use_lora=false answers with Ollama; or fix BASE_MODEL_NAME and restart",
+            hint="use_lora=false answers with the remote engine; or fix BASE_MODEL_NAME, restart",
         )
     return rt.local
 
@@ -160,8 +167,9 @@ def ask(rt: Runtime, req: AskRequest) -> AskResult:
     try:
         result = engine.generate(messages, params, adapter=sel.adapter)
     except EngineUnavailable as exc:
-        # The seed's rule: when Ollama is down and the local model is the default, answer locally.
-        if sel.engine != "ollama" or rt.local is None or not rt.settings.use_lora_default:
+        # The seed's rule: when Ollama (any remote) is down and the local model is the default,
+        # answer locally.
+        if not is_remote(sel.engine) or rt.local is None or not rt.settings.use_lora_default:
             raise
         log.warning("falling back to the local model: %s", exc)
         fallback = f"{exc.message}; answered by the local model instead"

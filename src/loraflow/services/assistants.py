@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from loraflow.services.chat import ChatRequest
 
 T = db.assistants
-ENGINES = ("local", "ollama")
+# "ollama" is the seed's name of the remote engine (REMOTE_BACKEND); "remote" says the same.
+ENGINES = ("local", "remote", "ollama", "openai")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop")
 RETRIEVAL_KEYS = ("top_k", "mode")
 # The model name under which an assistant appears in the OpenAI and Ollama APIs (chat.py).

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, delete, func, select
 
 from loraflow import __version__, db
+from loraflow.adapters.checksums import sha256_file
 from loraflow.config import Settings
 from loraflow.errors import ConfigError, InvalidInput, LoraflowError, StoreError
 
@@ -62,14 +63,6 @@ class RestoreReport:
     created_at: str
     source_version: str
     warnings: list[str] = field(default_factory=list)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _current_versions(root: Path) -> set[Path]:
@@ -185,7 +178,7 @@ def create_backup(
                     rel = path.relative_to(root).as_posix()
                     member = f"{FILES_PREFIX}{rel}"
                     try:
-                        digest, size = _sha256_file(path), path.stat().st_size
+                        digest, size = sha256_file(path), path.stat().st_size
                         tar.add(path, arcname=member, recursive=False)
                     except FileNotFoundError:
                         continue  # removed while we walked (e.g. a replaced upload)

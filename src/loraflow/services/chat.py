@@ -10,7 +10,7 @@ from typing import Any, Literal
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 from loraflow.services import adapters as adapter_registry
-from loraflow.services import assistants, deployments
+from loraflow.services import assistants, deployments, remote
 from loraflow.services.ask import AskRequest, ask
 from loraflow.services.generation import request_params
 from loraflow.services.models import known_adapters
@@ -19,12 +19,12 @@ from loraflow.services.runtime import Runtime
 # Accepted as the base model's name besides BASE_MODEL_NAME itself.
 BASE_ALIAS = "base"
 
-TargetKind = Literal["base", "adapter", "assistant"]
+TargetKind = Literal["base", "adapter", "assistant", "remote"]
 
 
 @dataclass(frozen=True)
 class ModelTarget:
-    """What one API model name means: the local base model or one of its adapters."""
+    """What one API model name means: the local base model, an adapter, or a remote model."""
 
     name: str
     kind: TargetKind
@@ -51,6 +51,14 @@ def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
         raise InvalidInput(f"model is required; known models: {_listing(rt)}")
     if raw in (base_model_id(rt), BASE_ALIAS):
         return ModelTarget(raw, "base")
+    if raw.startswith(remote.MODEL_PREFIX):
+        # `remote/<name>`: the remote server's base model or one of its adapters (vLLM LoRA).
+        name = raw[len(remote.MODEL_PREFIX) :].strip()
+        if not name:
+            raise InvalidInput(
+                f"model {raw!r} names no remote model; e.g. remote/{rt.remote.model}"
+            )
+        return ModelTarget(raw, "remote", remote.remote_adapter(rt, name))
     if raw.startswith(assistants.MODEL_PREFIX):
         # `assistant/<name>`: its prompt, model or adapter and knowledge bases, with sources.
         found = assistants.get_assistant(rt, raw[len(assistants.MODEL_PREFIX) :])
@@ -63,6 +71,7 @@ def resolve_model(rt: Runtime, name: str | None) -> ModelTarget:
     if routed is not None:
         return ModelTarget(raw, "adapter", routed.adapter, routed=routed)
     if raw in known_adapters(rt):
+        rt.attached.touch(raw)  # keeps adapters in use from being detached to make room
         return ModelTarget(raw, "adapter", raw)
     # A registered adapter (e.g. one just trained) is attached on first use.
     served = adapter_registry.lookup_servable(rt, raw) if rt.local is not None else None
@@ -87,9 +96,7 @@ def list_models(rt: Runtime) -> list[dict[str, Any]]:
             {"id": name, "kind": "adapter", "parent": base_model_id(rt), "path": str(path or "")}
         )
     for a in assistants.list_assistants(rt):
-        parent = a.adapter or (
-            base_model_id(rt) if a.engine == "local" else rt.settings.ollama_model
-        )
+        parent = a.adapter or (base_model_id(rt) if a.engine == "local" else rt.remote.model)
         rows.append(
             {
                 "id": assistants.MODEL_PREFIX + a.name,
@@ -98,6 +105,12 @@ def list_models(rt: Runtime) -> list[dict[str, Any]]:
                 "path": "",
             }
         )
+    try:
+        remote_ids = remote.remote_model_ids(rt)
+    except EngineUnavailable:
+        remote_ids = []  # a remote server that is down lists nothing; /health says why
+    for rid in remote_ids:
+        rows.append({"id": rid, "kind": "remote", "parent": None, "path": ""})
     return rows
 
 
@@ -220,7 +233,7 @@ def _chat(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ChatResult:
     params = params_of(rt, req)
     if req.rag or target.assistant:
         return _rag_chat(rt, target, req, params)
-    engine = local_engine(rt)
+    engine = _engine(rt, target, req)
     if not getattr(engine, "batching", False):
         results = [_generate(engine, target, req, _nth(params, i)) for i in range(req.n)]
         choices = [Choice(i, r.text, r.finish_reason) for i, r in enumerate(results)]
@@ -235,6 +248,17 @@ def _chat(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ChatResult:
         completion += stream.completion_tokens
         prompt = stream.prompt_tokens
     return ChatResult(target.name, choices, prompt, completion)
+
+
+def _engine(rt: Runtime, target: ModelTarget, req: ChatRequest) -> Any:
+    """The remote engine for `remote/<name>` chats, else the local engine."""
+    if target.kind != "remote":
+        return local_engine(rt)
+    if req.prompt is not None:
+        raise InvalidInput(
+            f"model {target.name!r} answers chat messages only; raw completions use local models"
+        )
+    return rt.remote
 
 
 def _generate(
@@ -256,6 +280,7 @@ def _rag_chat(
         raise InvalidInput("with rag the chat must end with a user message")
     system = "\n".join(m["content"] for m in req.messages if m.get("role") == "system")
     choices, completion, prompt, sources = [], 0, 0, None
+    engine = "remote" if target.kind == "remote" else "local"
     for i in range(req.n):
         p = _nth(params, i)
         result = ask(
@@ -263,7 +288,7 @@ def _rag_chat(
             AskRequest(
                 query=turns[-1]["content"],
                 adapter=None if target.assistant else target.adapter,
-                engine=None if target.assistant else "local",
+                engine=None if target.assistant else engine,
                 assistant=target.assistant,
                 top_k=req.rag_top_k,
                 collection=req.collection,
@@ -321,7 +346,12 @@ class AnswerStream:
 def _open(
     rt: Runtime, target: ModelTarget, req: ChatRequest, params: GenerationParams
 ) -> AnswerStream:
-    engine = local_engine(rt)
+    engine = _engine(rt, target, req)
+    if target.kind == "remote":
+        counted = remote.CountedPieces(
+            engine.stream(req.messages, params, adapter=target.adapter), params.max_new_tokens
+        ).prime()
+        return AnswerStream(counted, engine, params.max_new_tokens, 0)
     if req.prompt is not None:
         pieces = engine.stream_text(req.prompt, params, adapter=target.adapter)
         prompt_tokens = engine.count_tokens(req.prompt)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from loraflow import db
 from loraflow.config import Settings
-from loraflow.engines.ollama import OllamaEngine
 from loraflow.errors import LoraflowError
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.resolve import describe_base_model
 from loraflow.rag.backends import index_name, open_index
 from loraflow.rag.embed import load_embedder
+from loraflow.services.remote import make_remote_engine
 
 
 @dataclass
@@ -87,8 +87,17 @@ def run_checks(settings: Settings) -> list[Check]:
     except LoraflowError as exc:
         checks.append(Check("embedding model", False, str(exc)))
 
-    health = OllamaEngine(settings.ollama_base_url, settings.ollama_model, 5.0).health()
-    checks.append(Check("ollama", health.ok, health.detail, required=not settings.use_lora_default))
+    # Required only when it answers by default (USE_LORA_DEFAULT=false): else the local model does.
+    with make_remote_engine(settings, timeout=5.0) as remote:
+        health = remote.health()
+    checks.append(
+        Check(
+            f"remote engine ({settings.remote_backend})",
+            health.ok,
+            health.detail,
+            required=not settings.use_lora_default,
+        )
+    )
     return checks
 
 

@@ -8,10 +8,12 @@ from typing import Any, Literal
 
 from loraflow import db
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError, NotFound
+from loraflow.services import remote
 from loraflow.services.runtime import Runtime
 
 SELECTION_KEY = "model_selection"
-EngineName = Literal["local", "ollama"]
+# "remote" (alias "ollama", "openai") is the REMOTE_BACKEND engine; stored under its backend name.
+EngineName = Literal["local", "remote", "ollama", "openai"]
 
 
 @dataclass(frozen=True)
@@ -23,13 +25,13 @@ class Selection:
 
     @property
     def model_used(self) -> str:
-        if self.engine == "ollama":
-            return "ollama"
+        if self.engine != "local":
+            return self.engine  # the remote backend: "ollama" or "openai"
         return "lora" if self.adapter else "base"
 
     @property
     def using_lora(self) -> bool:
-        return self.engine == "local" and self.adapter is not None
+        return self.adapter is not None
 
 
 def known_adapters(rt: Runtime) -> list[str]:
@@ -58,7 +60,7 @@ def require_adapter(rt: Runtime, name: str) -> str:
 def default_selection(rt: Runtime, use_lora: bool) -> Selection:
     """The selection implied by a use_lora flag alone."""
     if not use_lora:
-        return Selection("ollama", None)
+        return remote_selection(rt)
     names = known_adapters(rt)
     return Selection("local", names[0] if names else None)
 
@@ -77,10 +79,19 @@ def current_selection(rt: Runtime) -> Selection:
     if not raw:
         return default_selection(rt, rt.settings.use_lora_default)
     adapter = raw.get("adapter")
+    engine = raw.get("engine", "local")
+    if remote.is_remote(engine):
+        # Stored under the backend of the time; REMOTE_BACKEND may have changed since.
+        return Selection(rt.remote.name, adapter if rt.remote.name == engine else None)
     # An adapter removed since the switch is not silently used: fall back to the base.
     if adapter is not None and adapter not in known_adapters(rt):
         adapter = _servable_or_none(rt, adapter)
-    return Selection(raw.get("engine", "local"), adapter)
+    return Selection(engine, adapter)
+
+
+def remote_selection(rt: Runtime, adapter: str | None = None) -> Selection:
+    """The remote engine (REMOTE_BACKEND), with one of its server's adapters or none."""
+    return Selection(rt.remote.name, remote.remote_adapter(rt, adapter))
 
 
 def _servable_or_none(rt: Runtime, name: str) -> str | None:
@@ -106,19 +117,16 @@ def switch_model(
     if use_lora is None and engine is None and adapter is None:
         raise InvalidInput("give use_lora, engine or adapter to switch the model")
     if engine is None:
-        # The seed's contract: use_lora=false means the Ollama model.
-        engine = "local" if (use_lora or adapter is not None) else "ollama"
-    if engine == "ollama":
-        if adapter:
-            raise InvalidInput(
-                "adapters apply to the local engine; drop 'adapter' or use engine=local"
-            )
-        sel = Selection("ollama", None)
+        # The seed's contract: use_lora=false means the Ollama (now: remote) model.
+        engine = "local" if (use_lora or adapter is not None) else "remote"
+    if remote.is_remote(engine):
+        # A remote adapter (vLLM LoRA module) must be listed by the server now.
+        sel = Selection(rt.remote.name, remote.require_remote_adapter(rt, adapter))
     else:
         if rt.local is None:
             raise EngineUnavailable(
                 f"the local model is not loaded: {rt.local_error}",
-                hint="fix BASE_MODEL_NAME / CACHE_DIR and restart, or switch to engine=ollama",
+                hint="fix BASE_MODEL_NAME / CACHE_DIR and restart, or switch to engine=remote",
             )
         if adapter is not None:
             sel = Selection("local", require_adapter(rt, adapter))
@@ -158,6 +166,7 @@ def model_info(rt: Runtime) -> dict[str, Any]:
         "local_model_error": rt.local_error,
         "ollama_base_url": s.ollama_base_url,
         "ollama_model": s.ollama_model,
+        **remote.describe(s),
         # Which server process answered: several workers share one instance's state.
         "worker_pid": os.getpid(),
     }
@@ -165,7 +174,7 @@ def model_info(rt: Runtime) -> dict[str, Any]:
 
 def health(rt: Runtime) -> dict[str, Any]:
     """Each component checked for real; degraded while something can still answer."""
-    ollama = rt.ollama.health()
+    ollama = rt.remote.health()
     try:
         rt.store.refresh()
         n_docs = len(rt.store.list_documents())
@@ -174,15 +183,18 @@ def health(rt: Runtime) -> dict[str, Any]:
     except Exception as exc:  # a broken store is reported, not raised
         store_ok, store_detail, n_docs, n_chunks = False, str(exc), 0, 0
     local_ok = rt.local is not None
+    db_ok, db_detail = db.ping(rt.db)
     components = {
         "rag_handler": store_ok and (local_ok or ollama.ok),
         "vector_store": store_ok,
         "lora_model": bool(known_adapters(rt)),
         "ollama_service": ollama.ok,
     }
-    sel = current_selection(rt)
+    # Without the database the shared selection cannot be read: report the configured one.
+    sel = current_selection(rt) if db_ok else default_selection(rt, rt.settings.use_lora_default)
     can_answer = store_ok and ((sel.engine == "local" and local_ok) or ollama.ok or local_ok)
-    if all(components.values()):
+    can_answer = can_answer and db_ok  # every request reads the shared state
+    if all(components.values()) and db_ok:
         status = "healthy"
     elif can_answer:
         status = "degraded"
@@ -204,8 +216,11 @@ def health(rt: Runtime) -> dict[str, Any]:
                 if known_adapters(rt)
                 else f"no adapter found in {rt.settings.lora_path}"
             ),
+            # The seed's key for the second engine, whichever REMOTE_BACKEND it is.
             "ollama_service": ollama.detail,
+            **remote.describe(rt.settings),
             "vector_store": store_detail,
+            "database": db_detail,
             "documents": n_docs,
             "chunks": n_chunks,
             "warnings": list(rt.warnings),

@@ -13,17 +13,19 @@ from sqlalchemy import Engine as DBEngine
 from loraflow import db
 from loraflow.adapters.deploy import TrafficStats
 from loraflow.config import Settings
-from loraflow.engines.ollama import OllamaEngine
 from loraflow.errors import ConfigError, LoraflowError
 from loraflow.memory.index import MemoryIndexes
 from loraflow.rag.backends import open_index
 from loraflow.rag.collections import KnowledgeBases
 from loraflow.rag.embed import Embedder, load_embedder
 from loraflow.rag.store import VectorStore
+from loraflow.services.adapter_cache import AttachedAdapters
+from loraflow.services.remote import RemoteEngine, make_remote_engine
 from loraflow.services.usage import TokenUsage
 
 if TYPE_CHECKING:
     from loraflow.engines.hf import HFEngine
+    from loraflow.engines.llamacpp import LlamaCppEngine
     from loraflow.training.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,9 @@ class Runtime:
     db: DBEngine
     embedder: Embedder
     store: VectorStore
-    ollama: OllamaEngine
-    local: HFEngine | None = None
+    # The second engine, Ollama or an OpenAI-compatible server (REMOTE_BACKEND).
+    remote: RemoteEngine
+    local: HFEngine | LlamaCppEngine | None = None
     local_error: str | None = None
     warnings: list[str] = field(default_factory=list)
     # Ingest and delete are read-modify-write on the store: one at a time per process.
@@ -53,12 +56,19 @@ class Runtime:
     memory_index: MemoryIndexes | None = None
     # Registered adapters are attached on first use, one attach at a time.
     serve_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Those attached on first use, least recently used first (MAX_LOADED_ADAPTERS bounds them).
+    attached: AttachedAdapters = field(default_factory=AttachedAdapters)
     # Live per-variant counters of deployment targets (canary, A/B), in this process.
     traffic: TrafficStats = field(default_factory=TrafficStats)
     # Requests and tokens per model name, for /metrics.
     usage: TokenUsage = field(default_factory=TokenUsage)
     # Workflows (merge -> validate -> deploy) running in this process.
     workflow_threads: dict[str, threading.Thread] = field(default_factory=dict)
+
+    @property
+    def ollama(self) -> RemoteEngine:
+        """The remote engine under its seed-era name (it is Ollama only by default)."""
+        return self.remote
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -81,11 +91,11 @@ def open_store(settings: Settings, embedder: Embedder) -> VectorStore:
 def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runtime:
     """Build the runtime; the local model loads unless disabled, failures degrade, not crash."""
     prepare_data_dir(settings)
-    engine = db.make_engine(settings.db_url)
+    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
     embedder = load_embedder(settings.embedding_model, device="cpu")
     store = open_store(settings, embedder)
-    ollama = OllamaEngine(settings.ollama_base_url, settings.ollama_model, settings.ollama_timeout)
-    rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, ollama=ollama)
+    remote = make_remote_engine(settings)
+    rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, remote=remote)
     rt.knowledge = KnowledgeBases(settings, engine, embedder, store, rt.ingest_lock)
     rt.memory_index = MemoryIndexes(settings.data_path / "memory_index")
     want_local = settings.load_local_model if load_local is None else load_local
@@ -98,19 +108,10 @@ def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runt
 
 def load_local_engine_into(rt: Runtime) -> None:
     """Load the base model and every adapter; record the reason when it cannot load."""
-    from loraflow.engines.hf import load_local_engine
-
     s = rt.settings
     started = time.perf_counter()
     try:
-        engine, warnings = load_local_engine(
-            s.base_model_name,
-            s.cache_path,
-            s.device,
-            s.quantization_type if s.enable_quantization else None,
-            s.lora_path,
-            max_batch=s.max_batch_size if s.continuous_batching else 0,
-        )
+        engine, warnings = _load_local(s)
     except LoraflowError as exc:
         rt.local = None
         rt.local_error = str(exc)
@@ -127,4 +128,32 @@ def load_local_engine_into(rt: Runtime) -> None:
         engine.device,
         engine.adapters() or "none",
         time.perf_counter() - started,
+    )
+
+
+def _load_local(s: Settings) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
+    """The LOCAL_ENGINE engine with every adapter in LORA_MODEL_PATH attached; warnings."""
+    if s.local_engine == "llamacpp":
+        # PEFT adapters become llama.cpp GGUFs on first use; the converter lives above engines.
+        from loraflow.adapters.gguf import export_gguf_adapter
+        from loraflow.adapters.inspect import checksum
+        from loraflow.engines.llamacpp_load import load_llamacpp_engine
+
+        return load_llamacpp_engine(
+            s.base_model_name,
+            s.cache_path,
+            s.lora_path,
+            threads=s.llamacpp_threads,
+            export_lora=export_gguf_adapter,
+            checksum=checksum,
+        )
+    from loraflow.engines.hf import load_local_engine
+
+    return load_local_engine(
+        s.base_model_name,
+        s.cache_path,
+        s.device,
+        s.quantization_type if s.enable_quantization else None,
+        s.lora_path,
+        max_batch=s.max_batch_size if s.continuous_batching else 0,
     )

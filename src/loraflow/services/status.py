@@ -49,6 +49,10 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
         r = httpx.get(f"{url}/model_info", timeout=timeout, headers=headers)
         r.raise_for_status()
         server = {"url": url, "up": True, **r.json()}
+        # /health answers 503 when nothing can answer; its body says why either way.
+        h = httpx.get(f"{url}/health", timeout=timeout + 3, headers=headers).json()
+        server["health"] = h.get("status")
+        server["remote_state"] = (h.get("details") or {}).get("ollama_service")
     except httpx.HTTPError as exc:
         server = {"url": url, "up": False, "error": str(exc) or type(exc).__name__}
     return {

@@ -7,9 +7,7 @@ service restart marks the ones it left running as interrupted (still readable).
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import threading
 import traceback
 import uuid
@@ -24,6 +22,7 @@ from sqlalchemy import select
 from loraflow import db
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
 from loraflow.services import adapters as adapter_svc
+from loraflow.services.owners import owner, owner_alive
 
 KINDS = ("merge", "validate", "export", "workflow")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -91,26 +90,6 @@ def cancel(ctx: Any, wf_id: str) -> dict[str, Any]:
     return get_workflow(ctx, wf_id)
 
 
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(owner_id: str | None) -> bool:
-    """Whether the process that owns a workflow still runs (unknown hosts count as alive)."""
-    if not owner_id or ":" not in owner_id:
-        return False
-    host, _, pid = owner_id.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover(ctx: Any) -> int:
     """Mark workflows whose process stopped while they were pending or running as interrupted."""
     t = db.adapter_workflows
@@ -118,7 +97,7 @@ def recover(ctx: Any) -> int:
         rows = conn.execute(
             select(t.c.id, t.c.owner).where(t.c.status.in_(("pending", "running")))
         ).all()
-    dead = [r.id for r in rows if not _alive(r.owner)]
+    dead = [r.id for r in rows if not owner_alive(r.owner)]
     if dead:
         with ctx.db.begin() as conn:
             conn.execute(

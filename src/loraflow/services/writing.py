@@ -27,7 +27,13 @@ from loraflow.services.memory import (
     approx_tokens,
     continuity_flags,
 )
-from loraflow.services.models import Selection, current_selection, require_adapter
+from loraflow.services.models import (
+    Selection,
+    current_selection,
+    remote_selection,
+    require_adapter,
+)
+from loraflow.services.remote import is_remote
 from loraflow.services.runtime import Runtime
 
 Mode = Literal["prompt", "continue"]
@@ -47,7 +53,7 @@ class WriteRequest:
     mode: Mode = "prompt"
     project: str | None = None
     use_memory: bool = True
-    engine: Literal["local", "ollama"] | None = None
+    engine: Literal["local", "remote", "ollama", "openai"] | None = None
     adapter: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -90,9 +96,9 @@ def _params(rt: Runtime, req: WriteRequest) -> GenerationParams:
 
 
 def _select(rt: Runtime, req: WriteRequest) -> Selection:
+    if is_remote(req.engine):
+        return remote_selection(rt, req.adapter)
     if req.adapter is not None:
-        if req.engine == "ollama":
-            raise InvalidInput("adapters apply to the local engine; drop 'adapter' or the engine")
         return Selection("local", require_adapter(rt, req.adapter))
     if req.engine is not None:
         return Selection(req.engine, None)
@@ -135,13 +141,13 @@ def plan(rt: Runtime, req: WriteRequest) -> Plan:
 
 def _pieces(rt: Runtime, p: Plan) -> Iterator[str]:
     """Text pieces from the chosen engine (input errors raise on this call)."""
-    if p.selection.engine == "ollama":
+    if is_remote(p.selection.engine):
         system = SYSTEM["zh" if p.language == "zh" else "en"]
         messages = [
             {"role": "system", "content": system},
             {"role": "user", "content": p.full_prompt},
         ]
-        return rt.ollama.stream(messages, p.params)
+        return rt.remote.stream(messages, p.params, adapter=p.selection.adapter)
     if rt.local is None:
         raise EngineUnavailable(f"the local model is not loaded: {rt.local_error}")
     return rt.local.stream_text(p.full_prompt, p.params, adapter=p.selection.adapter)

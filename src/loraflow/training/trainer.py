@@ -55,10 +55,33 @@ class TrainResult:
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest `checkpoint-N` folder of a run, or None."""
-    folder = output_dir / CHECKPOINTS
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete `checkpoint-N` folder of a run, or None."""
+    found = [p for p in _checkpoints(output_dir) if _complete(p)]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    folder = output_dir / CHECKPOINTS
+    return [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+
+
+def _complete(checkpoint: Path) -> bool:
+    # The Trainer writes a checkpoint in place, trainer_state.json last: a worker killed
+    # while saving leaves a folder without it (or with half of it) that cannot be resumed.
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def drop_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Delete checkpoint folders a killed save left half-written; returns them."""
+    torn = [p for p in _checkpoints(output_dir) if not _complete(p)]
+    for path in torn:
+        # Left in place, the Trainer's rotation would count it as the newest checkpoint.
+        shutil.rmtree(path, ignore_errors=True)
+    return torn
 
 
 def load_data(spec: TrainSpec, tokenizer: Any) -> tuple[list[Encoded], list[Encoded]]:
@@ -131,6 +154,9 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     )
     main = trainer.is_world_process_zero()
     checkpoint = last_checkpoint(spec.output_dir) if resume else None
+    if main:
+        for torn in drop_incomplete_checkpoints(spec.output_dir):
+            log.warning("removed the incomplete checkpoint %s (a save was interrupted)", torn)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics = {
         "history": callback.history,

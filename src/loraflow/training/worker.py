@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -158,6 +159,14 @@ def run_job(
         return _failed(db, job_id, spec, str(exc))
     except Exception as exc:  # the job fails with a readable message; the log keeps the rest
         traceback.print_exc()
+        if disk_full(exc):
+            return _failed(
+                db,
+                job_id,
+                spec,
+                f"the disk is full: could not write under {spec.output_dir} ({exc}); "
+                "free space there and resume",
+            )
         return _failed(db, job_id, spec, f"{type(exc).__name__}: {exc}")
     if result is not None and result.status == "completed":
         if main:
@@ -268,6 +277,14 @@ def _run_launcher(argv: list[str], env: dict[str, str], stop: StopFlag) -> int:
             kill_tree(proc.pid)
         time.sleep(0.5)
     return proc.returncode
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a save failed for lack of space (also as the tokenizers/safetensors text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("no space left", "file too large", "disk quota"))
 
 
 def _failed(db: Any, job_id: int, spec: TrainSpec, error: str) -> str:

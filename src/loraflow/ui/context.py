@@ -82,7 +82,7 @@ def model_choices(ctx: UIContext, rt: Runtime) -> list[tuple[str, str]]:
     t = ctx.t
     adapters = rt.local.adapters() if rt.local is not None else []
     sel = models.current_selection(rt)
-    now = {"ollama": t("model_ollama"), "base": t("model_base")}.get(
+    now = {rt.remote.name: t("model_ollama"), "base": t("model_base")}.get(
         sel.model_used, f"LoRA: {sel.adapter}"
     )
     return [

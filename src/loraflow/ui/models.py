@@ -75,7 +75,9 @@ def selection_section(parts: TabParts) -> None:
 
     def _info(rt: Runtime) -> str:
         m = models.model_info(rt)
-        used = {"base": t("model_base"), "ollama": f"Ollama {m['ollama_model']}"}.get(
+        kind = {"ollama": "Ollama", "openai": "vLLM/OpenAI"}[m["remote_backend"]]
+        remote = f"{kind} {m['remote_model']}"
+        used = {"base": t("model_base"), m["remote_backend"]: remote}.get(
             m["model_used"], f"LoRA {m['adapter']}"
         )
         local = t("loaded") if m["local_model_loaded"] else m["local_model_error"]
@@ -91,7 +93,7 @@ def selection_section(parts: TabParts) -> None:
         choices = [(t("model_base"), BASE), (t("model_ollama"), OLLAMA)]
         choices += [(f"LoRA: {n}", n) for n in loaded_adapters(rt)]
         sel = models.current_selection(rt)
-        default = OLLAMA if sel.engine == "ollama" else (sel.adapter or BASE)
+        default = OLLAMA if sel.engine != "local" else (sel.adapter or BASE)
         values = [v for _, v in choices]
         return _info(rt), gr.update(
             choices=choices, value=current if current in values else default

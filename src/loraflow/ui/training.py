@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -262,21 +263,19 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         menu = gr.update(choices=_task_choices(found), value=task["task_id"])
         return message, tasks_html(ctx, found), menu
 
-    @action
-    def on_cancel(task_id: int | None) -> tuple[Any, ...]:
-        rt = ctx.rt()
-        if task_id is None:
-            raise gr.Error(t("pick_task"))
-        task = training.cancel(rt, int(task_id))
-        return f"#{task['task_id']}: {task['message']}", tasks_html(ctx, training.list_tasks(rt))
+    def on_task(do: Callable[[Runtime, int], dict[str, Any]]) -> Callable[..., tuple[Any, ...]]:
+        """A button handler that applies `do` (cancel, resume) to the picked task."""
 
-    @action
-    def on_resume(task_id: int | None) -> tuple[Any, ...]:
-        rt = ctx.rt()
-        if task_id is None:
-            raise gr.Error(t("pick_task"))
-        task = training.resume(rt, int(task_id))
-        return f"#{task['task_id']}: {task['message']}", tasks_html(ctx, training.list_tasks(rt))
+        @action
+        def handler(task_id: int | None) -> tuple[Any, ...]:
+            rt = ctx.rt()
+            if task_id is None:
+                raise gr.Error(t("pick_task"))
+            task = do(rt, int(task_id))
+            message = f"#{task['task_id']}: {task['message']}"
+            return message, tasks_html(ctx, training.list_tasks(rt))
+
+        return handler
 
     live = [tasks, pick, plot, shown]
     demo.load(load, [pick, shown], [base, *live], show_progress="hidden")
@@ -290,6 +289,6 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         [start_status, tasks, pick],
         api_name="train",
     )
-    cancel.click(on_cancel, pick, [start_status, tasks])
-    resume.click(on_resume, pick, [start_status, tasks])
+    cancel.click(on_task(training.cancel), pick, [start_status, tasks])
+    resume.click(on_task(training.resume), pick, [start_status, tasks])
     pick.input(refresh, [pick, shown], live, show_progress="hidden")

@@ -127,7 +127,10 @@ def test_a_save_that_fails_midway_leaves_the_previous_state(
     reopened = FaissStore.open(tmp_path / "vs", NAME, DIM)
     assert sources(reopened) == ["a.txt"]
     assert reopened.search(vec(1), 5)[0].chunk.source == "a.txt"
-    # The in-memory store still holds the change, and the next save succeeds.
+    # The store in memory is back at the saved state too (what a restart would serve, not
+    # a change the disk never got); doing the change again then saves.
+    assert sources(store) == ["a.txt"]
+    add(store, "b", "b.txt", [1])
     store.save()
     assert sources(FaissStore.open(tmp_path / "vs", NAME, DIM)) == ["a.txt", "b.txt"]
 

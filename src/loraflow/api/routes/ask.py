@@ -17,7 +17,9 @@ router = APIRouter(tags=["ask"])
 class AskBody(BaseModel):
     query: str = Field(..., description="The question.", examples=["What is loraflow?"])
     use_lora: bool | None = Field(
-        None, description="true: local model + adapter; false: Ollama; absent: current selection."
+        None,
+        description="true: local model + adapter; false: the remote engine (REMOTE_BACKEND); "
+        "absent: current selection.",
     )
     adapter: str | None = Field(None, description="Answer with this loaded adapter.")
     top_k: int | None = Field(None, ge=1, le=50, description="How many chunks to retrieve.")
@@ -66,7 +68,7 @@ class AskResponse(BaseModel):
 def ask_route(body: AskBody, rt: RuntimeDep) -> dict[str, Any]:
     result = ask(rt, AskRequest(**body.model_dump()))
     used = result.adapter or (
-        "ollama" if result.engine == "ollama" else rt.settings.base_model_name
+        result.engine if result.engine != "local" else rt.settings.base_model_name
     )
     rt.usage.record(
         used, result.usage.get("prompt_tokens", 0), result.usage.get("completion_tokens", 0)

@@ -28,7 +28,7 @@ class Retrieval(BaseModel):
 
 
 class AssistantFields(BaseModel):
-    engine: Literal["local", "ollama"] | None = None
+    engine: Literal["local", "remote", "ollama", "openai"] | None = None
     adapter: str | None = Field(None, description="A LoRA adapter name (engine local).")
     system_prompt: str | None = None
     description: str | None = None

@@ -218,6 +218,10 @@ def show(body: ShowBody, rt: RuntimeDep) -> dict[str, Any]:
     rows = {m["id"]: m for m in chat_service.list_models(rt)}
     row = rows.get(target.adapter or chat_service.base_model_id(rt), {})
     base = chat_service.base_model_id(rt)
+    if target.kind == "remote":
+        # Served by the remote engine's server: its base model, with the adapter by name.
+        base = f"remote/{rt.remote.model}"
+        row = {"path": target.adapter}
     modelfile = f"FROM {base}\n" + (f"ADAPTER {row.get('path')}\n" if target.adapter else "")
     return {
         "modelfile": modelfile,

@@ -10,18 +10,23 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.services import models
+from loraflow.services.remote import is_remote, label
 
 router = APIRouter(tags=["system"])
 
 
 class SwitchModelRequest(BaseModel):
     use_lora: bool | None = Field(
-        None, description="true: local model with an adapter; false: the Ollama model."
+        None, description="true: local model with an adapter; false: the remote (Ollama) model."
     )
-    engine: Literal["local", "ollama"] | None = Field(
-        None, description="Pick the engine explicitly (local with no adapter = base model)."
+    engine: Literal["local", "remote", "ollama", "openai"] | None = Field(
+        None,
+        description="local (no adapter = base model), or remote: the REMOTE_BACKEND server "
+        "(ollama and openai are accepted as its names).",
     )
-    adapter: str | None = Field(None, description="Name of a loaded adapter (local engine).")
+    adapter: str | None = Field(
+        None, description="A loaded adapter (local), or one the remote server lists (openai)."
+    )
 
 
 class SwitchModelResponse(BaseModel):
@@ -48,9 +53,10 @@ def model_info(rt: RuntimeDep) -> dict[str, Any]:
 )
 def switch_model(body: SwitchModelRequest, rt: RuntimeDep) -> SwitchModelResponse:
     sel = models.switch_model(rt, use_lora=body.use_lora, engine=body.engine, adapter=body.adapter)
-    target = {"ollama": f"Ollama model {rt.settings.ollama_model}", "base": "the base model"}.get(
-        sel.model_used, f"adapter {sel.adapter!r}"
-    )
+    if is_remote(sel.engine):
+        target = label(rt.settings) + (f" with adapter {sel.adapter!r}" if sel.adapter else "")
+    else:
+        target = f"adapter {sel.adapter!r}" if sel.adapter else "the base model"
     return SwitchModelResponse(
         message=f"now answering with {target}",
         using_lora=sel.using_lora,

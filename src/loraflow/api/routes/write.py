@@ -25,7 +25,7 @@ class WriteBody(BaseModel):
     )
     project: str | None = Field(None, description="Story project (id or name) for memory.")
     use_memory: bool = True
-    engine: Literal["local", "ollama"] | None = Field(
+    engine: Literal["local", "remote", "ollama", "openai"] | None = Field(
         None, description="Default: the model selected with /switch_model."
     )
     adapter: str | None = Field(None, description="A loaded LoRA adapter (local engine).")

@@ -1,0 +1,141 @@
+"""On-demand adapter serving on a tiny real model: the MAX_LOADED_ADAPTERS bound and its LRU."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from loraflow import db
+from loraflow.config import Settings
+from loraflow.engines.base import GenerationParams
+from loraflow.engines.hf import HFEngine
+from loraflow.models.load import load_model_and_tokenizer
+from loraflow.models.resolve import resolve_base_model
+from loraflow.services import adapters as adapter_svc
+from loraflow.services.lora_serving import load_lora, unload_lora
+from loraflow.services.runtime import Runtime, build_runtime
+from tests.unit.models.tiny import build_tiny_model, make_adapter
+
+MESSAGES = [{"role": "user", "content": "Tell me about adapters."}]
+GREEDY = GenerationParams(max_new_tokens=10, temperature=0)
+NAMES = ("alpha", "beta", "gamma")
+
+
+def _engine(model_dir: Path, cache: Path) -> HFEngine:
+    model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(model_dir), cache))
+    return HFEngine(model, tokenizer, base_model_name="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serving-models")
+    base = build_tiny_model(root / "base", smollm2_dir)
+    out = {"base": base}
+    for seed, name in enumerate(NAMES, start=1):
+        out[name] = make_adapter(base, root / "adapters" / name, seed=seed)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Each adapter's greedy answer from an engine that only ever held that adapter."""
+    out = {}
+    for name in NAMES:
+        engine = _engine(tiny["base"], tmp_path_factory.mktemp("ref-cache"))
+        engine.load_adapter(name, tiny[name])
+        out[name] = engine.generate(MESSAGES, GREEDY, adapter=name).text
+    assert len(set(out.values())) == 3, "the adapters must answer differently"
+    return out
+
+
+@pytest.fixture()
+def rt(tiny: dict[str, Path], tmp_path: Path) -> Iterator[Runtime]:
+    """A runtime whose local engine may keep 2 adapters, with the 3 adapters registered."""
+    settings = Settings(data_dir=tmp_path / "data", load_local_model=False, max_loaded_adapters=2)
+    runtime = build_runtime(settings, load_local=False)
+    runtime.local = _engine(tiny["base"], tmp_path / "cache")
+    reg = adapter_svc.registry(runtime)
+    for name in NAMES:
+        reg.register(tiny[name], name=name)
+    yield runtime
+    runtime.local.close()
+    runtime.db.dispose()
+
+
+def _ask(rt: Runtime, name: str) -> str:
+    served = adapter_svc.ensure_served(rt, name)
+    assert rt.local is not None
+    return rt.local.generate(MESSAGES, GREEDY, adapter=served).text
+
+
+def test_three_adapters_in_turn_keep_two_attached_and_all_answer(
+    rt: Runtime, reference: dict[str, str]
+) -> None:
+    assert rt.local is not None
+    for _ in range(2):
+        for name in NAMES:
+            assert _ask(rt, name) == reference[name], name
+            assert len(rt.local.adapters()) <= 2
+    assert sorted(rt.local.adapters()) == ["beta", "gamma"]
+
+
+def test_the_least_recently_used_adapter_goes_first(rt: Runtime, reference: dict[str, str]) -> None:
+    assert rt.local is not None
+    _ask(rt, "alpha")
+    _ask(rt, "beta")
+    assert _ask(rt, "alpha") == reference["alpha"]  # alpha used again: beta is now the oldest
+    _ask(rt, "gamma")
+    assert sorted(rt.local.adapters()) == ["alpha", "gamma"]
+
+
+def test_deployed_and_explicitly_loaded_adapters_stay(
+    rt: Runtime, tiny: dict[str, Path], reference: dict[str, str]
+) -> None:
+    assert rt.local is not None
+    variants = [{"name": "stable", "adapter": "alpha@v1", "weight": 100.0}]
+    with rt.db.begin() as conn:
+        conn.execute(
+            db.deployments.insert().values(
+                target="production",
+                strategy="replace",
+                state={"strategy": "replace", "variants": variants},
+                previous=None,
+                version=1,
+                updated_at=datetime.now(UTC),
+            )
+        )
+    for name in NAMES:
+        _ask(rt, name)
+    # alpha is deployed, so beta (the oldest not deployed) made room for gamma.
+    assert sorted(rt.local.adapters()) == ["alpha", "gamma"]
+
+    # A folder loaded by name (vLLM's /v1/load_lora_adapter) is never detached to make room.
+    unload_lora(rt, "gamma")
+    pinned = shutil.copytree(tiny["gamma"], rt.settings.lora_path / "pinned")
+    load_lora(rt, "pinned", "pinned")  # relative: a folder under LORA_MODEL_PATH
+    assert rt.local.adapter_paths()["pinned"] == pinned.resolve()
+    assert _ask(rt, "beta") == reference["beta"]
+    assert "pinned" in rt.local.adapters() and "alpha" in rt.local.adapters()
+    assert len(rt.local.adapters()) == 3  # over the bound: a warning, never a refusal
+
+
+def test_an_adapter_a_request_is_decoding_with_is_not_detached(
+    rt: Runtime, reference: dict[str, str]
+) -> None:
+    engine = rt.local
+    assert engine is not None
+    engine.enable_batching(4)
+    served = adapter_svc.ensure_served(rt, "alpha")
+    long = GenerationParams(max_new_tokens=400, temperature=0, ignore_eos=True)
+    stream = iter(engine.stream(MESSAGES, long, adapter=served))
+    first = next(stream)  # alpha is now in the running batch
+    _ask(rt, "beta")
+    assert _ask(rt, "gamma") == reference["gamma"]
+    # alpha is the least recently used, but busy: beta went instead.
+    assert sorted(engine.adapters()) == ["alpha", "gamma"]
+    rest = "".join(stream)
+    assert len(first + rest) > 0
