@@ -185,7 +185,7 @@ def judged(doc: dict[str, Any]) -> list[str]:
     if peak > cores:
         out.append(
             f"The load average reached {peak:g} on {cores} cores during this run (other "
-            "engineers' tests): absolute times are inflated; the ratios compare variants "
+            "work on the machine): absolute times are inflated; the ratios compare variants "
             "that ran under the same load."
         )
     return out
@@ -236,8 +236,8 @@ def render(results: dict[str, dict[str, Any]], docs: Path) -> Path:
         "",
         "Every figure is a ratio against a baseline measured in the same run (the dashed 1.0 "
         "line), because absolute times on this machine move by ±30% from run to run. The "
-        "figures were taken on a **shared 2-core machine** while other engineers ran their "
-        "test suites; each section gives the load average at its start and end. Read "
+        "figures were taken on a **shared 2-core machine** while other heavy jobs "
+        "ran on it; each section gives the load average at its start and end. Read "
         "them as ratios, not as absolute speeds, and re-run on an idle machine before "
         "quoting a number.",
         "",
