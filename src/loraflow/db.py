@@ -365,6 +365,23 @@ def _redact(url: str) -> str:
     return url
 
 
+# Words in driver messages that mean the server or file cannot be reached right now.
+_OUTAGE_MARKERS = (
+    "connect",
+    "connection",
+    "closed",
+    "terminat",
+    "timeout",
+    "timed out",
+    "refused",
+    "shut down",
+    "shutting down",
+    "unable to open",
+    "no route",
+    "server",
+)
+
+
 def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[str, str] | None:
     """Message and hint when `exc` means the database is locked or down (a retry may work).
 
@@ -374,14 +391,21 @@ def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[s
         return None
     if not isinstance(exc, (OperationalError, InterfaceError)) and not exc.connection_invalidated:
         return None
-    reason = str(exc.orig or exc).strip().splitlines()[0][:300]
-    if "locked" in reason.lower() or "busy" in reason.lower():
+    reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    lowered = reason.lower()
+    if "locked" in lowered or "busy" in lowered:
         return (
             f"the database is busy: another process held its lock for more than "
             f"DB_BUSY_TIMEOUT={busy_timeout:g}s ({reason})",
             "retry in a moment; if it lasts, stop what holds the database open "
             "(a long backup or a sqlite3 shell) or raise DB_BUSY_TIMEOUT",
         )
+    # SQLite reports a missing table or a syntax error as OperationalError too: those are
+    # bugs, not an outage, and must not hide behind a retryable 503.
+    if not (exc.connection_invalidated or isinstance(exc, InterfaceError)) and not any(
+        marker in lowered for marker in _OUTAGE_MARKERS
+    ):
+        return None
     return (
         f"the database at {_redact(url)} is unavailable ({reason})",
         "check that the database server is running and DATABASE_URL is right; "
@@ -395,7 +419,8 @@ def ping(engine: Engine) -> tuple[bool, str]:
         with engine.connect() as conn:
             conn.execute(select(1))
     except SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        first = (text.splitlines() or [type(exc).__name__])[0][:300]
         return False, f"unavailable: {first}"
     return True, f"reachable ({engine.dialect.name})"
 

@@ -76,6 +76,18 @@ def register_adapters(rt: Runtime) -> None:
     workflows.recover(rt)
 
 
+def _disk_full(what: str) -> JSONResponse:
+    # A full disk (or quota, or file-size limit) is the operator's to fix, not a bug.
+    log.error("disk full: %s", what)
+    return JSONResponse(
+        {
+            "detail": f"the server's disk is full: {what}; nothing was saved",
+            "hint": "free space in the data dir (LORAFLOW_DATA_DIR) and retry",
+        },
+        status_code=507,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -125,6 +137,8 @@ def create_app(
         found = None
         if rt is not None:
             found = unavailable_reason(exc, rt.settings.db_url, rt.settings.db_busy_timeout)
+        if found is None and "disk is full" in str(exc.orig or exc).lower():
+            return _disk_full("the database could not write")
         if found is None:
             return await _unexpected(request, exc)
         # Locked or down is an outage the client can retry, not a server bug.
@@ -137,15 +151,7 @@ def create_app(
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:
         if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             return await _unexpected(request, exc)
-        # A full disk (or quota, or file-size limit) is the operator's to fix, not a bug.
-        log.error("disk full: %s", exc)
-        return JSONResponse(
-            {
-                "detail": f"the server's disk is full: {exc.strerror}; nothing was saved",
-                "hint": "free space in the data dir (LORAFLOW_DATA_DIR) and retry",
-            },
-            status_code=507,
-        )
+        return _disk_full(str(exc.strerror))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

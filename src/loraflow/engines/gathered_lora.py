@@ -42,10 +42,21 @@ class GatheredLoRA:
         self.supported = self._build()
 
     # --- building ------------------------------------------------------------------------
-    def _lora_layers(self) -> list[Any]:
+    def _lora_layers(self) -> list[Any] | None:
+        """The LoRA Linear layers, or None when any other adapter layer exists."""
         from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
-        return [m for m in self._model.modules() if isinstance(m, LoraLinear)]
+        layers = []
+        for m in self._model.modules():
+            if isinstance(m, LoraLinear):
+                layers.append(m)
+            elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
+                # LoRA on embeddings, modules_to_save copies, trainable tokens: these follow
+                # PEFT's adapter_names, which the gathered path does not pass. PEFT runs them.
+                return None
+        return layers
 
     def _build(self) -> bool:
         layers = self._lora_layers()
@@ -84,7 +95,8 @@ class GatheredLoRA:
     @contextmanager
     def rows(self, adapter_names: list[str | None]) -> Iterator[None]:
         """Within the block, the model's LoRA layers apply adapter `adapter_names[i]` to row i."""
-        slots = torch.tensor([self._slots[n] if n else 0 for n in adapter_names])
+        device = self._stacks[0].a.device
+        slots = torch.tensor([self._slots[n] if n else 0 for n in adapter_names], device=device)
         layers = [s.module for s in self._stacks]
         for m in layers:
             # PEFT's own LoRA branch is switched off; the hook adds the gathered delta instead.

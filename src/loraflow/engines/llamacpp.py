@@ -105,6 +105,7 @@ class LlamaCppEngine:
         self._lock = threading.Lock()
         self._waiting = 0
         self._running = 0
+        self._count_lock = threading.Lock()  # guards _waiting, updated outside the engine lock
         # Frees llama.cpp's memory at interpreter exit too, while its library is still loaded
         # (llama-cpp-python's own destructor raises when it runs during module teardown).
         self._finalizer = weakref.finalize(self, llm.close)
@@ -224,12 +225,12 @@ class LlamaCppEngine:
         """Answer `messages` as text pieces; bad input raises here, before the first piece."""
         params.validate()
         check_messages(messages)
-        handle = self._handle(adapter)
+        self._handle(adapter)  # an unknown adapter fails here, before the first piece
         prompt = render_prompt(self.template, messages)
         # A chat template writes BOS and friends itself; special tokens in it are tokens.
         templated = bool(self.template.chat_template)
         ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=not templated, special=True)
-        return self._open(ids, params, handle)
+        return self._open(ids, params, adapter)
 
     def stream_text(
         self, prompt: str, params: GenerationParams, adapter: str | None = None
@@ -238,10 +239,10 @@ class LlamaCppEngine:
         params.validate()
         if not isinstance(prompt, str) or not prompt:
             raise InvalidInput("prompt must be a non-empty string")
-        handle = self._handle(adapter)
-        return self._open(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True), params, handle)
+        self._handle(adapter)
+        return self._open(self._llm.tokenize(prompt.encode("utf-8"), add_bos=True), params, adapter)
 
-    def _open(self, ids: list[int], params: GenerationParams, handle: Any) -> LlamaStream:
+    def _open(self, ids: list[int], params: GenerationParams, adapter: str | None) -> LlamaStream:
         limit = self._llm.n_ctx()
         if len(ids) >= limit:
             raise InvalidInput(
@@ -249,20 +250,24 @@ class LlamaCppEngine:
                 hint="shorten the messages or the retrieved context",
             )
         out = LlamaStream(iter(()), len(ids))
-        out._pieces = self._pieces(ids, params, handle, out)
+        out._pieces = self._pieces(ids, params, adapter, out)
         return out
 
     def _pieces(
-        self, ids: list[int], params: GenerationParams, handle: Any, out: LlamaStream
+        self, ids: list[int], params: GenerationParams, adapter: str | None, out: LlamaStream
     ) -> Iterator[str]:
         """Decode under the engine lock, yielding text that is safe to show."""
         llm = self._llm
-        self._waiting += 1
+        with self._count_lock:
+            self._waiting += 1
         with self._lock:
-            self._waiting -= 1
+            with self._count_lock:
+                self._waiting -= 1
             self._running = 1
             try:
-                self._use(handle)
+                # Looked up under the lock: an unload or replace while this request waited
+                # frees the old handle, and llama.cpp must never be given a freed one.
+                self._use(self._handle(adapter))
                 llm.reset()  # no prefix reuse: see the module docstring
                 llm.set_seed(secrets.randbits(31) if params.seed is None else params.seed)
                 tokens = llm.generate(

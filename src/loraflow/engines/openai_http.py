@@ -18,6 +18,7 @@ from loraflow.engines.transport import transport_reason
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 
 HEALTH_TIMEOUT = 2.0
+LIST_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 
 
@@ -63,7 +64,9 @@ class OpenAIHTTPEngine:
         # a second base) are not adapters of this one. Servers without `parent` list them all.
         return [
             m["id"]
-            for m in self._models()
+            # Model listings are polled by clients: a server that hangs must not hold them
+            # for the whole generation timeout.
+            for m in self._models(min(self.timeout, LIST_TIMEOUT))
             if m.get("id") and m["id"] != self.model and m.get("parent", self.model) == self.model
         ]
 

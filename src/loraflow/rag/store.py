@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -18,6 +19,8 @@ import numpy as np
 from loraflow.errors import InvalidInput, NotFound, StoreError
 from loraflow.locks import file_lock
 from loraflow.rag.versioned_dir import current_version, write_version
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
@@ -342,7 +345,10 @@ class FaissStore:
             except OSError as exc:
                 # Memory holds changes the disk does not (disk full, say): go back to the
                 # saved state, so what is served is what a restart would serve.
-                self._restore_saved()
+                try:
+                    self._restore_saved()
+                except Exception:  # the same failing disk; the save error is what to report
+                    log.exception("could not reload the saved vector store after a failed save")
                 raise StoreError(
                     f"Could not save the vector store to {str(self.path)!r}: {exc}",
                     hint="the previously saved state is unchanged and still served; "

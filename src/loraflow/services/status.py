@@ -53,7 +53,7 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
         h = httpx.get(f"{url}/health", timeout=timeout + 3, headers=headers).json()
         server["health"] = h.get("status")
         server["remote_state"] = (h.get("details") or {}).get("ollama_service")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
         server = {"url": url, "up": False, "error": str(exc) or type(exc).__name__}
     return {
         "server": server,

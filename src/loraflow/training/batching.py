@@ -74,6 +74,9 @@ def segment_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
+        # `_plain_causal` keeps such models off this path; never attend wrongly in silence.
+        raise RuntimeError("per-sequence attention cannot apply a sliding window or sinks")
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
@@ -114,7 +117,7 @@ def label_only_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor
     segments = inputs.get("segments")
     # Gradient checkpointing re-runs the forward during backward, outside this block, where
     # the mask-free attention would not apply: packed rows keep transformers' own mask then.
-    if segments is not None and not _checkpointing(model):
+    if segments is not None and not _checkpointing(model) and _plain_causal(model):
         extra["loraflow_segments"] = segments.tolist()
     # The LM head over a ~49k vocabulary is a large share of a small model's compute;
     # prompt tokens need no logits at all.
@@ -167,3 +170,15 @@ def _checkpointing(model: Any) -> bool:
     if flag is None:
         flag = getattr(model, "is_gradient_checkpointing", False)
     return bool(flag)
+
+
+def _plain_causal(model: Any) -> bool:
+    """Whether every layer attends fully causally (no sliding window, no attention sinks)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None) or []
+    return all(t == "full_attention" for t in layer_types) and not hasattr(config, "sink_size")

@@ -89,3 +89,23 @@ def test_dora_adapters_are_left_to_peft(tiny_model_dir: Path, tmp_path: Path) ->
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
     model = PeftModel.from_pretrained(base, dora, adapter_name="dora").eval()
     assert not GatheredLoRA(model).supported
+
+
+def test_adapters_with_non_linear_layers_are_left_to_peft(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # A full trained copy of the LM head follows PEFT's per-row adapter_names only.
+    saved = _save(
+        tiny_model_dir,
+        tmp_path / "head",
+        seed=4,
+        r=4,
+        target_modules=["q_proj"],
+        modules_to_save=["lm_head"],
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
+    model = PeftModel.from_pretrained(base, saved, adapter_name="head").eval()
+    assert not GatheredLoRA(model).supported

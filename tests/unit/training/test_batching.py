@@ -93,3 +93,34 @@ def test_per_sequence_attention_gives_the_masked_loss_and_gradients(tiny_llama_d
         assert torch.allclose(a, b, atol=1e-5)
     # The attention implementation is switched only for that forward pass.
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_sliding_window_models_keep_their_window_when_packed(tiny_llama_dir: Path) -> None:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    feats = _features(tiny_llama_dir)
+    vocab = max(max(f["input_ids"]) for f in feats) + 1
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=3,
+    )
+    model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        packed = label_only_loss(model, PaddingFreeCollator()(feats))
+        total, count = 0.0, 0
+        for f in feats:
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1]
+            labels = torch.tensor(f["labels"][1:])
+            keep = labels != IGNORE
+            total += torch.nn.functional.cross_entropy(
+                logits[keep], labels[keep], reduction="sum"
+            ).item()
+            count += int(keep.sum())
+    # A window of 3 tokens: full causal attention would give a different loss.
+    assert abs(packed.item() - total / count) < 1e-4
