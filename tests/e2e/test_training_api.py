@@ -188,7 +188,12 @@ def test_job_lifecycle_queue_cancel_resume_and_restart(
     # max_len so small that no answer token fits: this job fails when it runs.
     doomed = train(client, "doomed", ds, max_len=16).json()["task_id"]
 
-    running = wait_for(client, tid, lambda t: t["status"] == "running" and t["step"] >= 1)
+    # The step counter moves before the step's loss is logged: wait for both.
+    running = wait_for(
+        client,
+        tid,
+        lambda t: t["status"] == "running" and t["step"] >= 1 and t["loss"] is not None,
+    )
     assert running["total_steps"] == 8 and 0 < running["progress"] < 100
     assert "CPU" in running["message"] and running["loss"] is not None
     assert client.get(f"{API}/tasks/{doomed}").json()["status"] == "pending"  # one at a time
