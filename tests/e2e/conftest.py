@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,9 +31,15 @@ def make_adapter(base_dir: Path, out_dir: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def stopped_port() -> int:
-    """A loopback port with nothing listening (an Ollama that is down)."""
-    return free_port()
+def stopped_port() -> Iterator[int]:
+    """A loopback port with nothing listening (an Ollama that is down).
+
+    The port stays bound (never listening) for the whole run, so connections to it are refused
+    and no server started later in the run can be handed the same port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,13 @@ class BatchScheduler:
         """(rows decoding, requests waiting to join)."""
         return len(self._rows), len(self._pending)
 
+    def adapters_in_use(self) -> set[str | None]:
+        """Adapters (internal names; None for the base) of every request queued or decoding."""
+        # Read without the decode lock: a stale answer keeps an adapter busy one step longer.
+        with self._wake:
+            rows = [*self._rows, *self._admitting, *self._pending]
+        return {r.adapter for r in rows}
+
     def drop_adapter(self, internal: str) -> None:
         """Fail the requests using an adapter that is being removed; the caller holds the lock."""
         with self._wake:

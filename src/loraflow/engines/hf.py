@@ -61,6 +61,13 @@ class HFEngine:
         """(requests decoding, requests waiting to join the batch); (0, 0) without batching."""
         return self._scheduler.depth() if self._scheduler is not None else (0, 0)
 
+    def adapters_in_use(self) -> set[str]:
+        """Attached adapters that a request in the batch (queued or decoding) uses."""
+        if self._scheduler is None:
+            return set()
+        internal = self._scheduler.adapters_in_use()
+        return {name for name, (peft_name, _) in self._adapters.items() if peft_name in internal}
+
     def adapters(self) -> list[str]:
         """Names of the attached adapters, in the order they were attached."""
         return list(self._adapters)

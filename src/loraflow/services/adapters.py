@@ -206,7 +206,7 @@ def make_room(rt: Any, keep_at_most: int) -> list[str]:
     for name, _ in rt.attached.oldest_first():
         if name not in attached:  # unloaded through /v1/unload_lora_adapter or a failed deploy
             rt.attached.discard(name)
-    busy = adapters_decoding(engine)
+    busy = engine.adapters_in_use() if hasattr(engine, "adapters_in_use") else set()
     detached: list[str] = []
     for name, ref in rt.attached.oldest_first():
         if len(engine.adapters()) <= keep_at_most:
@@ -225,20 +225,6 @@ def make_room(rt: Any, keep_at_most: int) -> list[str]:
             rt.settings.max_loaded_adapters,
         )
     return detached
-
-
-def adapters_decoding(engine: Any) -> set[str]:
-    """Names of the adapters that requests in the engine's batch (running or queued) use."""
-    # The batch scheduler owns its rows; read them without taking the decode lock, since a
-    # stale answer only makes an adapter look busy one step longer.
-    scheduler = getattr(engine, "_scheduler", None)
-    if scheduler is None:
-        return set()
-    rows = [*getattr(scheduler, "_rows", []), *list(getattr(scheduler, "_pending", []))]
-    rows += list(getattr(scheduler, "_admitting", []))
-    internal = {getattr(r, "adapter", None) for r in rows}
-    table = getattr(engine, "_adapters", {})
-    return {name for name, (peft_name, _) in table.items() if peft_name in internal}
 
 
 def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:

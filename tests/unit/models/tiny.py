@@ -17,7 +17,9 @@ def smollm2_folder() -> Path:
     return resolve_base_model("bundled:smollm2", TEST_MODEL_CACHE).path
 
 
-def build_tiny_model(dest: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0) -> Path:
+def build_tiny_model(
+    dest: Path, tokenizer_dir: Path, hidden: int = 32, seed: int = 0, context: int = 512
+) -> Path:
     """Save a random 2-layer Llama using the real SmolLM2 tokenizer into `dest`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -30,7 +32,7 @@ def build_tiny_model(dest: Path, tokenizer_dir: Path, hidden: int = 32, seed: in
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         tie_word_embeddings=True,
         # Wider than the default 0.02 init, so greedy output varies instead of echoing "\n".
         initializer_range=0.2,

@@ -23,6 +23,7 @@ from tests.unit.models.tiny import build_tiny_model, make_adapter
 MESSAGES = [{"role": "user", "content": "Tell me about adapters."}]
 GREEDY = GenerationParams(max_new_tokens=10, temperature=0)
 NAMES = ("alpha", "beta", "gamma")
+LONG_CONTEXT = 16384
 
 
 def _engine(model_dir: Path, cache: Path) -> HFEngine:
@@ -33,7 +34,8 @@ def _engine(model_dir: Path, cache: Path) -> HFEngine:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serving-models")
-    base = build_tiny_model(root / "base", smollm2_dir)
+    # A long context, so one answer can keep decoding for as long as a test needs it to.
+    base = build_tiny_model(root / "base", smollm2_dir, context=LONG_CONTEXT)
     out = {"base": base}
     for seed, name in enumerate(NAMES, start=1):
         out[name] = make_adapter(base, root / "adapters" / name, seed=seed)
@@ -123,11 +125,6 @@ def test_deployed_and_explicitly_loaded_adapters_stay(
     assert len(rt.local.adapters()) == 3  # over the bound: a warning, never a refusal
 
 
-@pytest.mark.xfail(
-    reason="timing: on an idle machine the tiny model can finish the long answer before the "
-    "other adapters are attached, and then alpha is rightly detached",
-    strict=False,
-)
 def test_an_adapter_a_request_is_decoding_with_is_not_detached(
     rt: Runtime, reference: dict[str, str]
 ) -> None:
@@ -135,12 +132,15 @@ def test_an_adapter_a_request_is_decoding_with_is_not_detached(
     assert engine is not None
     engine.enable_batching(4)
     served = adapter_svc.ensure_served(rt, "alpha")
-    long = GenerationParams(max_new_tokens=400, temperature=0, ignore_eos=True)
-    stream = iter(engine.stream(MESSAGES, long, adapter=served))
-    first = next(stream)  # alpha is now in the running batch
+    # An answer far longer than the rest of the test takes: thousands of decode steps, while
+    # the two asks below need a few dozen.
+    long = GenerationParams(max_new_tokens=LONG_CONTEXT - 100, temperature=0, ignore_eos=True)
+    stream = engine.stream(MESSAGES, long, adapter=served)
+    first = next(iter(stream))  # alpha is now in the running batch
     _ask(rt, "beta")
     assert _ask(rt, "gamma") == reference["gamma"]
     # alpha is the least recently used, but busy: beta went instead.
     assert sorted(engine.adapters()) == ["alpha", "gamma"]
-    rest = "".join(stream)
-    assert len(first + rest) > 0
+    more = [next(iter(stream)) for _ in range(5)]  # still decoding, with its adapter attached
+    assert stream.finish_reason is None and first + "".join(more)
+    stream.close()
