@@ -104,11 +104,32 @@ def test_inference_answers_with_the_base_and_an_adapter(
     assert "model: base" in base.output
     tuned = runner.invoke(app, [*args, "--adapter", "tuned"])
     assert tuned.exit_code == 0, tuned.output
-    assert "model: tuned" in tuned.output
+    assert "model: tuned, engine: transformers" in tuned.output
     text = [r.stdout.split("\n")[0] for r in (base, tuned)]
     assert text[0].strip() and text[0] != text[1]  # the adapter changes the greedy answer
     missing = runner.invoke(app, [*args, "--adapter", "nope"])
     assert missing.exit_code == 1 and "'tuned'" in missing.output
+
+
+@pytest.mark.integration
+def test_inference_uses_the_configured_local_engine(
+    env: Path, monkeypatch: pytest.MonkeyPatch, smollm2_dir: Path
+) -> None:
+    pytest.importorskip("llama_cpp")
+    from tests.e2e.conftest import make_adapter
+
+    make_adapter(smollm2_dir, env / "lora_adapters" / "tuned")
+    monkeypatch.setenv("LOCAL_ENGINE", "llamacpp")
+    monkeypatch.setenv("LLAMACPP_THREADS", "1")
+    args = ["inference", "Name a colour.", "--max-new-tokens", "6", "--temperature", "0"]
+    base = runner.invoke(app, args)
+    assert base.exit_code == 0, base.output
+    assert "model: base, engine: llamacpp" in base.output
+    tuned = runner.invoke(app, [*args, "--adapter", "tuned"])  # converted to GGUF on first use
+    assert tuned.exit_code == 0, tuned.output
+    assert "model: tuned, engine: llamacpp" in tuned.output
+    text = [r.stdout.split("\n")[0] for r in (base, tuned)]
+    assert text[0].strip() and text[0] != text[1]
 
 
 def test_status_reports_queued_jobs_and_a_missing_server(

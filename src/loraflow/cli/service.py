@@ -190,12 +190,13 @@ def inference(
     temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Quick test of the local model: prompt in, text out (no server, no retrieval)."""
+    """Quick test of the local model (LOCAL_ENGINE): prompt in, text out (no server, no RAG)."""
     from loraflow.services.inference import quick_generate
 
     try:
+        settings = make_settings(data_dir=data_dir)
         result, warnings = quick_generate(
-            make_settings(data_dir=data_dir),
+            settings,
             prompt,
             adapter=adapter,
             max_tokens=max_new_tokens,
@@ -209,7 +210,7 @@ def inference(
     console.print(result.text)
     console.print(
         f"[dim]{result.completion_tokens} tokens, finish: {result.finish_reason}, "
-        f"model: {adapter or 'base'}[/dim]"
+        f"model: {adapter or 'base'}, engine: {settings.local_engine}[/dim]"
     )
 
 

@@ -1,12 +1,12 @@
-"""Quick local inference without a server: load the base model (+ adapters), answer once."""
+"""Quick local inference without a server: load the LOCAL_ENGINE model (+ adapters), answer once."""
 
 from __future__ import annotations
 
 from loraflow.config import Settings
 from loraflow.engines.base import GenerationResult
-from loraflow.engines.hf import load_local_engine
 from loraflow.errors import NotFound
 from loraflow.services.generation import request_params
+from loraflow.services.runtime import load_local
 
 
 def quick_generate(
@@ -19,13 +19,7 @@ def quick_generate(
 ) -> tuple[GenerationResult, list[str]]:
     """Answer one prompt with the base model or an adapter; also returns load warnings."""
     params = request_params(settings, max_tokens=max_tokens, temperature=temperature)
-    engine, warnings = load_local_engine(
-        settings.base_model_name,
-        settings.cache_path,
-        settings.device,
-        settings.quantization_type if settings.enable_quantization else None,
-        settings.lora_path,
-    )
+    engine, warnings = load_local(settings, batching=False)
     if adapter is not None and adapter not in engine.adapters():
         known = ", ".join(repr(n) for n in engine.adapters()) or "none are loaded"
         raise NotFound(

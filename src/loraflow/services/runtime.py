@@ -65,11 +65,6 @@ class Runtime:
     # Workflows (merge -> validate -> deploy) running in this process.
     workflow_threads: dict[str, threading.Thread] = field(default_factory=dict)
 
-    @property
-    def ollama(self) -> RemoteEngine:
-        """The remote engine under its seed-era name (it is Ollama only by default)."""
-        return self.remote
-
 
 def prepare_data_dir(settings: Settings) -> None:
     """Create the data dir and its standard folders, with a clear error when impossible."""
@@ -111,7 +106,7 @@ def load_local_engine_into(rt: Runtime) -> None:
     s = rt.settings
     started = time.perf_counter()
     try:
-        engine, warnings = _load_local(s)
+        engine, warnings = load_local(s)
     except LoraflowError as exc:
         rt.local = None
         rt.local_error = str(exc)
@@ -131,8 +126,13 @@ def load_local_engine_into(rt: Runtime) -> None:
     )
 
 
-def _load_local(s: Settings) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
-    """The LOCAL_ENGINE engine with every adapter in LORA_MODEL_PATH attached; warnings."""
+def load_local(
+    s: Settings, *, batching: bool = True
+) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
+    """The LOCAL_ENGINE engine with every adapter in LORA_MODEL_PATH attached; warnings.
+
+    `batching` False skips the continuous-batching thread (one-shot use such as the CLI).
+    """
     if s.local_engine == "llamacpp":
         # PEFT adapters become llama.cpp GGUFs on first use; the converter lives above engines.
         from loraflow.adapters.gguf import export_gguf_adapter
@@ -155,5 +155,5 @@ def _load_local(s: Settings) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
         s.device,
         s.quantization_type if s.enable_quantization else None,
         s.lora_path,
-        max_batch=s.max_batch_size if s.continuous_batching else 0,
+        max_batch=s.max_batch_size if s.continuous_batching and batching else 0,
     )

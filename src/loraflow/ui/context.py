@@ -13,7 +13,7 @@ import gradio as gr
 
 from loraflow.config import Settings
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
-from loraflow.services import memory, models
+from loraflow.services import memory, models, remote
 from loraflow.services.runtime import Runtime
 from loraflow.ui.i18n import Labels
 
@@ -77,18 +77,25 @@ def action(fn: F) -> F:
     return call  # type: ignore[return-value]
 
 
+def remote_label(rt: Runtime) -> str:
+    """How the remote engine is named in menus: the backend it talks to and its model."""
+    d = remote.describe(rt.settings)
+    kind = {"ollama": "Ollama", "openai": "vLLM/OpenAI"}[d["remote_backend"]]
+    return f"{kind} ({d['remote_model']})"
+
+
 def model_choices(ctx: UIContext, rt: Runtime) -> list[tuple[str, str]]:
-    """The current selection, the base model, Ollama, then every loaded adapter."""
+    """The current selection, the base model, the remote engine, then every loaded adapter."""
     t = ctx.t
     adapters = rt.local.adapters() if rt.local is not None else []
     sel = models.current_selection(rt)
-    now = {rt.remote.name: t("model_ollama"), "base": t("model_base")}.get(
+    now = {rt.remote.name: remote_label(rt), "base": t("model_base")}.get(
         sel.model_used, f"LoRA: {sel.adapter}"
     )
     return [
         (f"{t('model_current')}: {now}", CURRENT),
         (t("model_base"), BASE),
-        (t("model_ollama"), OLLAMA),
+        (remote_label(rt), OLLAMA),
         *((f"LoRA: {name}", name) for name in adapters),
     ]
 

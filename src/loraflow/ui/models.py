@@ -20,7 +20,7 @@ from loraflow.services import models, training
 from loraflow.services.lora_serving import load_lora, unload_lora
 from loraflow.services.runtime import Runtime
 from loraflow.ui import adapters, deploy
-from loraflow.ui.context import BASE, OLLAMA, UIContext, action
+from loraflow.ui.context import BASE, OLLAMA, UIContext, action, remote_label
 
 
 @dataclass
@@ -75,8 +75,7 @@ def selection_section(parts: TabParts) -> None:
 
     def _info(rt: Runtime) -> str:
         m = models.model_info(rt)
-        kind = {"ollama": "Ollama", "openai": "vLLM/OpenAI"}[m["remote_backend"]]
-        remote = f"{kind} {m['remote_model']}"
+        remote = remote_label(rt)
         used = {"base": t("model_base"), m["remote_backend"]: remote}.get(
             m["model_used"], f"LoRA {m['adapter']}"
         )
@@ -90,7 +89,7 @@ def selection_section(parts: TabParts) -> None:
     @action
     def refresh(current: str | None) -> tuple[str, Any]:
         rt = ctx.rt()
-        choices = [(t("model_base"), BASE), (t("model_ollama"), OLLAMA)]
+        choices = [(t("model_base"), BASE), (remote_label(rt), OLLAMA)]
         choices += [(f"LoRA: {n}", n) for n in loaded_adapters(rt)]
         sel = models.current_selection(rt)
         default = OLLAMA if sel.engine != "local" else (sel.adapter or BASE)
