@@ -18,11 +18,18 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY scripts ./scripts
 COPY src ./src
 
-RUN python -m venv .venv \
+# The llamacpp extra (LOCAL_ENGINE=llamacpp, the fast CPU engine) is compiled here with
+# portable flags (scripts/setup.sh); the compiler is removed again in the same layer.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && python -m venv .venv \
     && if [ -n "$TORCH_INDEX_URL" ]; then \
          .venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
        fi \
-    && LORAFLOW_EXTRAS=postgres bash scripts/setup.sh \
+    && LORAFLOW_EXTRAS=postgres,llamacpp bash scripts/setup.sh \
+    && apt-get purge -y --auto-remove build-essential \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 loraflow \
     && mkdir -p /data && chown loraflow:loraflow /data
 

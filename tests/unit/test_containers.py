@@ -47,6 +47,20 @@ def test_dockerfile_sets_only_known_settings(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_installs_real_extras_with_the_llamacpp_engine(name: str) -> None:
+    import tomllib
+
+    extras = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    asked = re.findall(r"LORAFLOW_EXTRAS=([\w,]+)", (REPO / name).read_text())
+    assert asked, f"{name} should install loraflow through scripts/setup.sh with its extras"
+    for spec in asked:
+        assert set(spec.split(",")) <= extras, f"{name} asks for unknown extras: {spec}"
+        assert "llamacpp" in spec.split(","), "LOCAL_ENGINE=llamacpp must work in the image"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_passes_hadolint(name: str) -> None:
     beside = Path(sys.executable).parent / "hadolint"
     hadolint = str(beside) if beside.exists() else shutil.which("hadolint")
