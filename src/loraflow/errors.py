@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class LoraflowError(Exception):
     """Base class: a problem the user can act on, with a plain-words message."""
@@ -67,6 +69,20 @@ class StoreError(LoraflowError):
 
     http_status = 500
     exit_code = 4
+
+
+class DiskFull(StoreError):
+    """A write failed because the disk (or a quota, or a file-size limit) is full."""
+
+    http_status = 507
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is an OS error for a full disk, quota or file-size limit."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class Conflict(LoraflowError):

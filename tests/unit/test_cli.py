@@ -174,3 +174,33 @@ def test_status_reports_queued_jobs_and_a_missing_server(
     assert "not answering" in r.output
     assert "pending 1" in r.output and "queued   #1 novel-style" in r.output
     assert "deployed prod (canary, v3): a@v1 90%, a@v2 10%" in r.output
+
+
+def test_a_locked_database_is_a_clear_error_not_a_traceback(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+    import sys
+
+    from loraflow.cli import main
+
+    first = runner.invoke(app, ["memory", "create", "harbour"])
+    assert first.exit_code == 0, first.output
+    monkeypatch.setenv("DB_BUSY_TIMEOUT", "1")
+    monkeypatch.setattr(sys, "argv", ["loraflow", "memory", "create", "lighthouse"])
+    # Another process (a long backup, a sqlite3 shell) holds the write lock.
+    holder = sqlite3.connect(env / "loraflow.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert exited.value.code == 3
+    out = capsys.readouterr().err
+    assert "the database is busy" in out and "DB_BUSY_TIMEOUT=1s" in out
+    assert "Traceback" not in out
+    # Once the lock is gone the same command works.
+    again = runner.invoke(app, ["memory", "create", "lighthouse"])
+    assert again.exit_code == 0, again.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,7 +23,7 @@ from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
 from loraflow.config import Settings, get_settings
 from loraflow.db import unavailable_reason
-from loraflow.errors import LoraflowError
+from loraflow.errors import LoraflowError, is_disk_full
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.models import initialise_selection
 from loraflow.services.runtime import Runtime, build_runtime
@@ -149,7 +148,7 @@ def create_app(
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:
-        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        if not is_disk_full(exc):
             return await _unexpected(request, exc)
         return _disk_full(str(exc.strerror))
 

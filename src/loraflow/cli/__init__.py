@@ -16,8 +16,8 @@ from loraflow.cli import (
     training,  # noqa: F401
     writing,  # noqa: F401
 )
-from loraflow.cli.common import app, console, err
-from loraflow.errors import LoraflowError
+from loraflow.cli.common import app, console, err, make_settings
+from loraflow.errors import DiskFull, EngineUnavailable, LoraflowError, is_disk_full
 
 __all__ = ["app", "main"]
 
@@ -35,3 +35,40 @@ def main() -> None:
     except LoraflowError as exc:
         err.print(f"error: {exc}")
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        known = _operational(exc)
+        if known is None:
+            raise
+        err.print(f"[red]error:[/red] {known.message}")
+        if known.hint:
+            err.print(f"[yellow]hint:[/yellow] {known.hint}")
+        sys.exit(known.exit_code)
+
+
+def _operational(exc: Exception) -> LoraflowError | None:
+    """A database outage or a full disk as a plain error (not a traceback); None otherwise."""
+    if is_disk_full(exc):
+        return DiskFull(
+            f"the disk is full: {exc}; nothing more was written",
+            hint="free space in the data dir (LORAFLOW_DATA_DIR) and run the command again",
+        )
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    from loraflow.db import unavailable_reason
+
+    try:
+        s = make_settings()
+        url, timeout = s.db_url, s.db_busy_timeout
+    except Exception:  # the settings themselves are broken: say what the database said
+        url, timeout = "(DATABASE_URL)", 30.0
+    found = unavailable_reason(exc, url, timeout)
+    if found is not None:
+        return EngineUnavailable(found[0], hint=found[1])
+    if "disk is full" in str(exc.orig or exc).lower():
+        return DiskFull(
+            "the database could not write: the disk is full",
+            hint="free space in the data dir (LORAFLOW_DATA_DIR) and run the command again",
+        )
+    return None

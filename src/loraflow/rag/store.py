@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from loraflow.errors import InvalidInput, NotFound, StoreError
+from loraflow.errors import DiskFull, InvalidInput, NotFound, StoreError, is_disk_full
 from loraflow.locks import file_lock
 from loraflow.rag.versioned_dir import current_version, write_version
 
@@ -349,7 +349,7 @@ class FaissStore:
                     self._restore_saved()
                 except Exception:  # the same failing disk; the save error is what to report
                     log.exception("could not reload the saved vector store after a failed save")
-                raise StoreError(
+                raise (DiskFull if is_disk_full(exc) else StoreError)(
                     f"Could not save the vector store to {str(self.path)!r}: {exc}",
                     hint="the previously saved state is unchanged and still served; "
                     "free disk space and run the ingest again",

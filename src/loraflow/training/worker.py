@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.db import make_engine
-from loraflow.errors import LoraflowError
+from loraflow.errors import LoraflowError, is_disk_full
 from loraflow.locks import file_lock
 from loraflow.training.jobs import get_job, now, update_job
 from loraflow.training.launcher import (
@@ -281,7 +280,7 @@ def _run_launcher(argv: list[str], env: dict[str, str], stop: StopFlag) -> int:
 
 def disk_full(exc: BaseException) -> bool:
     """Whether a save failed for lack of space (also as the tokenizers/safetensors text)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if is_disk_full(exc):
         return True
     text = str(exc).lower()
     return any(s in text for s in ("no space left", "file too large", "disk quota"))

@@ -39,7 +39,8 @@ try:
     ingest_paths([new_doc], embedder, store, 400, 50)
 except StoreError as exc:
     docs = sorted(d.source for d in store.list_documents())
-    print(json.dumps({"error": str(exc), "docs": docs, "chunks": store.count_chunks()}))
+    print(json.dumps({"error": str(exc), "docs": docs, "chunks": store.count_chunks(),
+                      "kind": type(exc).__name__, "status": exc.http_status}))
 else:
     print(json.dumps({"error": None}))
 """
@@ -77,6 +78,8 @@ def test_a_full_disk_fails_the_ingest_and_keeps_the_saved_store(
     assert "Could not save the vector store" in result["error"]
     assert "File too large" in result["error"] or "No space" in result["error"]
     assert "unchanged" in result["error"]
+    # A full disk is the operator's to fix: the API answers 507, not a 500.
+    assert (result["kind"], result["status"]) == ("DiskFull", 507)
     # The process that hit the full disk serves the saved state, not its unsaved changes.
     assert result["docs"] == before_docs
     assert result["chunks"] == store.count_chunks()
