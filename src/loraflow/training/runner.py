@@ -35,6 +35,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def job_process_alive(pid: int) -> bool:
+    """Whether `pid` can still be running a training job: a live loraflow process, not this one.
+
+    After a restart (a container's above all) pids are reused: a recorded pid that is now this
+    very process, or a process that is not loraflow's, runs no job.
+    """
+    if pid == os.getpid():
+        return False
+    import psutil
+
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:  # gone, or a zombie waiting to be reaped
+        return False
+    except psutil.Error:  # not ours to read: judge by existence alone
+        return pid_alive(pid)
+    return "loraflow" in command
+
+
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
     """Signal a process and all its descendants; returns the pids signalled.
 
@@ -140,7 +159,7 @@ class JobRunner:
 
     def start(self) -> None:
         """Mark jobs orphaned by a previous run as resumable, then start the queue thread."""
-        lost = jobs.mark_interrupted(self.db, pid_alive)
+        lost = jobs.mark_interrupted(self.db, job_process_alive)
         if lost:
             log.warning("training jobs %s were interrupted; they can be resumed", lost)
         self._thread = threading.Thread(target=self._loop, name="loraflow-jobs", daemon=True)

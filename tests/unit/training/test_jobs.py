@@ -56,3 +56,31 @@ def test_restart_marks_orphaned_running_jobs_resumable(db) -> None:
     row = jobs.get_job(db, dead["id"])
     assert row["status"] == "failed" and row["resumable"] and "resume" in row["message"]
     assert jobs.get_job(db, alive["id"])["status"] == "running"
+
+
+def test_a_restart_does_not_mistake_a_reused_pid_for_the_job(db) -> None:
+    """After a restart the recorded pid may run something else, or be the new service itself."""
+    import subprocess
+    import sys
+
+    from loraflow.training.runner import job_process_alive
+
+    names = ("reused-by-other", "reused-by-me", "worker-still-running")
+    made = {name: new(db, name) for name in names}
+    other = subprocess.Popen(["sleep", "60"])
+    # A process whose command line is a loraflow training worker's.
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "loraflow.training.worker"]
+    )
+    try:
+        for name, pid in zip(names, (other.pid, os.getpid(), worker.pid), strict=True):
+            assert jobs.claim_next(db, pid=pid)["id"] == made[name]["id"]
+        lost = jobs.mark_interrupted(db, job_process_alive)
+        assert sorted(lost) == sorted(made[n]["id"] for n in names[:2])
+        assert jobs.get_job(db, made["worker-still-running"]["id"])["status"] == "running"
+    finally:
+        for proc in (other, worker):
+            proc.kill()
+            proc.wait()
+    # Once the worker is gone (killed, not yet reaped or reaped), its job is interrupted too.
+    assert jobs.mark_interrupted(db, job_process_alive) == [made["worker-still-running"]["id"]]
