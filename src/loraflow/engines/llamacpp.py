@@ -2,11 +2,16 @@
 
 Faster than the transformers engine at batch 1 on a CPU, but slower where the transformers
 engine batches: one context serves one request at a time, so concurrent requests (for the same
-or different adapters) are serialised rather than decoded together. Each request evaluates its
-whole prompt: reusing the KV cache of the previous request's prompt changes llama.cpp's numbers
-enough to change greedy answers (seen with a LoRA applied), and answers must not depend on
-which request came before. A PEFT adapter is converted to GGUF on first use (seconds; cached
-by its checksum).
+or different adapters) are serialised rather than decoded together.
+
+Prompts are evaluated in chunks whose boundaries are fixed positions (16, 32, 48, 64, 128,
+256, 512, then every 512 tokens), and a request reuses the KV cache of the previous request's
+prompt up to the last such boundary they share, when both used the same adapter. Reusing a
+prefix at arbitrary positions would change llama.cpp's numbers (a prefix evaluated inside a
+longer chunk is not bit-identical to one evaluated alone) enough to change greedy answers;
+on the fixed grid every position is always computed in the same chunk, so an answer never
+depends on which request came before. A PEFT adapter is converted to GGUF on first use
+(seconds; cached by its checksum).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from loraflow.engines.base import EngineHealth, FinishReason, GenerationParams, GenerationResult
 from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.llamacpp_lora import GGUFLoraCache, free_adapter, init_adapter, set_adapter
+from loraflow.engines.prompt_grid import common_prefix, grid_chunks, grid_floor
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.models.adapters import check_adapter_folder
@@ -100,6 +106,10 @@ class LlamaCppEngine:
         self._lora = lora_cache
         self._adapters: dict[str, _Adapter] = {}
         self._active: Any = None  # the adapter handle set on the context now
+        # The prompt whose KV cache the context holds (on the chunk grid), and its adapter.
+        self._kv_prompt: list[int] = []
+        self._kv_adapter: Any = None
+        self.prompt_tokens_reused = 0  # prompt tokens taken from the cache instead of evaluated
         # One llama.cpp context holds one sequence: generations, adapter switches and
         # unloads take turns.
         self._lock = threading.Lock()
@@ -162,6 +172,8 @@ class LlamaCppEngine:
         """Free an adapter, taking it off the context first; the caller holds the lock."""
         if self._active is handle:
             self._use(None)
+        if self._kv_adapter is handle:
+            self._kv_prompt = []
         free_adapter(self._llama_cpp, handle)
 
     def _use(self, handle: Any) -> None:
@@ -196,6 +208,7 @@ class LlamaCppEngine:
         with self._lock:
             self._adapters.clear()
             self._active = None
+            self._kv_prompt = []
             self._finalizer()
 
     def count_tokens(self, text: str) -> int:
@@ -267,9 +280,11 @@ class LlamaCppEngine:
             try:
                 # Looked up under the lock: an unload or replace while this request waited
                 # frees the old handle, and llama.cpp must never be given a freed one.
-                self._use(self._handle(adapter))
-                llm.reset()  # no prefix reuse: see the module docstring
+                handle = self._handle(adapter)
+                self._use(handle)
+                self._evaluate_prompt(ids, handle)
                 llm.set_seed(secrets.randbits(31) if params.seed is None else params.seed)
+                # The whole prompt is evaluated: generate() finds it cached and samples at once.
                 tokens = llm.generate(
                     ids,
                     top_k=params.top_k,
@@ -281,6 +296,26 @@ class LlamaCppEngine:
                 yield from self._decode(tokens, params, out)
             finally:
                 self._running = 0
+
+    def _evaluate_prompt(self, ids: list[int], handle: Any) -> None:
+        """Evaluate `ids` on the chunk grid, reusing the previous prompt's cache where it can.
+
+        The caller holds the lock. At least the last chunk is always evaluated, so the logits
+        sampled next are this prompt's.
+        """
+        llm = self._llm
+        keep = 0
+        if self._kv_prompt and self._kv_adapter is handle:
+            keep = grid_floor(min(common_prefix(self._kv_prompt, ids), len(ids) - 1))
+        self._kv_prompt = []  # until the evaluation below completes
+        if keep == 0:
+            llm.reset()
+        else:
+            llm.n_tokens = keep  # eval() drops the cache past this position
+            self.prompt_tokens_reused += keep
+        for a, b in grid_chunks(keep, len(ids)):
+            llm.eval(ids[a:b])
+        self._kv_prompt, self._kv_adapter = list(ids), handle
 
     def _decode(self, tokens: Any, params: GenerationParams, out: LlamaStream) -> Iterator[str]:
         llm, is_eog, vocab = self._llm, self._llama_cpp.llama_vocab_is_eog, self._vocab
@@ -317,6 +352,7 @@ class LlamaCppEngine:
         ids = self._llm.tokenize(text.encode("utf-8"), add_bos=True)
         with self._lock:
             self._use(handle)
+            self._kv_prompt = []
             self._llm.reset()
             self._llm.eval(ids)
             logits = self._llama_cpp.llama_get_logits(self._llm.ctx)

@@ -119,6 +119,29 @@ def test_adapter_changes_the_answer_and_the_base_model_stays_the_same(
     assert len(list(lora_cache.glob("*.gguf"))) == 1  # converted once, cached by checksum
 
 
+def test_a_reused_prompt_cache_never_changes_an_answer(engine) -> None:
+    """Prompts sharing a prefix reuse its cache, and every answer equals a fresh evaluation."""
+    system = {"role": "system", "content": "You answer in one short sentence. " * 6}
+    asks = [
+        [system, {"role": "user", "content": q}]
+        for q in ("Name a colour.", "Name a colour!", "Name a fruit.", "What is rain?")
+    ]
+    asks.append([*asks[0], {"role": "assistant", "content": "Blue."}, asks[2][1]])
+    cases = [(msgs, adapter) for msgs in asks for adapter in (None, ADAPTER)]
+
+    def fresh(msgs: list, adapter: str | None) -> str:
+        engine.generate_text("Zebras", greedy(1))  # shares nothing past BOS: nothing reused
+        return engine.generate(msgs, greedy(12), adapter=adapter).text
+
+    expected = [fresh(m, a) for m, a in cases]
+    before = engine.prompt_tokens_reused
+    for order in (cases, cases[::-1], [c for c in cases for _ in range(2)]):
+        got = [engine.generate(m, greedy(12), adapter=a).text for m, a in order]
+        assert got == [expected[cases.index(c)] for c in order]
+    # The shared system prompt (over 48 tokens) was taken from the cache, not re-evaluated.
+    assert engine.prompt_tokens_reused - before >= 48 * len(cases)
+
+
 def test_adapters_load_replace_and_unload(engine, lora_root: Path, lora_cache: Path) -> None:
     engine.load_adapter("again", lora_root / ADAPTER)
     assert engine.adapters() == [ADAPTER, "again"]
