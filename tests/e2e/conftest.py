@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.server import Server, cli_argv, free_port, uvicorn_argv
 
 ADAPTER_NAME = "support-bot"
 
@@ -59,10 +59,16 @@ def start_server(
     data: Path,
     env: dict[str, str],
     args: tuple[str, ...] = ("serve", "--use-lora", "true"),
+    *,
+    uvicorn: bool = False,
 ) -> Iterator[Server]:
-    """A `loraflow <args>` server on a free loopback port with data dir `data`, stopped after."""
+    """A `loraflow <args>` server on a free loopback port with data dir `data`, stopped after.
+
+    With `uvicorn`, plain `uvicorn loraflow.api.app:app` is started instead (`args` unused).
+    """
     port = free_port()
-    srv = Server(data, env, cli_argv(*args, "--port", str(port)), port)
+    argv = uvicorn_argv(port) if uvicorn else cli_argv(*args, "--port", str(port))
+    srv = Server(data, env, argv, port)
     try:
         srv.wait_ready()
         yield srv

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server
 from tests.unit.engines.test_faults_backends import (
     OPENAI_PIECE,
     Misbehaving,
@@ -53,13 +54,6 @@ def backend() -> Iterator[Switchable]:
     b.server.close()
 
 
-def start(data: Path, env: dict[str, str]) -> Server:
-    port = free_port()
-    srv = Server(data, env, cli_argv("serve", "--port", str(port)), port)
-    srv.wait_ready()
-    return srv
-
-
 @pytest.fixture(scope="module")
 def lenient(
     tmp_path_factory: pytest.TempPathFactory, model_cache: Path, backend: Switchable
@@ -74,9 +68,8 @@ def lenient(
         "TEMPERATURE": "0",
         "ENABLE_UI": "false",
     }
-    srv = start(tmp_path_factory.mktemp("lenient"), env)
-    yield srv
-    srv.stop()
+    with start_server(tmp_path_factory.mktemp("lenient"), env, ("serve",)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +87,20 @@ def strict(
         "LOAD_LOCAL_MODEL": "false",
         "ENABLE_UI": "false",
     }
-    srv = start(tmp_path_factory.mktemp("strict"), env)
-    yield srv
-    srv.stop()
+    with start_server(tmp_path_factory.mktemp("strict"), env, ("serve",)) as srv:
+        yield srv
 
 
-@pytest.mark.parametrize(("fault", "reason"), FAULTS)
+@pytest.fixture(params=FAULTS, ids=lambda p: f"{p[0].__name__}-{p[1]}")
+def reason(request: pytest.FixtureRequest, backend: Switchable) -> str:
+    """Sets the backend to one of FAULTS; returns the reason an answer must then name."""
+    backend.handler, text = request.param
+    return text
+
+
 def test_the_local_model_answers_when_ollama_fails_and_says_why(
-    lenient: Server, backend: Switchable, fault: Callable, reason: str
+    lenient: Server, reason: str
 ) -> None:
-    backend.handler = fault
     with httpx.Client(base_url=lenient.url, timeout=120) as client:
         r = client.post("/ask", json=QUESTION)
     assert r.status_code == 200, r.text
@@ -113,18 +110,16 @@ def test_the_local_model_answers_when_ollama_fails_and_says_why(
     assert body["answer"] and body["source_documents"]
 
 
-@pytest.mark.parametrize(("fault", "reason"), FAULTS)
 def test_without_fallback_ask_and_chat_get_a_clear_503(
-    strict: Server, backend: Switchable, fault: Callable, reason: str
+    strict: Server, backend: Switchable, reason: str
 ) -> None:
-    backend.handler = fault
     with httpx.Client(base_url=strict.url, timeout=120) as client:
         r = client.post("/ask", json=QUESTION)
         assert r.status_code == 503, r.text
         assert reason in r.text and backend.url in r.json()["detail"]
         assert "Traceback" not in r.text
 
-        name = f"remote-{fault.__name__}".replace("_", "-")
+        name = f"remote-{backend.handler.__name__}".replace("_", "-")
         made = client.post("/api/assistants", json={"name": name, "engine": "remote"})
         assert made.status_code in (200, 201), made.text
         for model in ("remote/tiny", f"assistant/{name}"):

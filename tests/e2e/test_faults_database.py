@@ -22,7 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import POSTGRES_URL
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,25 +31,18 @@ BUSY_TIMEOUT = 2  # DB_BUSY_TIMEOUT of the servers here, in seconds
 LIGHT = {"LOAD_LOCAL_MODEL": "false", "AUTO_INGEST_SAMPLE": "false", "ENABLE_UI": "false"}
 
 
-def start_server(data: Path, model_cache: Path, **env: str) -> Server:
-    port = free_port()
-    srv = Server(
-        data,
-        {"CACHE_DIR": str(model_cache), "DB_BUSY_TIMEOUT": str(BUSY_TIMEOUT), **LIGHT, **env},
-        cli_argv("serve", "--port", str(port)),
-        port,
-    )
-    srv.wait_ready()
-    return srv
+def db_server(
+    data: Path, model_cache: Path, **env: str
+) -> contextlib.AbstractContextManager[Server]:
+    """`loraflow serve` with a short busy timeout and no local model, stopped on leaving."""
+    env = {"CACHE_DIR": str(model_cache), "DB_BUSY_TIMEOUT": str(BUSY_TIMEOUT), **LIGHT, **env}
+    return start_server(data, env, ("serve",))
 
 
 @pytest.fixture(scope="module")
 def sqlite_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("db-locked"), model_cache)
-    try:
+    with db_server(tmp_path_factory.mktemp("db-locked"), model_cache) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @contextlib.contextmanager
@@ -183,32 +177,32 @@ def test_postgres_going_away_is_reported_and_requests_get_503(
     proxy.start()
     via_proxy = postgres_db.set(host="127.0.0.1", port=proxy.port)
     url = via_proxy.render_as_string(hide_password=False)
-    srv = start_server(tmp_path / "data", model_cache, DATABASE_URL=url)
-    try:
-        with httpx.Client(base_url=srv.url, timeout=60) as client:
-            assert create(client, "before").status_code == 201
-            health = client.get("/health")
-            assert health.json()["details"]["database"] == "reachable (postgresql)"
+    with db_server(tmp_path / "data", model_cache, DATABASE_URL=url) as srv:
+        try:
+            with httpx.Client(base_url=srv.url, timeout=60) as client:
+                assert create(client, "before").status_code == 201
+                health = client.get("/health")
+                assert health.json()["details"]["database"] == "reachable (postgresql)"
 
+                proxy.stop()
+                health = client.get("/health")
+                assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+                assert health.json()["details"]["database"].startswith("unavailable")
+                r = create(client, "during")
+                assert r.status_code == 503, r.text
+                assert (
+                    "is unavailable" in r.json()["detail"]
+                    and "server is running" in r.json()["hint"]
+                )
+                # The URL is named with its password hidden.
+                assert f"127.0.0.1:{proxy.port}" in r.json()["detail"]
+                assert f":{postgres_db.password}@" not in r.text and "***" in r.text
+                assert "Traceback" not in r.text
+                assert client.get("/api/collections").status_code == 503
+
+                proxy.start()  # the server is back: the next requests reconnect
+                assert create(client, "after").status_code == 201
+                assert {"before", "after"} <= names(client)
+                assert client.get("/health").json()["details"]["database"].startswith("reachable")
+        finally:
             proxy.stop()
-            health = client.get("/health")
-            assert health.status_code == 503 and health.json()["status"] == "unhealthy"
-            assert health.json()["details"]["database"].startswith("unavailable")
-            r = create(client, "during")
-            assert r.status_code == 503, r.text
-            assert (
-                "is unavailable" in r.json()["detail"] and "server is running" in r.json()["hint"]
-            )
-            # The URL is named with its password hidden.
-            assert f"127.0.0.1:{proxy.port}" in r.json()["detail"]
-            assert f":{postgres_db.password}@" not in r.text and "***" in r.text
-            assert "Traceback" not in r.text
-            assert client.get("/api/collections").status_code == 503
-
-            proxy.start()  # the server is back: the next requests reconnect
-            assert create(client, "after").status_code == 201
-            assert {"before", "after"} <= names(client)
-            assert client.get("/health").json()["details"]["database"].startswith("reachable")
-    finally:
-        proxy.stop()
-        srv.stop()

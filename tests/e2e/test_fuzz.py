@@ -12,7 +12,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.e2e.server import Server, free_port, uvicorn_argv
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
@@ -21,24 +22,15 @@ MAX_EXAMPLES = 12
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(
-        tmp_path_factory.mktemp("fuzz"),
-        {
-            "LOAD_LOCAL_MODEL": "false",
-            "USE_LORA_DEFAULT": "false",
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "OLLAMA_TIMEOUT": "2",
-            "MAX_UPLOAD_MB": "1",
-        },
-        uvicorn_argv(port),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "LOAD_LOCAL_MODEL": "false",
+        "USE_LORA_DEFAULT": "false",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "OLLAMA_TIMEOUT": "2",
+        "MAX_UPLOAD_MB": "1",
+    }
+    with start_server(tmp_path_factory.mktemp("fuzz"), env, uvicorn=True) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_no_route_answers_500(fuzz_server: Server) -> None:

@@ -7,30 +7,22 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.server import Server, free_port, uvicorn_argv
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def ollama_only(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(
-        tmp_path_factory.mktemp("ollama-only"),
-        {
-            "USE_LORA_DEFAULT": "false",
-            "LOAD_LOCAL_MODEL": "false",
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "OLLAMA_TIMEOUT": "3",
-        },
-        uvicorn_argv(port),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "USE_LORA_DEFAULT": "false",
+        "LOAD_LOCAL_MODEL": "false",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "OLLAMA_TIMEOUT": "3",
+    }
+    with start_server(tmp_path_factory.mktemp("ollama-only"), env, uvicorn=True) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_ollama_down_without_local_default_is_503_not_500(

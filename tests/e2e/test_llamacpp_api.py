@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server, free_port
 from tests.unit.models.tiny import make_adapter
 
 pytestmark = pytest.mark.integration
@@ -25,28 +26,19 @@ def llama_server(
 ) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("llamacpp-server")
     make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER, seed=1)
-    port = free_port()
-    srv = Server(
-        data,
-        {
-            "CACHE_DIR": str(model_cache),
-            "LOCAL_ENGINE": "llamacpp",
-            "LLAMACPP_THREADS": "1",
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
-            "OLLAMA_TIMEOUT": "3",
-            "MAX_NEW_TOKENS": "24",
-            "TEMPERATURE": "0",
-            "AUTO_INGEST_SAMPLE": "false",
-            "ENABLE_UI": "false",
-        },
-        cli_argv("serve", "--port", str(port), "--use-lora", "true"),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "CACHE_DIR": str(model_cache),
+        "LOCAL_ENGINE": "llamacpp",
+        "LLAMACPP_THREADS": "1",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "OLLAMA_TIMEOUT": "3",
+        "MAX_NEW_TOKENS": "24",
+        "TEMPERATURE": "0",
+        "AUTO_INGEST_SAMPLE": "false",
+        "ENABLE_UI": "false",
+    }
+    with start_server(data, env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture()

@@ -10,16 +10,13 @@ from types import ModuleType
 
 import pytest
 
-from tests.e2e.server import Server
+from tests.e2e.server import BENCH, Server
 
 pytestmark = pytest.mark.integration
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _bench_load() -> ModuleType:
-    # bench/ is a folder of scripts, not a package: load.py imports its siblings by name.
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
+    # load.py imports its siblings by name: tests.e2e.server put bench/ on sys.path.
     spec = importlib.util.spec_from_file_location("bench_load", BENCH / "load.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.server import Server, free_port, uvicorn_argv
+from tests.e2e.conftest import start_server
+from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
@@ -17,25 +18,16 @@ ORIGIN = "http://ui.example.test"
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(
-        tmp_path_factory.mktemp("guarded"),
-        {
-            "LOAD_LOCAL_MODEL": "false",
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "API_KEY": f"other-key,{KEY}",
-            "CORS_ORIGINS": ORIGIN,
-            "MAX_BODY_MB": "0.5",
-            "LOG_LEVEL": "DEBUG",
-        },
-        uvicorn_argv(port),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "LOAD_LOCAL_MODEL": "false",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "API_KEY": f"other-key,{KEY}",
+        "CORS_ORIGINS": ORIGIN,
+        "MAX_BODY_MB": "0.5",
+        "LOG_LEVEL": "DEBUG",
+    }
+    with start_server(tmp_path_factory.mktemp("guarded"), env, uvicorn=True) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("path", ["/documents", "/model_info", "/openapi.json", "/docs"])

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import make_adapter
-from tests.e2e.server import Server, cli_argv, free_port
+from tests.e2e.conftest import make_adapter, start_server
+from tests.e2e.server import Server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -65,25 +65,16 @@ def ui_server(
     data = tmp_path_factory.mktemp("ui-data")
     adapters = tmp_path_factory.mktemp("ui-adapters")
     make_adapter(smollm2_dir, adapters / ADAPTER)
-    port = free_port()
-    srv = Server(
-        data,
-        {
-            "CACHE_DIR": str(model_cache),
-            "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-            "OLLAMA_TIMEOUT": "3",
-            "AUTO_INGEST_SAMPLE": "false",
-            "MAX_NEW_TOKENS": "16",
-            "TEMPERATURE": "0",
-        },
-        cli_argv("webui", "--port", str(port), "--lora", str(adapters)),
-        port,
-    )
-    try:
-        srv.wait_ready()
+    env = {
+        "CACHE_DIR": str(model_cache),
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "OLLAMA_TIMEOUT": "3",
+        "AUTO_INGEST_SAMPLE": "false",
+        "MAX_NEW_TOKENS": "16",
+        "TEMPERATURE": "0",
+    }
+    with start_server(data, env, ("webui", "--lora", str(adapters))) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
