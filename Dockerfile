@@ -19,10 +19,11 @@ COPY scripts ./scripts
 COPY src ./src
 
 # The llamacpp extra (LOCAL_ENGINE=llamacpp, the fast CPU engine) is compiled here with
-# portable flags (scripts/setup.sh); the compiler is removed again in the same layer.
+# portable flags (scripts/setup.sh); the compiler is removed again in the same layer, and
+# libgomp1 (llama.cpp's OpenMP runtime) is installed explicitly so that removal keeps it.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
+    && apt-get install -y --no-install-recommends build-essential libgomp1 \
     && python -m venv .venv \
     && if [ -n "$TORCH_INDEX_URL" ]; then \
          .venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
@@ -30,6 +31,7 @@ RUN apt-get update \
     && LORAFLOW_EXTRAS=postgres,llamacpp bash scripts/setup.sh \
     && apt-get purge -y --auto-remove build-essential \
     && rm -rf /var/lib/apt/lists/* \
+    && .venv/bin/python -c "import llama_cpp" \
     && useradd --create-home --uid 1000 loraflow \
     && mkdir -p /data && chown loraflow:loraflow /data
 

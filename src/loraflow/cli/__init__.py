@@ -66,7 +66,8 @@ def _operational(exc: Exception) -> LoraflowError | None:
     found = unavailable_reason(exc, url, timeout)
     if found is not None:
         return EngineUnavailable(found[0], hint=found[1])
-    if "disk is full" in str(exc.orig or exc).lower():
+    said = str(exc.orig or exc).lower()
+    if "disk is full" in said or "no space left on device" in said:  # SQLite, PostgreSQL
         return DiskFull(
             "the database could not write: the disk is full",
             hint="free space in the data dir (LORAFLOW_DATA_DIR) and run the command again",

@@ -20,6 +20,7 @@ import codecs
 import secrets
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,13 @@ class LlamaCppEngine:
         self._kv_prompt: list[int] = []
         self._kv_adapter: Any = None
         self.prompt_tokens_reused = 0  # prompt tokens taken from the cache instead of evaluated
+        # Recurrent and hybrid models (Mamba, Jamba...) cannot drop part of their state: no reuse.
+        self._can_reuse = not any(
+            bool(getattr(llama_cpp, check, lambda _m: False)(llm.model))
+            for check in ("llama_model_is_recurrent", "llama_model_is_hybrid")
+        )
+        # Adapters of the requests waiting for the context or generating (None: base model).
+        self._in_use: Counter[str | None] = Counter()
         # One llama.cpp context holds one sequence: generations, adapter switches and
         # unloads take turns.
         self._lock = threading.Lock()
@@ -199,6 +207,11 @@ class LlamaCppEngine:
             f"with {len(self._adapters)} adapter(s)",
         )
 
+    def adapters_in_use(self) -> set[str]:
+        """Loaded adapters that a request waiting for the context or generating uses."""
+        with self._count_lock:
+            return {a for a in self._in_use if a is not None and a in self._adapters}
+
     def queue_depth(self) -> tuple[int, int]:
         """(requests generating now, requests waiting for the context)."""
         return self._running, self._waiting
@@ -270,9 +283,21 @@ class LlamaCppEngine:
         self, ids: list[int], params: GenerationParams, adapter: str | None, out: LlamaStream
     ) -> Iterator[str]:
         """Decode under the engine lock, yielding text that is safe to show."""
-        llm = self._llm
         with self._count_lock:
             self._waiting += 1
+            self._in_use[adapter] += 1
+        try:
+            yield from self._locked_pieces(ids, params, adapter, out)
+        finally:
+            with self._count_lock:
+                self._in_use[adapter] -= 1
+                if self._in_use[adapter] <= 0:
+                    del self._in_use[adapter]
+
+    def _locked_pieces(
+        self, ids: list[int], params: GenerationParams, adapter: str | None, out: LlamaStream
+    ) -> Iterator[str]:
+        llm = self._llm
         with self._lock:
             with self._count_lock:
                 self._waiting -= 1
@@ -305,8 +330,12 @@ class LlamaCppEngine:
         """
         llm = self._llm
         keep = 0
-        if self._kv_prompt and self._kv_adapter is handle:
-            keep = grid_floor(min(common_prefix(self._kv_prompt, ids), len(ids) - 1))
+        if self._can_reuse and self._kv_prompt and self._kv_adapter is handle:
+            # Short of the previous prompt's last token, which some llama-cpp-python versions
+            # evaluate again on its own inside generate().
+            common = common_prefix(self._kv_prompt, ids)
+            shared = min(common, len(ids) - 1, len(self._kv_prompt) - 1)
+            keep = grid_floor(shared)
         self._kv_prompt = []  # until the evaluation below completes
         if keep == 0:
             llm.reset()

@@ -95,10 +95,16 @@ def claim_next(db: Engine, pid: int | None = None) -> dict[str, Any] | None:
 
 
 def mark_interrupted(db: Engine, alive: Any) -> list[int]:
-    """Jobs left running by a dead worker become failed and resumable; returns their ids."""
+    """Jobs left running by a dead worker become failed and resumable; returns their ids.
+
+    `alive(pid, started_at)` says whether the process recorded for a job claimed at
+    `started_at` still runs it.
+    """
     with db.connect() as conn:
-        rows = conn.execute(select(T.c.id, T.c.pid).where(T.c.status == "running")).all()
-    lost = [job_id for job_id, pid in rows if not (pid and alive(pid))]
+        rows = conn.execute(
+            select(T.c.id, T.c.pid, T.c.started_at).where(T.c.status == "running")
+        ).all()
+    lost = [job_id for job_id, pid, started in rows if not (pid and alive(pid, started))]
     for job_id in lost:
         update_job(
             db,

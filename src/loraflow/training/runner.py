@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +36,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def job_process_alive(pid: int) -> bool:
-    """Whether `pid` can still be running a training job: a live loraflow process, not this one.
+# A job's process is its worker, started seconds after the job was claimed, or the service
+# that claimed it, started before. One that started much later reuses a dead process's pid.
+_CLAIM_TO_SPAWN_S = 120.0
+
+
+def job_process_alive(pid: int, started_at: datetime | None = None) -> bool:
+    """Whether `pid` can still be running a job claimed at `started_at`.
 
     After a restart (a container's above all) pids are reused: a recorded pid that is now this
-    very process, or a process that is not loraflow's, runs no job.
+    very process, or a process that started well after the job was claimed, runs no job.
     """
     if pid == os.getpid():
         return False
     import psutil
 
     try:
-        command = " ".join(psutil.Process(pid).cmdline())
-    except psutil.NoSuchProcess:  # gone, or a zombie waiting to be reaped
+        created = psutil.Process(pid).create_time()
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
         return False
-    except psutil.Error:  # not ours to read: judge by existence alone
+    except psutil.Error:  # not ours to inspect: judge by existence alone
         return pid_alive(pid)
-    return "loraflow" in command
+    if started_at is None:
+        return True
+    if started_at.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        started_at = started_at.replace(tzinfo=UTC)
+    return created <= started_at.timestamp() + _CLAIM_TO_SPAWN_S
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:

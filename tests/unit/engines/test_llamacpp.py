@@ -142,6 +142,26 @@ def test_a_reused_prompt_cache_never_changes_an_answer(engine) -> None:
     assert engine.prompt_tokens_reused - before >= 48 * len(cases)
 
 
+def test_adapters_of_waiting_and_running_requests_count_as_in_use(engine) -> None:
+    """What MAX_LOADED_ADAPTERS consults before detaching an adapter to make room."""
+    import threading
+
+    assert engine.adapters_in_use() == set()
+    running = engine.stream(QUESTION, greedy(30), adapter=ADAPTER)
+    assert next(running)  # it holds the context now
+    waiting_done = threading.Event()
+    waiter = threading.Thread(
+        target=lambda: (engine.generate(STORY, greedy(4)), waiting_done.set()), daemon=True
+    )
+    waiter.start()
+    assert engine.adapters_in_use() == {ADAPTER}  # the base model is not an adapter
+    assert not waiting_done.is_set()  # the second request waits for the context
+    running.close()
+    waiter.join(timeout=120)
+    assert waiting_done.is_set()
+    assert engine.adapters_in_use() == set()
+
+
 def test_adapters_load_replace_and_unload(engine, lora_root: Path, lora_cache: Path) -> None:
     engine.load_adapter("again", lora_root / ADAPTER)
     assert engine.adapters() == [ADAPTER, "again"]

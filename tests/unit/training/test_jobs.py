@@ -51,7 +51,7 @@ def test_restart_marks_orphaned_running_jobs_resumable(db) -> None:
     dead, alive = new(db, "dead"), new(db, "alive")
     jobs.claim_next(db, pid=2**22 + 12345)  # no such process
     jobs.claim_next(db, pid=os.getpid())
-    lost = jobs.mark_interrupted(db, lambda pid: pid == os.getpid())
+    lost = jobs.mark_interrupted(db, lambda pid, _started: pid == os.getpid())
     assert lost == [dead["id"]]
     row = jobs.get_job(db, dead["id"])
     assert row["status"] == "failed" and row["resumable"] and "resume" in row["message"]
@@ -59,28 +59,36 @@ def test_restart_marks_orphaned_running_jobs_resumable(db) -> None:
 
 
 def test_a_restart_does_not_mistake_a_reused_pid_for_the_job(db) -> None:
-    """After a restart the recorded pid may run something else, or be the new service itself."""
+    """After a restart the recorded pid may run something newer, or be the new service itself."""
     import subprocess
-    import sys
+    from datetime import timedelta
 
     from loraflow.training.runner import job_process_alive
 
-    names = ("reused-by-other", "reused-by-me", "worker-still-running")
+    names = ("reused-by-a-newer-process", "reused-by-me", "worker-still-running")
     made = {name: new(db, name) for name in names}
-    other = subprocess.Popen(["sleep", "60"])
-    # A process whose command line is a loraflow training worker's.
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "loraflow.training.worker"]
-    )
+    newer = subprocess.Popen(["sleep", "60"])
+    worker = subprocess.Popen(["sleep", "60"])  # started just after its job was claimed
     try:
-        for name, pid in zip(names, (other.pid, os.getpid(), worker.pid), strict=True):
+        for name, pid in zip(names, (newer.pid, os.getpid(), worker.pid), strict=True):
             assert jobs.claim_next(db, pid=pid)["id"] == made[name]["id"]
+        # The first job was claimed an hour ago: a process started now cannot be its worker.
+        jobs.update_job(db, made[names[0]]["id"], started_at=jobs.now() - timedelta(hours=1))
         lost = jobs.mark_interrupted(db, job_process_alive)
         assert sorted(lost) == sorted(made[n]["id"] for n in names[:2])
         assert jobs.get_job(db, made["worker-still-running"]["id"])["status"] == "running"
     finally:
-        for proc in (other, worker):
+        for proc in (newer, worker):
             proc.kill()
-            proc.wait()
-    # Once the worker is gone (killed, not yet reaped or reaped), its job is interrupted too.
+    # Once the worker is gone (killed, not yet reaped), its job is interrupted too.
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while psutil.Process(worker.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the killed worker never exited"
+        time.sleep(0.05)
     assert jobs.mark_interrupted(db, job_process_alive) == [made["worker-still-running"]["id"]]
+    for proc in (newer, worker):
+        proc.wait()
