@@ -98,10 +98,14 @@ def test_inference_answers_with_the_base_and_an_adapter(
     from tests.e2e.conftest import make_adapter
 
     make_adapter(smollm2_dir, env / "lora_adapters" / "tuned")
+    # A damaged adapter beside it: only the adapter asked for is loaded, so it never matters.
+    broken = env / "lora_adapters" / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     args = ["inference", "Name a colour.", "--max-new-tokens", "6", "--temperature", "0"]
     base = runner.invoke(app, args)
     assert base.exit_code == 0, base.output
-    assert "model: base" in base.output
+    assert "model: base" in base.output and "broken" not in base.output
     tuned = runner.invoke(app, [*args, "--adapter", "tuned"])
     assert tuned.exit_code == 0, tuned.output
     assert "model: tuned, engine: transformers" in tuned.output

@@ -348,7 +348,7 @@ def load_local_engine(
     cache_dir: Path,
     device: str,
     quantization: str | None,
-    adapters_root: Path,
+    adapters_root: Path | None,
     max_batch: int = 0,
 ) -> tuple[HFEngine, list[str]]:
     """Resolve and load the base model, attach every adapter found; warnings for failures.
@@ -360,7 +360,7 @@ def load_local_engine(
     model, tokenizer = load_model_and_tokenizer(resolved, device, quantization)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
-    for name, path in discover_adapters(adapters_root).items():
+    for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
         try:
             engine.load_adapter(name, path)
         except LoraflowError as exc:

@@ -78,7 +78,7 @@ def import_llama_cpp() -> Any:
 def load_llamacpp_engine(
     base_model_name: str,
     cache_dir: Path,
-    adapters_root: Path,
+    adapters_root: Path | None,
     *,
     threads: int = 0,
     export_lora: ExportLora | None = None,
@@ -113,7 +113,7 @@ def load_llamacpp_engine(
         llm, base_model_name=base.display_name, lora_cache=cache, chat_template=base.chat_template
     )
     warnings: list[str] = []
-    for name, path in discover_adapters(adapters_root).items():
+    for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
         try:
             engine.load_adapter(name, path)
         except LoraflowError as exc:

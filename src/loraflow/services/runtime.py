@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as DBEngine
@@ -127,12 +128,15 @@ def load_local_engine_into(rt: Runtime) -> None:
 
 
 def load_local(
-    s: Settings, *, batching: bool = True
+    s: Settings, *, batching: bool = True, adapters: Path | None = None, attach: bool = True
 ) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
     """The LOCAL_ENGINE engine with every adapter in LORA_MODEL_PATH attached; warnings.
 
-    `batching` False skips the continuous-batching thread (one-shot use such as the CLI).
+    `adapters` attaches what is under that folder instead (an adapter folder itself works);
+    `attach` False attaches none. `batching` False skips the continuous-batching thread
+    (one-shot use such as the CLI).
     """
+    root = (adapters or s.lora_path) if attach else None
     if s.local_engine == "llamacpp":
         # PEFT adapters become llama.cpp GGUFs on first use; the converter lives above engines.
         from loraflow.adapters.gguf import export_gguf_adapter
@@ -142,7 +146,7 @@ def load_local(
         return load_llamacpp_engine(
             s.base_model_name,
             s.cache_path,
-            s.lora_path,
+            root,
             threads=s.llamacpp_threads,
             export_lora=export_gguf_adapter,
             checksum=checksum,
@@ -154,6 +158,6 @@ def load_local(
         s.cache_path,
         s.device,
         s.quantization_type if s.enable_quantization else None,
-        s.lora_path,
+        root,
         max_batch=s.max_batch_size if s.continuous_batching and batching else 0,
     )
