@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,10 +122,16 @@ class BatchScheduler:
         return TokenStream(row)
 
     def generate(
-        self, input_ids: Any, params: GenerationParams, adapter: str | None
+        self,
+        input_ids: Any,
+        params: GenerationParams,
+        adapter: str | None,
+        on_queued: Callable[[], None] | None = None,
     ) -> GenerationResult:
-        """Queue a request and wait for its whole answer."""
+        """Queue a request (then call `on_queued`) and wait for its whole answer."""
         stream = self.stream(input_ids, params, adapter)
+        if on_queued is not None:
+            on_queued()
         text = "".join(stream)
         assert stream.finish_reason is not None  # set by the end of iteration
         return GenerationResult(

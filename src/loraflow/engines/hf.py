@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class HFEngine:
         # generate() is not safe to run twice at once on one model, and adapters change it.
         self._lock = threading.Lock()
         self._scheduler: Any = None
+        # Told the adapter name when a request with an adapter reaches the engine.
+        self.on_request: Callable[[str], None] | None = None
 
     def enable_batching(self, max_batch: int = 16) -> None:
         """Serve concurrent requests (any mix of adapters) through one continuous batch."""
@@ -138,7 +140,9 @@ class HFEngine:
         """Continue the raw `prompt` as text pieces; bad input raises before the first piece."""
         inputs = self._prepare_text(prompt, params, adapter)
         if self._scheduler is not None:
-            return self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+            stream = self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+            self._arrived(adapter)
+            return stream
         return self._stream(inputs, params, adapter)
 
     def count_tokens(self, text: str) -> int:
@@ -150,9 +154,12 @@ class HFEngine:
     ) -> GenerationResult:
         if self._scheduler is not None:
             ids = inputs["input_ids"]
-            return self._scheduler.generate(ids, params, self._internal(adapter))
+            return self._scheduler.generate(
+                ids, params, self._internal(adapter), on_queued=lambda: self._arrived(adapter)
+            )
         prompt_len = inputs["input_ids"].shape[1]
         with self._lock:
+            self._arrived(adapter)
             output = self._run(inputs, params, adapter)
         new_ids = output[0, prompt_len:].tolist()
         full = self.tokenizer.decode(new_ids, skip_special_tokens=True)
@@ -167,7 +174,9 @@ class HFEngine:
         """Answer `messages` as text pieces; bad input raises here, before the first piece."""
         inputs = self._prepare(messages, params, adapter)
         if self._scheduler is not None:
-            return self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+            stream = self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+            self._arrived(adapter)
+            return stream
         return self._stream(inputs, params, adapter)
 
     def _stream(self, inputs: dict, params: GenerationParams, adapter: str | None) -> Iterator[str]:
@@ -180,6 +189,7 @@ class HFEngine:
         def work() -> None:
             try:
                 with self._lock:
+                    self._arrived(adapter)
                     self._run(inputs, params, adapter, streamer=streamer, cancel=cancel)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 errors.append(exc)
@@ -206,6 +216,10 @@ class HFEngine:
             # Stops generation when the consumer quits early or a stop string was seen.
             cancel.set()
             worker.join()
+
+    def _arrived(self, adapter: str | None) -> None:
+        if adapter is not None and self.on_request is not None:
+            self.on_request(adapter)
 
     def _prepare(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None

@@ -21,7 +21,7 @@ import secrets
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,8 @@ class LlamaCppEngine:
         )
         # Adapters of the requests waiting for the context or generating (None: base model).
         self._in_use: Counter[str | None] = Counter()
+        # Told the adapter name when a request with an adapter reaches the engine.
+        self.on_request: Callable[[str], None] | None = None
         # One llama.cpp context holds one sequence: generations, adapter switches and
         # unloads take turns.
         self._lock = threading.Lock()
@@ -286,6 +288,8 @@ class LlamaCppEngine:
         with self._count_lock:
             self._waiting += 1
             self._in_use[adapter] += 1
+        if adapter is not None and self.on_request is not None:
+            self.on_request(adapter)  # counted in adapters_in_use() from here on
         try:
             yield from self._locked_pieces(ids, params, adapter, out)
         finally:

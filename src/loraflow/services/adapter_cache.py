@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+
+# How long an adapter handed to a request stays protected if the request never reaches the
+# engine (it failed before generating, say).
+HANDOFF_GRACE_S = 30.0
 
 
 class AttachedAdapters:
@@ -16,6 +21,8 @@ class AttachedAdapters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._order: OrderedDict[str, str] = OrderedDict()  # engine name -> registry ref
+        # Adapters handed to requests that have not reached the engine yet: when each was.
+        self._handed: dict[str, list[float]] = {}
 
     def add(self, name: str, ref: str) -> None:
         """Record an on-demand attach as the most recently used."""
@@ -33,6 +40,30 @@ class AttachedAdapters:
         """Stop tracking `name` (it was detached, or replaced by an explicit load)."""
         with self._lock:
             self._order.pop(name, None)
+
+    def hand_out(self, name: str) -> None:
+        """`name` was handed to a request that will reach the engine soon: keep it attached."""
+        with self._lock:
+            self._handed.setdefault(name, []).append(time.monotonic())
+
+    def arrived(self, name: str) -> None:
+        """A request with `name` reached the engine (the engine's own count covers it now)."""
+        with self._lock:
+            waiting = self._handed.get(name)
+            if waiting:
+                waiting.pop(0)
+                if not waiting:
+                    del self._handed[name]
+
+    def handed_out(self) -> set[str]:
+        """Adapters handed to requests that have not reached the engine yet."""
+        cutoff = time.monotonic() - HANDOFF_GRACE_S
+        with self._lock:
+            for name in list(self._handed):
+                self._handed[name] = [t for t in self._handed[name] if t >= cutoff]
+                if not self._handed[name]:
+                    del self._handed[name]
+            return set(self._handed)
 
     def oldest_first(self) -> list[tuple[str, str]]:
         """(engine name, registry ref) pairs, least recently used first."""

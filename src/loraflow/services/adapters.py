@@ -167,7 +167,8 @@ def ensure_served(rt: Any, ref: str) -> str:
     """The engine name of a registered adapter, attaching it first (checksum verified).
 
     Attaching past MAX_LOADED_ADAPTERS first detaches the least recently used adapter that
-    was attached this way, unless a deployment uses it or a request is decoding with it.
+    was attached this way, unless a deployment uses it, a request is decoding with it, or it
+    was handed to a request that has not reached the engine yet.
     """
     engine = rt.local
     if engine is None:
@@ -178,26 +179,35 @@ def ensure_served(rt: Any, ref: str) -> str:
     rec = reg.get(ref)
     name = served_name(rec, engine)
     if _attached(engine, name, rec):
-        rt.attached.touch(name)
-        return name
+        return _hand_out(rt, engine, name)
     with rt.serve_lock:
         # Decided again under the lock: another request may have taken the bare name.
         name = served_name(rec, engine)
         if _attached(engine, name, rec):
-            rt.attached.touch(name)
-            return name
+            return _hand_out(rt, engine, name)
         # Files are checked when they are attached: a changed folder is refused, not served.
         rec = reg.verify(rec.id)
         make_room(rt, rt.settings.max_loaded_adapters - 1)
         engine.load_adapter(name, Path(rec.path))
         rt.attached.add(name, rec.ref)
+        return _hand_out(rt, engine, name)
+
+
+def _hand_out(rt: Any, engine: Any, name: str) -> str:
+    """Mark `name` used and, until the request reaches the engine, not to be detached."""
+    rt.attached.touch(name)
+    if name in rt.attached:
+        if getattr(engine, "on_request", None) is None:
+            engine.on_request = rt.attached.arrived  # the engine says when requests arrive
+        rt.attached.hand_out(name)
     return name
 
 
 def make_room(rt: Any, keep_at_most: int) -> list[str]:
     """Detach on-demand adapters (least recently used first) until `keep_at_most` remain.
 
-    Adapters a deployment uses, or a request in the batch decodes with, are skipped.
+    Adapters a deployment uses, a request in the batch decodes with, or one handed to a
+    request still on its way to the engine are skipped.
     """
     from loraflow.services.deployments import in_use  # deployments builds on this module
 
@@ -207,6 +217,7 @@ def make_room(rt: Any, keep_at_most: int) -> list[str]:
         if name not in attached:  # unloaded through /v1/unload_lora_adapter or a failed deploy
             rt.attached.discard(name)
     busy = engine.adapters_in_use() if hasattr(engine, "adapters_in_use") else set()
+    busy |= rt.attached.handed_out()  # handed to requests still on their way to the engine
     detached: list[str] = []
     for name, ref in rt.attached.oldest_first():
         if len(engine.adapters()) <= keep_at_most:

@@ -144,3 +144,24 @@ def test_an_adapter_a_request_is_decoding_with_is_not_detached(
     more = [next(iter(stream)) for _ in range(5)]  # still decoding, with its adapter attached
     assert stream.finish_reason is None and first + "".join(more)
     stream.close()
+
+
+def test_an_adapter_handed_to_a_request_on_its_way_is_not_detached(
+    rt: Runtime, reference: dict[str, str]
+) -> None:
+    """Between ensure_served and the engine (prompt building, retrieval) nothing holds the
+    adapter in a batch yet: it is still kept until the request arrives."""
+    engine = rt.local
+    assert engine is not None
+    engine.enable_batching(4)
+    served = adapter_svc.ensure_served(rt, "alpha")  # the request is still building its prompt
+    _ask(rt, "beta")
+    assert _ask(rt, "gamma") == reference["gamma"]
+    # alpha is the least recently used, but a request was handed it: beta went instead.
+    assert sorted(engine.adapters()) == ["alpha", "gamma"]
+    # The request arrives and finishes with the adapter it was given.
+    assert engine.generate(MESSAGES, GREEDY, adapter=served).text == reference["alpha"]
+    # Done with it: alpha is an ordinary least-recently-used adapter again.
+    _ask(rt, "gamma")
+    _ask(rt, "beta")
+    assert sorted(engine.adapters()) == ["beta", "gamma"]
