@@ -413,6 +413,12 @@ def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[s
     )
 
 
+def disk_full(exc: Exception) -> bool:
+    """Whether a database error says its disk is full (SQLite or PostgreSQL wording)."""
+    said = str(getattr(exc, "orig", None) or exc).lower()
+    return "disk is full" in said or "no space left on device" in said
+
+
 def ping(engine: Engine) -> tuple[bool, str]:
     """Whether the database answers a trivial query, and a line saying so."""
     try:

@@ -22,7 +22,7 @@ from loraflow.api.routes import training as training_routes
 from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
 from loraflow.config import Settings, get_settings
-from loraflow.db import unavailable_reason
+from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, is_disk_full
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.models import initialise_selection
@@ -136,7 +136,7 @@ def create_app(
         found = None
         if rt is not None:
             found = unavailable_reason(exc, rt.settings.db_url, rt.settings.db_busy_timeout)
-        if found is None and "disk is full" in str(exc.orig or exc).lower():
+        if found is None and disk_full(exc):
             return _disk_full("the database could not write")
         if found is None:
             return await _unexpected(request, exc)

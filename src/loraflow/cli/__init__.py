@@ -45,18 +45,21 @@ def main() -> None:
         sys.exit(known.exit_code)
 
 
+_FREE_SPACE = "free space in the data dir (LORAFLOW_DATA_DIR) and run the command again"
+
+
 def _operational(exc: Exception) -> LoraflowError | None:
     """A database outage or a full disk as a plain error (not a traceback); None otherwise."""
     if is_disk_full(exc):
         return DiskFull(
             f"the disk is full: {exc}; nothing more was written",
-            hint="free space in the data dir (LORAFLOW_DATA_DIR) and run the command again",
+            hint=_FREE_SPACE,
         )
     from sqlalchemy.exc import DBAPIError
 
     if not isinstance(exc, DBAPIError):
         return None
-    from loraflow.db import unavailable_reason
+    from loraflow.db import disk_full, unavailable_reason
 
     try:
         s = make_settings()
@@ -66,10 +69,9 @@ def _operational(exc: Exception) -> LoraflowError | None:
     found = unavailable_reason(exc, url, timeout)
     if found is not None:
         return EngineUnavailable(found[0], hint=found[1])
-    said = str(exc.orig or exc).lower()
-    if "disk is full" in said or "no space left on device" in said:  # SQLite, PostgreSQL
+    if disk_full(exc):
         return DiskFull(
             "the database could not write: the disk is full",
-            hint="free space in the data dir (LORAFLOW_DATA_DIR) and run the command again",
+            hint=_FREE_SPACE,
         )
     return None

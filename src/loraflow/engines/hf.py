@@ -139,10 +139,6 @@ class HFEngine:
     ) -> Iterator[str]:
         """Continue the raw `prompt` as text pieces; bad input raises before the first piece."""
         inputs = self._prepare_text(prompt, params, adapter)
-        if self._scheduler is not None:
-            stream = self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
-            self._arrived(adapter)
-            return stream
         return self._stream(inputs, params, adapter)
 
     def count_tokens(self, text: str) -> int:
@@ -173,13 +169,19 @@ class HFEngine:
     ) -> Iterator[str]:
         """Answer `messages` as text pieces; bad input raises here, before the first piece."""
         inputs = self._prepare(messages, params, adapter)
-        if self._scheduler is not None:
-            stream = self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
-            self._arrived(adapter)
-            return stream
         return self._stream(inputs, params, adapter)
 
     def _stream(self, inputs: dict, params: GenerationParams, adapter: str | None) -> Iterator[str]:
+        """Queue the request in the batch now, or stream it alone under the engine lock."""
+        if self._scheduler is None:
+            return self._stream_alone(inputs, params, adapter)
+        stream = self._scheduler.stream(inputs["input_ids"], params, self._internal(adapter))
+        self._arrived(adapter)
+        return stream
+
+    def _stream_alone(
+        self, inputs: dict, params: GenerationParams, adapter: str | None
+    ) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
