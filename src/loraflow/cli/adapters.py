@@ -1,8 +1,7 @@
-"""`loraflow adapters ...`: registry, merge, export, validate here; deploy through the server.
+"""`loraflow adapters ...`: registry, merge, export and validate, on the data dir directly.
 
-Registry, merge, export and validation work on the data dir directly (no server needed).
-Deployments live in the running service, so deploy, rollback, promote and workflows that
-deploy are sent to it (API_HOST:API_PORT, or --url).
+No server is needed for these; deploy, rollback, promote, workflow and status live in
+`loraflow.cli.deploy`. The helpers here are shared with it.
 """
 
 from __future__ import annotations
@@ -11,13 +10,12 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from loraflow.cli.common import DataDir, app, console, fail, make_settings
-from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
+from loraflow.errors import InvalidInput, LoraflowError
 
 adapters_app = typer.Typer(
     help="Adapters: list, scan, register, merge, export, validate, deploy, rollback, workflow.",
@@ -32,7 +30,7 @@ Url = Annotated[
 ]
 
 
-def _ctx(data_dir: Path | None) -> Any:
+def ctx_for(data_dir: Path | None) -> Any:
     from loraflow import db
     from loraflow.services.training import TrainingContext
 
@@ -40,11 +38,11 @@ def _ctx(data_dir: Path | None) -> Any:
     return TrainingContext(settings=s, db=db.make_engine(s.db_url))
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     console.print_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def _floats(raw: str | None, flag: str) -> list[float] | None:
+def float_list(raw: str | None, flag: str) -> list[float] | None:
     if raw is None or not raw.strip():
         return None
     try:
@@ -75,12 +73,12 @@ def _run_here(ctx: Any, kind: str, spec: dict[str, Any], as_json: bool) -> None:
             bar.update(task, completed=float(step.get("progress") or 0.0), description=desc[:70])
 
         done = workflows.run(ctx, wf["id"], on_step)
-    _report(done, as_json)
+    report_workflow(done, as_json)
 
 
-def _report(wf: dict[str, Any], as_json: bool) -> None:
+def report_workflow(wf: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json(wf)
+        print_json(wf)
     else:
         console.print(f"workflow {wf['id']} ({wf['kind']}): [bold]{wf['status']}[/bold]")
         for step in wf["steps"]:
@@ -101,31 +99,6 @@ def _report(wf: dict[str, Any], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def _server(url: str | None, data_dir: Path | None) -> tuple[str, dict[str, str]]:
-    from loraflow.services.status import server_headers, server_url
-
-    s = make_settings(data_dir=data_dir)
-    return (url or server_url(s)).rstrip("/"), server_headers(s)
-
-
-def _call(method: str, url: str | None, data_dir: Path | None, path: str, body: Any = None) -> Any:
-    base, headers = _server(url, data_dir)
-    try:
-        r = httpx.request(method, base + path, json=body, headers=headers, timeout=3600)
-    except httpx.HTTPError as exc:
-        raise EngineUnavailable(
-            f"the loraflow server at {base} does not answer ({exc})",
-            hint="start it with `loraflow serve`, or pass --url",
-        ) from exc
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise InvalidInput(f"the server refused: {detail} (HTTP {r.status_code})")
-    return r.json()
-
-
 # --- registry --------------------------------------------------------------------------------
 @adapters_app.command("list")
 def list_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
@@ -133,12 +106,12 @@ def list_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     from loraflow.services import adapters as svc
 
     try:
-        items = [r.to_dict() for r in svc.list_adapters(_ctx(data_dir))]
+        items = [r.to_dict() for r in svc.list_adapters(ctx_for(data_dir))]
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json(items)
+        print_json(items)
         return
     table = Table("name", "ver", "rank", "targets", "MB", "source", "status", "path")
     for a in items:
@@ -161,12 +134,12 @@ def scan_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     from loraflow.services import adapters as svc
 
     try:
-        result = svc.scan(_ctx(data_dir)).to_dict()
+        result = svc.scan(ctx_for(data_dir)).to_dict()
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     for a in result["added"]:
         console.print(f"added    {a['name']}@v{a['version']}  {a['path']}")
@@ -193,7 +166,7 @@ def register_cmd(
     from loraflow.services import adapters as svc
 
     try:
-        rec = svc.register(_ctx(data_dir), path, name=name, description=description, tags=tag)
+        rec = svc.register(ctx_for(data_dir), path, name=name, description=description, tags=tag)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -212,7 +185,7 @@ def show_cmd(
     """One adapter's record, compatibility with the base model and latest validation."""
     from loraflow.services import adapters as svc
 
-    ctx = _ctx(data_dir)
+    ctx = ctx_for(data_dir)
     try:
         rec = svc.verify_adapter(ctx, ref) if verify else svc.get_adapter(ctx, ref)
         out = {
@@ -223,7 +196,7 @@ def show_cmd(
     except LoraflowError as exc:
         fail(exc)
         return
-    _print_json(out)
+    print_json(out)
 
 
 # --- merge / export / validate (here) --------------------------------------------------------
@@ -252,7 +225,7 @@ def merge_cmd(
     spec = {
         "adapters": adapters,
         "method": method,
-        "weights": _floats(weights, "--weights"),
+        "weights": float_list(weights, "--weights"),
         "density": density,
         "t": t,
         "lambda": lam,
@@ -262,7 +235,7 @@ def merge_cmd(
     }
     try:
         _run_here(
-            _ctx(data_dir), "merge", {k: v for k, v in spec.items() if v is not None}, as_json
+            ctx_for(data_dir), "merge", {k: v for k, v in spec.items() if v is not None}, as_json
         )
     except LoraflowError as exc:
         fail(exc)
@@ -293,7 +266,7 @@ def export_cmd(
     }
     try:
         _run_here(
-            _ctx(data_dir), "export", {k: v for k, v in spec.items() if v is not None}, as_json
+            ctx_for(data_dir), "export", {k: v for k, v in spec.items() if v is not None}, as_json
         )
     except LoraflowError as exc:
         fail(exc)
@@ -325,179 +298,6 @@ def validate_cmd(
                 spec["questions"] = json.loads(questions.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 raise InvalidInput(f"--questions {questions}: {exc}") from exc
-        _run_here(_ctx(data_dir), "validate", spec, as_json)
+        _run_here(ctx_for(data_dir), "validate", spec, as_json)
     except LoraflowError as exc:
         fail(exc)
-
-
-# --- through the server ----------------------------------------------------------------------
-@adapters_app.command("deploy")
-def deploy_cmd(
-    ref: str,
-    target: Annotated[
-        str, typer.Option("--target", "--target-env", help="Model name clients will call.")
-    ],
-    strategy: Annotated[
-        str,
-        typer.Option(
-            "--strategy", "--deployment-strategy", help="replace, blue_green, canary or ab."
-        ),
-    ] = "replace",
-    percent: Annotated[float | None, typer.Option(help="Canary's first share (%).")] = None,
-    schedule: Annotated[str | None, typer.Option(help="Canary shares, e.g. 5,25,50.")] = None,
-    step_requests: Annotated[int | None, typer.Option(help="Requests per canary step.")] = None,
-    split: Annotated[str | None, typer.Option(help="A/B shares, e.g. 70,30.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Deploy despite the gate.")] = False,
-    url: Url = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Deploy a registered adapter behind a target name on the running server."""
-    body = {
-        "adapter": ref,
-        "target": target,
-        "strategy": strategy,
-        "percent": percent,
-        "schedule": _floats(schedule, "--schedule"),
-        "step_requests": step_requests,
-        "split": _floats(split, "--split"),
-        "force": force,
-    }
-    try:
-        out = _call(
-            "POST",
-            url,
-            data_dir,
-            "/api/adapters/deploy",
-            {k: v for k, v in body.items() if v is not None},
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    for step in out.get("steps", []):
-        console.print(f"  {step['step']:<17} {'ok' if step.get('ok', True) else 'failed'}")
-    shares = ", ".join(
-        f"{v['name']}={v['adapter']} {v['weight']:g}%" for v in out["state"]["variants"]
-    )
-    console.print(f"deployed {target} (version {out['version']}): {shares}")
-
-
-@adapters_app.command("rollback")
-def rollback_cmd(target: str, url: Url = None, data_dir: DataDir = None) -> None:
-    """Restore what the last deploy of a target replaced."""
-    try:
-        out = _call("POST", url, data_dir, f"/api/adapters/deployments/{target}/rollback")
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in out["state"]["variants"])
-    console.print(f"rolled back {target}: {shares}")
-
-
-@adapters_app.command("promote")
-def promote_cmd(
-    target: str,
-    variant: Annotated[str | None, typer.Option(help="Default: the canary / B variant.")] = None,
-    url: Url = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Give a canary or A/B variant all of a target's traffic."""
-    try:
-        out = _call(
-            "POST",
-            url,
-            data_dir,
-            f"/api/adapters/deployments/{target}/promote",
-            {"variant": variant},
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    console.print(f"promoted {target}: {out['state']['variants'][0]['adapter']}")
-
-
-@adapters_app.command("workflow")
-def workflow_cmd(
-    adapter: Annotated[
-        str | None, typer.Option("--adapter", help="Adapter to validate/deploy (no merge).")
-    ] = None,
-    merge: Annotated[
-        str | None, typer.Option(help="Adapters to merge first, comma-separated.")
-    ] = None,
-    method: Annotated[str, typer.Option("--method", "--merge-strategy")] = "linear",
-    weights: Annotated[str | None, typer.Option()] = None,
-    name: Annotated[str, typer.Option("--name", "--adapter-name")] = "merged",
-    mode: Annotated[
-        str | None, typer.Option("--validation-mode", help="quick, standard or comprehensive.")
-    ] = "quick",
-    target: Annotated[str | None, typer.Option("--target", "--target-env")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", "--deployment-strategy")] = "replace",
-    force: Annotated[bool, typer.Option("--force")] = False,
-    url: Url = None,
-    data_dir: DataDir = None,
-    as_json: AsJson = False,
-) -> None:
-    """Merge -> validate -> deploy as one workflow on the server; waits and prints each step."""
-    body: dict[str, Any] = {"wait": True}
-    if merge:
-        body["merge"] = {
-            "adapters": [a for a in merge.split(",") if a],
-            "method": method,
-            "name": name,
-            **({"weights": _floats(weights, "--weights")} if weights else {}),
-        }
-    if adapter:
-        body["adapter"] = adapter
-    if mode:
-        body["validate"] = {"mode": mode}
-    if target:
-        body["deploy"] = {"target": target, "strategy": strategy, "force": force}
-    try:
-        wf = _call("POST", url, data_dir, "/api/adapters/workflows", body)
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    _report(wf, as_json)
-
-
-@adapters_app.command("status")
-def status_cmd(
-    workflow_id: Annotated[
-        str | None, typer.Argument(help="A workflow id; none: an overview.")
-    ] = None,
-    data_dir: DataDir = None,
-    as_json: AsJson = False,
-) -> None:
-    """Workflows and deployments, read from the database."""
-    from loraflow.services import workflows
-
-    ctx = _ctx(data_dir)
-    try:
-        if workflow_id:
-            _report(workflows.get_workflow(ctx, workflow_id), as_json)
-            return
-        flows = workflows.list_workflows(ctx, limit=20)
-        deps = _deployments(ctx)
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    if as_json:
-        _print_json({"workflows": flows, "deployments": deps})
-        return
-    for d in deps:
-        shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in d["state"]["variants"])
-        console.print(f"deployment {d['target']:<16} {d['strategy']:<10} v{d['version']}  {shares}")
-    for wf in flows:
-        steps = " -> ".join(f"{s['step']}:{s['status']}" for s in wf["steps"])
-        console.print(f"workflow   {wf['id'][:12]} {wf['kind']:<9} {wf['status']:<11} {steps}")
-    if not deps and not flows:
-        console.print("no deployments or workflows yet")
-
-
-def _deployments(ctx: Any) -> list[dict[str, Any]]:
-    from sqlalchemy import select
-
-    from loraflow import db
-
-    with ctx.db.connect() as conn:
-        rows = conn.execute(select(db.deployments).order_by(db.deployments.c.target)).all()
-    return [dict(r._mapping) for r in rows]
