@@ -17,7 +17,7 @@ from loraflow.cli import (
     training,  # noqa: F401
     writing,  # noqa: F401
 )
-from loraflow.cli.common import app, console, err, make_settings
+from loraflow.cli.common import app, command_settings, console, err
 from loraflow.errors import DiskFull, EngineUnavailable, LoraflowError, is_disk_full
 
 __all__ = ["app", "main"]
@@ -63,7 +63,7 @@ def _operational(exc: Exception) -> LoraflowError | None:
     from loraflow.db import disk_full, unavailable_reason
 
     try:
-        s = make_settings()
+        s = command_settings()
         url, timeout = s.db_url, s.db_busy_timeout
     except Exception:  # the settings themselves are broken: say what the database said
         url, timeout = "(DATABASE_URL)", 30.0

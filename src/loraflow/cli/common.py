@@ -39,6 +39,9 @@ def parse_bool(value: str | None, flag: str) -> bool | None:
     raise typer.BadParameter(f"{value!r} is not true or false", param_hint=flag)
 
 
+_built: list[Settings] = []
+
+
 def make_settings(**overrides: Any) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -48,7 +51,13 @@ def make_settings(**overrides: Any) -> Settings:
         raise
     except ValueError as exc:  # pydantic's ValidationError
         raise ConfigError(f"invalid configuration: {exc}") from exc
+    _built[:] = [s]
     return s
+
+
+def command_settings() -> Settings:
+    """The settings the running command built (its --data-dir included), else the defaults."""
+    return _built[0] if _built else make_settings()
 
 
 def setup_logging(level: str) -> None:
