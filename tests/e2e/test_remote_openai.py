@@ -179,6 +179,34 @@ def test_compatible_apis_address_remote_models_by_name(app: httpx.Client, pair) 
     assert f"{vllm.url}/v1" in r.json()["error"]["message"]
 
 
+def test_an_assistant_binds_the_remote_servers_lora_module(app: httpx.Client) -> None:
+    spec = {
+        "name": "remote-lora",
+        "engine": "openai",
+        "adapter": ADAPTER_NAME,
+        "generation": {"temperature": 0, "max_new_tokens": 8},
+    }
+    r = app.post("/api/assistants", json=spec)
+    assert r.status_code == 201, r.text
+    try:
+        asked = app.post("/ask", json={"query": QUESTION["query"], "assistant": "remote-lora"})
+        assert asked.status_code == 200, asked.text
+        out = asked.json()
+        assert (out["engine"], out["adapter"], out["assistant"]) == (
+            "openai",
+            ADAPTER_NAME,
+            "remote-lora",
+        )
+        assert out["usage"]["completion_tokens"] == 8
+        # The same assistant as a model name of the Ollama-compatible API.
+        chat = {"model": "assistant/remote-lora", "messages": HELLO, "stream": False}
+        r = app.post("/api/chat", json=chat)
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["content"] and r.json()["eval_count"] == 8
+    finally:
+        app.delete("/api/assistants/remote-lora")
+
+
 def _env(srv: Server) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LORAFLOW", "API_"))}
     env.update(

@@ -1,4 +1,4 @@
-"""Knowledge-base and assistant commands: kb ..., assistant ..., eval-retrieval."""
+"""Knowledge-base commands: kb ..., eval-retrieval."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 kb_app = typer.Typer(help="Knowledge bases (collections): create, list, rename, delete, re-embed.")
 app.add_typer(kb_app, name="kb")
-assistant_app = typer.Typer(help="Assistants: prompt + model or adapter + knowledge bases.")
-app.add_typer(assistant_app, name="assistant")
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -198,87 +196,3 @@ def eval_retrieval(
     for s in scores:
         table.add_row(s.mode, *(f"{s.recall[c]:.3f}" for c in ks), f"{s.mrr:.3f}")
     console.print(table)
-
-
-# --- assistants ----------------------------------------------------------------------------
-@assistant_app.command("list")
-def assistant_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
-    """List assistants."""
-    from loraflow.services.assistants import list_assistants
-
-    try:
-        items = [asdict(a) for a in list_assistants(_runtime(data_dir))]
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    if as_json:
-        _print_json(items)
-        return
-    table = Table()
-    for col in ("name", "engine", "adapter", "collections", "description"):
-        table.add_column(col)
-    for a in items:
-        cols = ", ".join(a["collections"]) or "(none)"
-        table.add_row(a["name"], a["engine"], a["adapter"] or "-", cols, a["description"])
-    console.print(table)
-
-
-@assistant_app.command("create")
-def assistant_create(
-    name: str,
-    system_prompt: Annotated[str, typer.Option(help="The assistant's instructions.")] = "",
-    engine: Annotated[str, typer.Option(help="local | ollama")] = "local",
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter (engine local).")] = None,
-    collection: Annotated[
-        list[str] | None, typer.Option("--collection", help="Knowledge base (repeatable).")
-    ] = None,
-    description: Annotated[str, typer.Option(help="What it is for.")] = "",
-    max_new_tokens: Annotated[int | None, typer.Option(help="Default answer length.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Default temperature.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Chunks retrieved per question.")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Create an assistant."""
-    from loraflow.services.assistants import create_assistant
-
-    gen = {"max_new_tokens": max_new_tokens, "temperature": temperature}
-    spec = {
-        "name": name,
-        "system_prompt": system_prompt,
-        "engine": engine,
-        "adapter": adapter,
-        "collections": list(collection or []),
-        "description": description,
-        "generation": {k: v for k, v in gen.items() if v is not None},
-        "retrieval": {"top_k": top_k} if top_k else {},
-    }
-    try:
-        a = create_assistant(_runtime(data_dir), spec)
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    console.print(f"created assistant {a.name}")
-
-
-@assistant_app.command("show")
-def assistant_show(name: str, data_dir: DataDir = None) -> None:
-    """Print one assistant as JSON."""
-    from loraflow.services.assistants import get_assistant
-
-    try:
-        _print_json(asdict(get_assistant(_runtime(data_dir), name)))
-    except LoraflowError as exc:
-        fail(exc)
-
-
-@assistant_app.command("delete")
-def assistant_delete(name: str, data_dir: DataDir = None) -> None:
-    """Delete an assistant."""
-    from loraflow.services.assistants import delete_assistant
-
-    try:
-        delete_assistant(_runtime(data_dir), name)
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    console.print(f"deleted assistant {name}")

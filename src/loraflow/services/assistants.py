@@ -16,6 +16,7 @@ from loraflow.models.adapters import discover_adapters
 from loraflow.rag.collections import check_name
 from loraflow.rag.hybrid import check_mode
 from loraflow.services.knowledge import kbs
+from loraflow.services.remote import is_remote, remote_adapter
 from loraflow.services.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -82,9 +83,11 @@ def _validate(rt: Runtime, a: Assistant) -> Assistant:
     check_name(a.name)
     if a.engine not in ENGINES:
         raise InvalidInput(f"engine {a.engine!r} is unknown; use one of {', '.join(ENGINES)}")
-    if a.adapter is not None:
-        if a.engine != "local":
-            raise InvalidInput("an adapter needs engine 'local'; drop 'adapter' or change engine")
+    if a.adapter is not None and is_remote(a.engine):
+        # With the remote engine `adapter` names one of its server's models or LoRA modules
+        # (vLLM); Ollama serves whole models only, which remote_adapter explains.
+        remote_adapter(rt, a.adapter)
+    elif a.adapter is not None:
         known = sorted(discover_adapters(rt.settings.lora_path))
         if rt.local is not None:
             known = sorted(set(known) | set(rt.local.adapters()))

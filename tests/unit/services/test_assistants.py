@@ -59,6 +59,20 @@ def test_bad_bindings_are_refused_with_the_allowed_values(rt: Runtime) -> None:
         assistants.create_assistant(rt, {"name": "../etc"})
     with pytest.raises(InvalidInput, match="'bogus'"):
         assistants.create_assistant(rt, {"name": "x", "bogus": 1})
+    # The Ollama backend (these tests' remote engine) serves whole models, not adapters.
+    with pytest.raises(InvalidInput, match="Ollama backend .* serves whole models"):
+        assistants.create_assistant(rt, {"name": "x", "engine": "ollama", "adapter": "q"})
+    assert "x" not in [a.name for a in assistants.list_assistants(rt)]
+
+
+def test_renaming_onto_a_taken_name_is_refused_and_changes_nothing(rt: Runtime) -> None:
+    assistants.create_assistant(rt, {"name": "first", "system_prompt": "one"})
+    assistants.create_assistant(rt, {"name": "second", "system_prompt": "two"})
+    with pytest.raises(Conflict, match="'first' already exists"):
+        assistants.update_assistant(rt, "second", {"name": "first"})
+    assert assistants.get_assistant(rt, "first").system_prompt == "one"
+    assert assistants.get_assistant(rt, "second").system_prompt == "two"
+    assistants.delete_assistant(rt, "first"), assistants.delete_assistant(rt, "second")
 
 
 def test_an_assistant_fills_what_the_request_leaves_unset(rt: Runtime) -> None:

@@ -202,6 +202,15 @@ def test_cli_manages_collections_documents_and_assistants(rt: Runtime, tmp_path:
     cli("assistant", "create", "fishy", "--collection", "cli-kb", "--system-prompt", "Talk fish.")
     shown = json.loads(cli("assistant", "show", "fishy"))
     assert shown["collections"] == ["cli-kb"] and shown["system_prompt"] == "Talk fish."
+    cli("assistant", "update", "fishy", "--temperature", "0.2", "--rename", "fishier")
+    shown = json.loads(cli("assistant", "show", "fishier"))
+    assert shown["generation"] == {"temperature": 0.2} and shown["system_prompt"] == "Talk fish."
+    assert shown["collections"] == ["cli-kb"]
+    clash = runner.invoke(
+        app, ["assistant", "update", "fishier", "--data-dir", str(rt.settings.data_path)]
+    )
+    assert clash.exit_code != 0 and "nothing to change" in clash.output
+    cli("assistant", "update", "fishier", "--rename", "fishy")
     refused = runner.invoke(
         app, ["kb", "delete", "cli-kb", "--data-dir", str(rt.settings.data_path)]
     )
