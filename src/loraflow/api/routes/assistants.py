@@ -29,7 +29,11 @@ class Retrieval(BaseModel):
 
 class AssistantFields(BaseModel):
     engine: Literal["local", "remote", "ollama", "openai"] | None = None
-    adapter: str | None = Field(None, description="A LoRA adapter name (engine local).")
+    adapter: str | None = Field(
+        None,
+        description="Engine local: a LoRA adapter name. Engine openai: one of the remote "
+        "server's models or LoRA modules (vLLM).",
+    )
     system_prompt: str | None = None
     description: str | None = None
     collections: list[str] | None = Field(None, description="Knowledge bases; [] = none.")
