@@ -25,14 +25,14 @@ TOPICS = ["harbor", "glacier", "orchard", "lantern", "meadow", "quarry", "canyon
 
 
 def big_files(n: int) -> list[tuple[str, bytes]]:
-    """Distinct text files, large enough that embedding them takes many seconds here."""
+    """Distinct text files, large enough that embedding them takes a few seconds here."""
     files = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
         lines = [
             f"Report {i} on the {topic}: paragraph {j} describes the {topic} at hour {j % 24} "
             f"with {j * 7 % 101} observations, noted by team {i}-{j}."
-            for j in range(300)
+            for j in range(100)
         ]
         files.append((f"report-{i}.txt", "\n".join(lines).encode()))
     return files
@@ -87,12 +87,14 @@ def test_a_kill_during_ingest_keeps_the_old_index_and_a_rerun_completes(
             sender = threading.Thread(target=send, daemon=True)
             sender.start()
             uploads = data / "uploads"
-            # The uploads are stored first; once all are there, embedding is under way.
+            # The uploads are stored first; once all are there, embedding is under way. The
+            # server is frozen at once (it cannot finish hundreds of chunks in a poll
+            # interval), so the kill always lands inside the ingest, however fast the machine.
             deadline = time.monotonic() + 300
             while len(list(uploads.glob("*.txt"))) < len(files):
                 assert time.monotonic() < deadline, "the upload never reached the server"
-                time.sleep(0.2)
-            time.sleep(2.0)
+                time.sleep(0.02)
+            os.kill(srv.proc.pid, signal.SIGSTOP)
             os.kill(srv.proc.pid, signal.SIGKILL)
             sender.join(60)
             assert "error" in outcome, "the ingest finished before the kill; make it bigger"
