@@ -79,6 +79,10 @@ def train(
         str | None, typer.Option(help="Unique name (default: from --data).")
     ] = None,
     val_data: Annotated[Path | None, typer.Option(help="Validation file.")] = None,
+    val_split: Annotated[
+        float | None,
+        typer.Option(help="Share of --data held out for eval loss without --val-data (0.1)."),
+    ] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (3).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Micro-batch size (4).")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation (4).")] = None,
@@ -121,6 +125,7 @@ def train(
         "max_len": max_len,
         "max_steps": max_steps,
         "target_modules": target_modules,
+        "val_split": val_split,
         "early_stopping_patience": patience,
         "early_stopping_min_delta": min_delta,
         "launcher": launcher,

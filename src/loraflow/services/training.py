@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from loraflow.config import Settings
 from loraflow.datasets.formats import check_type, load_examples
+from loraflow.datasets.prepare import split_train_val
 from loraflow.errors import InvalidInput, LoraflowError, NotFound
 from loraflow.models.resolve import resolve_base_model
 from loraflow.services.datasets import available_models, dataset_path
@@ -75,9 +76,12 @@ def submit(
         check_accelerate_config(accelerate_config, train_params)
     base_path = _base_model_path(rt, base_model)
     # Parse now, so a bad file is a clear error at submit time rather than a failed job.
-    load_examples(path, kind, train_params.chunk_size)
+    examples = load_examples(path, kind, train_params.chunk_size)
     if local_val is not None:
         load_examples(local_val, kind, train_params.chunk_size)
+    else:
+        held_out = split_train_val(examples, train_params.val_split, train_params.seed)[1]
+        _check_early_stopping(train_params, len(held_out))
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     output = s.training_output_path / f"{name}_{stamp}"
     job = jobs.create_job(
@@ -96,6 +100,23 @@ def submit(
         },
     )
     return {**view(job), "launch": launch}
+
+
+def _check_early_stopping(p: TrainParams, n_val: int) -> None:
+    """Early stopping watches eval loss: without a validation set it could never act."""
+    if p.early_stopping_patience <= 0 or n_val:
+        return
+    why = (
+        "val_split=0 holds out nothing"
+        if p.val_split == 0
+        else f"val_split={p.val_split:g} holds out no example of so small a dataset"
+    )
+    raise InvalidInput(
+        f"early_stopping_patience={p.early_stopping_patience} needs a validation set, and this "
+        f"job has none: no validation file was given and {why}",
+        hint="give a validation file (loraflow train --val-data FILE) or hold out part of the "
+        "data with a val_split above 0 (--val-split 0.1, or val_split in training_params)",
+    )
 
 
 def _base_model_path(rt: Context, base_model: str) -> Path:

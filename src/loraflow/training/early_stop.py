@@ -34,7 +34,7 @@ class EarlyStopOnEvalLoss(TrainerCallback):
         if self.bad_evals >= self.patience:
             self.reason = (
                 f"stopped early at epoch {state.epoch:.2f}: eval loss {loss:.4f} did not improve "
-                f"on the best {self.best:.4f} by {self.min_delta:g} for {self.patience} "
-                "evaluation(s)"
+                f"on the best {self.best:.4f} by more than min_delta={self.min_delta:g} for "
+                f"patience={self.patience} evaluation(s)"
             )
             control.should_training_stop = True
