@@ -192,7 +192,10 @@ def _stamp() -> str:
 
 def _print_outcome(job: dict[str, Any]) -> None:
     style = {"completed": "green", "cancelled": "yellow"}.get(job["status"], "red")
-    console.print(f"[{style}]{job['status']}[/{style}]: {job['message']}")
+    status, message = job["status"], job["message"] or ""
+    # Messages of ended jobs often start with their status ("failed: out of memory ...").
+    message = message.removeprefix(f"{status}:").strip()
+    console.print(f"[{style}]{status}[/{style}]: {message}")
     if job["status"] != "completed":
         raise typer.Exit(1)
 
