@@ -137,7 +137,7 @@ def update_assistant(rt: Runtime, name: str, changes: dict[str, Any]) -> Assista
     _check_keys(changes)
     current = get_assistant(rt, name)
     retrieval = {k: v for k, v in current.retrieval.items() if k != "notices"}
-    merged = replace(current, retrieval=retrieval, **changes)
+    merged = replace(current, **{"retrieval": retrieval, **changes})
     a = _validate(rt, merged)
     try:
         with rt.db.begin() as conn:
