@@ -78,6 +78,14 @@ def get_assistant(rt: Runtime, name: str) -> Assistant:
     return _from_row(row)
 
 
+def adapter_names(rt: Runtime) -> list[str]:
+    """Adapters an assistant can name: those in LORA_MODEL_PATH and those the local engine holds."""
+    known = set(discover_adapters(rt.settings.lora_path))
+    if rt.local is not None:
+        known |= set(rt.local.adapters())
+    return sorted(known)
+
+
 def _validate(rt: Runtime, a: Assistant) -> Assistant:
     check_name(a.name)
     if a.engine not in ENGINES:
@@ -85,9 +93,7 @@ def _validate(rt: Runtime, a: Assistant) -> Assistant:
     if a.adapter is not None:
         if a.engine != "local":
             raise InvalidInput("an adapter needs engine 'local'; drop 'adapter' or change engine")
-        known = sorted(discover_adapters(rt.settings.lora_path))
-        if rt.local is not None:
-            known = sorted(set(known) | set(rt.local.adapters()))
+        known = adapter_names(rt)
         if a.adapter not in known:
             listed = ", ".join(repr(n) for n in known) or "none are installed"
             raise NotFound(f"unknown adapter {a.adapter!r}; known adapters: {listed}")
