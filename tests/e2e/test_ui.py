@@ -277,6 +277,120 @@ def test_ask_shows_sources_and_the_history_survives_a_reload(
         other.context.close()
 
 
+def test_a_knowledge_base_made_in_the_ui_answers_with_its_document_then_goes(
+    page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_text("Knowledge bases: create, rename, delete").click()
+    # The form starts with the service's chunk settings and embedding model.
+    expect(page.locator("#kb-chunk-size input")).to_have_value("800")
+    expect(page.locator("#kb-embedding input")).to_have_value("bundled:minilm")
+    fill(page, "kb-new-name", "ui-garden")
+    page.locator("#kb-create").click()
+    expect(page.locator("#kb-status")).to_contain_text("Created: ui-garden")
+    expect(page.locator("#ask-collection input")).to_have_value("ui-garden")
+    expect(page.locator("#kb-info")).to_contain_text("Documents: 0")
+
+    doc = tmp_path / "tomatoes.md"
+    doc.write_text("# Tomatoes\n\nTomato seedlings go outdoors after the last frost in May.\n")
+    page.locator("#ask-upload input[type=file]").set_input_files(str(doc))
+    page.locator("#ask-upload-go").click()
+    expect(page.locator("#ask-upload-status")).to_contain_text("tomatoes.md", timeout=60_000)
+    expect(page.locator("#ask-documents")).to_contain_text("tomatoes.md")
+
+    page.locator("#ask-clear").click()
+    choose(page, "ask-model", "Base model (no adapter)")
+    fill(page, "ask-question", "When do tomato seedlings go outdoors?")
+    page.locator("#ask-send").click()
+    chat = page.locator("#ask-chat")
+    expect(chat).to_contain_text("answered by base", timeout=SLOW)
+    expect(chat).to_contain_text("ui-garden › tomatoes.md")
+    expect(chat).to_contain_text("after the last frost in May")
+    no_error_toast(page)
+
+    fill(page, "kb-rename-to", "ui-vegetables")
+    page.locator("#kb-rename").click()
+    expect(page.locator("#kb-status")).to_contain_text("ui-garden → ui-vegetables")
+    expect(page.locator("#ask-collection input")).to_have_value("ui-vegetables")
+    expect(page.locator("#ask-documents")).to_contain_text("tomatoes.md")
+
+    page.locator("#kb-delete").click()
+    expect(page.locator("#kb-status")).to_contain_text("Deleted: ui-vegetables")
+    expect(page.locator("#ask-collection input")).to_have_value("default")
+    page.locator("#ask-collection input").click()
+    expect(page.get_by_role("option", name="default")).to_be_visible()
+    expect(page.get_by_role("option", name="ui-vegetables")).to_have_count(0)
+    no_error_toast(page)
+
+
+def test_an_assistant_made_in_the_ui_answers_from_its_own_knowledge_base(
+    page: Any, ui_server: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    # Two knowledge bases from the API: the assistant gets one, the Ask tab shows the other.
+    with httpx.Client(base_url=ui_server.url, timeout=120) as api:
+        for name, source, text in (
+            ("ui-lighthouse", "lamp.md", "The lighthouse lamp is lit at dusk by the keeper."),
+            ("ui-bakery", "bread.md", "The bakery bakes its rye bread at dawn."),
+        ):
+            api.post("/api/collections", json={"name": name}).raise_for_status()
+            upload = {"files": (source, text.encode())}
+            api.post(f"/api/collections/{name}/documents", files=upload).raise_for_status()
+
+    tab(page, "Assistants")
+    fill(page, "assistants-name", "keeper")
+    fill(page, "assistants-prompt", "You answer questions about the lighthouse.")
+    choose(page, "assistants-collections", "ui-lighthouse")
+    fill(page, "assistants-max-tokens", "6")
+    page.locator("#assistants-create").click()
+    expect(page.locator("#assistants-status")).to_contain_text("Created: assistant/keeper")
+    listing = page.locator("#assistants-list")
+    expect(listing).to_contain_text("assistant/keeper")
+    expect(listing).to_contain_text("ui-lighthouse")
+    expect(listing).to_contain_text("max_new_tokens=6")
+    # Edit: the picked assistant's form is saved with a new default.
+    expect(page.locator("#assistants-pick input")).to_have_value("keeper")
+    fill(page, "assistants-temperature", "0")
+    page.locator("#assistants-save").click()
+    expect(page.locator("#assistants-status")).to_contain_text("Saved: assistant/keeper")
+    expect(listing).to_contain_text("temperature=0.0")
+
+    tab(page, "Ask")
+    page.locator("#ask-clear").click()
+    choose(page, "ask-collection", "ui-bakery")
+    choose(page, "ask-model", "assistant/keeper")
+    fill(page, "ask-question", "When is the lighthouse lamp lit?")
+    page.locator("#ask-send").click()
+    chat = page.locator("#ask-chat")
+    expect(chat).to_contain_text("assistant keeper", timeout=SLOW)
+    # Only the assistant's knowledge base is cited, not the one picked in the tab.
+    expect(chat).to_contain_text("ui-lighthouse › lamp.md")
+    expect(chat).not_to_contain_text("bread.md")
+    no_error_toast(page)
+
+    # Its knowledge base is not deleted from under it unless forced.
+    choose(page, "ask-collection", "ui-lighthouse")
+    page.get_by_text("Knowledge bases: create, rename, delete").click()
+    expect(page.locator("#kb-info")).to_contain_text("used by assistants: keeper")
+    page.locator("#kb-delete").click()
+    expect(page.locator(".toast-body.error")).to_contain_text(
+        "collection 'ui-lighthouse' is used by assistant(s) 'keeper'"
+    )
+    page.locator("#kb-force input").check()
+    page.locator("#kb-delete").click()
+    expect(page.locator("#kb-status")).to_contain_text(
+        "Deleted: ui-lighthouse (assistants no longer using it: keeper)"
+    )
+
+    tab(page, "Assistants")
+    expect(listing).to_contain_text("collection 'ui-lighthouse' was deleted")
+    page.locator("#assistants-delete").click()
+    expect(page.locator("#assistants-status")).to_contain_text("Deleted: assistant/keeper")
+    expect(listing).not_to_contain_text("keeper")
+
+
 def test_a_character_added_in_memory_is_used_by_create(page: Any, ui_server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -321,6 +435,7 @@ def test_every_tab_renders_and_is_saved_as_a_screenshot(page: Any) -> None:
 
     ready = {
         "Ask": "#ask-model input",
+        "Assistants": "#assistants-pick input",
         "Create": "#create-model input",
         "Memory": "#memory-project input",
         "Training": "#train-base-model input",
@@ -349,5 +464,5 @@ def test_labels_exist_in_both_languages_and_zh_builds() -> None:
     assert set(EN) == set(ZH)
     demo = build_ui(lambda: None, Settings(ui_language="zh"))
     config = json.dumps(demo.config, ensure_ascii=False, default=str)
-    for label in ("问答", "创作", "记忆", "训练", "模型", "状态", "开始训练"):
+    for label in ("问答", "助手", "创作", "记忆", "训练", "模型", "状态", "开始训练", "新建知识库"):
         assert label in config

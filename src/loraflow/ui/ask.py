@@ -10,15 +10,16 @@ from typing import Any
 import gradio as gr
 
 from loraflow import db
+from loraflow.rag.collections import DEFAULT
 from loraflow.services import documents, knowledge
 from loraflow.services.ask import AskRequest, ask
 from loraflow.services.runtime import Runtime
+from loraflow.ui import knowledge_bases
 from loraflow.ui.context import UIContext, action, cell, model_choices, model_request, whole
 
 # The chat is kept in the database, so a reload or a second browser shows the same history.
 HISTORY_KEY = "ui.ask_history"
 MAX_HISTORY = 200
-DEFAULT = "default"
 
 
 def load_history(rt: Runtime) -> list[dict[str, str]]:
@@ -38,8 +39,10 @@ def sources_markdown(ctx: UIContext, sources: list[dict[str, Any]]) -> str:
     lines = [f"**{ctx.t('sources')}**"]
     for s in sources:
         quote = cell(s.get("quote") or s.get("content"), 220)
+        # Named knowledge bases are shown; the default one is what a plain question uses.
+        where = f"{s['collection']} › " if s.get("collection") not in (None, DEFAULT) else ""
         lines.append(
-            f"{s['index']}. `{cell(s['source'], 80)}` · {ctx.t('chunk')} {s['chunk']} · "
+            f"{s['index']}. {where}`{cell(s['source'], 80)}` · {ctx.t('chunk')} {s['chunk']} · "
             f"{ctx.t('score')} {s['score']:.3f} — {quote}"
         )
     return "\n".join(lines)
@@ -63,6 +66,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             maximum=50,
             scale=1,
         )
+    knowledge_bases.build(ctx, demo, tab, collection)
     chat = gr.Chatbot(label=t("chat"), elem_id="ask-chat", height=420)
     with gr.Row():
         question = gr.Textbox(
@@ -98,9 +102,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     @action
     def refresh(name: str | None, current_model: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
-        names = [c["name"] for c in knowledge.list_collections(rt)] or [DEFAULT]
+        names = knowledge_bases.collection_names(rt)
         name = name if name in names else (DEFAULT if DEFAULT in names else names[0])
-        choices = model_choices(ctx, rt)
+        choices = model_choices(ctx, rt, with_assistants=True)
         values = [v for _, v in choices]
         picked = current_model if current_model in values else values[0]
         rows, pick = _docs(rt, name)
@@ -120,13 +124,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         history = load_history(rt)
         pending = [*history, {"role": "user", "content": q}]
         yield pending, ""
-        result = ask(
-            rt,
-            AskRequest(
-                query=q, top_k=whole(k), collection=_collection(name), **model_request(choice)
-            ),
-        )
+        fields = model_request(choice)
+        # An assistant answers from its own knowledge bases, whichever one is picked here.
+        coll = None if "assistant" in fields else _collection(name)
+        result = ask(rt, AskRequest(query=q, top_k=whole(k), collection=coll, **fields))
         used = result.model_used + (f" ({result.adapter})" if result.adapter else "")
+        if result.assistant:
+            used += f" · {t('assistant')} {result.assistant}"
         note = f"\n\n_{t('answered_by')} {used} · {result.processing_time:.1f} s_"
         if result.fallback:
             note += f"\n\n_{result.fallback}_"

@@ -13,7 +13,7 @@ import gradio as gr
 
 from loraflow.config import Settings
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
-from loraflow.services import memory, models, remote
+from loraflow.services import assistants, memory, models, remote
 from loraflow.services.runtime import Runtime
 from loraflow.ui.i18n import Labels
 
@@ -84,30 +84,41 @@ def remote_label(rt: Runtime) -> str:
     return f"{kind} ({d['remote_model']})"
 
 
-def model_choices(ctx: UIContext, rt: Runtime) -> list[tuple[str, str]]:
-    """The current selection, the base model, the remote engine, then every loaded adapter."""
+def model_choices(
+    ctx: UIContext, rt: Runtime, *, with_assistants: bool = False
+) -> list[tuple[str, str]]:
+    """The current selection, the base model, the remote engine, every loaded adapter, then
+    (for the Ask tab) every assistant as `assistant/<name>`."""
     t = ctx.t
     adapters = rt.local.adapters() if rt.local is not None else []
     sel = models.current_selection(rt)
     now = {rt.remote.name: remote_label(rt), "base": t("model_base")}.get(
         sel.model_used, f"LoRA: {sel.adapter}"
     )
+    named = (
+        [assistants.MODEL_PREFIX + a.name for a in assistants.list_assistants(rt)]
+        if with_assistants
+        else []
+    )
     return [
         (f"{t('model_current')}: {now}", CURRENT),
         (t("model_base"), BASE),
         (remote_label(rt), OLLAMA),
         *((f"LoRA: {name}", name) for name in adapters),
+        *((name, name) for name in named),
     ]
 
 
 def model_request(choice: str | None) -> dict[str, Any]:
-    """The engine/adapter fields of a request for one model choice."""
+    """The engine/adapter fields of a request for one model choice (`assistant` for one)."""
     if not choice or choice == CURRENT:
         return {}
     if choice == BASE:
         return {"engine": "local"}
     if choice == OLLAMA:
         return {"engine": "ollama"}
+    if choice.startswith(assistants.MODEL_PREFIX):
+        return {"assistant": choice.removeprefix(assistants.MODEL_PREFIX)}
     return {"adapter": choice}
 
 
@@ -134,9 +145,25 @@ def optional_whole(text: Any, what: str) -> int | None:
         ) from None
 
 
+def optional_decimal(text: Any, what: str) -> float | None:
+    """A number typed into a text field; empty means not set."""
+    raw = "" if text is None else str(text).strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(f"{what} {raw!r} is not a number; leave it empty or give one") from None
+
+
 def decimal(value: Any) -> float | None:
     """A gr.Number's value as a float (None stays None)."""
     return None if value is None or value == "" else float(value)
+
+
+def parse_stops(text: str | None) -> list[str]:
+    """Stop strings, one per line; blank lines are not stop strings."""
+    return [line for line in (text or "").split("\n") if line.strip()]
 
 
 def cell(value: Any, limit: int = 120) -> str:

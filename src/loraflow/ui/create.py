@@ -17,14 +17,10 @@ from loraflow.ui.context import (
     model_choices,
     model_request,
     optional_whole,
+    parse_stops,
     project_choices,
     whole,
 )
-
-
-def parse_stops(text: str | None) -> list[str]:
-    """Stop strings, one per line; blank lines are not stop strings."""
-    return [line for line in (text or "").split("\n") if line.strip()]
 
 
 def memory_markdown(ctx: UIContext, report: dict[str, Any] | None) -> str:

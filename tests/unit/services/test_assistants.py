@@ -38,6 +38,8 @@ def test_create_show_update_delete(rt: Runtime) -> None:
     assert [x.name for x in assistants.list_assistants(rt)] == ["hr"]
     b = assistants.update_assistant(rt, "hr", {"description": "people team"})
     assert b.description == "people team" and b.system_prompt == "You answer HR questions."
+    c = assistants.update_assistant(rt, "hr", {"retrieval": {"top_k": 4}, "generation": {}})
+    assert (c.retrieval, c.generation, c.description) == ({"top_k": 4}, {}, "people team")
     with pytest.raises(Conflict, match="'hr' already exists"):
         assistants.create_assistant(rt, {"name": "hr"})
     assistants.create_assistant(rt, {"name": "tmp"})
@@ -109,3 +111,6 @@ def test_deleting_a_collection_in_use_needs_force_and_tells_the_assistant(
     a = assistants.get_assistant(rt, "faq")
     assert a.collections == ["handbook"]
     assert a.retrieval["notices"] == ["collection 'faq-kb' was deleted"]
+    # Saving the assistant again, with retrieval settings or without, clears the notice.
+    b = assistants.update_assistant(rt, "faq", {"retrieval": {"mode": "vector"}})
+    assert b.retrieval == {"mode": "vector"}
