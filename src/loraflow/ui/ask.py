@@ -125,9 +125,11 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         pending = [*history, {"role": "user", "content": q}]
         yield pending, ""
         fields = model_request(choice)
-        # An assistant answers from its own knowledge bases, whichever one is picked here.
-        coll = None if "assistant" in fields else _collection(name)
-        result = ask(rt, AskRequest(query=q, top_k=whole(k), collection=coll, **fields))
+        # An assistant answers from its own knowledge bases with its own chunk count,
+        # whichever knowledge base and count are picked here.
+        mine = "assistant" not in fields
+        coll, top_k = (_collection(name), whole(k)) if mine else (None, None)
+        result = ask(rt, AskRequest(query=q, top_k=top_k, collection=coll, **fields))
         used = result.model_used + (f" ({result.adapter})" if result.adapter else "")
         if result.assistant:
             used += f" · {t('assistant')} {result.assistant}"
