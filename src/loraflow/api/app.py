@@ -21,6 +21,7 @@ from loraflow.api.routes import memory as memory_routes
 from loraflow.api.routes import training as training_routes
 from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
+from loraflow.api.worker import WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, is_disk_full
@@ -164,6 +165,8 @@ def create_app(
     app.add_middleware(RequestGuards)
     # Added after the guards, so it is outermost and counts refused requests too.
     install_metrics(app)
+    # Outermost: every response, refused ones too, names the worker process that sent it.
+    app.add_middleware(WorkerHeader)
     app.include_router(system.router)
     app.include_router(ask.router)
     app.include_router(documents.router)
