@@ -35,7 +35,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from loraflow.errors import ConfigError
+from loraflow.errors import ConfigError, Conflict
 from loraflow.locks import file_lock
 
 SCHEMA_VERSION = 1
@@ -446,14 +446,33 @@ def get_state(engine: Engine, key: str, default: Any = None) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def states_with_prefix(engine: Engine, prefix: str) -> dict[str, Any]:
+    """Every shared state value whose key starts with `prefix`, by key."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(service_state.c.key, service_state.c.value).where(
+                service_state.c.key.startswith(prefix, autoescape=True)
+            )
+        ).all()
+    return {k: json.loads(v) if isinstance(v, str) else v for k, v in rows}
+
+
 def set_state(engine: Engine, key: str, value: Any) -> None:
     """Write one shared state value (insert or update)."""
-    now = _utcnow()
-    with engine.begin() as conn:
-        updated = conn.execute(
-            service_state.update()
-            .where(service_state.c.key == key)
-            .values(value=value, updated_at=now)
-        ).rowcount
-        if not updated:
-            conn.execute(service_state.insert().values(key=key, value=value, updated_at=now))
+    for _attempt in range(2):
+        now = _utcnow()
+        try:
+            with engine.begin() as conn:
+                updated = conn.execute(
+                    service_state.update()
+                    .where(service_state.c.key == key)
+                    .values(value=value, updated_at=now)
+                ).rowcount
+                if not updated:
+                    conn.execute(
+                        service_state.insert().values(key=key, value=value, updated_at=now)
+                    )
+            return
+        except IntegrityError:
+            continue  # another process inserted the key meanwhile: update it instead
+    raise Conflict(f"shared state {key!r} kept changing while it was written; retry")

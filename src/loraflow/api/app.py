@@ -21,10 +21,12 @@ from loraflow.api.routes import memory as memory_routes
 from loraflow.api.routes import training as training_routes
 from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
+from loraflow.api.worker import WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, is_disk_full
 from loraflow.services.documents import ingest_sample_if_empty
+from loraflow.services.lora_records import sync as sync_lora_records
 from loraflow.services.models import initialise_selection
 from loraflow.services.runtime import Runtime, build_runtime
 from loraflow.services.training import start_runner as start_training_runner
@@ -45,6 +47,8 @@ def _start(settings: Settings, use_lora: bool | None) -> Runtime:
     initialise_selection(rt, use_lora)
     ingest_sample_if_empty(rt)
     register_adapters(rt)
+    # Adapters loaded by name through any worker, before or since a restart, are attached now.
+    sync_lora_records(rt)
     start_training_runner(rt)
     return rt
 
@@ -164,6 +168,8 @@ def create_app(
     app.add_middleware(RequestGuards)
     # Added after the guards, so it is outermost and counts refused requests too.
     install_metrics(app)
+    # Outermost: every response, refused ones too, names the worker process that sent it.
+    app.add_middleware(WorkerHeader)
     app.include_router(system.router)
     app.include_router(ask.router)
     app.include_router(documents.router)

@@ -1,4 +1,8 @@
-"""Load, reload and unload LoRA adapters while serving (vLLM's /v1/load_lora_adapter)."""
+"""Load, reload and unload LoRA adapters while serving (vLLM's /v1/load_lora_adapter).
+
+Each change is recorded in the database too, so every server worker makes it on the next
+request it takes (services/lora_records).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.models.adapters import check_adapter_folder
+from loraflow.services import lora_records
 from loraflow.services.adapters import inside_allowed, make_room
 from loraflow.services.chat import base_model_id, local_engine
 from loraflow.services.runtime import Runtime
@@ -32,23 +37,27 @@ def load_lora(rt: Runtime, name: str, path: str, *, replace: bool = False) -> di
     name = check_name(rt, name)
     folder = inside_allowed(rt, path, field="lora_path")
     check_adapter_folder(folder)
-    replaced = replace and name in engine.adapters()
+    lora_records.sync(rt)  # what other workers loaded counts: a clash there is a clash here
     with rt.serve_lock:
+        replaced = replace and name in engine.adapters()
         if name not in engine.adapters():  # a clash or a swap adds no adapter
             make_room(rt, rt.settings.max_loaded_adapters - 1)
         engine.load_adapter(name, folder, replace=replace)
         # Loaded by name on purpose: it stays until unloaded, whatever MAX_LOADED_ADAPTERS says.
         rt.attached.discard(name)
+        lora_records.record(rt, name, folder)
     return {"lora_name": name, "lora_path": str(folder), "replaced": replaced}
 
 
 def unload_lora(rt: Runtime, name: str) -> dict[str, Any]:
     """Detach adapter `name`; requests still decoding with it end with an error."""
     engine = local_engine(rt)
+    lora_records.sync(rt)
     if name not in engine.adapters():
         listed = ", ".join(repr(n) for n in engine.adapters()) or "none"
         raise NotFound(f"adapter {name!r} is not loaded; loaded adapters: {listed}")
     with rt.serve_lock:
         engine.unload_adapter(name)
         rt.attached.discard(name)
+        lora_records.record(rt, name, None)
     return {"lora_name": name}

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from loraflow import db
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError, NotFound
-from loraflow.services import remote
+from loraflow.services import lora_records, remote
 from loraflow.services.runtime import Runtime
 
 SELECTION_KEY = "model_selection"
@@ -35,7 +35,11 @@ class Selection:
 
 
 def known_adapters(rt: Runtime) -> list[str]:
-    return rt.local.adapters() if rt.local is not None else []
+    """The adapters attached here, after making the loads other workers recorded."""
+    if rt.local is None:
+        return []
+    lora_records.sync(rt)
+    return rt.local.adapters()
 
 
 def require_adapter(rt: Runtime, name: str) -> str:

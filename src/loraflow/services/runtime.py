@@ -59,6 +59,8 @@ class Runtime:
     serve_lock: threading.Lock = field(default_factory=threading.Lock)
     # Those attached on first use, least recently used first (MAX_LOADED_ADAPTERS bounds them).
     attached: AttachedAdapters = field(default_factory=AttachedAdapters)
+    # Adapter loads and unloads by name (services/lora_records): the record tokens applied here.
+    lora_tokens: dict[str, str] = field(default_factory=dict)
     # Live per-variant counters of deployment targets (canary, A/B), in this process.
     traffic: TrafficStats = field(default_factory=TrafficStats)
     # Requests and tokens per model name, for /metrics.

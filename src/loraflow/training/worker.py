@@ -144,67 +144,75 @@ def run_job(
         spec.output_dir.mkdir(parents=True, exist_ok=True)
         write_json(spec.output_dir / "metrics.json", {"history": history})
 
-    try:
-        with device_lock(lock, db, job_id):
-            # Ranks skip this: one that left alone would leave the others waiting for it.
-            # They stop together at the first step instead.
-            if rank is None and stop():
-                raise KeyboardInterrupt
+    # The device lock is held until the outcome is recorded, so the job that waits for it
+    # starts after this one has ended, in the job records too.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(device_lock(lock, db, job_id))
+            if rank is None:
+                # Training starts now: a job claimed while another trained waited until here.
+                update_job(
+                    db, job_id, where_status=("running",), started_at=now(), message="starting"
+                )
+                # Ranks skip this: one that left alone would leave the others waiting for it.
+                # They stop together at the first step instead.
+                if stop():
+                    raise KeyboardInterrupt
             resume = last_checkpoint(spec.output_dir) is not None
             result = run_training(spec, report, stop, resume=resume)
-    except KeyboardInterrupt:
-        result = None
-    except LoraflowError as exc:
-        return _failed(db, job_id, spec, str(exc))
-    except Exception as exc:  # the job fails with a readable message; the log keeps the rest
-        traceback.print_exc()
-        if disk_full(exc):
-            return _failed(
-                db,
-                job_id,
-                spec,
-                f"the disk is full: could not write under {spec.output_dir} ({exc}); "
-                "free space there and resume",
-            )
-        return _failed(db, job_id, spec, f"{type(exc).__name__}: {exc}")
-    if result is not None and result.status == "completed":
+        except KeyboardInterrupt:
+            result = None
+        except LoraflowError as exc:
+            return _failed(db, job_id, spec, str(exc))
+        except Exception as exc:  # the job fails with a readable message; the log keeps the rest
+            traceback.print_exc()
+            if disk_full(exc):
+                return _failed(
+                    db,
+                    job_id,
+                    spec,
+                    f"the disk is full: could not write under {spec.output_dir} ({exc}); "
+                    "free space there and resume",
+                )
+            return _failed(db, job_id, spec, f"{type(exc).__name__}: {exc}")
+        if result is not None and result.status == "completed":
+            if main:
+                update_job(
+                    db,
+                    job_id,
+                    status="completed",
+                    progress=100.0,
+                    eta_seconds=0.0,
+                    completed_at=now(),
+                    resumable=False,
+                    pid=None,
+                    message=f"adapter written to {spec.output_dir}"
+                    + (
+                        f"; {result.metrics['stopped_early']}"
+                        if "stopped_early" in result.metrics
+                        else ""
+                    ),
+                )
+            return "completed"
+        ckpt = last_checkpoint(spec.output_dir)
+        kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+        if stop.cancel_requested or get_job(db, job_id)["cancel_requested"]:
+            status, message = "cancelled", f"cancelled; {kept}; resume to continue"
+        else:
+            status, message = "failed", f"interrupted (service stopped); {kept}; resume to continue"
         if main:
             update_job(
                 db,
                 job_id,
-                status="completed",
-                progress=100.0,
-                eta_seconds=0.0,
+                status=status,
+                message=message,
+                error=None if status == "cancelled" else "interrupted",
+                resumable=True,
                 completed_at=now(),
-                resumable=False,
                 pid=None,
-                message=f"adapter written to {spec.output_dir}"
-                + (
-                    f"; {result.metrics['stopped_early']}"
-                    if "stopped_early" in result.metrics
-                    else ""
-                ),
+                eta_seconds=None,
             )
-        return "completed"
-    ckpt = last_checkpoint(spec.output_dir)
-    kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
-    if stop.cancel_requested or get_job(db, job_id)["cancel_requested"]:
-        status, message = "cancelled", f"cancelled; {kept}; resume to continue"
-    else:
-        status, message = "failed", f"interrupted (service stopped); {kept}; resume to continue"
-    if main:
-        update_job(
-            db,
-            job_id,
-            status=status,
-            message=message,
-            error=None if status == "cancelled" else "interrupted",
-            resumable=True,
-            completed_at=now(),
-            pid=None,
-            eta_seconds=None,
-        )
-    return status
+        return status
 
 
 def run_launched(db: Any, job_id: int, lock: Path | None, follow_parent: bool, db_url: str) -> str:
@@ -226,42 +234,47 @@ def run_launched(db: Any, job_id: int, lock: Path | None, follow_parent: bool, d
     except LoraflowError as exc:
         return _failed(db, job_id, spec, str(exc))
     env = {**os.environ, WORKER_CONFIG_ENV: json.dumps(worker_config(db_url, os.getpid()))}
-    try:
-        with device_lock(lock, db, job_id):
+    # Held until the outcome is recorded, as in run_job.
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(device_lock(lock, db, job_id))
             if stop():
                 raise KeyboardInterrupt
-            update_job(db, job_id, where_status=("running",), message=f"starting {note}")
+            update_job(
+                db, job_id, where_status=("running",), started_at=now(), message=f"starting {note}"
+            )
             log.info("launching %s", " ".join(argv))
             sys.stdout.flush()
             rc = _run_launcher(argv, env, stop)
-    except KeyboardInterrupt:
-        rc = None
-    except OSError as exc:
-        return _failed(db, job_id, spec, f"could not start the {p.launcher} launcher: {exc}")
-    job = get_job(db, job_id)
-    if job["status"] != "running":
-        return str(job["status"])
-    # The ranks ended without recording an outcome: a launcher error, a crash or a kill.
-    ckpt = last_checkpoint(spec.output_dir)
-    if rc is None or stop.signalled or job["cancel_requested"]:
-        cancelled = stop.cancel_requested or bool(job["cancel_requested"])
-        kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
-        update_job(
-            db,
-            job_id,
-            where_status=("running",),
-            status="cancelled" if cancelled else "failed",
-            message=f"{'cancelled' if cancelled else 'interrupted'}; {kept}; resume to continue",
-            error=None if cancelled else "interrupted",
-            resumable=True,
-            completed_at=now(),
-            pid=None,
-            eta_seconds=None,
+        except KeyboardInterrupt:
+            rc = None
+        except OSError as exc:
+            return _failed(db, job_id, spec, f"could not start the {p.launcher} launcher: {exc}")
+        job = get_job(db, job_id)
+        if job["status"] != "running":
+            return str(job["status"])
+        # The ranks ended without recording an outcome: a launcher error, a crash or a kill.
+        ckpt = last_checkpoint(spec.output_dir)
+        if rc is None or stop.signalled or job["cancel_requested"]:
+            cancelled = stop.cancel_requested or bool(job["cancel_requested"])
+            kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+            how = "cancelled" if cancelled else "interrupted"
+            update_job(
+                db,
+                job_id,
+                where_status=("running",),
+                status="cancelled" if cancelled else "failed",
+                message=f"{how}; {kept}; resume to continue",
+                error=None if cancelled else "interrupted",
+                resumable=True,
+                completed_at=now(),
+                pid=None,
+                eta_seconds=None,
+            )
+            return "cancelled" if cancelled else "failed"
+        return _failed(
+            db, job_id, spec, f"the {p.launcher} launcher exited with code {rc}; see {LOG_NAME}"
         )
-        return "cancelled" if cancelled else "failed"
-    return _failed(
-        db, job_id, spec, f"the {p.launcher} launcher exited with code {rc}; see {LOG_NAME}"
-    )
 
 
 def _run_launcher(argv: list[str], env: dict[str, str], stop: StopFlag) -> int:

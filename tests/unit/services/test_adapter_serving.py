@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,10 +15,13 @@ from loraflow import db
 from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
+from loraflow.errors import InvalidInput
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 from loraflow.services import adapters as adapter_svc
+from loraflow.services.adapter_cache import AttachedAdapters
 from loraflow.services.lora_serving import load_lora, unload_lora
+from loraflow.services.models import known_adapters
 from loraflow.services.runtime import Runtime, build_runtime
 from tests.unit.models.tiny import build_tiny_model, make_adapter
 
@@ -165,3 +170,47 @@ def test_an_adapter_handed_to_a_request_on_its_way_is_not_detached(
     _ask(rt, "gamma")
     _ask(rt, "beta")
     assert sorted(engine.adapters()) == ["beta", "gamma"]
+
+
+def _worker_beside(rt: Runtime, base: Path, cache: Path) -> Runtime:
+    """Another server worker: the same database and data dir, an engine of its own."""
+    return dataclasses.replace(
+        rt,
+        local=_engine(base, cache),
+        serve_lock=threading.Lock(),
+        attached=AttachedAdapters(),
+        lora_tokens={},
+    )
+
+
+def _says(rt: Runtime, name: str) -> str:
+    assert rt.local is not None and name in known_adapters(rt)
+    return rt.local.generate(MESSAGES, GREEDY, adapter=name).text
+
+
+def test_loads_by_name_reach_the_other_workers_and_a_restart(
+    rt: Runtime, tiny: dict[str, Path], reference: dict[str, str], tmp_path: Path
+) -> None:
+    """/v1/load_lora_adapter through one worker: the others attach, swap and drop it too."""
+    other = _worker_beside(rt, tiny["base"], tmp_path / "other-cache")
+    for name in ("alpha", "beta"):
+        shutil.copytree(tiny[name], rt.settings.lora_path / name)
+    load_lora(rt, "hot", "alpha")
+    assert _says(other, "hot") == reference["alpha"]
+    load_lora(rt, "hot", "beta", replace=True)  # swapped in place through the first worker
+    assert _says(other, "hot") == reference["beta"]
+    with pytest.raises(InvalidInput, match="already loaded"):
+        load_lora(other, "hot", "alpha")  # taken on every worker, not only where it was loaded
+    unload_lora(other, "hot")
+    assert "hot" not in known_adapters(rt)
+
+    # A worker started later (or after a restart) attaches what is recorded, not what was.
+    load_lora(other, "warm", "alpha")
+    late = _worker_beside(rt, tiny["base"], tmp_path / "late-cache")
+    try:
+        assert _says(late, "warm") == reference["alpha"]
+        assert "hot" not in known_adapters(late)
+    finally:
+        for worker in (other, late):
+            assert worker.local is not None
+            worker.local.close()
