@@ -18,7 +18,7 @@ import pytest
 
 from loraflow import db
 from loraflow.config import Settings
-from loraflow.errors import InvalidInput
+from loraflow.errors import Conflict, InvalidInput
 from loraflow.rag.retrieve import retrieve
 from loraflow.services import backup, knowledge
 from loraflow.services.backup import create_backup, restore_backup, verify_backup
@@ -349,3 +349,36 @@ def test_backup_waits_for_an_ingest_in_another_process(instance, tmp_path: Path)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_restore_over_a_data_dir_in_use_is_refused_until_its_process_is_gone(
+    archive: Path, tmp_path: Path
+) -> None:
+    """A process holding the service lock blocks restore --force; once killed, its file does not."""
+    target = tmp_path / "live"
+    restore_backup(archive, _settings(target))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from loraflow.locks import service_lock\n"
+            "with service_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(300)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (target / "mine.txt").write_text("served")
+        with pytest.raises(Conflict, match="in use by a running loraflow service"):
+            restore_backup(archive, _settings(target), force=True)
+        assert (target / "mine.txt").read_text() == "served"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: the lock file stays behind
+        holder.wait()
+    assert (target / ".service.lock").exists()
+    restore_backup(archive, _settings(target), force=True)
+    assert not (target / "mine.txt").exists()
+    assert os.listdir(target / "vector_store")

@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
@@ -36,6 +37,7 @@ from loraflow.errors import (
     StoreError,
     is_disk_full,
 )
+from loraflow.locks import data_dir_unused
 from loraflow.services.backup_files import active_indexes, data_files, hold_stores
 
 FORMAT = "loraflow-backup"
@@ -327,7 +329,11 @@ def restore_backup(
     force: bool = False,
     make_engine: Callable[[str], Engine] = db.make_engine,
 ) -> RestoreReport:
-    """Restore an archive into an empty data dir (or a non-empty one with force)."""
+    """Restore an archive into an empty data dir (or a non-empty one with force).
+
+    A data dir that a running service uses is refused (Conflict), and held against a
+    service starting while the restore runs.
+    """
     manifest = verify_backup(archive)
     root = settings.data_path
     if not _is_empty_dir(root) and not force:
@@ -335,6 +341,20 @@ def restore_backup(
             f"data dir {root} is not empty; restore into an empty folder "
             "(set LORAFLOW_DATA_DIR or --data-dir) or pass --force to replace its contents"
         )
+    in_use = data_dir_unused(root) if root.is_dir() and not _is_empty_dir(root) else nullcontext()
+    with in_use:
+        return _restore(archive, settings, manifest, force=force, make_engine=make_engine)
+
+
+def _restore(
+    archive: Path,
+    settings: Settings,
+    manifest: dict[str, Any],
+    *,
+    force: bool,
+    make_engine: Callable[[str], Engine],
+) -> RestoreReport:
+    root = settings.data_path
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-restore-", dir=root.parent))
     tables: dict[str, list[dict[str, Any]]] = {}
