@@ -1,4 +1,11 @@
-"""An exclusive lock on a file, held across threads' open handles and across processes."""
+"""Locks on files, held across threads' open handles and across processes.
+
+`file_lock` is the exclusive lock writers take. `service_lock` is the shared lock every
+server process holds on its data dir for as long as it runs, and `data_dir_unused` the
+exclusive one a restore takes to prove that no server uses the folder it replaces. Both
+are flocks: the kernel drops them when a process ends, even when it crashes, so a lock file
+left behind never counts as a running service.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,10 @@ import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from loraflow.errors import ConfigError, Conflict
+
+SERVICE_LOCK = ".service.lock"
 
 
 @contextmanager
@@ -23,6 +34,44 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
             if on_wait is not None:
                 on_wait()
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def service_lock(data_dir: Path) -> Iterator[None]:
+    """Mark `data_dir` as used by a running server for the block (shared by its workers)."""
+    path = data_dir / SERVICE_LOCK
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"data dir {data_dir} is being restored from a backup",
+                hint="start the service once `loraflow restore` has finished",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def data_dir_unused(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir` against servers for the block; Conflict while one uses it."""
+    path = data_dir / SERVICE_LOCK
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Conflict(
+                f"data dir {data_dir} is in use by a running loraflow service; "
+                "restoring over it would pull its files away while it serves",
+                hint="stop the service (loraflow serve / uvicorn) first, or restore into "
+                "another folder and point LORAFLOW_DATA_DIR at it",
+            ) from None
         try:
             yield
         finally:

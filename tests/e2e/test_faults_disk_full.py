@@ -1,13 +1,14 @@
-"""Fault: the server's disk fills up while it stores an upload.
+"""Fault: the server's disk fills up while it stores an upload or writes a backup.
 
 The server runs under RLIMIT_FSIZE (exec'd through a small wrapper): writes past the limit
 fail with EFBIG, as ENOSPC would on a full disk. The upload must get a 507 that says the
 disk is full, leave no partial file behind, keep the documents as they were, and the
-service must go on answering.
+service must go on answering. A backup gets a 507 too and leaves no partial archive.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +71,25 @@ def test_an_upload_to_a_full_disk_is_a_clear_507_and_nothing_changes(server: Ser
         assert client.post("/documents", files=[("files", other)]).status_code == 200
         sources = {d["source"] for d in client.get("/documents").json()["documents"]}
         assert sources == {"notes.txt", "more.txt"}
+
+
+def test_a_backup_to_a_full_disk_is_a_507_and_leaves_no_archive(server: Server) -> None:
+    # Incompressible bytes make the archive larger than the file-size limit.
+    blob = server.data_dir / "blobs" / "noise.bin"
+    blob.parent.mkdir()
+    blob.write_bytes(os.urandom(LIMIT + 64 * 1024))
+    backups = server.data_dir / "backups"
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        try:
+            r = client.post("/api/admin/backup")
+            assert r.status_code == 507, r.text
+            body = r.json()
+            assert "no partial archive" in body["detail"] and "free disk space" in body["hint"]
+            assert not list(backups.iterdir())
+        finally:
+            blob.unlink()
+        # With room again, the next backup is written.
+        r = client.post("/api/admin/backup")
+        assert r.status_code == 200, r.text
+        assert [p.name for p in backups.iterdir()] == [r.json()["name"]]
+        assert client.get("/api/admin/backups").json()["count"] == 1

@@ -30,7 +30,9 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iter
         yield srv
 
 
-@pytest.mark.parametrize("path", ["/documents", "/model_info", "/openapi.json", "/docs"])
+@pytest.mark.parametrize(
+    "path", ["/documents", "/model_info", "/openapi.json", "/docs", "/api/admin/backups"]
+)
 def test_every_route_needs_the_key(guarded: Server, path: str) -> None:
     r = httpx.get(guarded.url + path, timeout=30)
     assert r.status_code == 401

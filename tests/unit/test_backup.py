@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from loraflow import db
 from loraflow.config import Settings
-from loraflow.errors import InvalidInput
+from loraflow.errors import Conflict, InvalidInput
 from loraflow.rag.retrieve import retrieve
+from loraflow.services import backup, knowledge
 from loraflow.services.backup import create_backup, restore_backup, verify_backup
 from loraflow.services.documents import ingest, ingest_sample_if_empty
 from loraflow.services.runtime import build_runtime
@@ -48,7 +52,7 @@ def instance(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def archive(instance, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("bk") / "b.tar.gz"
-    report = create_backup(instance.settings, instance.db, target, lock=instance.ingest_lock)
+    report = create_backup(instance.settings, instance.db, target)
     assert report.path == target and report.files > 0
     return target
 
@@ -204,3 +208,177 @@ def test_database_dump_restores_into_another_database(
     restore_backup(
         archive, settings.model_copy(update={"data_dir": tmp_path / "again"}), force=True
     )
+
+
+def _members(archive: Path) -> list[str]:
+    with tarfile.open(archive) as tar:
+        return tar.getnames()
+
+
+def test_files_a_running_job_rewrites_during_the_backup_still_verify(
+    instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job replaces its metrics.json and appends to its log while the backup reads them."""
+    # metrics.json (15 MB) takes the path of large files, read as tar copies them; the log
+    # (6 MB) the path of files read into memory first.
+    monkeypatch.setattr(backup, "_IN_MEMORY", 8 * 1024 * 1024)
+    job = instance.settings.data_path / "lora_adapters" / "running-job"
+    job.mkdir(parents=True)
+    metrics, log = job / "metrics.json", job / "train.log"
+    history = b'{"history": [' + b'{"loss": 1.0}, ' * 1_000_000  # ~15 MB: slow to read
+    metrics.write_bytes(history + b"0]}")
+    log.write_bytes(b"step 0 loss 2.5\n" * 400_000)
+    stop = threading.Event()
+
+    def job_writes() -> None:
+        # As the trainer's write_json does: a new file renamed over the old one, each time.
+        n = 0
+        with open(log, "ab") as out:
+            while not stop.is_set():
+                n += 1
+                tmp = job / ".metrics.json.tmp"
+                tmp.write_bytes(history + str(n).encode() + b"]}")
+                os.replace(tmp, metrics)
+                out.write(f"step {n} loss 1.0\n".encode())
+                out.flush()
+
+    writer = threading.Thread(target=job_writes)
+    writer.start()
+    try:
+        target = tmp_path / "during.tar.gz"
+        create_backup(instance.settings, instance.db, target)
+    finally:
+        stop.set()
+        writer.join()
+    try:
+        verify_backup(target)  # what restore checks first
+        with tarfile.open(target) as tar:
+            archived_log = tar.extractfile("files/lora_adapters/running-job/train.log").read()
+            archived_metrics = tar.extractfile("files/lora_adapters/running-job/metrics.json")
+            assert json.loads(archived_metrics.read())["history"]
+        assert log.read_bytes().startswith(archived_log)
+        assert ".metrics.json.tmp" not in str(_members(target))
+    finally:
+        shutil.rmtree(job)
+
+
+def test_files_being_written_are_left_out(instance, tmp_path: Path) -> None:
+    """Staging names of atomic writes, torn checkpoints and a re-embed's new index stay out."""
+    data = instance.settings.data_path
+    run = data / "lora_adapters" / "run"
+    orphan = data / "collections" / ("0" * 32)  # a collection the database does not know
+    kept = {
+        run / "adapter_config.json": b"{}",
+        run / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors": b"w2",
+        run / "checkpoints" / "checkpoint-2" / "trainer_state.json": b'{"global_step": 2}',
+    }
+    skipped = {
+        run / ".final" / "adapter_model.safetensors": b"half",
+        run / ".metrics.json.tmp": b"{",
+        run / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors": b"w4",
+        run / "checkpoints" / "checkpoint-4" / "trainer_state.json": b'{"global_st',
+        data / "lora_adapters" / ".merged.merging-x1y2" / "result" / "a.safetensors": b"m",
+        data / "exports" / ".e.export-1a2b3c4d" / "a.bin": b"e",
+        data / "exports" / ".a.gguf.1a2b3c4d.partial": b"g",
+        data / "vector_store" / ".CURRENT-5e6f": b"v9",
+        orphan / "index-1" / "CURRENT": b"v1",
+    }
+    for path, content in {**kept, **skipped}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    note = tmp_path / "kb.md"
+    note.write_text("# Lanterns\nThe lantern room is repainted every spring.")
+    created = knowledge.create_collection(instance, "bk-staging")
+    try:
+        knowledge.ingest(instance, "bk-staging", [note])
+        info = instance.knowledge.get("bk-staging")
+        building = f"collections/{info.id}/index-2"
+        instance.knowledge.set_reembed(info.id, {"index_dir": building, "status": "running"})
+        (data / building / "v1").mkdir(parents=True)
+        (data / building / "CURRENT").write_text("v1\n")
+        (data / building / "v1" / "meta.json").write_text("{}")
+
+        names = set(_members(create_backup(instance.settings, instance.db, tmp_path / "b").path))
+        rel = {p: "files/" + p.relative_to(data).as_posix() for p in {**kept, **skipped}}
+        assert {rel[p] for p in kept} <= names
+        assert not {rel[p] for p in skipped} & names
+        assert f"files/{info.index_dir}/CURRENT" in names
+        assert not [n for n in names if n.startswith(f"files/{building}/")]
+    finally:
+        knowledge.delete_collection(instance, created["name"])
+        shutil.rmtree(run)
+        for path in skipped:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(orphan, ignore_errors=True)
+
+
+def test_backup_waits_for_an_ingest_in_another_process(instance, tmp_path: Path) -> None:
+    """The store's write lock, held by another process, holds the backup until released."""
+    lock = instance.settings.vector_store_dir / ".write.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from loraflow.locks import file_lock\n"
+            "with file_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); sys.stdin.readline()",
+            str(lock),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waited = threading.Event()
+        result: list[object] = []
+        worker = threading.Thread(
+            target=lambda: result.append(
+                create_backup(
+                    instance.settings, instance.db, tmp_path / "w.tar.gz", on_wait=waited.set
+                )
+            )
+        )
+        worker.start()
+        assert waited.wait(60)
+        assert not (tmp_path / "w.tar.gz").exists()
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        worker.join(120)
+        assert result and verify_backup(tmp_path / "w.tar.gz")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_restore_over_a_data_dir_in_use_is_refused_until_its_process_is_gone(
+    archive: Path, tmp_path: Path
+) -> None:
+    """A process holding the service lock blocks restore --force; once killed, its file does not."""
+    target = tmp_path / "live"
+    restore_backup(archive, _settings(target))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from loraflow.locks import service_lock\n"
+            "with service_lock(Path(sys.argv[1])):\n"
+            "    print('held', flush=True); time.sleep(300)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (target / "mine.txt").write_text("served")
+        with pytest.raises(Conflict, match="in use by a running loraflow service"):
+            restore_backup(archive, _settings(target), force=True)
+        assert (target / "mine.txt").read_text() == "served"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a crash: the lock file stays behind
+        holder.wait()
+    assert (target / ".service.lock").exists()
+    restore_backup(archive, _settings(target), force=True)
+    assert not (target / "mine.txt").exists()
+    assert os.listdir(target / "vector_store")

@@ -25,10 +25,11 @@ from loraflow.api.worker import WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, is_disk_full
+from loraflow.locks import service_lock
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.lora_records import sync as sync_lora_records
 from loraflow.services.models import initialise_selection
-from loraflow.services.runtime import Runtime, build_runtime
+from loraflow.services.runtime import Runtime, build_runtime, prepare_data_dir
 from loraflow.services.training import start_runner as start_training_runner
 from loraflow.services.training import stop_runner as stop_training_runner
 
@@ -101,24 +102,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if runtime is not None:
-            app.state.runtime = runtime
-        else:
-            s = settings or get_settings()
-            app.state.runtime = await run_in_threadpool(_start, s, use_lora)
-        async with AsyncExitStack() as stack:
-            if app.state.runtime.settings.enable_ui:
-                # Gradio is imported only when the UI is on (ENABLE_UI).
-                from loraflow.ui.app import serve_ui
+        async with AsyncExitStack() as held:
+            if runtime is not None:
+                app.state.runtime = runtime
+            else:
+                s = settings or get_settings()
+                prepare_data_dir(s)
+                # Held while this process serves: `loraflow restore` refuses the folder.
+                held.enter_context(service_lock(s.data_path))
+                app.state.runtime = await run_in_threadpool(_start, s, use_lora)
+            async with AsyncExitStack() as stack:
+                if app.state.runtime.settings.enable_ui:
+                    # Gradio is imported only when the UI is on (ENABLE_UI).
+                    from loraflow.ui.app import serve_ui
 
-                def current() -> Runtime | None:
-                    return getattr(app.state, "runtime", None)
+                    def current() -> Runtime | None:
+                        return getattr(app.state, "runtime", None)
 
-                await stack.enter_async_context(serve_ui(app, current))
-            yield
-        if app.state.runtime is not None:
-            await run_in_threadpool(stop_training_runner, app.state.runtime)
-        app.state.runtime = None
+                    await stack.enter_async_context(serve_ui(app, current))
+                yield
+            if app.state.runtime is not None:
+                await run_in_threadpool(stop_training_runner, app.state.runtime)
+            app.state.runtime = None
 
     app = FastAPI(
         title="loraflow",

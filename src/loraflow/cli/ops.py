@@ -18,14 +18,24 @@ def backup(
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Write one verified archive of the data dir (database, stores, adapters, uploads)."""
+    """Write one verified archive of the data dir (database, stores, adapters, uploads).
+
+    Safe while the service runs: ingests and deletes wait until the files are read.
+    """
     from loraflow import db
     from loraflow.services.backup import create_backup
+
+    waiting: list[bool] = []
+
+    def on_wait() -> None:
+        if not waiting:
+            waiting.append(True)
+            console.print("waiting for a running ingest or delete to finish…")
 
     try:
         settings = make_settings(data_dir=data_dir)
         engine = db.make_engine(settings.db_url)
-        report = create_backup(settings, engine, to)
+        report = create_backup(settings, engine, to, on_wait=on_wait)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -45,7 +55,10 @@ def restore(
     ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Restore an archive into an empty data dir, verifying every checksum first."""
+    """Restore an archive into an empty data dir, verifying every checksum first.
+
+    Refused while a loraflow service runs on that data dir.
+    """
     from loraflow.services.backup import restore_backup
 
     try:

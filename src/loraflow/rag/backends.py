@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loraflow.config import Settings
-from loraflow.rag.store import FaissStore, VectorStore
+from loraflow.rag.store import WRITE_LOCK_FILE, FaissStore, VectorStore
 
 BACKENDS = ("faiss", "qdrant", "chroma")
 _SLUG = re.compile(r"[^A-Za-z0-9_]+")
@@ -111,6 +111,13 @@ DROPPERS: dict[str, Callable[[Settings, Path], None]] = {
 def open_index(settings: Settings, path: Path, embedding_name: str, dim: int) -> VectorStore:
     """Open (or create) the index of `path` in the VECTOR_STORE backend."""
     return OPENERS[settings.vector_store](settings, Path(path), embedding_name, dim)
+
+
+def write_lock_file(settings: Settings, path: Path) -> Path:
+    """The file whose flock the writers of the index at `path` hold (see `write_lock`)."""
+    if settings.vector_store == "faiss":
+        return Path(path) / WRITE_LOCK_FILE
+    return _lock_path(settings, index_name(settings, path))
 
 
 def drop_index(settings: Settings, path: Path) -> None:

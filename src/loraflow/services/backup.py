@@ -2,9 +2,10 @@
 
 The archive is a gzipped tar holding `manifest.json` (format, version, sha256 and size of
 every member) and the data files. The database goes in as one JSON-lines file per table,
-so an archive made on SQLite restores into PostgreSQL and back. Folders written as
-immutable versions behind a `CURRENT` pointer (the vector stores) contribute only the
-version that is current, so no half-written index is ever archived.
+so an archive made on SQLite restores into PostgreSQL and back. Which files go in, and
+the store locks held while they are read, are decided in `backup_files`. Each file is read
+once and the bytes archived are the bytes hashed; the finished archive is verified before
+it is renamed into place.
 """
 
 from __future__ import annotations
@@ -17,27 +18,36 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import DateTime, Engine, delete, func, select
 
 from loraflow import __version__, db
-from loraflow.adapters.checksums import sha256_file
 from loraflow.config import Settings
-from loraflow.errors import ConfigError, InvalidInput, LoraflowError, StoreError
+from loraflow.errors import (
+    ConfigError,
+    DiskFull,
+    InvalidInput,
+    LoraflowError,
+    StoreError,
+    is_disk_full,
+)
+from loraflow.locks import data_dir_unused
+from loraflow.services.backup_files import active_indexes, data_files, hold_stores
 
 FORMAT = "loraflow-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DB_PREFIX = "database/"
 FILES_PREFIX = "files/"
-# Files that are rebuilt or are the live database itself (it is dumped instead).
-_SKIP_NAMES = {"loraflow.db", "loraflow.db-wal", "loraflow.db-shm", "loraflow.db-journal"}
 _BLOCK = 1024 * 1024
+# Files up to this size are read into memory once; larger ones are hashed as tar copies them.
+_IN_MEMORY = 64 * 1024 * 1024
 
 Progress = Callable[[str, int, int], None]
 
@@ -63,43 +73,6 @@ class RestoreReport:
     created_at: str
     source_version: str
     warnings: list[str] = field(default_factory=list)
-
-
-def _current_versions(root: Path) -> set[Path]:
-    """For each versioned folder (has CURRENT), the version folder in use."""
-    keep: set[Path] = set()
-    for pointer in root.rglob("CURRENT"):
-        name = pointer.read_text().strip()
-        if name and "/" not in name and name not in (".", ".."):
-            keep.add(pointer.parent / name)
-    return keep
-
-
-def _data_files(settings: Settings) -> Iterator[Path]:
-    """Files of the data dir that belong in a backup, in a stable order."""
-    root = settings.data_path
-    skip_dirs = {settings.cache_path.resolve(), (root / "backups").resolve()}
-    versioned = _current_versions(root)
-    versioned_parents = {v.parent for v in versioned}
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        kept = []
-        for name in sorted(dirnames):
-            sub = (d / name).resolve()
-            if sub in skip_dirs or name.startswith(".tmp"):
-                continue
-            # In a versioned folder only the current version is consistent.
-            if d in versioned_parents and (d / name) not in versioned:
-                continue
-            kept.append(name)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            p = d / name
-            if d == root and name in _SKIP_NAMES:
-                continue
-            if name.startswith(".tmp") or name.endswith((".lock", ".tmp")) or p.is_symlink():
-                continue
-            yield p
 
 
 def _json_default(value: Any) -> Any:
@@ -131,15 +104,97 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class _HashingReader:
+    """A file read once: the bytes tar copies into the archive are the bytes hashed."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._f.read(size)
+        self.sha256.update(block)
+        return block
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, member: str) -> dict[str, Any] | None:
+    """Archive one file read once, hashing those very bytes; None when it is gone.
+
+    A file that grows meanwhile (a running job's log) is archived as it was when opened.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the size check
+    except FileNotFoundError:
+        return None  # removed while we walked (e.g. a replaced upload)
+    with f:
+        info = tar.gettarinfo(arcname=member, fileobj=f)
+        if info.size <= _IN_MEMORY:
+            data = f.read(info.size)
+            info.size = len(data)  # shorter if it shrank since
+            tar.addfile(info, io.BytesIO(data))
+            return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        reader = _HashingReader(f)
+        try:
+            tar.addfile(info, reader)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise StoreError(
+                f"{path} shrank while it was archived; no partial archive was left",
+                hint="run the backup again",
+            ) from exc
+        return {"sha256": reader.sha256.hexdigest(), "size": info.size}
+
+
+def _write_archive(
+    tmp: Path,
+    root: Path,
+    tables: dict[str, bytes],
+    files: list[Path],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "loraflow_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(),
+        "members": {},
+    }
+    with tarfile.open(tmp, "w:gz") as tar:
+        for name, data in tables.items():
+            member = f"{DB_PREFIX}{name}.jsonl"
+            _add_bytes(tar, member, data)
+            manifest["members"][member] = {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+            }
+        for i, path in enumerate(files, start=1):
+            rel = path.relative_to(root).as_posix()
+            meta = _add_file(tar, path, f"{FILES_PREFIX}{rel}")
+            if meta is not None:
+                manifest["members"][f"{FILES_PREFIX}{rel}"] = meta
+            if progress:
+                progress(rel, i, len(files))
+        _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    return manifest
+
+
 def create_backup(
     settings: Settings,
     engine: Engine,
     target: Path | None = None,
     *,
-    lock: Any = None,
     progress: Progress | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> BackupReport:
-    """Write one archive of everything that matters; a failed write leaves no partial file."""
+    """Write one verified archive of everything that matters; a failure leaves no file.
+
+    Every vector store's write lock is held while the tables are dumped and the files
+    archived, so no ingest or delete, in this process or another, changes them meanwhile.
+    `on_wait` is called when a running writer makes the backup wait.
+    """
     started = time.perf_counter()
     root = settings.data_path
     if not root.is_dir():
@@ -148,59 +203,37 @@ def create_backup(
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         target = root / "backups" / f"loraflow-{stamp}.tar.gz"
     target = target.expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Ingest/delete hold this lock; taking it makes the file set and the tables one moment.
-    if lock is not None:
-        lock.acquire()
+    tmp: Path | None = None
     try:
-        tables = _dump_tables(engine)
-        files = list(_data_files(settings))
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "loraflow_version": __version__,
-            "created_at": datetime.now(UTC).isoformat(),
-            "members": {},
-        }
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-backup-", dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
+        with hold_stores(settings, engine, on_wait):
+            tables = _dump_tables(engine)
+            active = active_indexes(settings, tables.get(db.kb_collections.name, b""))
+            files = list(data_files(settings, active))
+            manifest = _write_archive(tmp, root, tables, files, progress)
         try:
-            with tarfile.open(tmp, "w:gz") as tar:
-                for name, data in tables.items():
-                    member = f"{DB_PREFIX}{name}.jsonl"
-                    _add_bytes(tar, member, data)
-                    manifest["members"][member] = {
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "size": len(data),
-                    }
-                for i, path in enumerate(files, start=1):
-                    rel = path.relative_to(root).as_posix()
-                    member = f"{FILES_PREFIX}{rel}"
-                    try:
-                        digest, size = sha256_file(path), path.stat().st_size
-                        tar.add(path, arcname=member, recursive=False)
-                    except FileNotFoundError:
-                        continue  # removed while we walked (e.g. a replaced upload)
-                    manifest["members"][member] = {"sha256": digest, "size": size}
-                    if progress:
-                        progress(rel, i, len(files))
-                _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            verify_backup(tmp)
+        except InvalidInput as exc:
             raise StoreError(
-                f"backup to {target} failed: {exc.strerror or exc}; no partial archive was left",
-                hint="free disk space or choose another --to location",
+                f"the archive written to {target} did not verify ({exc.message}); "
+                "no partial archive was left",
+                hint="check the disk, then run the backup again",
             ) from exc
-        except BaseException:
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None:
             tmp.unlink(missing_ok=True)
-            raise
-    finally:
-        if lock is not None:
-            lock.release()
+        raise (DiskFull if is_disk_full(exc) else StoreError)(
+            f"backup to {target} failed: {exc.strerror or exc}; no partial archive was left",
+            hint="free disk space, or write the archive elsewhere (loraflow backup --to)",
+        ) from exc
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
     return BackupReport(
         path=target,
         files=len([m for m in manifest["members"] if m.startswith(FILES_PREFIX)]),
@@ -296,7 +329,11 @@ def restore_backup(
     force: bool = False,
     make_engine: Callable[[str], Engine] = db.make_engine,
 ) -> RestoreReport:
-    """Restore an archive into an empty data dir (or a non-empty one with force)."""
+    """Restore an archive into an empty data dir (or a non-empty one with force).
+
+    A data dir that a running service uses is refused (Conflict), and held against a
+    service starting while the restore runs.
+    """
     manifest = verify_backup(archive)
     root = settings.data_path
     if not _is_empty_dir(root) and not force:
@@ -304,6 +341,20 @@ def restore_backup(
             f"data dir {root} is not empty; restore into an empty folder "
             "(set LORAFLOW_DATA_DIR or --data-dir) or pass --force to replace its contents"
         )
+    in_use = data_dir_unused(root) if root.is_dir() and not _is_empty_dir(root) else nullcontext()
+    with in_use:
+        return _restore(archive, settings, manifest, force=force, make_engine=make_engine)
+
+
+def _restore(
+    archive: Path,
+    settings: Settings,
+    manifest: dict[str, Any],
+    *,
+    force: bool,
+    make_engine: Callable[[str], Engine],
+) -> RestoreReport:
+    root = settings.data_path
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-restore-", dir=root.parent))
     tables: dict[str, list[dict[str, Any]]] = {}

@@ -56,7 +56,7 @@ class TrainResult:
 
 def last_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete `checkpoint-N` folder of a run, or None."""
-    found = [p for p in _checkpoints(output_dir) if _complete(p)]
+    found = [p for p in _checkpoints(output_dir) if is_complete_checkpoint(p)]
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -65,7 +65,7 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
 
 
-def _complete(checkpoint: Path) -> bool:
+def is_complete_checkpoint(checkpoint: Path) -> bool:
     # The Trainer writes a checkpoint in place, trainer_state.json last: a worker killed
     # while saving leaves a folder without it (or with half of it) that cannot be resumed.
     try:
@@ -77,7 +77,7 @@ def _complete(checkpoint: Path) -> bool:
 
 def drop_incomplete_checkpoints(output_dir: Path) -> list[Path]:
     """Delete checkpoint folders a killed save left half-written; returns them."""
-    torn = [p for p in _checkpoints(output_dir) if not _complete(p)]
+    torn = [p for p in _checkpoints(output_dir) if not is_complete_checkpoint(p)]
     for path in torn:
         # Left in place, the Trainer's rotation would count it as the newest checkpoint.
         shutil.rmtree(path, ignore_errors=True)
