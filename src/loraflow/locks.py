@@ -10,6 +10,7 @@ left behind never counts as a running service.
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,21 +42,37 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
 
 
 @contextmanager
-def service_lock(data_dir: Path) -> Iterator[None]:
-    """Mark `data_dir` as used by a running server for the block (shared by its workers)."""
+def service_lock(data_dir: Path) -> Iterator[bool]:
+    """Mark `data_dir` as used by a running server for the block (shared by its workers).
+
+    Yields whether this process is the first server on the folder: no other server process
+    held it when this one started (a fresh start, not a worker restarted beside others).
+    """
     path = data_dir / SERVICE_LOCK
     with path.open("a") as handle:
+        first = _try_flock(handle.fileno(), fcntl.LOCK_EX)
+        # Workers starting together may each find the folder held only for this instant by
+        # another one's exclusive test; a restore holds it for its whole run.
+        deadline = time.monotonic() + 3.0
+        while not _try_flock(handle.fileno(), fcntl.LOCK_SH):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"data dir {data_dir} is being restored from a backup",
+                    hint="start the service once `loraflow restore` has finished",
+                )
+            time.sleep(0.05)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"data dir {data_dir} is being restored from a backup",
-                hint="start the service once `loraflow restore` has finished",
-            ) from None
-        try:
-            yield
+            yield first
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _try_flock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from loraflow.services.training import stop_runner as stop_training_runner
 log = logging.getLogger("loraflow")
 
 
-def _start(settings: Settings, use_lora: bool | None) -> Runtime:
+def _start(settings: Settings, use_lora: bool | None, first: bool = True) -> Runtime:
     logger = logging.getLogger("loraflow")
     logger.setLevel(settings.log_level)
     if not logging.getLogger().handlers and not logger.handlers:
@@ -45,7 +45,8 @@ def _start(settings: Settings, use_lora: bool | None) -> Runtime:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
     rt = build_runtime(settings)
-    initialise_selection(rt, use_lora)
+    # A worker (re)started beside running ones keeps the model they serve now.
+    initialise_selection(rt, use_lora, keep_current=not first)
     ingest_sample_if_empty(rt)
     register_adapters(rt)
     # Adapters loaded by name through any worker, before or since a restart, are attached now.
@@ -109,8 +110,8 @@ def create_app(
                 s = settings or get_settings()
                 prepare_data_dir(s)
                 # Held while this process serves: `loraflow restore` refuses the folder.
-                held.enter_context(service_lock(s.data_path))
-                app.state.runtime = await run_in_threadpool(_start, s, use_lora)
+                first = held.enter_context(service_lock(s.data_path))
+                app.state.runtime = await run_in_threadpool(_start, s, use_lora, first)
             async with AsyncExitStack() as stack:
                 if app.state.runtime.settings.enable_ui:
                     # Gradio is imported only when the UI is on (ENABLE_UI).

@@ -99,10 +99,14 @@ def save_upload(rt: Runtime, filename: str, stream: BinaryIO) -> tuple[Path, str
         )
     limit = rt.settings.max_upload_bytes
     rt.settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    target = rt.settings.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+    name = f"{uuid.uuid4().hex}{suffix}"
+    target = rt.settings.uploads_dir / name
+    # Written under a staging name and renamed when whole, so a backup or a reader taking
+    # the folder meanwhile never sees half an upload.
+    partial = rt.settings.uploads_dir / f".tmp-{name}.partial"
     written = 0
     try:
-        with open(target, "wb") as out:
+        with open(partial, "wb") as out:
             while block := stream.read(_COPY_BLOCK):
                 written += len(block)
                 if written > limit:
@@ -112,11 +116,12 @@ def save_upload(rt: Runtime, filename: str, stream: BinaryIO) -> tuple[Path, str
                     )
                 out.write(block)
     except BaseException:
-        target.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     if written == 0:
-        target.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise InvalidInput(f"{display!r} is empty")
+    partial.replace(target)
     return target, display
 
 

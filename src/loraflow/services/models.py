@@ -69,8 +69,15 @@ def default_selection(rt: Runtime, use_lora: bool) -> Selection:
     return Selection("local", names[0] if names else None)
 
 
-def initialise_selection(rt: Runtime, use_lora: bool | None = None) -> Selection:
-    """Set the start-up selection from settings (or the serve flag) and store it."""
+def initialise_selection(
+    rt: Runtime, use_lora: bool | None = None, keep_current: bool = False
+) -> Selection:
+    """Set the start-up selection from settings (or the serve flag) and store it.
+
+    With `keep_current` (a worker started beside running ones) a stored selection stays.
+    """
+    if keep_current and db.get_state(rt.db, SELECTION_KEY):
+        return current_selection(rt)
     flag = rt.settings.use_lora_default if use_lora is None else use_lora
     sel = default_selection(rt, flag)
     db.set_state(rt.db, SELECTION_KEY, asdict(sel))
