@@ -199,14 +199,15 @@ def test_ab_split_and_canary_step_up_over_real_requests(
         },
     )
     assert r.status_code == 200, r.text
-    n = 200
+    n = 120
     with ThreadPoolExecutor(4) as pool:
         codes = list(pool.map(lambda _: chat(client, "ab", max_tokens=1).status_code, range(n)))
     assert set(codes) == {200}
     live = client.get("/api/adapters/deployments/ab").json()["live"]
     assert live["A"]["requests"] + live["B"]["requests"] == n
-    # 30% of 200 = 60; binomial sd ~6.5, so about 3.5 sd either side.
-    assert 37 <= live["B"]["requests"] <= 83, live
+    # 30% of 120 = 36; binomial sd ~5.0, so 3.5 sd either side. A 50/50 split (60) or
+    # an unweighted pick would land outside.
+    assert 19 <= live["B"]["requests"] <= 53, live
     assert live["B"]["errors"] == 0 and live["B"]["latency_p95_s"] is not None
 
     client.post(

@@ -17,7 +17,7 @@ from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 8
 
 
 @pytest.fixture(scope="module")
