@@ -18,8 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from loraflow import db
-from loraflow.errors import LoraflowError
-from loraflow.services.adapters import make_room
+from loraflow.services.adapters import inside_allowed, make_room
 from loraflow.services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -50,16 +49,15 @@ def sync(rt: Runtime) -> None:
     """Attach, swap or detach what other workers loaded or unloaded by name since last time."""
     if rt.local is None:
         return
-    todo = _pending(rt)
-    if not todo:
+    if not _pending(rt):
         return
     with rt.serve_lock:
-        for name, value in sorted(todo.items()):
-            if rt.lora_tokens.get(name) == value.get("token"):
-                continue  # applied by another request of this worker meanwhile
+        # Read again under the lock: a load through this worker meanwhile recorded a newer
+        # token, and the older record must not undo it.
+        for name, value in sorted(_pending(rt).items()):
             try:
                 _apply(rt, name, value.get("path"))
-            except LoraflowError as exc:
+            except Exception as exc:  # one bad record must not fail every request here
                 # Not retried on every request: the next load or unload makes a new record.
                 log.warning("adapter %r recorded by another worker not attached: %s", name, exc)
             rt.lora_tokens[name] = value.get("token")
@@ -74,9 +72,12 @@ def _apply(rt: Runtime, name: str, path: str | None) -> None:
             log.info("adapter %s unloaded (recorded by another worker)", name)
         rt.attached.discard(name)
         return
+    # The record may come from another configuration (a restored data dir, another
+    # LORA_MODEL_PATH): its folder is checked like one given to /v1/load_lora_adapter.
+    folder = inside_allowed(rt, path)
     if not attached:
         make_room(rt, rt.settings.max_loaded_adapters - 1)
-    engine.load_adapter(name, Path(path), replace=attached)
+    engine.load_adapter(name, folder, replace=attached)
     # Loaded by name: it stays until unloaded, like on the worker that loaded it.
     rt.attached.discard(name)
     log.info("adapter %s attached from %s (recorded by another worker)", name, path)

@@ -19,6 +19,7 @@ from loraflow.errors import InvalidInput
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 from loraflow.services import adapters as adapter_svc
+from loraflow.services import lora_records
 from loraflow.services.adapter_cache import AttachedAdapters
 from loraflow.services.lora_serving import load_lora, unload_lora
 from loraflow.services.models import known_adapters
@@ -214,3 +215,27 @@ def test_loads_by_name_reach_the_other_workers_and_a_restart(
         for worker in (other, late):
             assert worker.local is not None
             worker.local.close()
+
+
+def test_a_bad_record_is_skipped_without_failing_requests(
+    rt: Runtime, tiny: dict[str, Path], reference: dict[str, str], tmp_path: Path
+) -> None:
+    """A recorded folder outside this configuration's roots, or gone, is not attached."""
+    shutil.copytree(tiny["alpha"], rt.settings.lora_path / "alpha")
+    load_lora(rt, "good", "alpha")
+    # Records another configuration left (a restored data dir, another LORA_MODEL_PATH).
+    outside = tmp_path / "elsewhere" / "alpha"
+    shutil.copytree(tiny["alpha"], outside)
+    db.set_state(rt.db, lora_records.PREFIX + "foreign", {"path": str(outside), "token": "t1"})
+    gone = rt.settings.lora_path / "gone"
+    db.set_state(rt.db, lora_records.PREFIX + "vanished", {"path": str(gone), "token": "t2"})
+    other = _worker_beside(rt, tiny["base"], tmp_path / "other-cache")
+    try:
+        names = known_adapters(other)  # every request that names models syncs first
+        assert "foreign" not in names and "vanished" not in names
+        assert _says(other, "good") == reference["alpha"]
+        # Tried once, not on every request.
+        assert other.lora_tokens["foreign"] == "t1" and other.lora_tokens["vanished"] == "t2"
+    finally:
+        assert other.local is not None
+        other.local.close()
