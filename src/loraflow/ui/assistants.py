@@ -78,8 +78,14 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
                 label=t("engine"),
                 elem_id="assistants-engine",
             )
+            # Custom values: with the remote engine it names one of that server's models or
+            # LoRA modules (vLLM), which are not in the local list.
             adapter = gr.Dropdown(
-                [(t("none"), "")], value="", label=t("adapter"), elem_id="assistants-adapter"
+                [(t("none"), "")],
+                value="",
+                label=t("adapter"),
+                allow_custom_value=True,
+                elem_id="assistants-adapter",
             )
             collections = gr.Dropdown(
                 multiselect=True, label=t("knowledge_bases"), elem_id="assistants-collections"
@@ -159,7 +165,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             *_view(rt, keep),
             gr.update(
                 choices=[(t("none"), ""), *((a, a) for a in adapters)],
-                value=picked_adapter if picked_adapter in adapters else "",
+                value=picked_adapter or "",
             ),
             gr.update(choices=cols, value=[c for c in picked or [] if c in cols]),
         )
