@@ -55,8 +55,10 @@ def _current_versions(root: Path) -> set[Path]:
     for pointer in root.rglob("CURRENT"):
         try:
             name = pointer.read_text().strip()
-        except OSError:
-            continue  # replaced while we looked: the folder is read under its write lock
+        except (OSError, UnicodeDecodeError):
+            # Replaced while we looked (the folder is read under its write lock), or
+            # damaged: the store reports that itself; the backup carries on.
+            continue
         if name and "/" not in name and name not in (".", ".."):
             keep.add(pointer.parent / name)
     return keep
