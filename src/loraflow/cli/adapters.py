@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
 from loraflow.errors import InvalidInput, LoraflowError
 
 adapters_app = typer.Typer(
@@ -23,7 +23,6 @@ adapters_app = typer.Typer(
 )
 app.add_typer(adapters_app, name="adapters")
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Url = Annotated[
     str | None,
     typer.Option("--url", help="The loraflow server (default: API_HOST:API_PORT)."),
@@ -36,10 +35,6 @@ def ctx_for(data_dir: Path | None) -> Any:
 
     s = make_settings(data_dir=data_dir)
     return TrainingContext(settings=s, db=db.make_engine(s.db_url))
-
-
-def print_json(value: Any) -> None:
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
 def float_list(raw: str | None, flag: str) -> list[float] | None:

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.cli.common import (
+    AsJson,
+    DataDir,
+    app,
+    console,
+    fail,
+    print_json,
+    runtime_for,
+)
 from loraflow.errors import LoraflowError
-
-if TYPE_CHECKING:
-    from loraflow.services.runtime import Runtime
 
 assistant_app = typer.Typer(
     help="Assistants: prompt + model or adapter + knowledge bases.", no_args_is_help=True
 )
 app.add_typer(assistant_app, name="assistant")
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SystemPrompt = Annotated[str | None, typer.Option(help="The assistant's instructions.")]
 Engine = Annotated[
     str | None,
@@ -43,16 +45,6 @@ Temperature = Annotated[float | None, typer.Option(help="Default temperature.")]
 TopK = Annotated[int | None, typer.Option(help="Chunks retrieved per question.")]
 
 
-def _runtime(data_dir: Path | None) -> Runtime:
-    from loraflow.services.runtime import build_runtime
-
-    return build_runtime(make_settings(data_dir=data_dir), load_local=False)
-
-
-def _print_json(value: Any) -> None:
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
-
-
 def _generation(max_new_tokens: int | None, temperature: float | None) -> dict[str, Any]:
     given = {"max_new_tokens": max_new_tokens, "temperature": temperature}
     return {k: v for k, v in given.items() if v is not None}
@@ -64,12 +56,12 @@ def assistant_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     from loraflow.services.assistants import list_assistants
 
     try:
-        items = [asdict(a) for a in list_assistants(_runtime(data_dir))]
+        items = [asdict(a) for a in list_assistants(runtime_for(data_dir))]
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json(items)
+        print_json(items)
         return
     table = Table()
     for col in ("name", "engine", "adapter", "collections", "description"):
@@ -107,7 +99,7 @@ def assistant_create(
         "retrieval": {"top_k": top_k} if top_k else {},
     }
     try:
-        a = create_assistant(_runtime(data_dir), spec)
+        a = create_assistant(runtime_for(data_dir), spec)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -139,7 +131,7 @@ def assistant_update(
     try:
         if (adapter and no_adapter) or (collection and no_collections):
             raise InvalidInput("--adapter/--no-adapter and --collection/--no-collections clash")
-        rt = _runtime(data_dir)
+        rt = runtime_for(data_dir)
         current = get_assistant(rt, name)
         changes: dict[str, Any] = {
             "name": rename,
@@ -174,7 +166,7 @@ def assistant_show(name: str, data_dir: DataDir = None) -> None:
     from loraflow.services.assistants import get_assistant
 
     try:
-        _print_json(asdict(get_assistant(_runtime(data_dir), name)))
+        print_json(asdict(get_assistant(runtime_for(data_dir), name)))
     except LoraflowError as exc:
         fail(exc)
 
@@ -185,7 +177,7 @@ def assistant_delete(name: str, data_dir: DataDir = None) -> None:
     from loraflow.services.assistants import delete_assistant
 
     try:
-        delete_assistant(_runtime(data_dir), name)
+        delete_assistant(runtime_for(data_dir), name)
     except LoraflowError as exc:
         fail(exc)
         return

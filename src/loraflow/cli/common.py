@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from loraflow.config import Settings
 from loraflow.errors import ConfigError, LoraflowError
+
+if TYPE_CHECKING:
+    from loraflow.services.runtime import Runtime
 
 app = typer.Typer(
     name="loraflow",
@@ -26,6 +30,18 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Root of all state (overrides LORAFLOW_DATA_DIR)."),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def runtime_for(data_dir: Path | None, load_local: bool = False) -> Runtime:
+    """The services' runtime for a command (the local model loaded only when asked)."""
+    from loraflow.services.runtime import build_runtime
+
+    return build_runtime(make_settings(data_dir=data_dir), load_local=load_local)
 
 
 def parse_bool(value: str | None, flag: str) -> bool | None:

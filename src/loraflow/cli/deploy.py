@@ -12,16 +12,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from loraflow.cli.adapters import (
-    AsJson,
-    Url,
-    adapters_app,
-    ctx_for,
-    float_list,
-    print_json,
-    report_workflow,
-)
-from loraflow.cli.common import DataDir, console, fail, make_settings
+from loraflow.cli.adapters import Url, adapters_app, ctx_for, float_list, report_workflow
+from loraflow.cli.common import AsJson, DataDir, console, fail, make_settings, print_json
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
 
 

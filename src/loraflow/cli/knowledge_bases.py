@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.cli.common import (
+    AsJson,
+    DataDir,
+    app,
+    console,
+    fail,
+    print_json,
+    runtime_for,
+)
 from loraflow.errors import LoraflowError
-
-if TYPE_CHECKING:
-    from loraflow.services.runtime import Runtime
 
 kb_app = typer.Typer(help="Knowledge bases (collections): create, list, rename, delete, re-embed.")
 app.add_typer(kb_app, name="kb")
-
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _runtime(data_dir: Path | None) -> Runtime:
-    from loraflow.services.runtime import build_runtime
-
-    return build_runtime(make_settings(data_dir=data_dir), load_local=False)
-
-
-def _print_json(value: Any) -> None:
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
 @kb_app.command("list")
@@ -38,12 +30,12 @@ def kb_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     from loraflow.services.knowledge import list_collections
 
     try:
-        items = list_collections(_runtime(data_dir))
+        items = list_collections(runtime_for(data_dir))
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json(items)
+        print_json(items)
         return
     table = Table()
     for col in ("name", "embedding model", "chunk", "documents", "chunks", "status"):
@@ -69,7 +61,9 @@ def kb_create(
     from loraflow.services.knowledge import create_collection
 
     try:
-        c = create_collection(_runtime(data_dir), name, embedding_model, chunk_size, chunk_overlap)
+        c = create_collection(
+            runtime_for(data_dir), name, embedding_model, chunk_size, chunk_overlap
+        )
     except LoraflowError as exc:
         fail(exc)
         return
@@ -82,7 +76,7 @@ def kb_rename(name: str, new_name: str, data_dir: DataDir = None) -> None:
     from loraflow.services.knowledge import rename_collection
 
     try:
-        rename_collection(_runtime(data_dir), name, new_name)
+        rename_collection(runtime_for(data_dir), name, new_name)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -99,7 +93,7 @@ def kb_delete(
     from loraflow.services.knowledge import delete_collection
 
     try:
-        out = delete_collection(_runtime(data_dir), name, force=force)
+        out = delete_collection(runtime_for(data_dir), name, force=force)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -120,7 +114,7 @@ def kb_reembed(
     from loraflow.services.knowledge import reembed_collection
 
     try:
-        rt = _runtime(data_dir)
+        rt = runtime_for(data_dir)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"re-embedding {name}", total=None)
             report = reembed_collection(
@@ -148,12 +142,12 @@ def kb_search(
     from loraflow.services.knowledge import search
 
     try:
-        hits = search(_runtime(data_dir), collection, query, k, mode)
+        hits = search(runtime_for(data_dir), collection, query, k, mode)
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json([asdict(h) for h in hits])
+        print_json([asdict(h) for h in hits])
         return
     for i, h in enumerate(hits, start=1):
         console.print(f"[bold][{i}] {h.source}[/bold] #{h.position} score {h.score:.3f}")
@@ -177,7 +171,7 @@ def eval_retrieval(
     from loraflow.services import knowledge
 
     try:
-        rt = _runtime(data_dir)
+        rt = runtime_for(data_dir)
         scores = knowledge.eval_retrieval(
             rt, collection, qa or knowledge.sample_qa_path(), k or [1, 3, 5], lang
         )
@@ -185,7 +179,7 @@ def eval_retrieval(
         fail(exc)
         return
     if as_json:
-        _print_json([asdict(s) for s in scores])
+        print_json([asdict(s) for s in scores])
         return
     ks = sorted(scores[0].recall)
     table = Table(title=f"{collection or 'default'}: {scores[0].questions} questions")

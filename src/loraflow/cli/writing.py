@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, fail, make_settings
+from loraflow.cli.common import (
+    DataDir,
+    app,
+    console,
+    fail,
+    print_json,
+    runtime_for,
+)
 from loraflow.errors import LoraflowError
-
-if TYPE_CHECKING:
-    from loraflow.services.runtime import Runtime
 
 memory_app = typer.Typer(help="Story memory: projects, entries, export and import.")
 app.add_typer(memory_app, name="memory")
-
-
-def _runtime(data_dir: Path | None, load_local: bool = False) -> Runtime:
-    from loraflow.services.runtime import build_runtime
-
-    return build_runtime(make_settings(data_dir=data_dir), load_local=load_local)
-
-
-def _print_json(value: Any) -> None:
-    console.print_json(json.dumps(value, ensure_ascii=False, default=str))
 
 
 @memory_app.command("projects")
@@ -35,7 +29,7 @@ def projects(data_dir: DataDir = None) -> None:
     from loraflow.services import memory
 
     try:
-        items = memory.list_projects(_runtime(data_dir))
+        items = memory.list_projects(runtime_for(data_dir))
     except LoraflowError as exc:
         fail(exc)
         return
@@ -54,7 +48,7 @@ def create(name: str, description: str = "", data_dir: DataDir = None) -> None:
     from loraflow.services import memory
 
     try:
-        p = memory.create_project(_runtime(data_dir), name, description)
+        p = memory.create_project(runtime_for(data_dir), name, description)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -86,7 +80,7 @@ def add(
         "chapter": chapter,
     }
     try:
-        e = memory.add_entry(_runtime(data_dir), project, fields)
+        e = memory.add_entry(runtime_for(data_dir), project, fields)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -99,7 +93,7 @@ def list_entries(project: str, data_dir: DataDir = None) -> None:
     from loraflow.services import memory
 
     try:
-        items = memory.list_entries(_runtime(data_dir), project)
+        items = memory.list_entries(runtime_for(data_dir), project)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -122,7 +116,7 @@ def export(
     from loraflow.services import memory
 
     try:
-        doc = memory.export_project(_runtime(data_dir), project)
+        doc = memory.export_project(runtime_for(data_dir), project)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -151,7 +145,7 @@ def import_(
             doc = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read {str(file)!r} as JSON: {exc}") from exc
-        p = memory.import_project(_runtime(data_dir), doc, name)
+        p = memory.import_project(runtime_for(data_dir), doc, name)
     except LoraflowError as exc:
         fail(exc)
         return
@@ -185,12 +179,12 @@ def write(
         temperature=temperature,
     )
     try:
-        out = run_write(_runtime(data_dir, load_local=True), req)
+        out = run_write(runtime_for(data_dir, load_local=True), req)
     except LoraflowError as exc:
         fail(exc)
         return
     if as_json:
-        _print_json(out)
+        print_json(out)
         return
     console.print(out["text"], markup=False, highlight=False)
     if out["memory"]:
