@@ -45,7 +45,14 @@ def load_lora(rt: Runtime, name: str, path: str, *, replace: bool = False) -> di
         engine.load_adapter(name, folder, replace=replace)
         # Loaded by name on purpose: it stays until unloaded, whatever MAX_LOADED_ADAPTERS says.
         rt.attached.discard(name)
-        lora_records.record(rt, name, folder)
+        try:
+            lora_records.record(rt, name, folder)
+        except Exception:
+            # Not recorded, the other workers would never attach it: undo a fresh load
+            # here too, so the error the client gets leaves every worker alike.
+            if not replaced:
+                engine.unload_adapter(name)
+            raise
     return {"lora_name": name, "lora_path": str(folder), "replaced": replaced}
 
 
