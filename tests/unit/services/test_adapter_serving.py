@@ -239,3 +239,26 @@ def test_a_bad_record_is_skipped_without_failing_requests(
     finally:
         assert other.local is not None
         other.local.close()
+
+
+def test_a_load_the_database_cannot_record_is_undone(
+    rt: Runtime, tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Another process holds the database: the load fails and leaves nothing attached."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    shutil.copytree(tiny["alpha"], rt.settings.lora_path / "alpha")
+    impatient = dataclasses.replace(rt, db=db.make_engine(rt.settings.db_url, busy_timeout=0.5))
+    holder = sqlite3.connect(rt.settings.data_path / "loraflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            load_lora(impatient, "unrecorded", "alpha")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        impatient.db.dispose()
+    assert rt.local is not None and "unrecorded" not in rt.local.adapters()
+    assert "unrecorded" not in known_adapters(rt)
