@@ -3,8 +3,8 @@
 Why not TRL's SFTTrainer: it is not installed here and its SFTConfig turns on bf16 and
 gradient checkpointing by default, which made CPU training 13x slower (DESIGN.md); its
 padding-free mode still projects every position onto the vocabulary. This module does
-those levers on the stock transformers Trainer, plus one more: attention per packed
-sequence (see `segment_attention`).
+those levers on the stock transformers Trainer, plus attention per packed sequence (see
+`segment_attention`) and, on CPU, cheaper dropout masks and heap reuse (cpu_speed.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, Trainer
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from loraflow.datasets.encode import IGNORE
+from loraflow.training.cpu_speed import retain_freed_memory, use_mask_dropout
 
 
 class PaddingFreeCollator:
@@ -77,16 +78,20 @@ def segment_attention(
     if kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
         # `_plain_causal` keeps such models off this path; never attend wrongly in silence.
         raise RuntimeError("per-sequence attention cannot apply a sliding window or sinks")
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     p = dropout if module.training else 0.0
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    # split, not slicing: its backward writes every piece's gradient into one tensor, where
+    # each slice's backward would zero-fill a whole-row gradient of its own. Grouped-query
+    # heads are shared inside SDPA (enable_gqa) instead of copied out by repeat_kv.
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
     parts = [
         F.scaled_dot_product_attention(
-            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=p, is_causal=True,
-            scale=scaling,
+            q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa
         )
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        for q, k, v in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
+            strict=True,
+        )
     ]  # fmt: skip
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
@@ -139,6 +144,17 @@ class LabelOnlyTrainer(Trainer):
 
     # The loss is a per-micro-batch mean; let Trainer divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Cheaper dropout masks on CPU (cpu_speed.MaskDropout); CUDA tensors are unaffected.
+        use_mask_dropout(self.model)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.args.device.type != "cpu":
+            return super().train(*args, **kwargs)
+        with retain_freed_memory():
+            return super().train(*args, **kwargs)
 
     def compute_loss(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,10 +67,18 @@ def test_no_attention_across_sequence_boundaries(tiny_llama_dir: Path) -> None:
     assert not torch.allclose(a[0, :n0], b[0, :n0])
 
 
-def test_per_sequence_attention_gives_the_masked_loss_and_gradients(tiny_llama_dir: Path) -> None:
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_per_sequence_attention_gives_the_masked_loss_and_gradients(
+    tiny_llama_dir: Path, kv_heads: int
+) -> None:
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    config.num_key_value_heads = kv_heads
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert base.config._attn_implementation == "sdpa"
     torch.manual_seed(0)
     model = get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
