@@ -290,8 +290,6 @@ def main() -> None:
                 for n in names
                 if n != "padded" and "padded" in work
             ),
-            "the heap setting loraflow's trainer applies on CPU stays for the process, so "
-            "with --rounds > 1 later baseline rounds run with it too (their best counts)",
         ],  # fmt: skip
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -21,7 +22,7 @@ from loraflow.api.routes import memory as memory_routes
 from loraflow.api.routes import training as training_routes
 from loraflow.api.routes import write as write_routes
 from loraflow.api.security import RequestGuards
-from loraflow.api.worker import WorkerHeader
+from loraflow.api.worker import HEADER, WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, is_disk_full
@@ -110,7 +111,8 @@ def create_app(
                 s = settings or get_settings()
                 prepare_data_dir(s)
                 # Held while this process serves: `loraflow restore` refuses the folder.
-                first = held.enter_context(service_lock(s.data_path))
+                # Off the event loop: it may wait a moment for workers starting together.
+                first = await run_in_threadpool(held.enter_context, service_lock(s.data_path))
                 app.state.runtime = await run_in_threadpool(_start, s, use_lora, first)
             async with AsyncExitStack() as stack:
                 if app.state.runtime.settings.enable_ui:
@@ -169,6 +171,8 @@ def create_app(
         return JSONResponse(
             {"detail": f"internal error: {type(exc).__name__}; see the server log"},
             status_code=500,
+            # Sent by Starlette's outermost error layer, outside WorkerHeader: named here.
+            headers={HEADER.decode(): str(os.getpid())},
         )
 
     app.add_middleware(RequestGuards)

@@ -33,6 +33,7 @@ _M_MMAP_THRESHOLD = -3
 # The largest mmap threshold glibc accepts on 64-bit systems.
 _MMAP_THRESHOLD_MAX = 32 * 2**20
 _KEEP_FREE = 2**30
+_DEFAULT_TOP_PAD = 128 * 1024
 
 
 class MaskDropout(nn.Dropout):
@@ -98,8 +99,9 @@ def retain_freed_memory() -> Iterator[bool]:
 
     Raises glibc's mmap threshold to its maximum and its trim threshold to 1 GiB, so the
     activations of a step are reused rather than unmapped and faulted in again. Yields
-    whether the setting applied. On exit the process keeps these thresholds (glibc cannot
-    go back to its adaptive ones) and returns the memory held free to the system.
+    whether the setting applied. glibc cannot go back to adapting its thresholds, so on
+    exit they are left where that adaptation settles after a few large blocks (mmap
+    threshold 32 MiB, trim threshold twice that), and the memory held free is returned.
     """
     libc = _glibc()
     applied = bool(
@@ -113,5 +115,8 @@ def retain_freed_memory() -> Iterator[bool]:
     try:
         yield applied
     finally:
+        if applied:
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+            libc.mallopt(_M_TOP_PAD, _DEFAULT_TOP_PAD)
         if libc is not None:
             libc.malloc_trim(0)

@@ -1,0 +1,31 @@
+"""An unexpected server error: a plain message, no traceback, and the worker that sent it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def test_an_unexpected_error_is_a_500_that_names_its_worker(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from loraflow.api.app import create_app
+    from loraflow.config import Settings
+    from loraflow.db import make_engine
+    from loraflow.services.runtime import Runtime, prepare_data_dir
+
+    settings = Settings(data_dir=tmp_path / "d", cache_dir=model_cache, enable_ui=False)
+    prepare_data_dir(settings)
+    # A runtime without a vector store: listing documents fails in a way no handler expects.
+    rt = Runtime(settings, make_engine(settings.db_url), None, None, None)  # type: ignore[arg-type]
+    app = create_app(settings, runtime=rt)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        failed = client.get("/documents")
+        fine = client.get("/health")
+    assert failed.status_code == 500
+    assert failed.json()["detail"] == "internal error: AttributeError; see the server log"
+    assert "Traceback" not in failed.text
+    assert failed.headers["x-loraflow-worker"] == str(os.getpid())
+    assert fine.headers["x-loraflow-worker"] == str(os.getpid())
