@@ -5,7 +5,8 @@
 Same model (bundled SmolLM2-135M), same LoRA (r=16 on q,v), same Alpaca-style rows of
 30-400 tokens, same batch size and number of optimizer steps. Prints real (non-pad)
 tokens per second of each, the ratio to the baseline, and the held-out loss after training
-(the baseline and loraflow see the same batches, so the same real tokens).
+(the baseline and loraflow see the same batches, so the same real tokens). The
+configurations take turns step by step (see Arm), so machine noise falls on all of them.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 
 from loraflow.datasets.encode import encode_examples
 from loraflow.models.resolve import resolve_base_model
 from loraflow.training.batching import LabelOnlyTrainer, PaddingFreeCollator, label_only_loss
+from loraflow.training.cpu_speed import retain_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -78,19 +80,6 @@ def make_rows(n: int, tokenizer: Any, seed: int = 0) -> list[dict]:
             }
         )
     return rows
-
-
-class Meter(TrainerCallback):
-    """Wall time of steps 2..N (step 1 warms up allocators)."""
-
-    def __init__(self) -> None:
-        self.t0 = 0.0
-        self.t1 = 0.0
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if state.global_step == 1:
-            self.t0 = time.perf_counter()
-        self.t1 = time.perf_counter()
 
 
 class Counting:
@@ -151,46 +140,99 @@ def lora_model(base_dir: Path) -> Any:
     return get_peft_model(model, cfg)
 
 
-def run(
-    name: str, base_dir: Path, tok: Any, train: list[dict], steps: int, batch: int, out: Path
-) -> tuple[Any, float, float]:
-    """Train one configuration; returns the model, real tokens/s and FLOPs per real token."""
-    model = lora_model(base_dir)
-    common = dict(
-        output_dir=str(out / name),
-        per_device_train_batch_size=batch,
-        max_steps=steps,
-        learning_rate=2e-4,
-        logging_steps=10**6,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )
-    meter = Meter()
-    if name == "loraflow":
-        collator = Counting(PaddingFreeCollator())
-        args = TrainingArguments(**common, label_names=["target_ids"])
-        trainer: Trainer = LabelOnlyTrainer(
-            model=model, args=args, train_dataset=train, data_collator=collator, callbacks=[meter]
+class Arm:
+    """One configuration: its own model, Trainer and batches, advanced one step at a time.
+
+    The arms of a round take turns step by step (who goes first rotates), so a slow spell
+    of a shared machine falls on all of them alike instead of on whichever ran then. Each
+    step is what Trainer.train does per optimizer step: Trainer.training_step (forward,
+    loss, backward), gradient clipping, optimizer and scheduler.
+    """
+
+    def __init__(
+        self, name: str, base_dir: Path, tok: Any, train: list[dict], steps: int, batch: int,
+        out: Path,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.model = lora_model(base_dir)
+        common = dict(
+            output_dir=str(out / name),
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            learning_rate=2e-4,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            disable_tqdm=True,
+            seed=0,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
         )
-    else:
-        collator = Counting(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-        extra = {"train_sampling_strategy": "group_by_length"} if name == "group_by_length" else {}
-        args = TrainingArguments(**common, **extra)
-        trainer = Trainer(
-            model=model, args=args, train_dataset=train, data_collator=collator, callbacks=[meter]
-        )
-    trainer.train()
-    # Batches 2..steps were timed (the first is warm-up).
-    tokens = sum(collator.tokens[1:steps])
-    flops = sum(step_flops(model, b, name != "loraflow") for b in collator.batches[1:steps])
-    return model, tokens / max(meter.t1 - meter.t0, 1e-9), flops / tokens
+        if name == "loraflow":
+            self.collator = Counting(PaddingFreeCollator())
+            args = TrainingArguments(**common, label_names=["target_ids"])
+            self.trainer: Trainer = LabelOnlyTrainer(
+                model=self.model, args=args, train_dataset=train, data_collator=self.collator
+            )
+        else:
+            pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+            self.collator = Counting(pad)
+            grouping = name == "group_by_length"
+            extra = {"train_sampling_strategy": "group_by_length"} if grouping else {}
+            args = TrainingArguments(**common, **extra)
+            self.trainer = Trainer(
+                model=self.model, args=args, train_dataset=train, data_collator=self.collator
+            )
+        self.trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+        # Set by Trainer.train's loop, read by training_step.
+        self.trainer.current_gradient_accumulation_steps = 1
+        # Every arm's sampler starts from the same seed: the same rows in the same batches.
+        set_seed(0)
+        self.batches = iter(self.trainer.get_train_dataloader())
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.seconds = 0.0
+
+    def step(self, timed: bool) -> None:
+        t0 = time.perf_counter()
+        tr = self.trainer
+        tr.training_step(tr.model, next(self.batches))
+        torch.nn.utils.clip_grad_norm_(self.params, tr.args.max_grad_norm)
+        tr.optimizer.step()
+        tr.lr_scheduler.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        if timed:
+            self.seconds += time.perf_counter() - t0
+
+    def result(self, steps: int) -> tuple[float, float]:
+        """Real tokens per second and FLOPs per real token over the timed steps."""
+        tokens = sum(self.collator.tokens[1:steps])
+        padded = self.name != "loraflow"
+        flops = sum(step_flops(self.model, b, padded) for b in self.collator.batches[1:steps])
+        return tokens / max(self.seconds, 1e-9), flops / tokens
+
+
+def run_round(
+    names: list[str],
+    base_dir: Path,
+    tok: Any,
+    train: list[dict],
+    steps: int,
+    batch: int,
+    out: Path,
+) -> list[Arm]:
+    """Train every configuration for `steps`, interleaved; step 1 of each is warm-up."""
+    arms = [Arm(n, base_dir, tok, train, steps, batch, out) for n in names]
+    # loraflow's trainer keeps freed memory in the heap on CPU (training/cpu_speed.py). It
+    # is a setting of the whole process, so here every arm runs with it.
+    with retain_freed_memory():
+        for i in range(steps):
+            k = i % len(arms)
+            for arm in arms[k:] + arms[:k]:
+                arm.step(timed=i > 0)
+    return arms
 
 
 def held_out_loss(model: Any, val: list[dict]) -> float:
@@ -237,13 +279,19 @@ def main() -> None:
     work: dict[str, float] = {}
     out = Path("/tmp/loraflow-bench")
     for r in range(args.rounds):
-        for name in names:
-            model, tps, work[name] = run(name, base_dir, tok, train, args.steps, args.batch, out)
-            best[name] = max(best.get(name, 0.0), tps)
-            losses[name] = held_out_loss(model, val)
+        arms = run_round(names, base_dir, tok, train, args.steps, args.batch, out)
+        seen = {a.name: a.collator.tokens for a in arms if a.name != "group_by_length"}
+        if len({tuple(t) for t in seen.values()}) > 1:
+            raise SystemExit(f"the arms saw different batches: {seen}")
+        for arm in arms:
+            tps, work[arm.name] = arm.result(args.steps)
+            best[arm.name] = max(best.get(arm.name, 0.0), tps)
+            losses[arm.name] = held_out_loss(arm.model, val)
             print(
-                f"round {r + 1} {name:16s} {tps:8.1f} real tok/s  held-out loss {losses[name]:.4f}"
+                f"round {r + 1} {arm.name:16s} {tps:8.1f} real tok/s  "
+                f"held-out loss {losses[arm.name]:.4f}"
             )
+        del arms
     base = best.get("padded")
     print("\nconfig            real tok/s   vs padded   held-out loss   GFLOP/real token")
     for name in names:

@@ -54,10 +54,16 @@ def submit(
     *,
     local_dataset: Path | None = None,
     local_val: Path | None = None,
+    val_dataset: str | None = None,
     accelerate_config: Path | None = None,
 ) -> dict[str, Any]:
-    """Queue a job; an API dataset is an uploaded name, the CLI may pass local paths."""
+    """Queue a job; an API dataset is an uploaded name, the CLI may pass local paths.
+
+    `val_dataset` names an uploaded validation file (the API's), `local_val` a local one.
+    """
     s = rt.settings
+    if val_dataset and local_val is None:
+        local_val = dataset_path(rt, val_dataset)
     name = (task_name or "").strip()
     if not _TASK_NAME.match(name):
         raise InvalidInput(
@@ -163,12 +169,18 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "eta_seconds": job["eta_seconds"],
         "error": job["error"],
         "resumable": bool(job["resumable"]),
+        "val_file": _file_name(job["training_params"].get("val_path")),
         "training_params": {
             k: v
             for k, v in job["training_params"].items()
             if k not in ("base_model_path", "dataset_path", "val_path", "accelerate_config")
         },
     }
+
+
+def _file_name(path: str | None) -> str | None:
+    # Only the name: a job view does not show where files live on the server.
+    return Path(path).name if path else None
 
 
 def list_tasks(rt: Context) -> list[dict[str, Any]]:

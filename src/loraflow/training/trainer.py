@@ -139,6 +139,13 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     resolved = ResolvedModel("hf_dir", spec.base_model_path, None, spec.base_model)
     model, tokenizer = build_lora_model(resolved, p, plan)
     train, val = load_data(spec, tokenizer)
+    if not val and p.early_stopping_patience > 0:
+        # The submit check saw validation examples; none of them survived encoding.
+        raise InvalidInput(
+            f"early_stopping_patience={p.early_stopping_patience} needs a validation set, and "
+            f"no validation example has trainable tokens within max_len={p.max_len}",
+            hint="raise max_len, or give validation records with assistant/output text",
+        )
     if not val:
         args = _training_args(spec, plan, evaluate=False)
     spec.output_dir.mkdir(parents=True, exist_ok=True)

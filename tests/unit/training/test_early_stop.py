@@ -139,8 +139,43 @@ def test_api_refuses_patience_without_a_validation_set(tmp_path: Path, model_cac
         assert "needs a validation set" in bad.json()["detail"]
         assert "val_split" in bad.json()["hint"]
         assert client.get("/api/simple-lora/tasks").json()["count"] == 0
+        # An uploaded validation file is a validation set too.
+        val = client.post(
+            "/api/simple-lora/upload-dataset",
+            files={"file": ("v.json", _rows("It is plum."), "application/json")},
+        ).json()["filename"]
+        with_val = {**form, "training_params": json.dumps(params)}
+        missing = client.post("/api/simple-lora/train", data={**with_val, "val_filename": "x.json"})
+        assert missing.status_code == 404, missing.text
+        ok = client.post("/api/simple-lora/train", data={**with_val, "val_filename": val})
+        assert ok.status_code == 200, ok.text
+        job = client.get(f"/api/simple-lora/tasks/{ok.json()['task_id']}").json()
+        assert job["val_file"] == val
         params["val_split"] = 0.5
+        form["task_name"] = "api-early-split"
         ok = client.post(
             "/api/simple-lora/train", data={**form, "training_params": json.dumps(params)}
         )
         assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.integration
+def test_patience_with_a_validation_set_that_encodes_to_nothing_fails_the_job_clearly(
+    tmp_path: Path, model_cache: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHE_DIR", str(model_cache))
+    (tmp_path / "train.json").write_text(_rows("It is apple.", "It is pear."))
+    # The question alone is longer than max_len: the answer, the only trainable part, is cut.
+    long_question = " ".join(["word"] * 200)
+    val = [{"instruction": long_question, "input": "", "output": "plum"}]
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    dd = str(tmp_path / "data")
+    r, out = _train(
+        "--data", str(tmp_path / "train.json"), "--val-data", str(tmp_path / "val.json"),
+        "--task-name", "empty-val", "--base-model", str(tiny_llama_dir), "--rank", "4",
+        "--max-len", "64", "--patience", "1", "--data-dir", dd,
+    )  # fmt: skip
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    job = json.loads(CliRunner().invoke(app, ["tasks", "show", "1", "--data-dir", dd]).output)
+    assert job["status"] == "failed", job
+    assert "no validation example has trainable tokens within max_len=64" in job["error"]

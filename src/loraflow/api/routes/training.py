@@ -36,6 +36,9 @@ def train(
     base_model: str = Form(...),
     dataset_filename: str = Form(...),
     dataset_type: str = Form("alpaca"),
+    val_filename: str | None = Form(
+        None, description="an uploaded dataset to evaluate on, instead of a val_split share"
+    ),
     epochs: float | None = Form(None),
     batch_size: int | None = Form(None),
     learning_rate: float | None = Form(None),
@@ -69,7 +72,9 @@ def train(
         "num_processes": num_processes,
     }
     params = {**extra, **{k: v for k, v in fields.items() if v is not None}}
-    task = training.submit(rt, task_name, base_model, dataset_filename, dataset_type, params)
+    task = training.submit(
+        rt, task_name, base_model, dataset_filename, dataset_type, params, val_dataset=val_filename
+    )
     message = f"task {task['task_name']!r} queued; output will be {task['output_path']}"
     if task["training_params"].get("launcher", "none") != "none":
         message += f"; {task['launch']}"
