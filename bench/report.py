@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 PY = ".venv/bin/python"
 # (file stem, title, command that writes bench/results/<stem>.json), in report order.
 SECTIONS = [
-    ("train_throughput", "Training throughput", "bench/train_throughput.py"),
+    ("train_throughput", "Training throughput", "bench/train_throughput.py --rounds 2"),
     ("generate", "Generation: loraflow vs llama.cpp", "bench/generate.py --tokens 128 --http"),
     ("multi_adapter", "Many adapters at once", "bench/multi_adapter.py"),
     ("retrieval_modes", "Retrieval quality and latency", "bench/retrieval_modes.py"),

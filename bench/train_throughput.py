@@ -101,8 +101,9 @@ def step_flops(model: Any, batch: list[tuple[int, int]], padded: bool) -> float:
 
     Per position the decoder's projections cost 4 * their weights (2 forward, 2 for the
     input gradient), the vocabulary projection 4 * V * H where logits are computed, and
-    attention 12 * heads * head_dim per causal query-key pair (forward and backward). A
-    padded batch computes every position of its longest row and logits everywhere;
+    attention 12 * heads * head_dim per query-key pair computed (forward and backward). A
+    padded batch computes every position of its longest row, every query-key pair (its
+    attention takes a mask, not the causal kernel) and logits everywhere;
     loraflow computes real positions only and logits at target positions only. LoRA's own
     rank-16 products are left out (under 2% of the total for either).
     """
@@ -118,7 +119,8 @@ def step_flops(model: Any, batch: list[tuple[int, int]], padded: bool) -> float:
     if padded:
         width = max(n for n, _ in batch)
         positions = logit_positions = width * len(batch)
-        pairs = len(batch) * width * (width + 1) / 2
+        # A padding mask goes to SDPA with the causal one folded in: all width^2 pairs.
+        pairs = len(batch) * width * width
     else:
         positions = sum(n for n, _ in batch)
         logit_positions = sum(k for _, k in batch)
@@ -198,7 +200,12 @@ class Arm:
     def step(self, timed: bool) -> None:
         t0 = time.perf_counter()
         tr = self.trainer
-        tr.training_step(tr.model, next(self.batches))
+        try:
+            batch = next(self.batches)
+        except StopIteration:  # a new epoch, as Trainer.train would start
+            self.batches = iter(tr.get_train_dataloader())
+            batch = next(self.batches)
+        tr.training_step(tr.model, batch)
         torch.nn.utils.clip_grad_norm_(self.params, tr.args.max_grad_norm)
         tr.optimizer.step()
         tr.lr_scheduler.step()

@@ -27,5 +27,28 @@ def test_an_unexpected_error_is_a_500_that_names_its_worker(
     assert failed.status_code == 500
     assert failed.json()["detail"] == "internal error: AttributeError; see the server log"
     assert "Traceback" not in failed.text
-    assert failed.headers["x-loraflow-worker"] == str(os.getpid())
+    assert failed.headers.get_list("x-loraflow-worker") == [str(os.getpid())]
     assert fine.headers["x-loraflow-worker"] == str(os.getpid())
+
+
+def test_the_worker_header_is_never_doubled() -> None:
+    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from loraflow.api.worker import WorkerHeader
+
+    pid = str(os.getpid())
+
+    def named(_request: object) -> JSONResponse:
+        # What the app's error handler sends for a handled OSError or database error.
+        return JSONResponse({}, status_code=500, headers={"X-Loraflow-Worker": pid})
+
+    def plain(_request: object) -> JSONResponse:
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/named", named), Route("/plain", plain)])
+    with TestClient(WorkerHeader(app)) as client:
+        for path in ("/named", "/plain"):
+            assert client.get(path).headers.get_list("x-loraflow-worker") == [pid]

@@ -27,9 +27,13 @@ class WorkerHeader:
 
         async def named_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
-                # The pid is read per response: a forked worker has a new one.
-                pid = str(os.getpid()).encode()
-                msg["headers"] = [*msg.get("headers", []), (HEADER, pid)]
+                headers = list(msg.get("headers", []))
+                # The error handler names the worker itself (its 500s are sent outside this
+                # middleware); a handled error passing through here must not get it twice.
+                if all(name.lower() != HEADER for name, _ in headers):
+                    # The pid is read per response: a forked worker has a new one.
+                    headers.append((HEADER, str(os.getpid()).encode()))
+                msg["headers"] = headers
             await send(msg)
 
         await self.app(scope, receive, named_send)

@@ -120,7 +120,8 @@ def _check_early_stopping(p: TrainParams, n_val: int) -> None:
     raise InvalidInput(
         f"early_stopping_patience={p.early_stopping_patience} needs a validation set, and this "
         f"job has none: no validation file was given and {why}",
-        hint="give a validation file (loraflow train --val-data FILE) or hold out part of the "
+        hint="give a validation file (loraflow train --val-data FILE, or the API's "
+        "val_filename) or hold out part of the "
         "data with a val_split above 0 (--val-split 0.1, or val_split in training_params)",
     )
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, Trainer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 from loraflow.datasets.encode import IGNORE
 from loraflow.training.cpu_speed import retain_freed_memory, use_mask_dropout
@@ -81,9 +81,14 @@ def segment_attention(
     p = dropout if module.training else 0.0
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     # split, not slicing: its backward writes every piece's gradient into one tensor, where
-    # each slice's backward would zero-fill a whole-row gradient of its own. Grouped-query
-    # heads are shared inside SDPA (enable_gqa) instead of copied out by repeat_kv.
-    gqa = getattr(module, "num_key_value_groups", 1) > 1
+    # each slice's backward would zero-fill a whole-row gradient of its own.
+    groups = getattr(module, "num_key_value_groups", 1)
+    # On CPU grouped-query heads are shared inside SDPA instead of copied out by repeat_kv.
+    # On CUDA only the flash kernel takes enable_gqa (half precision, recent GPUs); anything
+    # else would fall back to the O(L^2)-memory math kernel, so the heads are copied there.
+    gqa = groups > 1 and query.device.type == "cpu"
+    if groups > 1 and not gqa:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     parts = [
         F.scaled_dot_product_attention(
             q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa
