@@ -52,9 +52,9 @@ class MaskDropout(nn.Dropout):
         self.scale = 1.0 / kept if kept > 0 else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
-            return super().forward(x)
-        if not x.is_floating_point() or self.p == 1.0:
+        # Off, all-or-nothing, in place, or not a CPU float tensor: the stock dropout.
+        cheap = self.training and 0.0 < self.p < 1.0 and not self.inplace
+        if not cheap or x.device.type != "cpu" or not x.is_floating_point():
             return super().forward(x)
         n = x.numel()
         # random_ from the int64 minimum with no upper bound fills all 64 bits.
