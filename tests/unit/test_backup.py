@@ -382,3 +382,35 @@ def test_restore_over_a_data_dir_in_use_is_refused_until_its_process_is_gone(
     restore_backup(archive, _settings(target), force=True)
     assert not (target / "mine.txt").exists()
     assert os.listdir(target / "vector_store")
+
+
+def test_restore_into_an_existing_empty_folder_holds_it_against_a_server(
+    archive: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "made-for-it"
+    target.mkdir()
+    starts: list[subprocess.CompletedProcess] = []
+
+    def engine_while_a_server_starts(url: str):
+        # Mid-restore (the database is being filled): a server process tries to start here.
+        starts.append(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from pathlib import Path; from loraflow.locks import "
+                    "service_lock\nwith service_lock(Path(sys.argv[1])): print('started')",
+                    str(target),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
+        return db.make_engine(url)
+
+    report = restore_backup(archive, _settings(target), make_engine=engine_while_a_server_starts)
+    assert report.files > 0
+    assert (target / "vector_store" / "CURRENT").exists()
+    assert starts[0].returncode != 0
+    assert "being restored" in starts[0].stderr

@@ -329,10 +329,10 @@ def restore_backup(
     force: bool = False,
     make_engine: Callable[[str], Engine] = db.make_engine,
 ) -> RestoreReport:
-    """Restore an archive into an empty data dir (or a non-empty one with force).
+    """Restore an archive into an empty or missing data dir (or a non-empty one with force).
 
-    A data dir that a running service uses is refused (Conflict), and held against a
-    service starting while the restore runs.
+    A data dir that a running service uses is refused (Conflict); an existing one, empty
+    or not, is held against a service starting while the restore runs.
     """
     manifest = verify_backup(archive)
     root = settings.data_path
@@ -341,9 +341,13 @@ def restore_backup(
             f"data dir {root} is not empty; restore into an empty folder "
             "(set LORAFLOW_DATA_DIR or --data-dir) or pass --force to replace its contents"
         )
-    in_use = data_dir_unused(root) if root.is_dir() and not _is_empty_dir(root) else nullcontext()
-    with in_use:
-        return _restore(archive, settings, manifest, force=force, make_engine=make_engine)
+    # The lock puts a lock file into an empty folder; the folder is still ours to replace.
+    replace_dir = force or root.is_dir()
+    with data_dir_unused(root) if root.is_dir() else nullcontext():
+        return _restore(
+            archive, settings, manifest, force=force, replace_dir=replace_dir,
+            make_engine=make_engine,
+        )  # fmt: skip
 
 
 def _restore(
@@ -352,6 +356,7 @@ def _restore(
     manifest: dict[str, Any],
     *,
     force: bool,
+    replace_dir: bool,
     make_engine: Callable[[str], Engine],
 ) -> RestoreReport:
     root = settings.data_path
@@ -390,7 +395,7 @@ def _restore(
         finally:
             engine.dispose()
         if root.exists():
-            if not force:
+            if not replace_dir:
                 raise InvalidInput(f"data dir {root} appeared while restoring; nothing changed")
             old = root.with_name(f".tmp-replaced-{root.name}-{int(time.time())}")
             os.replace(root, old)
