@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from _results import add_json_flag, write_results
@@ -31,7 +32,12 @@ from transformers import (
 
 from loraflow.datasets.encode import encode_examples
 from loraflow.models.resolve import resolve_base_model
-from loraflow.training.batching import LabelOnlyTrainer, PaddingFreeCollator, label_only_loss
+from loraflow.training.batching import (
+    LabelOnlyTrainer,
+    PaddingFreeCollator,
+    compact,
+    label_only_loss,
+)
 from loraflow.training.cpu_speed import retain_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,50 +88,73 @@ def make_rows(n: int, tokenizer: Any, seed: int = 0) -> list[dict]:
     return rows
 
 
-class Counting:
-    """Wraps a collator and records real (non-pad) tokens and the shape of every batch."""
+class Work(NamedTuple):
+    """What one step computes: positions through the decoder, logits, attention pairs."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner, self.tokens, self.batches = inner, [], []
+    positions: int
+    logits: int
+    pairs: float
+    prefix: int = 0  # leading tokens computed once for all rows of the batch
+
+
+def padded_work(feats: list[dict]) -> Work:
+    """Every position of the longest row, logits everywhere, all width^2 query-key pairs.
+
+    The padding mask goes to SDPA with the causal one folded in: a mask, not the causal
+    kernel, so every pair is computed.
+    """
+    width = max(len(f["input_ids"]) for f in feats)
+    return Work(width * len(feats), width * len(feats), len(feats) * width * width)
+
+
+def loraflow_work(feats: list[dict]) -> Work:
+    """The batch as loraflow computes it (batching.compact): positions that feed the loss,
+    a shared prefix once, logits at targets, causal pairs per row (prefix included)."""
+    batch, prefix = compact(PaddingFreeCollator()(feats))
+    bounds = batch["segments"].tolist()
+    rows = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if prefix:
+        rows = [prefix + n for n in rows[1:]]
+    logits = int((batch["target_ids"] != -100).sum())
+    return Work(bounds[-1], logits, sum(n * (n + 1) / 2 for n in rows), prefix)
+
+
+class Counting:
+    """Wraps a collator and records real (non-pad) tokens and the work of every batch."""
+
+    def __init__(self, inner: Any, work: Callable[[list[dict]], Work]) -> None:
+        self.inner, self.work_of = inner, work
+        self.tokens: list[int] = []
+        self.work: list[Work] = []
 
     def __call__(self, feats: list[dict]) -> dict:
         self.tokens.append(sum(len(f["input_ids"]) for f in feats))
-        self.batches.append(
-            [(len(f["input_ids"]), sum(t != -100 for t in f["labels"][1:])) for f in feats]
-        )
+        self.work.append(self.work_of(feats))
         return self.inner(feats)
 
 
-def step_flops(model: Any, batch: list[tuple[int, int]], padded: bool) -> float:
-    """Arithmetic of one training step: forward plus input-gradient backward (frozen base).
-
-    Per position the decoder's projections cost 4 * their weights (2 forward, 2 for the
-    input gradient), the vocabulary projection 4 * V * H where logits are computed, and
-    attention 12 * heads * head_dim per query-key pair computed (forward and backward). A
-    padded batch computes every position of its longest row, every query-key pair (its
-    attention takes a mask, not the causal kernel) and logits everywhere;
-    loraflow computes real positions only and logits at target positions only. LoRA's own
-    rank-16 products are left out (under 2% of the total for either).
-    """
-    cfg = model.config
-    linear = sum(
+def decoder_weights(model: Any) -> int:
+    """Weights of the decoder's own projections (LoRA's left out)."""
+    return sum(
         m.weight.numel()
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and ".layers." in name and "lora_" not in name
     )
+
+
+def step_flops(model: Any, linear: int, work: Work) -> float:
+    """Arithmetic of one training step: forward plus input-gradient backward (frozen base).
+
+    Per position the decoder's projections cost 4 * their weights (2 forward, 2 for the
+    input gradient), the vocabulary projection 4 * V * H where logits are computed, and
+    attention 12 * heads * head_dim per query-key pair computed (forward and backward).
+    LoRA's own rank-16 products are left out (under 2% of the total for either).
+    """
+    cfg = model.config
     vocab_proj = cfg.vocab_size * cfg.hidden_size
     attn = 12 * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
     attn *= cfg.num_hidden_layers
-    if padded:
-        width = max(n for n, _ in batch)
-        positions = logit_positions = width * len(batch)
-        # A padding mask goes to SDPA with the causal one folded in: all width^2 pairs.
-        pairs = len(batch) * width * width
-    else:
-        positions = sum(n for n, _ in batch)
-        logit_positions = sum(k for _, k in batch)
-        pairs = sum(n * (n + 1) / 2 for n, _ in batch)
-    return 4 * linear * positions + 4 * vocab_proj * logit_positions + attn * pairs
+    return 4 * linear * work.positions + 4 * vocab_proj * work.logits + attn * work.pairs
 
 
 def lora_model(base_dir: Path) -> Any:
@@ -174,14 +203,14 @@ class Arm:
             dataloader_num_workers=0,
         )
         if name == "loraflow":
-            self.collator = Counting(PaddingFreeCollator())
+            self.collator = Counting(PaddingFreeCollator(), loraflow_work)
             args = TrainingArguments(**common, label_names=["target_ids"])
             self.trainer: Trainer = LabelOnlyTrainer(
                 model=self.model, args=args, train_dataset=train, data_collator=self.collator
             )
         else:
             pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-            self.collator = Counting(pad)
+            self.collator = Counting(pad, padded_work)
             grouping = name == "group_by_length"
             extra = {"train_sampling_strategy": "group_by_length"} if grouping else {}
             args = TrainingArguments(**common, **extra)
@@ -216,8 +245,8 @@ class Arm:
     def result(self, steps: int) -> tuple[float, float]:
         """Real tokens per second and FLOPs per real token over the timed steps."""
         tokens = sum(self.collator.tokens[1:steps])
-        padded = self.name != "loraflow"
-        flops = sum(step_flops(self.model, b, padded) for b in self.collator.batches[1:steps])
+        linear = decoder_weights(self.model)
+        flops = sum(step_flops(self.model, linear, w) for w in self.collator.work[1:steps])
         return tokens / max(self.seconds, 1e-9), flops / tokens
 
 
@@ -240,6 +269,19 @@ def run_round(
             for arm in arms[k:] + arms[:k]:
                 arm.step(timed=i > 0)
     return arms
+
+
+def prefix_note(collator: Counting, steps: int) -> str:
+    """How many of the timed steps' real tokens loraflow did not run through the decoder."""
+    work, tokens = collator.work[1:steps], sum(collator.tokens[1:steps])
+    mean = sum(w.prefix for w in work) / max(len(work), 1)
+    skipped = 1 - sum(w.positions for w in work) / max(tokens, 1)
+    return (
+        f"loraflow: the rows of a batch share their first {mean:.0f} tokens on average (the "
+        f"chat template's system prompt), computed once per batch; with each row's last "
+        f"position (no target) left out, {skipped:.1%} of the real tokens' positions "
+        "are not computed"
+    )
 
 
 def held_out_loss(model: Any, val: list[dict]) -> float:
@@ -285,6 +327,7 @@ def main() -> None:
     losses: dict[str, float] = {}
     work: dict[str, float] = {}
     out = Path("/tmp/loraflow-bench")
+    shared_note = ""
     for r in range(args.rounds):
         arms = run_round(names, base_dir, tok, train, args.steps, args.batch, out)
         seen = {a.name: a.collator.tokens for a in arms if a.name != "group_by_length"}
@@ -294,6 +337,8 @@ def main() -> None:
             tps, work[arm.name] = arm.result(args.steps)
             best[arm.name] = max(best.get(arm.name, 0.0), tps)
             losses[arm.name] = held_out_loss(arm.model, val)
+            if arm.name == "loraflow":
+                shared_note = prefix_note(arm.collator, args.steps)
             print(
                 f"round {r + 1} {arm.name:16s} {tps:8.1f} real tok/s  "
                 f"held-out loss {losses[arm.name]:.4f}"
@@ -311,6 +356,8 @@ def main() -> None:
         for name in names:
             if name != "padded":
                 print(f"{name}: padded does {work['padded'] / work[name]:.2f}x its arithmetic")
+    if shared_note:
+        print(shared_note)
     if "loraflow" in best:
         others = [best[n] for n in names if n not in ("loraflow", "padded")]
         if others:
@@ -339,6 +386,9 @@ def main() -> None:
         notes=[
             f"token lengths min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
             f"max {lengths[-1]}",
+            *([shared_note] if shared_note else []),
+            f"held-out loss (answer tokens of {len(val)} unseen rows): "
+            + ", ".join(f"{n} {losses[n]:.4f}" for n in names),
             *(
                 f"arithmetic per real token: padded does {work['padded'] / work[n]:.2f}x "
                 f"what {n} does (a speed-up up to that is less work; beyond it, faster work)"

@@ -1,5 +1,9 @@
 """Padding-free batches and a Trainer that computes logits only where there are labels.
 
+The sequences of a batch that begin alike (a chat template's system prompt, an
+instruction preamble) have that beginning computed once per step, not once per sequence
+(`compact`).
+
 Why not TRL's SFTTrainer: it is not installed here and its SFTConfig turns on bf16 and
 gradient checkpointing by default, which made CPU training 13x slower (DESIGN.md); its
 padding-free mode still projects every position onto the vocabulary. This module does
@@ -68,9 +72,11 @@ def segment_attention(
     With packed rows transformers builds a block-diagonal L x L mask, and a masked SDPA call
     falls back to the math kernel over the whole row: O(L^2) scores, most of them masked.
     One causal SDPA call per sequence needs no mask (the fused kernel) and computes only the
-    sum of l_i^2 / 2 scores. Without segment bounds it is plain SDPA.
+    sum of l_i^2 / 2 scores. With `loraflow_prefix` the first segment is a prefix shared by
+    all the others (see `compact`). Without segment bounds it is plain SDPA.
     """
     bounds = kwargs.pop("loraflow_segments", None)
+    prefix = kwargs.pop("loraflow_prefix", 0)
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -80,8 +86,6 @@ def segment_attention(
         raise RuntimeError("per-sequence attention cannot apply a sliding window or sinks")
     p = dropout if module.training else 0.0
     lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    # split, not slicing: its backward writes every piece's gradient into one tensor, where
-    # each slice's backward would zero-fill a whole-row gradient of its own.
     groups = getattr(module, "num_key_value_groups", 1)
     # On CPU grouped-query heads are shared inside SDPA instead of copied out by repeat_kv.
     # On CUDA only the flash kernel takes enable_gqa (half precision, recent GPUs); anything
@@ -89,15 +93,22 @@ def segment_attention(
     gqa = groups > 1 and query.device.type == "cpu"
     if groups > 1 and not gqa:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    # split, not slicing: its backward writes every piece's gradient into one tensor, where
+    # each slice's backward would zero-fill a whole-row gradient of its own.
+    qs, ks, vs = (t.split(lengths, dim=2) for t in (query, key, value))
+    if prefix:
+        # The first piece is a prefix every later piece continues (see compact): each
+        # continuation attends to it as to its own beginning. The prefix's own rows are
+        # kept from the first call only; the others recompute them (prefix^2 / 2 scores).
+        qs, ks, vs = ([torch.cat((t[0], x), dim=2) for x in t[1:]] for t in (qs, ks, vs))
     parts = [
         F.scaled_dot_product_attention(
             q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa
         )
-        for q, k, v in zip(
-            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
-            strict=True,
-        )
-    ]  # fmt: skip
+        for q, k, v in zip(qs, ks, vs, strict=True)
+    ]
+    if prefix:
+        parts[1:] = [x[:, :, prefix:] for x in parts[1:]]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -119,16 +130,68 @@ def _attention(model: Any, name: str | None) -> Iterator[None]:
         config._attn_implementation = old
 
 
+def shared_prefix(ids: list[list[int]], targets: list[list[int]]) -> int:
+    """How many leading tokens all sequences have in common with no target among them.
+
+    Such a prefix has the same activations in every sequence (attention is causal), so it
+    can be computed once. At least one token of each sequence is left to follow it.
+    """
+    if len(ids) < 2:
+        return 0
+    limit = min(len(x) for x in ids) - 1
+    first = ids[0]
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in ids) and all(t[n] == IGNORE for t in targets):
+        n += 1
+    return n
+
+
+def compact(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """A packed batch without the positions whose results nothing uses, nor recomputes.
+
+    - Each sequence's trailing positions without a target are dropped: attention is causal
+      and nothing follows them, so they feed no loss (a chat row's last newline, say).
+    - The sequences' common prefix (`shared_prefix`) is kept once, before all of them.
+
+    Returns the new batch and the prefix length. Segments are then the prefix (when it is
+    not 0) and each sequence's rest. The loss and its gradients are those of the separate
+    sequences; with LoRA dropout the sequences share the prefix's one dropout draw as they
+    share its activations.
+    """
+    bounds = inputs["segments"].tolist()
+    ids, targets = inputs["input_ids"][0].tolist(), inputs["target_ids"][0].tolist()
+    spans = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        while b - a > 1 and targets[b - 1] == IGNORE:
+            b -= 1
+        spans.append((a, b))
+    n = shared_prefix([ids[a:b] for a, b in spans], [targets[a:b] for a, b in spans])
+    if n == 0 and all(b == e for (_, b), e in zip(spans, bounds[1:], strict=True)):
+        return inputs, 0
+    index = list(range(spans[0][0], spans[0][0] + n))
+    new_bounds = [0, n] if n else [0]
+    for a, b in spans:
+        index += range(a + n, b)
+        new_bounds.append(new_bounds[-1] + b - a - n)
+    at = torch.tensor(index)
+    out = {k: inputs[k][:, at] for k in ("input_ids", "position_ids", "target_ids")}
+    out["segments"] = torch.tensor(new_bounds)
+    return out, n
+
+
 def label_only_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token loss, projecting onto the vocabulary only at target positions."""
-    targets = inputs["target_ids"][0]
-    keep = (targets != IGNORE).nonzero().squeeze(-1)
     extra: dict[str, Any] = {}
     segments = inputs.get("segments")
     # Gradient checkpointing re-runs the forward during backward, outside this block, where
     # the mask-free attention would not apply: packed rows keep transformers' own mask then.
     if segments is not None and not _checkpointing(model) and _plain_causal(model):
-        extra["loraflow_segments"] = segments.tolist()
+        inputs, prefix = compact(inputs)
+        extra["loraflow_segments"] = inputs["segments"].tolist()
+        if prefix:
+            extra["loraflow_prefix"] = prefix
+    targets = inputs["target_ids"][0]
+    keep = (targets != IGNORE).nonzero().squeeze(-1)
     # The LM head over a ~49k vocabulary is a large share of a small model's compute;
     # prompt tokens need no logits at all.
     with _attention(model, SEGMENT_ATTENTION if extra else None):

@@ -9,7 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraflow.datasets.encode import IGNORE, encode_examples
-from loraflow.training.batching import PaddingFreeCollator, label_only_loss
+from loraflow.training.batching import (
+    PaddingFreeCollator,
+    label_only_loss,
+    compact,
+    shared_prefix,
+)
 
 EXAMPLES = [
     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
@@ -133,3 +138,58 @@ def test_sliding_window_models_keep_their_window_when_packed(tiny_llama_dir: Pat
             count += int(keep.sum())
     # A window of 3 tokens: full causal attention would give a different loss.
     assert abs(packed.item() - total / count) < 1e-4
+
+
+def test_shared_prefix_stops_at_a_difference_a_target_or_the_last_token() -> None:
+    x = IGNORE
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5, 6]], [[x] * 4, [x] * 4]) == 2
+    # Position 1 predicts a trained token in the second sequence: only position 0 is shared.
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 6]], [[x] * 4, [x, 9, x, x]]) == 1
+    # Identical sequences still leave each at least one token of its own.
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]], [[x] * 3, [x] * 3]) == 2
+    assert shared_prefix([[1, 2, 3]], [[x] * 3]) == 0
+    assert shared_prefix([[1, 2], [7, 2]], [[x] * 2, [x] * 2]) == 0
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_a_compacted_batch_gives_the_same_loss_and_gradients(
+    tiny_llama_dir: Path, kv_heads: int
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    config.num_key_value_heads = kv_heads
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    chats = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in [("Hi", "Hello!"), ("Name a river", "The Nile."), ("2+2?", "4")]
+    ]
+    feats = [
+        {"input_ids": e.input_ids, "labels": e.labels} for e in encode_examples(chats, tok, 512)
+    ]
+    batch = PaddingFreeCollator()(feats)
+    shared, n = compact(batch)
+    # The chat template's system prompt and the user turn's opening are common to all three;
+    # each row's last position (a newline after the answer) has no target and is left out.
+    assert n > 5
+    assert shared["input_ids"].shape[1] == batch["input_ids"].shape[1] - 2 * n - 3
+
+    def loss_and_grads(inputs: dict) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = label_only_loss(model, inputs)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    # Without segment bounds every sequence goes whole through transformers' masked path.
+    masked = loss_and_grads({k: v for k, v in batch.items() if k != "segments"})
+    once = loss_and_grads(batch)
+    assert abs(masked[0] - once[0]) < 1e-5
+    for a, b in zip(masked[1], once[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
