@@ -1,8 +1,8 @@
 """Padding-free batches and a Trainer that computes logits only where there are labels.
 
-The sequences of a batch that begin alike (a chat template's system prompt, an
-instruction preamble) have that beginning computed once per step, not once per sequence
-(`compact`).
+Positions whose results feed no loss are not computed, and the beginning that the
+sequences of a batch share (a chat template's system prompt, an instruction preamble) is
+computed once per step, not once per sequence (`compact`).
 
 Why not TRL's SFTTrainer: it is not installed here and its SFTConfig turns on bf16 and
 gradient checkpointing by default, which made CPU training 13x slower (DESIGN.md); its
@@ -173,7 +173,7 @@ def compact(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], i
     for a, b in spans:
         index += range(a + n, b)
         new_bounds.append(new_bounds[-1] + b - a - n)
-    at = torch.tensor(index)
+    at = torch.tensor(index, device=inputs["input_ids"].device)
     out = {k: inputs[k][:, at] for k in ("input_ids", "position_ids", "target_ids")}
     out["segments"] = torch.tensor(new_bounds)
     return out, n
