@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from loraflow.datasets.encode import IGNORE, encode_examples
 from loraflow.training.batching import (
     PaddingFreeCollator,
-    label_only_loss,
     compact,
+    label_only_loss,
     shared_prefix,
 )
 
@@ -72,10 +72,8 @@ def test_no_attention_across_sequence_boundaries(tiny_llama_dir: Path) -> None:
     assert not torch.allclose(a[0, :n0], b[0, :n0])
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
-def test_per_sequence_attention_gives_the_masked_loss_and_gradients(
-    tiny_llama_dir: Path, kv_heads: int
-) -> None:
+def _lora_model(tiny_llama_dir: Path, kv_heads: int):
+    """The tiny Llama with `kv_heads` key/value heads and non-zero LoRA on q and v."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig
 
@@ -85,23 +83,29 @@ def test_per_sequence_attention_gives_the_masked_loss_and_gradients(
     base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     assert base.config._attn_implementation == "sdpa"
     torch.manual_seed(0)
-    model = get_peft_model(
+    return get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
+
+
+def _loss_and_grads(model, inputs: dict) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = label_only_loss(model, inputs)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["multi-head", "grouped-query"])
+def test_per_sequence_attention_gives_the_masked_loss_and_gradients(
+    tiny_llama_dir: Path, kv_heads: int
+) -> None:
+    model = _lora_model(tiny_llama_dir, kv_heads)
     batch = PaddingFreeCollator()(_features(tiny_llama_dir))
     assert batch["segments"].tolist()[0] == 0
     assert batch["segments"].tolist()[-1] == batch["input_ids"].shape[1]
-
-    def loss_and_grads(inputs: dict) -> tuple[float, list[torch.Tensor]]:
-        model.zero_grad()
-        loss = label_only_loss(model, inputs)
-        loss.backward()
-        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        return loss.item(), grads
-
     # Without segment bounds the packed row goes through transformers' block-diagonal mask.
-    masked = loss_and_grads({k: v for k, v in batch.items() if k != "segments"})
-    per_sequence = loss_and_grads(batch)
+    masked = _loss_and_grads(model, {k: v for k, v in batch.items() if k != "segments"})
+    per_sequence = _loss_and_grads(model, batch)
     assert abs(masked[0] - per_sequence[0]) < 1e-5
     for a, b in zip(masked[1], per_sequence[1], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
@@ -155,17 +159,7 @@ def test_shared_prefix_stops_at_a_difference_a_target_or_the_last_token() -> Non
 def test_a_compacted_batch_gives_the_same_loss_and_gradients(
     tiny_llama_dir: Path, kv_heads: int
 ) -> None:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(tiny_llama_dir)
-    config.num_key_value_heads = kv_heads
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    torch.manual_seed(0)
-    model = get_peft_model(
-        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    model = _lora_model(tiny_llama_dir, kv_heads)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     chats = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
@@ -181,15 +175,9 @@ def test_a_compacted_batch_gives_the_same_loss_and_gradients(
     assert n > 5
     assert shared["input_ids"].shape[1] == batch["input_ids"].shape[1] - 2 * n - 3
 
-    def loss_and_grads(inputs: dict) -> tuple[float, list[torch.Tensor]]:
-        model.zero_grad()
-        loss = label_only_loss(model, inputs)
-        loss.backward()
-        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
     # Without segment bounds every sequence goes whole through transformers' masked path.
-    masked = loss_and_grads({k: v for k, v in batch.items() if k != "segments"})
-    once = loss_and_grads(batch)
+    masked = _loss_and_grads(model, {k: v for k, v in batch.items() if k != "segments"})
+    once = _loss_and_grads(model, batch)
     assert abs(masked[0] - once[0]) < 1e-5
     for a, b in zip(masked[1], once[1], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
