@@ -1,4 +1,5 @@
-"""Backup and restore with the real store and database: round trip, refusals, full disk."""
+"""Backup and restore with the real store and database: round trip, refusals, full disk,
+writers running while the archive is written."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import pytest
 from loraflow import db
 from loraflow.config import Settings
 from loraflow.errors import Conflict, InvalidInput
+from loraflow.rag.backends import close_clients, open_index
 from loraflow.rag.retrieve import retrieve
-from loraflow.services import backup, knowledge
+from loraflow.services import backup, backup_files, knowledge
 from loraflow.services.backup import create_backup, restore_backup, verify_backup
 from loraflow.services.documents import ingest, ingest_sample_if_empty
 from loraflow.services.runtime import build_runtime
@@ -414,3 +416,136 @@ def test_restore_into_an_existing_empty_folder_holds_it_against_a_server(
     assert (target / "vector_store" / "CURRENT").exists()
     assert starts[0].returncode != 0
     assert "being restored" in starts[0].stderr
+
+
+def _open_files_under(*folders: Path) -> list[str]:
+    """What this process holds open in `folders` (Linux: read from /proc)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(target.startswith(f"{folder}/") for folder in folders):
+            held.append(target)
+    return sorted(held)
+
+
+# What an ingest or delete in another worker does to a store: take its write lock, change
+# it, save a new version (which deletes the old one). Past the alarm it waits no longer.
+_DELETE_IN_ANOTHER_PROCESS = """
+import signal, sys
+from pathlib import Path
+from loraflow.config import Settings
+from loraflow.rag.backends import open_index
+data, kind, name, dim, doc_id = sys.argv[1:]
+settings = Settings(data_dir=Path(data), vector_store=kind, load_local_model=False)
+store = open_index(settings, settings.vector_store_dir, name, int(dim))
+signal.alarm(15)
+with store.write_lock():
+    store.delete_document(doc_id)
+    store.save()
+print("deleted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["faiss", "chroma"])
+def test_stores_are_writable_while_the_archive_is_written(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete in another process runs mid-archive; the archive holds the store as before it.
+
+    Every store file is held open (FAISS) or copied (Chroma, which rewrites in place), not
+    read into memory, so the archive is written from what was taken under the locks.
+    """
+    monkeypatch.setattr(backup_files, "_SMALL", 0)
+    data = tmp_path / "data"
+    settings = _settings(data).model_copy(update={"vector_store": kind})
+    rt = build_runtime(settings)
+    notes = []
+    for name, text in {"a.md": "Lighthouse logs at dawn.", "b.md": "Ferry leaves at nine."}.items():
+        notes.append(tmp_path / name)
+        notes[-1].write_text(f"# {name}\n{text}")
+    ingest(rt, notes)
+    (data / "NOTES.txt").write_text("kept by hand")  # the data dir's files come first
+    before = sorted(d.source for d in rt.store.list_documents())
+    doomed = rt.store.get_document_by_source("a.md").doc_id
+    out = tmp_path / "out"
+    out.mkdir()
+    baseline = _open_files_under(data, out)
+    archived: list[str] = []
+    deletes: list[subprocess.CompletedProcess] = []
+
+    def delete_mid_archive(rel: str, i: int, total: int) -> None:
+        archived.append(rel)
+        if i == 1:
+            assert rel == "NOTES.txt"
+            command = [sys.executable, "-c", _DELETE_IN_ANOTHER_PROCESS, str(data), kind]
+            command += [rt.embedder.name, str(rt.embedder.dim), doomed]
+            deletes.append(subprocess.run(command, capture_output=True, text=True, timeout=120))
+
+    try:
+        report = create_backup(settings, rt.db, out / "b.tar.gz", progress=delete_mid_archive)
+        assert _open_files_under(data, out) == baseline
+        assert deletes[0].returncode == 0, deletes[0].stderr  # the lock was free meanwhile
+        assert any(r.startswith(("vector_store/", "chroma/")) for r in archived)
+        rt.store.refresh()
+        assert "a.md" not in {d.source for d in rt.store.list_documents()}
+
+        verify_backup(report.path)
+        restored = _settings(tmp_path / "restored").model_copy(update={"vector_store": kind})
+        restore_backup(report.path, restored)
+        store = open_index(restored, restored.vector_store_dir, rt.embedder.name, rt.embedder.dim)
+        assert sorted(d.source for d in store.list_documents()) == before
+
+        # Interrupted mid-archive, with the store files held: no handle and no file is left.
+        baseline = _open_files_under(data, out)
+
+        def interrupt(rel: str, i: int, total: int) -> None:
+            assert len(_open_files_under(data, out)) > len(baseline)  # the store files
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            create_backup(settings, rt.db, out / "c.tar.gz", progress=interrupt)
+        # Closed, not left to the garbage collector: the traceback still holds the frames.
+        assert interrupted.tb is not None and _open_files_under(data, out) == baseline
+        assert [p.name for p in out.iterdir()] == ["b.tar.gz"]
+    finally:
+        close_clients()
+
+
+def test_a_checkpoint_deleted_while_it_is_archived_is_archived_whole_or_not_at_all(
+    instance, tmp_path: Path
+) -> None:
+    """A training job rotates checkpoints while the backup runs; none is archived in part."""
+    data = instance.settings.data_path
+    checkpoints = data / "lora_adapters" / "rotating" / "checkpoints"
+    files = ["adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"]
+    for step in (2, 4):
+        for name in files:
+            path = checkpoints / f"checkpoint-{step}" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f'{{"global_step": {step}, "file": "{name}"}}')
+    baseline = _open_files_under(data, tmp_path)
+
+    def rotate(rel: str, i: int, total: int) -> None:
+        if i == 1:
+            # Right after the snapshot the job's deletion of checkpoint-4 is under way.
+            assert "/checkpoints/" not in rel
+            (checkpoints / "checkpoint-4" / "optimizer.pt").unlink()
+        if "/checkpoint-2/" in rel and (checkpoints / "checkpoint-2").exists():
+            shutil.rmtree(checkpoints / "checkpoint-2")  # rotated while it is archived
+
+    try:
+        report = create_backup(instance.settings, instance.db, tmp_path / "b", progress=rotate)
+        verify_backup(report.path)
+        assert _open_files_under(data, tmp_path) == baseline
+        prefix = "files/lora_adapters/rotating/checkpoints/"
+        with tarfile.open(report.path) as tar:
+            names = [n.removeprefix(prefix) for n in tar.getnames() if n.startswith(prefix)]
+            # checkpoint-2 was opened whole before it went; checkpoint-4 was torn: left out.
+            assert sorted(names) == [f"checkpoint-2/{name}" for name in files]
+            state = tar.extractfile(f"{prefix}checkpoint-2/trainer_state.json").read()
+        assert json.loads(state)["global_step"] == 2
+    finally:
+        shutil.rmtree(checkpoints.parent)

@@ -20,7 +20,7 @@ def backup(
 ) -> None:
     """Write one verified archive of the data dir (database, stores, adapters, uploads).
 
-    Safe while the service runs: ingests and deletes wait until the files are read.
+    Safe while the service runs: ingests and deletes wait only while a snapshot is taken.
     """
     from loraflow import db
     from loraflow.services.backup import create_backup

@@ -3,9 +3,10 @@
 The archive is a gzipped tar holding `manifest.json` (format, version, sha256 and size of
 every member) and the data files. The database goes in as one JSON-lines file per table,
 so an archive made on SQLite restores into PostgreSQL and back. Which files go in, and
-the store locks held while they are read, are decided in `backup_files`. Each file is read
-once and the bytes archived are the bytes hashed; the finished archive is verified before
-it is renamed into place.
+how they are read so the archive is one moment, is decided in `backup_files`: the store
+locks are held only while the tables are dumped and the store files opened, not while the
+archive is written. Each file is read once and the bytes archived are the bytes hashed;
+the finished archive is verified before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
@@ -38,7 +39,15 @@ from loraflow.errors import (
     is_disk_full,
 )
 from loraflow.locks import data_dir_unused
-from loraflow.services.backup_files import active_indexes, data_files, hold_stores
+from loraflow.services.backup_files import (
+    HeldFile,
+    active_indexes,
+    archive_units,
+    data_files,
+    hold_store_files,
+    hold_stores,
+    open_unit,
+)
 
 FORMAT = "loraflow-backup"
 FORMAT_VERSION = 1
@@ -117,33 +126,29 @@ class _HashingReader:
         return block
 
 
-def _add_file(tar: tarfile.TarFile, path: Path, member: str) -> dict[str, Any] | None:
-    """Archive one file read once, hashing those very bytes; None when it is gone.
+def _add_held(tar: tarfile.TarFile, f: HeldFile, member: str, path: Path) -> dict[str, Any]:
+    """Archive one opened file read once, hashing those very bytes.
 
     A file that grows meanwhile (a running job's log) is archived as it was when opened.
     """
+    info = tarfile.TarInfo(member)
+    info.size, info.mode, info.mtime = f.size, f.mode, int(f.mtime)
+    if f.size <= _IN_MEMORY:
+        data = f.stream.read(f.size)
+        info.size = len(data)  # shorter if it shrank since
+        tar.addfile(info, io.BytesIO(data))
+        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    reader = _HashingReader(f.stream)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below, after the size check
-    except FileNotFoundError:
-        return None  # removed while we walked (e.g. a replaced upload)
-    with f:
-        info = tar.gettarinfo(arcname=member, fileobj=f)
-        if info.size <= _IN_MEMORY:
-            data = f.read(info.size)
-            info.size = len(data)  # shorter if it shrank since
-            tar.addfile(info, io.BytesIO(data))
-            return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        reader = _HashingReader(f)
-        try:
-            tar.addfile(info, reader)
-        except OSError as exc:
-            if exc.errno is not None:
-                raise
-            raise StoreError(
-                f"{path} shrank while it was archived; no partial archive was left",
-                hint="run the backup again",
-            ) from exc
-        return {"sha256": reader.sha256.hexdigest(), "size": info.size}
+        tar.addfile(info, reader)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise
+        raise StoreError(
+            f"{path} shrank while it was archived; no partial archive was left",
+            hint="run the backup again",
+        ) from exc
+    return {"sha256": reader.sha256.hexdigest(), "size": info.size}
 
 
 def _write_archive(
@@ -151,8 +156,13 @@ def _write_archive(
     root: Path,
     tables: dict[str, bytes],
     files: list[Path],
+    held: dict[Path, HeldFile | None],
     progress: Progress | None,
 ) -> dict[str, Any]:
+    """Write the archive; `held` are the store files opened under the locks.
+
+    Other files are opened as they are reached, a checkpoint's all at once (see open_unit).
+    """
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -168,13 +178,18 @@ def _write_archive(
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "size": len(data),
             }
-        for i, path in enumerate(files, start=1):
-            rel = path.relative_to(root).as_posix()
-            meta = _add_file(tar, path, f"{FILES_PREFIX}{rel}")
-            if meta is not None:
-                manifest["members"][f"{FILES_PREFIX}{rel}"] = meta
-            if progress:
-                progress(rel, i, len(files))
+        done = 0
+        for unit, whole in archive_units(root, files):
+            with ExitStack() as stack:
+                for path, f in zip(unit, open_unit(stack, unit, held, whole=whole), strict=True):
+                    done += 1
+                    rel = path.relative_to(root).as_posix()
+                    if f is not None:  # None: removed since it was listed
+                        member = f"{FILES_PREFIX}{rel}"
+                        manifest["members"][member] = _add_held(tar, f, member, path)
+                        f.close()
+                    if progress:
+                        progress(rel, done, len(files))
         _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -191,8 +206,9 @@ def create_backup(
 ) -> BackupReport:
     """Write one verified archive of everything that matters; a failure leaves no file.
 
-    Every vector store's write lock is held while the tables are dumped and the files
-    archived, so no ingest or delete, in this process or another, changes them meanwhile.
+    Every vector store's write lock is held while the tables are dumped, the files listed
+    and the store files opened, so no ingest or delete, in this process or another, comes
+    between them; the archive is then written from those handles with the locks released.
     `on_wait` is called when a running writer makes the backup wait.
     """
     started = time.perf_counter()
@@ -209,11 +225,13 @@ def create_backup(
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-backup-", dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        with hold_stores(settings, engine, on_wait):
-            tables = _dump_tables(engine)
-            active = active_indexes(settings, tables.get(db.kb_collections.name, b""))
-            files = list(data_files(settings, active))
-            manifest = _write_archive(tmp, root, tables, files, progress)
+        with ExitStack() as handles:  # every file held open is closed on every path
+            with hold_stores(settings, engine, on_wait) as folders:
+                tables = _dump_tables(engine)
+                active = active_indexes(settings, tables.get(db.kb_collections.name, b""))
+                files = list(data_files(settings, active))
+                held = hold_store_files(handles, settings, files, folders, target.parent)
+            manifest = _write_archive(tmp, root, tables, files, held, progress)
         try:
             verify_backup(tmp)
         except InvalidInput as exc:

@@ -1,4 +1,4 @@
-"""What of a data dir goes into a backup, and the locks that keep it still meanwhile.
+"""What of a data dir goes into a backup, and how it is read so the archive is one moment.
 
 Files that are being written are left out. loraflow writes them under names of their own
 and publishes them with a rename, so those names are exactly what to skip:
@@ -18,23 +18,38 @@ and publishes them with a rename, so those names are exactly what to skip:
 Vector stores saved as `vN/` folders behind a `CURRENT` pointer contribute only the
 version CURRENT names. Lock files, the live SQLite database (dumped instead), the model
 cache and the backups folder are left out too.
+
+The vector stores' write locks are held only while the snapshot is taken: the tables are
+dumped, the files listed and every file of a store folder opened. A FAISS store publishes
+a version by renames and never rewrites a file, so an open handle keeps reading the bytes
+of that moment after the locks are released, whatever ingest or delete runs meanwhile.
+Chroma and local Qdrant rewrite their files in place, so theirs are copied instead (into
+memory, or an unnamed temporary file beside the archive). Training checkpoints, which a
+running job deletes as it writes newer ones, are archived whole or not at all: every file
+of one is opened before any is archived.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
+import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Engine, select
 
 from loraflow import db
 from loraflow.config import Settings
 from loraflow.locks import file_lock
-from loraflow.rag.backends import write_lock_file
+from loraflow.rag.backends import chroma_folder, qdrant_folder, write_lock_file
 from loraflow.training.trainer import CHECKPOINTS, is_complete_checkpoint
 
 _SKIP_NAMES = {"loraflow.db", "loraflow.db-wal", "loraflow.db-shm", "loraflow.db-journal"}
@@ -42,6 +57,9 @@ _STAGING_DIR = re.compile(r"^(\.tmp|\.final$|\..+\.(tmp|export|merging)-)")
 _STAGING_FILE = re.compile(r"^(\.tmp|\.CURRENT-)|(\.tmp|\.partial|\.lock)$")
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 COLLECTIONS = "collections"
+# Store files up to this size are read into memory under the locks, not held open.
+_SMALL = 1024 * 1024
+_COPY_BLOCK = 1024 * 1024
 
 
 def _index_path(settings: Settings, index_dir: str) -> Path:
@@ -111,8 +129,8 @@ def data_files(settings: Settings, active: set[Path]) -> Iterator[Path]:
             yield p
 
 
-def _store_lock_files(settings: Settings, engine: Engine) -> list[Path]:
-    """The write-lock files of the default store and of every knowledge base's index."""
+def _store_indexes(settings: Settings, engine: Engine) -> set[Path]:
+    """The default store's folder and every knowledge base's index folder."""
     t = db.kb_collections
     with engine.connect() as conn:
         dirs = [r[0] for r in conn.execute(select(t.c.index_dir)).all()]
@@ -120,18 +138,138 @@ def _store_lock_files(settings: Settings, engine: Engine) -> list[Path]:
     if settings.vector_store == "faiss":
         # A FAISS index that has no folder yet has nothing to hold still.
         paths = {p for p in paths if p.is_dir()}
-    return sorted({write_lock_file(settings, p) for p in paths})
+    return paths
+
+
+def _store_folders(settings: Settings, indexes: set[Path]) -> list[Path]:
+    """The data-dir folders whose files those locks keep still."""
+    if settings.vector_store == "faiss":
+        return sorted(indexes)
+    if settings.vector_store == "chroma":
+        return [chroma_folder(settings).resolve()]
+    return [] if settings.qdrant_url else [qdrant_folder(settings).resolve()]
 
 
 @contextmanager
 def hold_stores(
     settings: Settings, engine: Engine, on_wait: Callable[[], None] | None = None
-) -> Iterator[None]:
+) -> Iterator[list[Path]]:
     """Hold every vector store's write lock, the one ingest and delete take in any process.
 
-    Taken in one order; every writer holds a single store's lock, so this cannot deadlock.
+    Yields the data-dir folders the locks keep still. Taken in one order; every writer
+    holds a single store's lock, so this cannot deadlock.
     """
+    indexes = _store_indexes(settings, engine)
     with ExitStack() as stack:
-        for path in _store_lock_files(settings, engine):
+        for path in sorted({write_lock_file(settings, p) for p in indexes}):
             stack.enter_context(file_lock(path, on_wait))
-        yield
+        yield _store_folders(settings, indexes)
+
+
+@dataclass
+class HeldFile:
+    """A file's bytes as they were when it was opened, readable once from `stream`."""
+
+    stream: BinaryIO
+    size: int
+    mode: int
+    mtime: float
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def hold_file(
+    path: Path, *, load_small: bool = False, copy_into: Path | None = None
+) -> HeldFile | None:
+    """Open `path` for archiving; None when it is gone.
+
+    `load_small` reads a small file into memory now, so it holds no handle. `copy_into`
+    copies the bytes now, a large file into an unnamed temporary file in that folder, for
+    a file that is rewritten in place.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - returned open, or closed below
+    except FileNotFoundError:
+        return None
+    copy: BinaryIO | None = None
+    try:
+        st = os.fstat(f.fileno())
+        held = HeldFile(f, st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime)
+        if (load_small or copy_into is not None) and st.st_size <= _SMALL:
+            data = f.read()
+            held.stream, held.size = io.BytesIO(data), len(data)
+        elif copy_into is not None:
+            copy = tempfile.TemporaryFile(dir=copy_into)  # noqa: SIM115 - held
+            shutil.copyfileobj(f, copy, _COPY_BLOCK)
+            held.stream, held.size = copy, copy.tell()
+            copy.seek(0)
+        else:
+            return held
+    except BaseException:
+        if copy is not None:
+            copy.close()
+        f.close()
+        raise
+    f.close()
+    return held
+
+
+def hold_store_files(
+    stack: ExitStack,
+    settings: Settings,
+    files: list[Path],
+    folders: list[Path],
+    spool: Path,
+) -> dict[Path, HeldFile | None]:
+    """Open (or copy) every file of `files` that lies in `folders`; `stack` closes them.
+
+    Called under the store locks. Small files are read into memory, so only large ones
+    keep a handle; Chroma and local Qdrant files are copied (large ones into `spool`)
+    because those stores rewrite them in place.
+    """
+    spool_into = spool if settings.vector_store != "faiss" else None
+    held: dict[Path, HeldFile | None] = {}
+    for path in files:
+        if any(path.is_relative_to(folder) for folder in folders):
+            f = hold_file(path, load_small=True, copy_into=spool_into)
+            if f is not None:
+                stack.callback(f.close)
+            held[path] = f
+    return held
+
+
+def checkpoint_of(root: Path, path: Path) -> Path | None:
+    """The `checkpoints/checkpoint-N/` folder that `path` lies in, if any."""
+    for parent in path.relative_to(root).parents:
+        if _CHECKPOINT.match(parent.name) and parent.parent.name == CHECKPOINTS:
+            return root / parent
+    return None
+
+
+def archive_units(root: Path, files: list[Path]) -> list[tuple[list[Path], bool]]:
+    """`files` in order, one unit each but one for all files of a checkpoint (then True)."""
+    units: dict[Path, tuple[list[Path], bool]] = {}
+    for path in files:
+        checkpoint = checkpoint_of(root, path)
+        units.setdefault(checkpoint or path, ([], checkpoint is not None))[0].append(path)
+    return list(units.values())
+
+
+def open_unit(
+    stack: ExitStack, unit: list[Path], held: dict[Path, HeldFile | None], *, whole: bool
+) -> list[HeldFile | None]:
+    """Open every file of `unit` before any is archived; `stack` closes them.
+
+    Files opened under the store locks come from `held`. With `whole` (a checkpoint) one
+    file gone means the unit is being deleted: all of it is left out (all None).
+    """
+    opened: list[HeldFile | None] = []
+    for path in unit:
+        f = held.pop(path) if path in held else hold_file(path)
+        if f is not None:
+            stack.callback(f.close)
+        opened.append(f)
+    if whole and None in opened:
+        return [None] * len(opened)
+    return opened

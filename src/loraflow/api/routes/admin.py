@@ -35,8 +35,8 @@ def _named(rt: Any, name: str) -> Path:
     "/backup",
     summary="Write a consistent backup archive under DATA_DIR/backups",
     description="Waits for a running ingest or delete of any knowledge base (in any worker) "
-    "to finish and holds off new ones while it reads. 507 when the disk is full; no partial "
-    "archive is left.",
+    "to finish and holds off new ones while it takes its snapshot, not while it writes the "
+    "archive. 507 when the disk is full; no partial archive is left.",
 )
 async def backup(rt: RuntimeDep) -> dict[str, Any]:
     report = await run_in_threadpool(create_backup, rt.settings, rt.db)
