@@ -18,6 +18,8 @@ from loraflow.errors import ConfigError
 Device = Literal["cpu", "auto", "cuda"]
 QuantizationType = Literal["int8", "4bit"]
 Engine = Literal["local", "ollama"]
+# A knowledge base's chunk size in characters: CHUNK_SIZE and every new collection's.
+CHUNK_SIZE_RANGE = (50, 20_000)
 
 
 class Settings(BaseSettings):
@@ -113,7 +115,10 @@ class Settings(BaseSettings):
         120.0, gt=0, validation_alias=AliasChoices("OLLAMA_TIMEOUT", "ollama_timeout")
     )
     chunk_size: int = Field(
-        800, ge=50, le=20000, validation_alias=AliasChoices("CHUNK_SIZE", "chunk_size")
+        800,
+        ge=CHUNK_SIZE_RANGE[0],
+        le=CHUNK_SIZE_RANGE[1],
+        validation_alias=AliasChoices("CHUNK_SIZE", "chunk_size"),
     )
     chunk_overlap: int = Field(
         120, ge=0, validation_alias=AliasChoices("CHUNK_OVERLAP", "chunk_overlap")

@@ -20,7 +20,7 @@ from loraflow.config import Settings
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound, StoreError
 from loraflow.rag.backends import drop_index, open_index
 from loraflow.rag.bm25 import BM25Index
-from loraflow.rag.chunking import check_chunk_params
+from loraflow.rag.chunking import check_kb_chunking
 from loraflow.rag.embed import Embedder, load_embedder
 from loraflow.rag.hybrid import CrossEncoderReranker, Reranker
 from loraflow.rag.store import VectorStore
@@ -193,9 +193,10 @@ class KnowledgeBases:
         if name == DEFAULT:
             raise Conflict(f"{DEFAULT!r} is the built-in collection (VECTOR_STORE_PATH)")
         model = (embedding_model or self.settings.embedding_model).strip()
-        size = chunk_size or self.settings.chunk_size
+        # Only a value left out takes the setting: 0 is refused like any other bad size.
+        size = self.settings.chunk_size if chunk_size is None else chunk_size
         ov = self.settings.chunk_overlap if overlap is None else overlap
-        check_chunk_params(size, ov)
+        check_kb_chunking(size, ov)
         self.embedder(model)
         cid = uuid.uuid4().hex
         values = {

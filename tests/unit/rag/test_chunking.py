@@ -7,7 +7,7 @@ import random
 import pytest
 
 from loraflow.errors import InvalidInput
-from loraflow.rag.chunking import Chunk, split_text
+from loraflow.rag.chunking import Chunk, check_kb_chunking, split_text
 
 ENGLISH = (
     "Cats are small carnivorous mammals. They are often kept as pets! Do they sleep a lot? "
@@ -115,3 +115,41 @@ def test_random_mixed_text_keeps_invariants(seed: int) -> None:
 def test_invalid_parameters_are_rejected(size: int, overlap: int, quoted: str) -> None:
     with pytest.raises(InvalidInput, match=quoted):
         split_text("some text", size, overlap)
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(50, 0), (50, 49), (20000, 19999), (800, 120)])
+def test_knowledge_base_chunking_accepts_the_whole_range(size: int, overlap: int) -> None:
+    check_kb_chunking(size, overlap)
+
+
+@pytest.mark.parametrize(
+    ("size", "overlap", "said"),
+    [
+        (0, 0, "Size must be a whole number from 50 to 20000; it is 0"),
+        (None, 0, "Size must be a whole number from 50 to 20000; it is empty"),
+        (49, 0, "Size must be a whole number from 50 to 20000; it is 49"),
+        (20001, 0, "Size must be a whole number from 50 to 20000; it is 20001"),
+        (True, 0, "Size must be a whole number from 50 to 20000; it is True"),
+        (
+            100,
+            100,
+            "Overlap must be a whole number from 0 to 99, less than the chunk size; it is 100",
+        ),
+        (
+            100,
+            -1,
+            "Overlap must be a whole number from 0 to 99, less than the chunk size; it is -1",
+        ),
+        (
+            100,
+            None,
+            "Overlap must be a whole number from 0 to 99, less than the chunk size; it is empty",
+        ),
+    ],
+)
+def test_knowledge_base_chunking_names_the_callers_fields(
+    size: int | None, overlap: int | None, said: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_kb_chunking(size, overlap, ("Size", "Overlap"))
+    assert caught.value.message == said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from loraflow import db
 from loraflow.cli import app
-from loraflow.errors import Conflict, ModelLoadError, NotFound, StoreError
+from loraflow.errors import Conflict, InvalidInput, ModelLoadError, NotFound, StoreError
 from loraflow.services import knowledge
 from loraflow.services.documents import ingest_sample_if_empty, sample_docs_dir
 from loraflow.services.runtime import Runtime
@@ -84,6 +85,24 @@ def test_names_are_unique_and_unknown_names_list_the_known_ones(rt: Runtime) -> 
     assert knowledge.rename_collection(rt, "tmp-a", "tmp-b")["name"] == "tmp-b"
     knowledge.delete_collection(rt, "tmp-b")
     assert "tmp-b" not in [c["name"] for c in knowledge.list_collections(rt)]
+
+
+@pytest.mark.parametrize(
+    ("size", "overlap", "said"),
+    [
+        (0, None, "chunk_size must be a whole number from 50 to 20000; it is 0"),
+        (-5, None, "chunk_size must be a whole number from 50 to 20000; it is -5"),
+        (10**6, None, "chunk_size must be a whole number from 50 to 20000; it is 1000000"),
+        (None, 900, "chunk_overlap must be a whole number from 0 to 799, less than the chunk"),
+    ],
+)
+def test_a_collection_refuses_chunking_outside_the_api_rule(
+    base_rt: Runtime, size: int | None, overlap: int | None, said: str
+) -> None:
+    # 0 is not "the default": only a value left out is (the CLI and the UI pass what was given).
+    with pytest.raises(InvalidInput, match=re.escape(said)):
+        knowledge.create_collection(base_rt, "bad-chunks", chunk_size=size, chunk_overlap=overlap)
+    assert "bad-chunks" not in [c["name"] for c in knowledge.list_collections(base_rt)]
 
 
 def test_collections_keep_their_own_documents(rt: Runtime, tmp_path: Path) -> None:

