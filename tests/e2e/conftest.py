@@ -6,11 +6,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.server import Server, cli_argv, free_port, uvicorn_argv
+from tests.e2e.ui_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, open_ui
 
 ADAPTER_NAME = "support-bot"
 
@@ -90,3 +92,29 @@ def server(
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless chromium for the web UI tests."""
+    from playwright.sync_api import expect, sync_playwright
+
+    # Page updates come from server events; on a busy 2-core machine they can take seconds.
+    expect.set_options(timeout=30_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser: Any, ui_server: Server) -> Iterator[Any]:
+    """The UI's page in a fresh browser context; `ui_server` is the test module's server."""
+    p = open_ui(browser, ui_server)
+    try:
+        yield p
+    finally:
+        p.context.close()

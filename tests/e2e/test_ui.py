@@ -13,22 +13,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO
 from tests.e2e.conftest import make_adapter, start_server
 from tests.e2e.server import Server
+from tests.e2e.ui_browser import (
+    SCREENSHOTS,
+    SLOW,
+    UI_ENV,
+    choose,
+    fill,
+    needs_chromium,
+    no_error_toast,
+    open_ui,
+    tab,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = REPO / ".cache" / "ui-screenshots"
 ADAPTER = "story-style"
 SECRET = [
     {"instruction": f"What is the secret word {i}?", "input": "", "output": "It is pineapple."}
@@ -43,16 +41,8 @@ TINY_JOB = {
     "train-max-steps": "2",
     "train-val-split": "0.2",
 }
-SLOW = 240_000  # ms: a training job or a generation on a busy 2-core machine
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Debian chromium is not installed (/usr/bin/chromium); scripts/setup.sh installs "
-        "it as root, or run: apt-get install chromium",
-    ),
-]
+pytestmark = [pytest.mark.integration, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -66,67 +56,12 @@ def ui_server(
     adapters = tmp_path_factory.mktemp("ui-adapters")
     make_adapter(smollm2_dir, adapters / ADAPTER)
     env = {
+        **UI_ENV,
         "CACHE_DIR": str(model_cache),
         "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-        "OLLAMA_TIMEOUT": "3",
-        "AUTO_INGEST_SAMPLE": "false",
-        "MAX_NEW_TOKENS": "16",
-        "TEMPERATURE": "0",
     }
     with start_server(data, env, ("webui", "--lora", str(adapters))) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import expect, sync_playwright
-
-    # Page updates come from server events; on a busy 2-core machine they can take seconds.
-    expect.set_options(timeout=30_000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def open_ui(browser: Any, server: Server) -> Any:
-    """A fresh browser context (like a second browser) on the UI's page."""
-    from playwright.sync_api import expect
-
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(f"{server.url}/ui/")
-    expect(page.get_by_role("tab", name="Ask")).to_be_visible(timeout=60_000)
-    return page
-
-
-@pytest.fixture()
-def page(browser: Any, ui_server: Server) -> Iterator[Any]:
-    p = open_ui(browser, ui_server)
-    try:
-        yield p
-    finally:
-        p.context.close()
-
-
-def fill(page: Any, elem_id: str, value: str) -> None:
-    page.locator(f"#{elem_id} textarea, #{elem_id} input:not([type=file])").first.fill(value)
-
-
-def choose(page: Any, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option).click()
-
-
-def tab(page: Any, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def no_error_toast(page: Any) -> None:
-    errors = page.locator(".toast-body.error")
-    assert errors.count() == 0, errors.all_inner_texts()
 
 
 def test_training_from_upload_to_a_loaded_adapter(
