@@ -310,7 +310,7 @@ def test_an_assistant_made_in_the_ui_answers_from_its_own_knowledge_base(
     page.get_by_text("Knowledge bases: create, rename, delete").click()
     expect(page.locator("#kb-info")).to_contain_text("used by assistants: keeper")
     page.locator("#kb-delete").click()
-    expect(page.locator(".toast-body.error")).to_contain_text(
+    expect(page.locator("#kb-status")).to_contain_text(
         "collection 'ui-lighthouse' is used by assistant(s) 'keeper'"
     )
     page.locator("#kb-force input").check()

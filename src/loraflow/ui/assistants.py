@@ -189,13 +189,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             "\n".join(gen.get("stop", [])),
         )
 
-    @action
+    @ctx.in_status(status, "create_assistant")
     def on_create(*values: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
         a = assistants.create_assistant(rt, _spec(*values))
         return (f"{t('created')}: {assistants.MODEL_PREFIX}{a.name}", *_view(rt, a.name))
 
-    @action
+    @ctx.in_status(status, "save_assistant")
     def on_save(picked: str | None, *values: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
         if not picked:
@@ -203,7 +203,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         a = assistants.update_assistant(rt, picked, _spec(*values))
         return (f"{t('saved')}: {assistants.MODEL_PREFIX}{a.name}", *_view(rt, a.name))
 
-    @action
+    @ctx.in_status(status, "delete")
     def on_delete(picked: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
         if not picked:

@@ -40,14 +40,42 @@ class UIContext:
             raise EngineUnavailable("the service is still starting; retry in a few seconds")
         return rt
 
+    def in_status(self, status: gr.Markdown, button: str) -> Callable[[F], F]:
+        """Wrap a form button's handler so a failure is written into the form's `status` line,
+        headed by the button's label (key `button`), and every other output stays as it is.
+
+        An error raised to Gradio would show as a toast that floats over every tab until it
+        is closed, covering other tabs' forms. The event must list `status` as an output.
+        """
+        heading = self.t("action_failed").format(action=self.t(button))
+
+        def wrap(fn: F) -> F:
+            @functools.wraps(fn)
+            def call(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    # A dict sets only the components it names.
+                    return {status: f"✗ **{heading}**: {failure(exc)}"}
+
+            return call  # type: ignore[return-value]
+
+        return wrap
+
+
+def failure(exc: Exception) -> str:
+    """What the page says about a failed event: the message and its hint, never a traceback."""
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    if isinstance(exc, LoraflowError):
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    # The log keeps the traceback for the operator.
+    log.exception("unexpected error in the web UI")
+    return f"internal error: {type(exc).__name__}; see the server log"
+
 
 def _shown(exc: Exception) -> gr.Error:
-    if isinstance(exc, LoraflowError):
-        text = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        return gr.Error(text)
-    # Never a traceback in the page; the log keeps it for the operator.
-    log.exception("unexpected error in the web UI")
-    return gr.Error(f"internal error: {type(exc).__name__}; see the server log")
+    return gr.Error(failure(exc))
 
 
 def action(fn: F) -> F:

@@ -85,7 +85,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
             return ""
         return describe(ctx, knowledge.get_collection(ctx.rt(), name))
 
-    @action
+    @ctx.in_status(status, "create_kb")
     def on_create(name: str, embedder: str | None, chunk: Any, ov: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
         c = knowledge.create_collection(
@@ -93,13 +93,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
         )
         return _pick(rt, c["name"]), "", f"{t('created')}: {describe(ctx, c)}"
 
-    @action
+    @ctx.in_status(status, "rename_kb")
     def on_rename(name: str | None, new: str) -> tuple[Any, ...]:
         rt = ctx.rt()
         c = knowledge.rename_collection(rt, name or DEFAULT, (new or "").strip())
         return _pick(rt, c["name"]), "", f"{t('renamed')}: {name} → {c['name']}"
 
-    @action
+    @ctx.in_status(status, "delete_kb")
     def on_delete(name: str | None, forced: bool) -> tuple[Any, ...]:
         rt = ctx.rt()
         done = knowledge.delete_collection(rt, name or DEFAULT, force=bool(forced))
@@ -111,8 +111,8 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
     demo.load(refresh, model, model, show_progress="hidden")
     tab.select(refresh, model, model, show_progress="hidden")
     collection.change(on_collection, collection, info, show_progress="hidden")
-    # Progress and errors show on the status line only: an error overlay on the dropdown, the
-    # name or the force box would keep them from being changed for the next try.
+    # Progress and failures show on the status line only: an error overlay on the dropdown,
+    # the name or the force box would keep them from being changed for the next try.
     on_status = {"show_progress_on": status}
     create.click(
         on_create,

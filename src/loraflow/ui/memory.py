@@ -180,7 +180,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     def on_project(ref: str | None) -> tuple[Any, ...]:
         return _view(ctx.rt(), ref)
 
-    @action
+    @ctx.in_status(status, "create_project")
     def on_create(name: str) -> tuple[Any, ...]:
         rt = ctx.rt()
         p = memory.create_project(rt, name or "")
@@ -224,20 +224,20 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             _history(rt, ref, entry_id),
         )
 
-    @action
+    @ctx.in_status(status, "add_entry")
     def on_add(ref: str | None, *values: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
         e = memory.add_entry(rt, _need(ref), _values(*values))
         return (f"{t('added')}: {e['title']}", *_view(rt, ref, e["entry_id"]))
 
-    @action
+    @ctx.in_status(status, "save_entry")
     def on_save(ref: str | None, entry_id: str | None, *values: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
         e = memory.update_entry(rt, _need(ref), _need_entry(entry_id), _values(*values))
         message = f"{t('saved')}: {e['title']}"
         return (message, *_view(rt, ref, e["entry_id"]), _history(rt, ref, e["entry_id"]))
 
-    @action
+    @ctx.in_status(status, "supersede")
     def on_supersede(
         ref: str | None, entry_id: str | None, why: str, *values: Any
     ) -> tuple[Any, ...]:
@@ -246,13 +246,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         message = f"{t('superseded')}: {e['title']} (v{e['version']})"
         return (message, *_view(rt, ref, e["entry_id"]), _history(rt, ref, e["entry_id"]), "")
 
-    @action
+    @ctx.in_status(status, "delete")
     def on_delete(ref: str | None, entry_id: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
         e = memory.delete_entry(rt, _need(ref), _need_entry(entry_id))
         return (f"{t('deleted')}: {e['title']}", *_view(rt, ref))
 
-    @action
+    @ctx.in_status(status, "accept")
     def on_accept(ref: str | None, sid: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
         if not sid:
@@ -260,7 +260,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         done = memory.accept_suggestion(rt, _need(ref), sid)
         return (f"{t('accepted')}: {done['entry']['title']}", *_view(rt, ref))
 
-    @action
+    @ctx.in_status(status, "reject")
     def on_reject(ref: str | None, sid: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
         if not sid:
@@ -278,7 +278,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), "utf-8")
         return str(path)
 
-    @action
+    @ctx.in_status(status, "import")
     def on_import(path: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
         if not path:

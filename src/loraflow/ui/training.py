@@ -229,7 +229,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             info = datasets.save_dataset_upload(ctx.rt(), Path(path).name, stream, dataset_type)
         return f"✓ {info['message']} ({info['size_mb']} MB)", info["filename"]
 
-    @action
+    @ctx.in_status(start_status, "start")
     def on_start(
         stored: str,
         dataset_type: str,
@@ -263,10 +263,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         menu = gr.update(choices=_task_choices(found), value=task["task_id"])
         return message, tasks_html(ctx, found), menu
 
-    def on_task(do: Callable[[Runtime, int], dict[str, Any]]) -> Callable[..., tuple[Any, ...]]:
+    def on_task(
+        do: Callable[[Runtime, int], dict[str, Any]], button: str
+    ) -> Callable[..., tuple[Any, ...]]:
         """A button handler that applies `do` (cancel, resume) to the picked task."""
 
-        @action
+        @ctx.in_status(start_status, button)
         def handler(task_id: int | None) -> tuple[Any, ...]:
             rt = ctx.rt()
             if task_id is None:
@@ -289,6 +291,6 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         [start_status, tasks, pick],
         api_name="train",
     )
-    cancel.click(on_task(training.cancel), pick, [start_status, tasks])
-    resume.click(on_task(training.resume), pick, [start_status, tasks])
+    cancel.click(on_task(training.cancel, "cancel"), pick, [start_status, tasks])
+    resume.click(on_task(training.resume, "resume"), pick, [start_status, tasks])
     pick.input(refresh, [pick, shown], live, show_progress="hidden")
