@@ -43,6 +43,40 @@ def uncovered(page: Any, selector: str) -> bool:
     )
 
 
+def test_the_knowledge_base_form_refuses_bad_chunk_settings_in_place(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_text(MANAGE_KBS).click()
+    fill(page, "kb-new-name", "ui-chunks")
+    status = page.locator("#kb-status")
+    size_rule = "Chunk size (characters) must be a whole number from 50 to 20000"
+    overlap_rule = "Chunk overlap must be a whole number from 0 to 799, less than the chunk size"
+    # A cleared field, zero, negative and absurd values: each refused with the rule, in place.
+    for size, overlap, said in (
+        ("0", "120", f"{size_rule}; it is 0"),
+        ("", "120", f"{size_rule}; it is empty"),
+        ("-5", "120", f"{size_rule}; it is -5"),
+        ("1000000", "120", f"{size_rule}; it is 1000000"),
+        ("800", "900", f"{overlap_rule}; it is 900"),
+        ("800", "", f"{overlap_rule}; it is empty"),
+    ):
+        page.locator("#kb-chunk-size input").fill(size)
+        page.locator("#kb-chunk-overlap input").fill(overlap)
+        page.locator("#kb-create").click()
+        expect(status).to_contain_text(f"Create knowledge base failed: {said}")
+        # Nothing was made, and the form keeps what was typed for the correction.
+        expect(page.locator("#ask-collection input")).to_have_value("default")
+        expect(page.locator("#kb-new-name textarea")).to_have_value("ui-chunks")
+    no_error_toast(page)
+
+    page.locator("#kb-chunk-size input").fill("400")
+    page.locator("#kb-chunk-overlap input").fill("40")
+    page.locator("#kb-create").click()
+    expect(status).to_contain_text("Created: ui-chunks")
+    expect(status).to_contain_text("Chunk size (characters) 400 / Chunk overlap 40")
+    expect(page.locator("#ask-collection input")).to_have_value("ui-chunks")
+
+
 def test_failed_creates_are_told_in_place_and_leave_other_tabs_usable(page: Any) -> None:
     from playwright.sync_api import expect
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 
+from loraflow.rag.chunking import check_kb_chunking
 from loraflow.rag.collections import DEFAULT
 from loraflow.services import knowledge
 from loraflow.services.runtime import Runtime
@@ -46,12 +47,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
                 elem_id="kb-embedding",
                 scale=2,
             )
+            # No minimum or maximum here: Gradio would refuse a value out of them before the
+            # handler runs, with a toast that names neither the field nor the allowed range.
             size = gr.Number(
                 label=t("chunk_size"),
                 value=s.chunk_size,
                 precision=0,
-                minimum=50,
-                maximum=20000,
                 elem_id="kb-chunk-size",
                 scale=1,
             )
@@ -59,7 +60,6 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
                 label=t("chunk_overlap"),
                 value=s.chunk_overlap,
                 precision=0,
-                minimum=0,
                 elem_id="kb-chunk-overlap",
                 scale=1,
             )
@@ -88,8 +88,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
     @ctx.in_status(status, "create_kb")
     def on_create(name: str, embedder: str | None, chunk: Any, ov: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
+        # The service's rule, checked here too so that an empty field (which the service would
+        # fill with the default) is refused, and the message names the fields as labelled.
+        chunk, ov = whole(chunk), whole(ov)
+        check_kb_chunking(chunk, ov, (t("chunk_size"), t("chunk_overlap")))
         c = knowledge.create_collection(
-            rt, (name or "").strip(), (embedder or "").strip() or None, whole(chunk), whole(ov)
+            rt, (name or "").strip(), (embedder or "").strip() or None, chunk, ov
         )
         return _pick(rt, c["name"]), "", f"{t('created')}: {describe(ctx, c)}"
 
