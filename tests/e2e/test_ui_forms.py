@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import start_server
 from tests.e2e.server import Server
-from tests.e2e.ui_browser import UI_ENV, fill, needs_chromium, no_error_toast, tab
+from tests.e2e.ui_browser import UI_ENV, choose, fill, needs_chromium, no_error_toast, tab
 
 pytestmark = [pytest.mark.integration, needs_chromium]
 MANAGE_KBS = "Knowledge bases: create, rename, delete"
@@ -31,6 +32,12 @@ def ui_server(
     }
     with start_server(tmp_path_factory.mktemp("ui-forms"), env, ("webui",)) as srv:
         yield srv
+
+
+@pytest.fixture()
+def api(ui_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ui_server.url, timeout=120) as client:
+        yield client
 
 
 def uncovered(page: Any, selector: str) -> bool:
@@ -75,6 +82,32 @@ def test_the_knowledge_base_form_refuses_bad_chunk_settings_in_place(page: Any) 
     expect(status).to_contain_text("Created: ui-chunks")
     expect(status).to_contain_text("Chunk size (characters) 400 / Chunk overlap 40")
     expect(page.locator("#ask-collection input")).to_have_value("ui-chunks")
+
+
+def test_a_knowledge_base_in_use_is_refused_naming_the_checkbox(
+    page: Any, api: httpx.Client
+) -> None:
+    from playwright.sync_api import expect
+
+    api.post("/api/collections", json={"name": "ui-atlas"}).raise_for_status()
+    body = {"name": "navigator", "collections": ["ui-atlas"]}
+    api.post("/api/assistants", json=body).raise_for_status()
+    page.reload()
+    choose(page, "ask-collection", "ui-atlas")
+    page.get_by_text(MANAGE_KBS).click()
+    page.locator("#kb-delete").click()
+    status = page.locator("#kb-status")
+    expect(status).to_contain_text(
+        "Delete knowledge base failed: collection 'ui-atlas' is used by assistant(s) "
+        "'navigator' (remove it from those assistants first, or tick “Delete even if "
+        "assistants use it” and press “Delete knowledge base” again)"
+    )
+    expect(status).not_to_contain_text("force=true")
+    # The hint names the checkbox as the page labels it; ticked, the delete goes through.
+    page.get_by_label("Delete even if assistants use it").check()
+    page.locator("#kb-delete").click()
+    expect(status).to_contain_text("Deleted: ui-atlas (assistants no longer using it: navigator)")
+    no_error_toast(page)
 
 
 def test_failed_creates_are_told_in_place_and_leave_other_tabs_usable(page: Any) -> None:

@@ -79,6 +79,8 @@ EN: dict[str, str] = {
     "renamed": "Renamed",
     "force_delete_kb": "Delete even if assistants use it",
     "delete_kb": "Delete knowledge base",
+    "kb_in_use_hint": "remove it from those assistants first, or tick “{box}” and press "
+    "“{button}” again",
     "used_by_assistants": "used by assistants",
     "detached_assistants": "assistants no longer using it",
     "assistant": "assistant",
@@ -388,6 +390,7 @@ ZH: dict[str, str] = {
     "renamed": "已重命名",
     "force_delete_kb": "即使有助手在用也删除",
     "delete_kb": "删除知识库",
+    "kb_in_use_hint": "请先从这些助手中移除它，或勾选“{box}”后再点“{button}”",
     "used_by_assistants": "使用它的助手",
     "detached_assistants": "已不再使用它的助手",
     "assistant": "助手",

@@ -6,6 +6,7 @@ from typing import Any
 
 import gradio as gr
 
+from loraflow.errors import Conflict
 from loraflow.rag.chunking import check_kb_chunking
 from loraflow.rag.collections import DEFAULT
 from loraflow.services import knowledge
@@ -106,7 +107,11 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
     @ctx.in_status(status, "delete_kb")
     def on_delete(name: str | None, forced: bool) -> tuple[Any, ...]:
         rt = ctx.rt()
-        done = knowledge.delete_collection(rt, name or DEFAULT, force=bool(forced))
+        try:
+            done = knowledge.delete_collection(rt, name or DEFAULT, force=bool(forced))
+        except Conflict as exc:  # in use by assistants: the service's hint names the API's flag
+            hint = t("kb_in_use_hint").format(box=t("force_delete_kb"), button=t("delete_kb"))
+            raise Conflict(exc.message, hint=hint) from exc
         message = f"{t('deleted')}: {done['deleted']['name']}"
         if done["detached_assistants"]:
             message += f" ({t('detached_assistants')}: {', '.join(done['detached_assistants'])})"
