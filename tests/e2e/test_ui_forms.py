@@ -110,6 +110,38 @@ def test_a_knowledge_base_in_use_is_refused_naming_the_checkbox(
     no_error_toast(page)
 
 
+def test_ask_says_whose_knowledge_bases_an_assistant_answers_from(
+    page: Any, api: httpx.Client
+) -> None:
+    from playwright.sync_api import expect
+
+    for name in ("ui-maps", "ui-tides"):
+        api.post("/api/collections", json={"name": name}).raise_for_status()
+    for body in (
+        {"name": "pilot", "collections": ["ui-maps", "ui-tides"]},
+        {"name": "chatter", "collections": []},
+    ):
+        api.post("/api/assistants", json=body).raise_for_status()
+    page.reload()
+    note, chunks = page.locator("#ask-assistant-note"), page.locator("#ask-top-k input")
+    expect(note).to_have_text("")
+    expect(chunks).to_be_enabled()
+
+    choose(page, "ask-model", "assistant/pilot")
+    expect(note).to_have_text(
+        "assistant/pilot answers from its own knowledge bases: ui-maps, ui-tides, with its own "
+        "chunk count. The knowledge base picked here only chooses the documents listed below."
+    )
+    expect(chunks).to_be_disabled()
+    choose(page, "ask-model", "assistant/chatter")
+    expect(note).to_contain_text("assistant/chatter has no knowledge base")
+    expect(chunks).to_be_disabled()
+    choose(page, "ask-model", "Current default: Base model (no adapter)")
+    expect(note).to_have_text("")
+    expect(chunks).to_be_enabled()
+    no_error_toast(page)
+
+
 def test_failed_creates_are_told_in_place_and_leave_other_tabs_usable(page: Any) -> None:
     from playwright.sync_api import expect
 

@@ -10,8 +10,9 @@ from typing import Any
 import gradio as gr
 
 from loraflow import db
+from loraflow.errors import NotFound
 from loraflow.rag.collections import DEFAULT
-from loraflow.services import documents, knowledge
+from loraflow.services import assistants, documents, knowledge
 from loraflow.services.ask import AskRequest, ask
 from loraflow.services.runtime import Runtime
 from loraflow.ui import knowledge_bases
@@ -48,6 +49,22 @@ def sources_markdown(ctx: UIContext, sources: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def assistant_note(ctx: UIContext, rt: Runtime, choice: str | None) -> str:
+    """For an assistant picked as the model: the knowledge bases it answers from, since the
+    tab's own knowledge base and chunk count do not apply to it. Empty for any other model."""
+    name = model_request(choice).get("assistant")
+    if name is None:
+        return ""
+    try:
+        a = assistants.get_assistant(rt, name)
+    except NotFound:  # deleted meanwhile: the next refresh takes it out of the menu
+        return ""
+    shown = f"**{assistants.MODEL_PREFIX}{a.name}**"
+    if not a.collections:
+        return ctx.t("assistant_no_kbs_note").format(name=shown)
+    return ctx.t("assistant_kbs_note").format(name=shown, kbs=", ".join(a.collections))
+
+
 def _collection(name: str | None) -> str | None:
     return None if not name or name == DEFAULT else name
 
@@ -64,8 +81,11 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             precision=0,
             minimum=1,
             maximum=50,
+            elem_id="ask-top-k",
             scale=1,
         )
+    # Says when the knowledge base and chunk count above do not apply (an assistant's own do).
+    note = gr.Markdown(elem_id="ask-assistant-note")
     knowledge_bases.build(ctx, demo, tab, collection)
     chat = gr.Chatbot(label=t("chat"), elem_id="ask-chat", height=420)
     with gr.Row():
@@ -99,6 +119,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         choices = [(f"{d['source']} ({d['doc_id'][:8]})", d["doc_id"]) for d in items]
         return rows, gr.update(choices=choices, value=None)
 
+    def _model_view(rt: Runtime, choice: str | None) -> tuple[str, Any]:
+        """The note for one model choice, and whether the chunk count can be changed: not
+        for an assistant, which retrieves with its own."""
+        mine = "assistant" not in model_request(choice)
+        return assistant_note(ctx, rt, choice), gr.update(interactive=mine)
+
     @action
     def refresh(name: str | None, current_model: str | None) -> tuple[Any, ...]:
         rt = ctx.rt()
@@ -114,6 +140,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             load_history(rt),
             rows,
             pick,
+            *_model_view(rt, picked),
         )
 
     @action
@@ -192,7 +219,11 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     def on_collection(name: str | None) -> tuple:
         return _docs(ctx.rt(), name)
 
-    outputs = [model, collection, chat, docs, doc_pick]
+    @action
+    def on_model(choice: str | None) -> tuple[str, Any]:
+        return _model_view(ctx.rt(), choice)
+
+    outputs = [model, collection, chat, docs, doc_pick, note, top_k]
     demo.load(refresh, [collection, model], outputs, show_progress="hidden")
     ask_event = {"fn": on_ask, "inputs": [question, model, collection, top_k]}
     send.click(**ask_event, outputs=[chat, question], api_name="ask", concurrency_limit=8)
@@ -215,5 +246,6 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     )
     delete.click(on_delete, [doc_pick, collection], [upload_status, docs, doc_pick])
     collection.change(on_collection, collection, [docs, doc_pick], show_progress="hidden")
+    model.change(on_model, model, [note, top_k], show_progress="hidden")
     # Opening the tab again shows models loaded and documents added since.
     tab.select(refresh, [collection, model], outputs, show_progress="hidden")

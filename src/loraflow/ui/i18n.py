@@ -49,6 +49,10 @@ EN: dict[str, str] = {
     # Ask
     "knowledge_base": "Knowledge base",
     "top_k_chunks": "Chunks to retrieve",
+    "assistant_kbs_note": "{name} answers from its own knowledge bases: {kbs}, with its own "
+    "chunk count. The knowledge base picked here only chooses the documents listed below.",
+    "assistant_no_kbs_note": "{name} has no knowledge base: it answers without sources. The "
+    "knowledge base picked here only chooses the documents listed below.",
     "chat": "Answers with their sources",
     "question": "Question",
     "question_hint": "Ask about the documents in the knowledge base",
@@ -361,6 +365,10 @@ ZH: dict[str, str] = {
     "history": "历史版本",
     "knowledge_base": "知识库",
     "top_k_chunks": "检索片段数",
+    "assistant_kbs_note": "{name} 用它自己的知识库回答：{kbs}，检索片段数也用它自己的设置。"
+    "这里选择的知识库只决定下方列出的文档。",
+    "assistant_no_kbs_note": "{name} 没有知识库：回答不带来源。"
+    "这里选择的知识库只决定下方列出的文档。",
     "chat": "回答及其来源",
     "question": "问题",
     "question_hint": "就知识库中的文档提问",
