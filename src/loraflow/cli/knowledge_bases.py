@@ -18,7 +18,7 @@ from loraflow.cli.common import (
     print_json,
     runtime_for,
 )
-from loraflow.errors import LoraflowError
+from loraflow.errors import Conflict, LoraflowError
 
 kb_app = typer.Typer(help="Knowledge bases (collections): create, list, rename, delete, re-embed.")
 app.add_typer(kb_app, name="kb")
@@ -94,6 +94,9 @@ def kb_delete(
 
     try:
         out = delete_collection(runtime_for(data_dir), name, force=force)
+    except Conflict as exc:  # in use by assistants: the service's hint names the API's flag
+        fail(Conflict(exc.message, hint="remove it from those assistants first, or pass --force"))
+        return
     except LoraflowError as exc:
         fail(exc)
         return

@@ -234,6 +234,7 @@ def test_cli_manages_collections_documents_and_assistants(rt: Runtime, tmp_path:
         app, ["kb", "delete", "cli-kb", "--data-dir", str(rt.settings.data_path)]
     )
     assert refused.exit_code != 0 and "'fishy'" in refused.output
+    assert "--force" in refused.output and "force=true" not in refused.output
     assert "no longer uses it" in cli("kb", "delete", "cli-kb", "--force")
     cli("assistant", "delete", "fishy")
     assert "cli-kb" not in [c["name"] for c in json.loads(cli("kb", "list", "--json"))]
