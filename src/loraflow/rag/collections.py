@@ -78,6 +78,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def index_folder(settings: Settings, index_dir: str) -> Path:
+    """The folder an `index_dir` record names: relative ones lie in the data dir."""
+    p = Path(index_dir).expanduser()
+    return p if p.is_absolute() else settings.data_path / p
+
+
 class KnowledgeBases:
     """All collections of one instance; handles are reopened when another process swapped one."""
 
@@ -182,8 +188,7 @@ class KnowledgeBases:
 
     def index_path(self, info: CollectionInfo) -> Path:
         """Absolute folder of a collection's active (or a candidate) index."""
-        p = Path(info.index_dir)
-        return p if p.is_absolute() else self.settings.data_path / p
+        return index_folder(self.settings, info.index_dir)
 
     def create(
         self, name: str, embedding_model: str | None, chunk_size: int | None, overlap: int | None

@@ -50,6 +50,7 @@ from loraflow import db
 from loraflow.config import Settings
 from loraflow.locks import file_lock
 from loraflow.rag.backends import chroma_folder, qdrant_folder, write_lock_file
+from loraflow.rag.collections import index_folder
 from loraflow.training.trainer import CHECKPOINTS, is_complete_checkpoint
 
 _SKIP_NAMES = {"loraflow.db", "loraflow.db-wal", "loraflow.db-shm", "loraflow.db-journal"}
@@ -60,11 +61,6 @@ COLLECTIONS = "collections"
 # Store files up to this size are read into memory under the locks, not held open.
 _SMALL = 1024 * 1024
 _COPY_BLOCK = 1024 * 1024
-
-
-def _index_path(settings: Settings, index_dir: str) -> Path:
-    p = Path(index_dir).expanduser()
-    return (p if p.is_absolute() else settings.data_path / p).resolve()
 
 
 def _current_versions(root: Path) -> set[Path]:
@@ -85,7 +81,7 @@ def _current_versions(root: Path) -> set[Path]:
 def active_indexes(settings: Settings, collections_dump: bytes) -> set[Path]:
     """The index folders the dumped `kb_collections` rows name as in use."""
     rows = [json.loads(line) for line in collections_dump.splitlines() if line.strip()]
-    return {_index_path(settings, r["index_dir"]) for r in rows if r.get("index_dir")}
+    return {index_folder(settings, r["index_dir"]).resolve() for r in rows if r.get("index_dir")}
 
 
 def _skipped_dir(d: Path, name: str, active: set[Path], collections: Path) -> bool:
@@ -134,7 +130,10 @@ def _store_indexes(settings: Settings, engine: Engine) -> set[Path]:
     t = db.kb_collections
     with engine.connect() as conn:
         dirs = [r[0] for r in conn.execute(select(t.c.index_dir)).all()]
-    paths = {settings.vector_store_dir.resolve(), *(_index_path(settings, d) for d in dirs)}
+    paths = {
+        settings.vector_store_dir.resolve(),
+        *(index_folder(settings, d).resolve() for d in dirs),
+    }
     if settings.vector_store == "faiss":
         # A FAISS index that has no folder yet has nothing to hold still.
         paths = {p for p in paths if p.is_dir()}
