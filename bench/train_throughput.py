@@ -120,17 +120,24 @@ def loraflow_work(feats: list[dict]) -> Work:
 
 
 class Counting:
-    """Wraps a collator and records real (non-pad) tokens and the work of every batch."""
+    """Wraps a collator and records real (non-pad) tokens and the rows of every batch.
+
+    The work of a batch is worked out from its rows afterwards (`work`), outside the timed
+    steps that call the collator.
+    """
 
     def __init__(self, inner: Any, work: Callable[[list[dict]], Work]) -> None:
         self.inner, self.work_of = inner, work
         self.tokens: list[int] = []
-        self.work: list[Work] = []
+        self.batches: list[list[dict]] = []
 
     def __call__(self, feats: list[dict]) -> dict:
         self.tokens.append(sum(len(f["input_ids"]) for f in feats))
-        self.work.append(self.work_of(feats))
+        self.batches.append(feats)
         return self.inner(feats)
+
+    def work(self, start: int, stop: int) -> list[Work]:
+        return [self.work_of(feats) for feats in self.batches[start:stop]]
 
 
 def decoder_weights(model: Any) -> int:
@@ -246,7 +253,7 @@ class Arm:
         """Real tokens per second and FLOPs per real token over the timed steps."""
         tokens = sum(self.collator.tokens[1:steps])
         linear = decoder_weights(self.model)
-        flops = sum(step_flops(self.model, linear, w) for w in self.collator.work[1:steps])
+        flops = sum(step_flops(self.model, linear, w) for w in self.collator.work(1, steps))
         return tokens / max(self.seconds, 1e-9), flops / tokens
 
 
@@ -273,7 +280,7 @@ def run_round(
 
 def prefix_note(collator: Counting, steps: int) -> str:
     """How many of the timed steps' real tokens loraflow did not run through the decoder."""
-    work, tokens = collator.work[1:steps], sum(collator.tokens[1:steps])
+    work, tokens = collator.work(1, steps), sum(collator.tokens[1:steps])
     mean = sum(w.prefix for w in work) / max(len(work), 1)
     skipped = 1 - sum(w.positions for w in work) / max(tokens, 1)
     return (
