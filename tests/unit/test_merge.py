@@ -165,17 +165,33 @@ def test_every_adapter_result_reloads_with_vanilla_peft_and_changes_logits(tiny,
     assert [s["sha256"] for s in meta["sources"]] == [checksum(tiny.adapters[i]) for i in picks]
     assert datetime.fromisoformat(meta["created_at"]).tzinfo is not None
     assert result.checks["prompts"] == 3 and result.checks["finite"] is True
-    exact = method in ("linear", "task_arithmetic", "slerp")
-    assert (result.checks["reference"] is not None) == exact
+    # Every adapter result is folded into the base and checked against its dense reference,
+    # and says how it was factored and with what error.
+    reference = result.checks["reference"]
+    assert reference["tensors"] > 0 and reference["worst_error_ratio"] <= 1
+    factoring = result.checks["factoring"]
+    assert factoring["max_relative_error"] <= 1e-3 and meta["checks"]["factoring"] == factoring
+    assert meta["seed"] == result.seed
+
+
+def _negated(tiny: SimpleNamespace, index: int) -> Path:
+    """A copy of adapter `index` with lora_B negated: the opposite change, other files."""
+    dest = tiny.root / f"negated-{index}"
+    if not dest.exists():
+        shutil.copytree(tiny.adapters[index], dest)
+        tensors = load_file(str(dest / "adapter_model.safetensors"))
+        tensors = {k: -v if ".lora_B." in k else v for k, v in tensors.items()}
+        save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return dest
 
 
 def test_subtracting_an_adapter_leaves_exactly_the_others(tiny):
     a0, _, a2 = tiny.adapters
     result = merge_adapters(
-        [a0, a0, a2],
+        [a0, _negated(tiny, 0), a2],
         base_model_dir=tiny.base,
         method="task_arithmetic",
-        weights=[1.0, -1.0, 1.0],
+        weights=[1.0, 1.0, 1.0],
         output_dir=_out(tiny, "subtract"),
     )
     merged = mf.dense_deltas(result.output_dir)
@@ -224,10 +240,9 @@ def test_adapters_that_cancel_out_fail_loudly_and_leave_nothing(tiny, tmp_path, 
     out = tmp_path / "merged"
     with pytest.raises(InvalidInput, match="same logits as the base"):
         merge_adapters(
-            [tiny.adapters[0], tiny.adapters[0]],
+            [tiny.adapters[0], _negated(tiny, 0)],
             base_model_dir=tiny.base,
             method="task_arithmetic",
-            weights=[1.0, -1.0],
             into=into,
             output_dir=out,
         )
@@ -267,6 +282,13 @@ def _variant(tiny: SimpleNamespace, tmp_path: Path, kind: str) -> Path:
     elif kind == "no-weights":
         shutil.copytree(tiny.adapters[1], dest)
         (dest / "adapter_model.safetensors").unlink()
+    elif kind == "copy":
+        shutil.copytree(tiny.adapters[0], dest)
+    elif kind == "r8-config":
+        shutil.copytree(tiny.adapters[1], dest)
+        config = json.loads((dest / "adapter_config.json").read_text())
+        config["r"] = 8
+        (dest / "adapter_config.json").write_text(json.dumps(config))
     elif kind == "pickle-only":
         shutil.copytree(tiny.adapters[1], dest)
         (dest / "adapter_model.safetensors").rename(dest / "adapter_model.bin")
@@ -302,10 +324,38 @@ ERROR_CASES = {
     "missing weights": ({"variant": "no-weights"}, NotFound, "adapter_model.safetensors"),
     "pickle only": ({"variant": "pickle-only"}, InvalidInput, "pickle"),
     "missing base": ({"base": "nowhere"}, NotFound, "nowhere"),
-    "ranks differ for ties": (
-        {"adapters": [0, 2], "method": "ties"},
+    "same adapter twice": (
+        {"adapters": [0, 1, 0], "method": "ties"},
         InvalidInput,
-        r"one rank.*\[4, 8\]",
+        r"adapter a0 is given twice \(positions 1 and 3\).*refused",
+    ),
+    "a copy of an adapter": (
+        {"variant": "copy"},
+        InvalidInput,
+        r"adapters a0 and copy hold the same files \(sha256 [0-9a-f]{12}\).*refused",
+    ),
+    "config rank over other tensors": (
+        {"variant": "r8-config", "method": "ties"},
+        InvalidInput,
+        r"gives r=8 for model.layers.0.mlp.down_proj, but tensor "
+        r"base_model.model.model.layers.0.mlp.down_proj.lora_A.weight has rank 4",
+    ),
+    "max_rank for a model": (
+        {"method": "ties", "into": "model", "max_rank": 4},
+        InvalidInput,
+        "max_rank and max_error bound the factoring of an adapter result",
+    ),
+    "max_rank for linear": ({"max_rank": 4}, InvalidInput, "'linear' does not use max_rank=4"),
+    "max_rank zero": ({"method": "dare_ties", "max_rank": 0}, InvalidInput, "max_rank=0"),
+    "max_error one": (
+        {"method": "ties", "max_error": 1.0},
+        InvalidInput,
+        r"max_error=1.0.*\(0, 1\)",
+    ),
+    "stacked rank above the engine": (
+        {"adapters": [0, 1, 2], "engine_max_rank": 8},
+        InvalidInput,
+        "stacks the adapters' ranks into rank 16, above MAX_LORA_RANK=8",
     ),
 }
 
@@ -317,7 +367,8 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tiny, tmp_path, case):
     if "variant" in spec:
         adapters = [tiny.adapters[0], _variant(tiny, tmp_path, spec["variant"])]
     base = tmp_path / spec["base"] if "base" in spec else tiny.base
-    options = {k: spec[k] for k in ("weights", "density", "t", "into") if k in spec}
+    keys = ("weights", "density", "t", "into", "max_rank", "max_error", "engine_max_rank")
+    options = {k: spec[k] for k in keys if k in spec}
     out = tmp_path / "out" / "merged"
     with pytest.raises(error, match=pattern):
         merge_adapters(

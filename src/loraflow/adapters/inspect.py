@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from loraflow.adapters.checksums import checksum
 from loraflow.adapters.checksums import sha256_file as sha256_file
+from loraflow.adapters.lora_config import check_config
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
@@ -150,6 +151,7 @@ def inspect_adapter(path: Path) -> AdapterFacts:
     if rank < 1:
         raise InvalidInput(f"{path / ADAPTER_CONFIG}: r must be a positive rank, not {rank!r}")
     layout = lora_layout(path / ADAPTER_WEIGHTS)
+    check_config(path, config, layout)
     return AdapterFacts(
         path=path,
         config=config,

@@ -71,8 +71,9 @@ class MergeMethod(ABC):
     params_model: ClassVar[type[MergeParams]]
     min_adapters: ClassVar[int] = 2
     max_adapters: ClassVar[int | None] = None
-    # True when reference_delta gives the exact expected result, checked after each merge.
-    has_reference: ClassVar[bool] = False
+    # The result kinds for which reference_delta gives the expected result, checked after
+    # each merge.
+    reference_for: ClassVar[tuple[Into, ...]] = ()
 
     def parse_params(self, n_adapters: int, given: dict[str, Any]) -> MergeParams:
         """Validated parameters for `n_adapters` adapters from the non-None user values."""
@@ -119,8 +120,13 @@ class MergeMethod(ABC):
         *,
         base_model_dir: Path,
         seed: int,
-    ) -> None:
-        """Write the merged PEFT adapter (adapter_config.json + safetensors) into `out_dir`."""
+        engine_max_rank: int,
+    ) -> dict[str, Any]:
+        """Write the merged PEFT adapter into `out_dir`; return how it was factored.
+
+        The report holds at least "how", "rank" and "max_relative_error" (of B @ A against
+        the method's dense result, per layer); a "warning" when that is above the bound.
+        """
 
     @abstractmethod
     def mergekit_config(
@@ -135,8 +141,13 @@ class MergeMethod(ABC):
         *,
         into: Into,
         base: torch.Tensor | None,
+        module: str = "",
+        seed: int = 0,
     ) -> torch.Tensor | None:
-        """Expected change of one base weight given each adapter's dense delta; None if inexact."""
+        """Expected change of one base weight (layer `module`) given each adapter's dense delta.
+
+        None where no reference is known.
+        """
         return None
 
 

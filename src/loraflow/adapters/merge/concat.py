@@ -9,6 +9,7 @@ from typing import Any
 
 from loraflow.adapters.merge.base import MergeMethod
 from loraflow.adapters.merge.lora import PREFIX, LoraSource, check_plain_lora
+from loraflow.errors import InvalidInput
 from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 
@@ -20,7 +21,7 @@ class ConcatMethod(MergeMethod):
     mis-scales rsLoRA sources; stacking the saved factors directly avoids all three.
     """
 
-    has_reference = True
+    reference_for = ("adapter", "model")
 
     @abstractmethod
     def coefficients(self, sources: list[LoraSource], module: str, params: Any) -> list[float]:
@@ -34,15 +35,30 @@ class ConcatMethod(MergeMethod):
         *,
         base_model_dir: Path,
         seed: int,
-    ) -> None:
+        engine_max_rank: int,
+    ) -> dict[str, Any]:
         for source in sources:
             check_plain_lora(source, self.name)
+        rank = stacked_rank(sources)
+        if rank > engine_max_rank:
+            raise InvalidInput(
+                f"{self.name!r} stacks the adapters' ranks into rank {rank}, above "
+                f"MAX_LORA_RANK={engine_max_rank}, so the result could not be registered",
+                hint="merge with --into model, or raise MAX_LORA_RANK",
+            )
         write_concatenated(
             sources,
             lambda module: self.coefficients(sources, module, params),
             out_dir,
             base_model_dir=base_model_dir,
         )
+        return {"how": "ranks stacked (exact)", "rank": rank, "max_relative_error": 0.0}
+
+
+def stacked_rank(sources: list[LoraSource]) -> int:
+    """The rank of the stacked adapter: the largest per-layer sum of the sources' ranks."""
+    modules = set().union(*(s.pairs for s in sources))
+    return max(sum(s.pairs[m].rank for s in sources if m in s.pairs) for m in modules)
 
 
 def write_concatenated(
@@ -53,10 +69,9 @@ def write_concatenated(
     from safetensors.torch import save_file
 
     modules = sorted(set().union(*(s.pairs for s in sources)))
-    totals = {m: sum(s.pairs[m].rank for s in sources if m in s.pairs) for m in modules}
     # One rank for every layer: layers adapted by fewer sources are padded with zero
     # factors, which add nothing, so the config needs no rank_pattern.
-    rank = max(totals.values())
+    rank = stacked_rank(sources)
     dtypes = {s.tensor(p.a_key).dtype for s in sources for p in s.pairs.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     tensors: dict[str, torch.Tensor] = {}

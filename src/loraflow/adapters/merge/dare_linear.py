@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from loraflow.adapters.merge.peft_weighted import PeftWeightedMethod
+from loraflow.adapters.merge.factored import FactoredMethod
+from loraflow.adapters.merge.task_vectors import Recipe
 
 
-class DareLinear(PeftWeightedMethod):
-    """DARE without sign election (arXiv 2311.03099); seeded, so it can be repeated exactly."""
+class DareLinear(FactoredMethod):
+    """DARE without sign election (arXiv 2311.03099); seeded draws, so it can be repeated."""
 
     name = "dare_linear"
     description = "random drop (density, rescaled), then a weighted sum"
-    combination_type = "dare_linear"
+    recipe = Recipe(sparsify="random", elect=False, normalize=False)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from loraflow.adapters.merge.peft_weighted import PeftWeightedMethod
+from loraflow.adapters.merge.factored import FactoredMethod
+from loraflow.adapters.merge.task_vectors import Recipe
 
 
-class DareTies(PeftWeightedMethod):
-    """DARE with TIES (arXiv 2311.03099); seeded, so a merge can be repeated exactly."""
+class DareTies(FactoredMethod):
+    """DARE with TIES election (arXiv 2311.03099); seeded draws, so a merge can be repeated."""
 
     name = "dare_ties"
     description = "random drop (density, rescaled), then TIES sign election"
-    combination_type = "dare_ties"
+    recipe = Recipe(sparsify="random", elect=True, normalize=False)

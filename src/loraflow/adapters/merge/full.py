@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.adapters.merge.base import MergeMethod
-from loraflow.adapters.merge.lora import LoraSource
+from loraflow.adapters.merge.lora import LoraSource, first_line
 from loraflow.adapters.merge.models import (
     attach_adapter,
     load_causal_lm,
@@ -91,5 +91,5 @@ def run_mergekit(config: dict[str, Any], out_dir: Path, seed: int) -> None:
             run_merge(merge_config, str(out_dir), options)
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(
-            f"mergekit could not merge the models ({config['merge_method']}): {exc}"
+            f"mergekit could not merge the models ({config['merge_method']}): {first_line(exc)}"
         ) from exc

@@ -55,6 +55,8 @@ class Linear(ConcatMethod):
         *,
         into: Into,
         base: torch.Tensor | None,
+        module: str = "",
+        seed: int = 0,
     ) -> torch.Tensor:
         total = sum(params.weights)
         return sum(w / total * d for w, d in zip(params.weights, deltas, strict=True))

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loraflow.adapters.inspect import checksum, tensor_shapes
+from loraflow.adapters.inspect import LoraLayout, checksum, tensor_shapes
+from loraflow.adapters.lora_config import check_config
 from loraflow.errors import InvalidInput
 from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_adapter_folder
 
@@ -60,11 +61,20 @@ class LoraSource:
         return str(self.config.get("base_model_name_or_path") or "")
 
     def tensor(self, key: str) -> torch.Tensor:
-        """One tensor of the adapter file (the file is read once, then kept)."""
-        if self._tensors is None:
-            from safetensors.torch import load_file
+        """One tensor of the adapter file (each read once, then kept)."""
+        from safetensors import safe_open
 
-            self._tensors = load_file(str(self.weights_file))
+        if self._tensors is None:
+            self._tensors = {}
+        if key not in self._tensors:
+            try:
+                with safe_open(str(self.weights_file), framework="pt") as fh:
+                    self._tensors[key] = fh.get_tensor(key)
+            except Exception as exc:  # safetensors raises its own error types for a bad file
+                raise InvalidInput(
+                    f"adapter {self.path.name}: could not read tensor {key} from "
+                    f"{self.weights_file}: {first_line(exc)}"
+                ) from exc
         return self._tensors[key]
 
     def scaling(self, module: str) -> float:
@@ -133,9 +143,20 @@ def read_source(path: Path) -> LoraSource:
             raise InvalidInput(f"adapter {path}: {have} has no matching lora_A/lora_B partner")
     if not pairs:
         raise InvalidInput(f"adapter {path} holds no LoRA factors (no *.lora_A.weight tensors)")
+    layout = LoraLayout(
+        pairs={m: (p.a_shape, p.b_shape) for m, p in pairs.items()},
+        kinds={m: p.kind for m, p in pairs.items()},
+    )
+    check_config(path, config, layout)
     return LoraSource(
         path=path, config=config, pairs=pairs, other_keys=sorted(other), sha256=checksum(path)
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error from PEFT, torch or safetensors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def check_fits_base(source: LoraSource, base_shapes: dict[str, tuple[int, ...]]) -> None:

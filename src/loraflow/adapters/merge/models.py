@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ModelLoadError
 
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
+# torch's load_state_dict message for one tensor of the wrong shape.
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+?): copying a param with shape torch\.Size\(\[([^\]]*)\]\) "
+    r"from checkpoint, the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
 
 
 def load_causal_lm(path: Path) -> Any:
@@ -41,7 +47,23 @@ def attach_adapter(model: Any, adapter_dir: Path, name: str = "default") -> Any:
             model, str(adapter_dir), adapter_name=name, is_trainable=False
         )
     except LOAD_ERRORS as exc:
-        raise ModelLoadError(f"could not load the adapter at {adapter_dir}: {exc}") from exc
+        raise ModelLoadError(
+            f"PEFT could not load adapter {Path(adapter_dir).name}: {load_error_text(exc)}"
+        ) from exc
+
+
+def load_error_text(exc: BaseException) -> str:
+    """One sentence from PEFT's or torch's load error, naming the tensor where it says one."""
+    text = str(exc)
+    size = _SIZE_MISMATCH.search(text)
+    if size:
+        key, got, want = size.groups()
+        return (
+            f"tensor {key} has shape [{got}] in the adapter file, but the layer built from "
+            f"its adapter_config.json needs [{want}]"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(exc).__name__
 
 
 def load_tokenizer(path: Path) -> Any | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 from loraflow.adapters.inspect import METADATA_FILE, base_weight_shapes
 from loraflow.adapters.merge.base import Into
-from loraflow.adapters.merge.checks import logits_check, reference_check
+from loraflow.adapters.merge.checks import logits_check
 from loraflow.adapters.merge.full import merge_full_models
 from loraflow.adapters.merge.lora import (
     check_fits_base,
@@ -24,7 +25,9 @@ from loraflow.adapters.merge.lora import (
     read_source,
 )
 from loraflow.adapters.merge.models import free_memory
+from loraflow.adapters.merge.reference import reference_check
 from loraflow.adapters.merge.registry import get_method
+from loraflow.config import get_settings
 from loraflow.errors import Conflict, InvalidInput, NotFound
 
 INTO = ("adapter", "model")
@@ -40,6 +43,9 @@ class MergeResult:
     params: dict[str, Any]
     checks: dict[str, Any]
     seconds: float
+    seed: int = 0
+    # Said to the user with the result, e.g. an adapter the rank cap kept approximate.
+    warnings: tuple[str, ...] = ()
 
 
 def merge_adapters(
@@ -51,14 +57,19 @@ def merge_adapters(
     density: float | None = None,
     t: float | None = None,
     lambda_: float | None = None,
+    max_rank: int | None = None,
+    max_error: float | None = None,
     into: Into = "adapter",
     output_dir: Path,
-    seed: int = 0,
+    seed: int | None = None,
+    engine_max_rank: int | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> MergeResult:
     """Merge LoRA adapters of one base model into a new adapter or a full model folder.
 
     Nothing is left at `output_dir` unless the merge succeeded and passed its checks.
+    `seed` drives DARE's draws (and mergekit's); without one a seed is drawn and recorded.
+    `engine_max_rank` (default MAX_LORA_RANK) caps the rank of an adapter result.
     """
     started = time.monotonic()
     report = progress or (lambda stage, fraction: None)
@@ -68,9 +79,19 @@ def merge_adapters(
         raise InvalidInput(f"into={into!r} is not one of {list(INTO)}")
     adapter_dirs = [Path(d) for d in adapter_dirs]
     impl.check_count(len(adapter_dirs))
-    params = impl.parse_params(
-        len(adapter_dirs), {"weights": weights, "density": density, "t": t, "lambda_": lambda_}
-    )
+    given = {"weights": weights, "density": density, "t": t, "lambda_": lambda_}
+    given.update(max_rank=max_rank, max_error=max_error)
+    params = impl.parse_params(len(adapter_dirs), given)
+    if into == "model" and (max_rank is not None or max_error is not None):
+        raise InvalidInput(
+            "max_rank and max_error bound the factoring of an adapter result; a model "
+            "result is merged densely by mergekit and needs neither",
+        )
+    _check_distinct(adapter_dirs)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if engine_max_rank is None:
+        engine_max_rank = get_settings().max_lora_rank
     base_model_dir = Path(base_model_dir)
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
@@ -78,6 +99,7 @@ def merge_adapters(
         raise NotFound(f"base model folder {base_model_dir} does not exist")
     base_shapes = base_weight_shapes(base_model_dir)
     sources = [read_source(d) for d in adapter_dirs]
+    _check_distinct_files(sources)
     check_same_base(sources)
     for source in sources:
         check_fits_base(source, base_shapes)
@@ -90,9 +112,17 @@ def merge_adapters(
     work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.merging-", dir=output_dir.parent))
     try:
         staging = work / "result"
+        factoring = None
         if into == "adapter":
             report(f"combining {len(sources)} adapters ({impl.name})", 0.1)
-            impl.merge_lora(sources, params, staging, base_model_dir=base_model_dir, seed=seed)
+            factoring = impl.merge_lora(
+                sources,
+                params,
+                staging,
+                base_model_dir=base_model_dir,
+                seed=seed,
+                engine_max_rank=engine_max_rank,
+            )
         else:
             merge_full_models(
                 impl,
@@ -106,7 +136,13 @@ def merge_adapters(
             )
         report("checking the merged result against the base model", 0.8)
         checks = logits_check(base_model_dir, staging, into)
-        checks["reference"] = reference_check(impl, params, sources, base_model_dir, staging, into)
+        if factoring is not None:
+            checks["factoring"] = factoring
+        checks["reference"] = reference_check(
+            impl, params, sources, base_model_dir, staging, into, seed=seed, factoring=factoring
+        )
+        warnings = [factoring["warning"]] if factoring and factoring.get("warning") else []
+        checks["warnings"] = warnings
         _write_metadata(
             staging,
             output_dir,
@@ -132,7 +168,34 @@ def merge_adapters(
         params=params.public(),
         checks=checks,
         seconds=round(time.monotonic() - started, 3),
+        seed=seed,
+        warnings=tuple(warnings),
     )
+
+
+def _check_distinct(adapter_dirs: list[Path]) -> None:
+    seen: dict[Path, int] = {}
+    for i, folder in enumerate(adapter_dirs):
+        first = seen.setdefault(folder.resolve(), i)
+        if first != i:
+            raise InvalidInput(
+                f"adapter {folder.name} is given twice (positions {first + 1} and {i + 1}); "
+                f"merging an adapter with itself only rescales it, so it is refused",
+                hint="to scale one adapter, merge it alone with task_arithmetic and a lambda",
+            )
+
+
+def _check_distinct_files(sources: list) -> None:
+    seen: dict[str, Any] = {}
+    for source in sources:
+        first = seen.setdefault(source.sha256, source)
+        if first is not source:
+            raise InvalidInput(
+                f"adapters {first.path.name} and {source.path.name} hold the same files "
+                f"(sha256 {source.sha256[:12]}); merging an adapter with a copy of itself "
+                f"only rescales it, so it is refused",
+                hint="to scale one adapter, merge it alone with task_arithmetic and a lambda",
+            )
 
 
 def _check_output_dir(output_dir: Path) -> None:

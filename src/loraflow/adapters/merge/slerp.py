@@ -100,6 +100,8 @@ class Slerp(ConcatMethod):
         *,
         into: Into,
         base: torch.Tensor | None,
+        module: str = "",
+        seed: int = 0,
     ) -> torch.Tensor:
         d1, d2 = deltas
         if into == "adapter" or base is None:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from loraflow.adapters.merge.base import Into, LambdaParams
 from loraflow.adapters.merge.concat import ConcatMethod
+from loraflow.adapters.merge.factored import task_vector_config
 from loraflow.adapters.merge.lora import LoraSource
-from loraflow.adapters.merge.peft_weighted import task_vector_config
 
 if TYPE_CHECKING:
     import torch
@@ -37,5 +37,7 @@ class TaskArithmetic(ConcatMethod):
         *,
         into: Into,
         base: torch.Tensor | None,
+        module: str = "",
+        seed: int = 0,
     ) -> torch.Tensor:
         return params.lambda_ * sum(w * d for w, d in zip(params.weights, deltas, strict=True))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from loraflow.adapters.merge.peft_weighted import PeftWeightedMethod
+from loraflow.adapters.merge.factored import FactoredMethod
+from loraflow.adapters.merge.task_vectors import Recipe
 
 
-class Ties(PeftWeightedMethod):
-    """TIES (arXiv 2306.01708); adapter results by PEFT, model results by mergekit."""
+class Ties(FactoredMethod):
+    """TIES (arXiv 2306.01708): magnitude trim, sign election, weighted mean of the agreeing."""
 
     name = "ties"
     description = "keep the largest values (density), elect signs, average agreeing values"
-    combination_type = "ties"
+    recipe = Recipe(sparsify="magnitude", elect=True, normalize=True)
