@@ -88,10 +88,38 @@ def report_workflow(wf: dict[str, Any], as_json: bool) -> None:
             if step.get("error"):
                 line += f"  [red]{step['error']}[/red]"
             console.print(line)
+            if step["step"] == "merge" and detail.get("checks"):
+                print_merge_checks(detail)
         for rec in (wf.get("steps") or [{}])[-1].get("detail", {}).get("recommendations", []) or []:
             console.print(f"  - {rec}")
     if wf["status"] != "completed":
         raise typer.Exit(1)
+
+
+def print_merge_checks(detail: dict[str, Any]) -> None:
+    """How exact a merge result is: its factoring, its reference check, its warnings."""
+    checks = detail["checks"]
+    factoring = checks.get("factoring") or {}
+    if factoring:
+        line = f"            {factoring['how']}: rank {factoring['rank']}"
+        if "tolerance" in factoring:
+            line += (
+                f", worst tensor error {factoring['max_relative_error']:.2e} "
+                f"(bound {factoring['tolerance']:g}, {factoring['worst_tensor']})"
+            )
+        console.print(line)
+    reference = checks.get("reference")
+    if isinstance(reference, dict) and "max_relative_error" in reference:
+        console.print(
+            f"            reference check: {reference['tensors']} tensors, worst relative "
+            f"error {reference['max_relative_error']:.2e} against the dense result"
+        )
+    elif reference is None:
+        console.print("            reference check: none (this model result is mergekit's own)")
+    if detail.get("seed") is not None:
+        console.print(f"            seed {detail['seed']}")
+    for warning in detail.get("warnings") or []:
+        console.print(f"            [yellow]warning: {warning}[/yellow]")
 
 
 # --- registry --------------------------------------------------------------------------------
@@ -210,13 +238,38 @@ def merge_cmd(
     density: Annotated[float | None, typer.Option(help="Share kept (ties, dare).")] = None,
     t: Annotated[float | None, typer.Option("--t", help="SLERP factor in [0, 1].")] = None,
     lam: Annotated[float | None, typer.Option("--lambda", help="Task-vector scale.")] = None,
+    max_rank: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rank", help="ties/dare adapters: highest rank (MAX_LORA_RANK caps it too)."
+        ),
+    ] = None,
+    max_error: Annotated[
+        float | None,
+        typer.Option(
+            "--max-error",
+            help="ties/dare adapters: relative Frobenius error allowed per tensor [0.001].",
+        ),
+    ] = None,
     into: Annotated[str, typer.Option(help="adapter (registered) or model (full).")] = "adapter",
     name: Annotated[str, typer.Option("--name", "--adapter-name")] = "merged",
-    seed: Annotated[int, typer.Option(help="DARE's random seed.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="DARE's seed: same seed, same result (drawn and recorded if unset)."),
+    ] = None,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
-    """Merge adapters into a new adapter (registered) or a full model."""
+    """Merge adapters into a new adapter (registered) or a full model.
+
+    --into model: base + each adapter merged by mergekit, exact for every method.
+    --into adapter: linear, task_arithmetic and slerp stack the adapters' ranks (exact);
+    ties, dare_ties and dare_linear are computed on the dense deltas as mergekit does, then
+    factored by truncated SVD at the smallest rank that keeps every tensor within
+    --max-error (relative Frobenius error, default 0.001), capped by --max-rank and
+    MAX_LORA_RANK; the error reached per tensor is printed and recorded, with a warning
+    when the cap keeps it above the bound. The same adapter twice is refused.
+    """
     spec = {
         "adapters": adapters,
         "method": method,
@@ -224,6 +277,8 @@ def merge_cmd(
         "density": density,
         "t": t,
         "lambda": lam,
+        "max_rank": max_rank,
+        "max_error": max_error,
         "into": into,
         "name": name,
         "seed": seed,

@@ -178,8 +178,16 @@ def check_spec(ctx: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         refs = m.get("adapters") or []
         if not isinstance(refs, list) or not refs:
             raise InvalidInput("a merge needs a list of registered adapters to merge, got none")
+        ids: dict[str, str] = {}
         for ref in refs:
-            reg.get(str(ref))
+            rec = reg.get(str(ref))
+            if rec.id in ids:
+                raise InvalidInput(
+                    f"adapter {rec.ref} is given twice ({ids[rec.id]!r} and {str(ref)!r}); "
+                    f"merging an adapter with itself only rescales it, so it is refused",
+                    hint="to scale one adapter, merge it alone with task_arithmetic and a lambda",
+                )
+            ids[rec.id] = str(ref)
         _check_method(str(m.get("method") or "linear"), len(refs))
         if m.get("into", "adapter") not in ("adapter", "model"):
             raise InvalidInput(f"into={m.get('into')!r} must be 'adapter' or 'model'")
@@ -300,12 +308,21 @@ def _merge_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable
         density=m.get("density"),
         t=m.get("t"),
         lambda_=m.get("lambda"),
+        max_rank=m.get("max_rank"),
+        max_error=m.get("max_error"),
         into=into,
         output_dir=out,
-        seed=int(m.get("seed", 0)),
+        seed=None if m.get("seed") is None else int(m["seed"]),
+        engine_max_rank=s.max_lora_rank,
         progress=progress,
     )
-    detail: dict[str, Any] = {"output_dir": str(out), "into": into, "checks": result.checks}
+    detail: dict[str, Any] = {
+        "output_dir": str(out),
+        "into": into,
+        "seed": result.seed,
+        "warnings": list(result.warnings),
+        "checks": result.checks,
+    }
     if into == "adapter":
         rec = reg.register(
             out,

@@ -244,6 +244,11 @@ def merge_section(parts: TabParts) -> None:
             label=t("merge_weights"), placeholder=t("merge_weights_hint"), elem_id="models-merge-w"
         )
         density = gr.Textbox(label=t("merge_density"), placeholder=t("merge_density_hint"))
+        max_rank = gr.Textbox(
+            label=t("merge_max_rank"),
+            placeholder=t("merge_max_rank_hint"),
+            elem_id="models-merge-max-rank",
+        )
         name = gr.Textbox("merged", label=t("merge_name"), elem_id="models-merge-name")
         start = gr.Button(t("start_merge"), variant="primary", elem_id="models-merge-start")
     view = gr.HTML(elem_id="models-merge-progress")
@@ -251,7 +256,9 @@ def merge_section(parts: TabParts) -> None:
     wf_id, timer = gr.State(None), gr.Timer(POLL_SECONDS, active=False)
 
     @action
-    def on_start(refs: list[str] | None, how: str, w: str, d: str, n: str) -> tuple[Any, ...]:
+    def on_start(
+        refs: list[str] | None, how: str, w: str, d: str, r: str, n: str
+    ) -> tuple[Any, ...]:
         if len(refs or []) < 2:
             raise gr.Error(t("pick_two"))
         spec: dict[str, Any] = {"adapters": list(refs or []), "method": how or "linear"}
@@ -262,6 +269,11 @@ def merge_section(parts: TabParts) -> None:
         share = number(d, "density")
         if share is not None:
             spec["density"] = share
+        cap = number(r, "max rank")
+        if cap is not None:
+            if cap != int(cap):
+                raise InvalidInput(f"max rank {r!r} must be a whole number")
+            spec["max_rank"] = int(cap)
         return (*started(parts, "merge", spec), "")
 
     @action
@@ -274,12 +286,13 @@ def merge_section(parts: TabParts) -> None:
         if detail.get("adapter"):
             made = f"{made}@v{detail['adapter']['version']}"
         text = f"**{t('merged_into')}**: {made} (`{detail.get('output_dir', '')}`)"
+        text += merge_checks_text(t, detail)
         return keep, shown, tick, text, bump(signal)
 
     refresh_on(parts, adapter_menu(parts), [picked], [picked])
     start.click(
         on_start,
-        [picked, method, weights, density, name],
+        [picked, method, weights, density, max_rank, name],
         [wf_id, view, timer, result],
         api_name="merge_adapters",
     )
@@ -289,6 +302,29 @@ def merge_section(parts: TabParts) -> None:
         [wf_id, view, timer, result, parts.changed],
         show_progress="hidden",
     )
+
+
+def merge_checks_text(t: Any, detail: dict[str, Any]) -> str:
+    """Markdown lines on how exact a merge result is, and its warnings."""
+    checks = detail.get("checks") or {}
+    lines = []
+    factoring = checks.get("factoring") or {}
+    if factoring:
+        line = f"**{t('merge_factoring')}**: {factoring['how']}, rank {factoring['rank']}"
+        if "tolerance" in factoring:
+            line += (
+                f", {t('merge_worst_error')} {factoring['max_relative_error']:.2e} "
+                f"({t('merge_bound')} {factoring['tolerance']:g}, `{factoring['worst_tensor']}`)"
+            )
+        lines.append(line)
+    reference = checks.get("reference")
+    if isinstance(reference, dict) and "max_relative_error" in reference:
+        lines.append(
+            f"**{t('merge_reference')}**: {reference['tensors']} tensors, "
+            f"{t('merge_worst_error')} {reference['max_relative_error']:.2e}"
+        )
+    lines += [f"**{t('merge_warning')}**: {w}" for w in detail.get("warnings") or []]
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def finished_card(parts: TabParts, wf: dict[str, Any]) -> str:

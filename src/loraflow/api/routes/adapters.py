@@ -32,18 +32,36 @@ class UpdateBody(BaseModel):
 class MergeSpec(BaseModel):
     adapters: list[str] = Field(..., description="Registered adapter names or ids to merge.")
     method: str = Field(
-        "linear", description="linear, slerp, task_arithmetic, ties, dare_ties or dare_linear."
+        "linear",
+        description="linear, slerp, task_arithmetic (exact adapters: ranks stacked), ties, "
+        "dare_ties or dare_linear (adapters: the dense result factored by truncated SVD, "
+        "error per tensor in checks.factoring).",
     )
     weights: list[float] | None = Field(None, description="One weight per adapter.")
     density: float | None = Field(None, description="Share of weights kept (ties, dare).")
     t: float | None = Field(None, description="SLERP interpolation factor in [0, 1].")
     lambda_: float | None = Field(None, alias="lambda", description="Task-vector scale.")
+    max_rank: int | None = Field(
+        None,
+        ge=1,
+        description="ties/dare adapters: highest rank of the result (MAX_LORA_RANK caps it too).",
+    )
+    max_error: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="ties/dare adapters: relative Frobenius error allowed per tensor "
+        "(default 0.001); the rank is chosen to meet it.",
+    )
     into: Literal["adapter", "model"] = Field(
         "adapter", description="A new registered adapter, or a full merged model folder."
     )
     name: str = Field("merged", description="Name of the result.")
     description: str | None = None
-    seed: int = Field(0, description="Seed of DARE's random pruning.")
+    seed: int | None = Field(
+        None,
+        description="Seed of DARE's draws (same seed, same adapter); drawn and recorded if unset.",
+    )
 
     model_config = {"populate_by_name": True}
 
