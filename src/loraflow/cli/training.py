@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from loraflow.cli.common import DataDir, app, console, err, fail, make_settings
-from loraflow.errors import LoraflowError
+from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.training.params import canonical_names
 
 tasks_app = typer.Typer(help="List, show, cancel and resume training tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
@@ -83,13 +84,53 @@ def train(
         float | None,
         typer.Option(help="Share of --data held out for eval loss without --val-data (0.1)."),
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs (3).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Micro-batch size (4).")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation (4).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (2e-4).")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank (16).")] = None,
-    alpha: Annotated[int | None, typer.Option(help="LoRA alpha (32).")] = None,
-    max_len: Annotated[int | None, typer.Option(help="Max sequence tokens (512).")] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", "--num-train-epochs", help="Epochs (3).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", "--per-device-train-batch-size", help="Micro-batch size (4)."),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(
+            "--grad-accum", "--gradient-accumulation-steps", help="Gradient accumulation (4)."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", "--learning-rate", help="Learning rate (2e-4).")
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", "--lora-rank", "--lora-r", help="LoRA rank (16).")
+    ] = None,
+    alpha: Annotated[
+        int | None, typer.Option("--alpha", "--lora-alpha", help="LoRA alpha (32).")
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option("--dropout", "--lora-dropout", help="LoRA dropout (0.05).")
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(
+            "--max-len", "--cutoff-len", "--max-length", help="Max sequence tokens (512)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu | cuda | auto (default: TRAINING_DEVICE).")
+    ] = None,
+    quantization: Annotated[
+        str | None, typer.Option(help="auto (4-bit on CUDA with bitsandbytes) | 4bit | none.")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="Any other training parameter as NAME=VALUE (repeatable), by loraflow's name "
+            "or the Hugging Face / LLaMA-Factory one: -p seed=7 -p num_train_epochs=1. "
+            "An unknown name is refused with the list of accepted ones.",
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (0: all).")] = None,
     target_modules: Annotated[str | None, typer.Option(help="q,v | all-linear | names.")] = None,
     patience: Annotated[
@@ -122,7 +163,10 @@ def train(
         "lr": lr,
         "rank": rank,
         "alpha": alpha,
+        "dropout": dropout,
         "max_len": max_len,
+        "device": device,
+        "quantization": quantization,
         "max_steps": max_steps,
         "target_modules": target_modules,
         "val_split": val_split,
@@ -136,6 +180,14 @@ def train(
         name = task_name or f"{data.stem}-{_stamp()}"
         base = base_model or ctx.settings.base_model_name
         params = {k: v for k, v in params.items() if v is not None}
+        for item in param or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise InvalidInput(f"--param {item!r} is not NAME=VALUE")
+            for name, given in canonical_names({key.strip(): value.strip()}).items():
+                if name in params:
+                    raise InvalidInput(f"{name} is given twice: by its option and by -p {item!r}")
+                params[name] = given
         task = training.submit(
             ctx,
             name,

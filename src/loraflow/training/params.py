@@ -12,6 +12,27 @@ TARGET_PRESETS = {
     "all-linear": "all-linear",
 }
 LAUNCHERS = ("none", "accelerate", "torchrun")
+# The names Hugging Face's TrainingArguments, PEFT's LoraConfig and LLaMA-Factory use for the
+# same parameters: accepted everywhere a parameter is given (API form and training_params,
+# CLI, UI), so a user typing the name they know is never silently ignored.
+ALIASES = {
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "learning_rate": "lr",
+    "lora_rank": "rank",
+    "lora_r": "rank",
+    "r": "rank",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "cutoff_len": "max_len",
+    "max_length": "max_len",
+    "max_seq_length": "max_len",
+    "model_max_length": "max_len",
+    "lora_target": "target_modules",
+    "val_size": "val_split",
+}
 
 
 @dataclass
@@ -62,13 +83,7 @@ class TrainParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainParams:
         """Defaults overridden by `values`; unknown names and bad values raise."""
-        values = {k: v for k, v in (values or {}).items() if v is not None}
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise InvalidInput(
-                f"unknown training parameter(s) {unknown}; known: {', '.join(known)}"
-            )
+        values = canonical_names({k: v for k, v in (values or {}).items() if v is not None})
         typed: dict[str, Any] = {}
         for name, value in values.items():
             kind = type(getattr(cls(), name))
@@ -81,6 +96,11 @@ class TrainParams:
         params = cls(**typed)
         params.check()
         return params
+
+    @classmethod
+    def accepted_names(cls) -> list[str]:
+        """Every parameter name a job accepts: loraflow's own, then the aliases."""
+        return [f.name for f in fields(cls)] + list(ALIASES)
 
     def check(self) -> None:
         """Raise InvalidInput naming the parameter when a value cannot work."""
@@ -131,3 +151,26 @@ class TrainParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def canonical_names(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` under loraflow's own parameter names; unknown or clashing names raise."""
+    own = {f.name for f in fields(TrainParams)}
+    unknown = sorted(k for k in values if k not in own and k not in ALIASES)
+    if unknown:
+        raise InvalidInput(
+            f"unknown training parameter(s) {unknown}",
+            hint=f"accepted: {', '.join(own)}; also accepted as aliases: "
+            + ", ".join(f"{a} (= {n})" for a, n in ALIASES.items()),
+        )
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name in out and out[name] != value:
+            raise InvalidInput(
+                f"training parameter {name} is given twice with different values: "
+                f"{given_as[name]}={out[name]!r} and {key}={value!r}"
+            )
+        out[name], given_as[name] = value, key
+    return out

@@ -73,3 +73,30 @@ def test_bad_train_input_is_a_clear_error(env: Path, extra: list[str], expected:
 def test_missing_dataset_file(env: Path) -> None:
     r = invoke("train", "--data", str(env / "nope.json"), "--data-dir", str(env / "data"))
     assert r.exit_code != 0 and "does not exist" in text(r)
+
+
+def test_hugging_face_flags_and_params_are_taken_and_unknown_ones_refused(env: Path) -> None:
+    dd = str(env / "data")
+    common = ["train", "--data", str(env / "a.json"), "--detach", "--data-dir", dd]
+    r = invoke(
+        *common,
+        "--task-name",
+        "aliases",
+        "--num-train-epochs",
+        "1",
+        "--learning-rate",
+        "1e-4",
+        "-p",
+        "lora_dropout=0.1",
+        "-p",
+        "seed=7",
+    )
+    assert r.exit_code == 0, r.output
+    shown = json.loads(invoke("tasks", "show", "1", "--data-dir", dd).output)
+    params = shown["training_params"]
+    assert (params["epochs"], params["lr"], params["dropout"], params["seed"]) == (1, 1e-4, 0.1, 7)
+    r = invoke(*common, "--task-name", "typo", "-p", "num_epochs=1")
+    assert r.exit_code != 0 and "unknown training parameter(s) ['num_epochs']" in text(r)
+    assert "num_train_epochs (= epochs)" in text(r)
+    r = invoke(*common, "--task-name", "twice", "--epochs", "2", "-p", "num_train_epochs=1")
+    assert r.exit_code != 0 and "epochs is given twice" in text(r)

@@ -27,7 +27,8 @@ def test_overrides_are_typed() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"learning_rate": 1}, "unknown training parameter"),
+        ({"warmup_ratio": 0.1}, "unknown training parameter"),
+        ({"num_train_epochs": 1, "epochs": 2}, "given twice"),
         ({"rank": 0}, "rank=0"),
         ({"batch_size": "many"}, "batch_size='many'"),
         ({"dropout": 1.5}, "dropout"),
@@ -57,3 +58,31 @@ def test_cpu_plan_is_fp32_without_checkpointing_or_quantization() -> None:
     assert plan["device"] == "cpu" and not plan["bf16"] and not plan["checkpointing"]
     assert plan["quantization"] is None and "CPU" in plan["label"]
     assert (plan["batch_size"], plan["grad_accum"]) == (4, 4)
+
+
+def test_hugging_face_and_llama_factory_names_are_aliases() -> None:
+    p = TrainParams.from_dict(
+        {
+            "num_train_epochs": "1",
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 8,
+            "learning_rate": 5e-5,
+            "lora_r": 4,
+            "lora_alpha": 8,
+            "lora_dropout": 0.1,
+            "cutoff_len": 256,
+        }
+    )
+    assert (p.epochs, p.batch_size, p.grad_accum, p.lr) == (1.0, 2, 8, 5e-5)
+    assert (p.rank, p.alpha, p.dropout, p.max_len) == (4, 8, 0.1, 256)
+    # The same value under both names is no clash.
+    assert TrainParams.from_dict({"lora_rank": 8, "rank": 8}).rank == 8
+
+
+def test_unknown_name_lists_every_accepted_one() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        TrainParams.from_dict({"num_epochs": 1})
+    hint = caught.value.hint or ""
+    for name in TrainParams.accepted_names():
+        assert name in hint
+    assert "num_train_epochs (= epochs)" in hint

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import Depends, File, Form, Request, UploadFile
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.errors import InvalidInput
+from loraflow.safe_json import loads as bounded_loads
 from loraflow.services import datasets, training
+from loraflow.training.params import ALIASES, TrainParams, canonical_names
 
-router = APIRouter(prefix="/api/simple-lora", tags=["training"])
+router = json_router(prefix="/api/simple-lora", tags=["training"])
 
 
 @router.get("/models", summary="Base models available for fine-tuning")
@@ -29,9 +32,41 @@ def upload_dataset(
     return datasets.save_dataset_upload(rt, file.filename or "", file.file, dataset_type)
 
 
-@router.post("/train", summary="Queue a LoRA fine-tuning task")
+# Form fields of /train that are not training parameters.
+_JOB_FIELDS = (
+    "task_name",
+    "base_model",
+    "dataset_filename",
+    "dataset_type",
+    "val_filename",
+    "training_params",
+)
+
+
+async def _form_params(request: Request) -> dict[str, Any]:
+    """Every training parameter sent as a form field, declared below or not.
+
+    The form is already parsed (and cached) by FastAPI for the declared fields; fields
+    the route does not declare (Hugging Face or LLaMA-Factory names, any TrainParams field)
+    are passed on too, so a misspelt one is refused instead of silently ignored.
+    """
+    form = await request.form()
+    return {k: v for k, v in form.items() if k not in _JOB_FIELDS and isinstance(v, str)}
+
+
+@router.post(
+    "/train",
+    summary="Queue a LoRA fine-tuning task",
+    description="Training parameters may be sent as form fields or in `training_params` (a "
+    "JSON object), under loraflow's names ("
+    + ", ".join(TrainParams.accepted_names()[:21])
+    + ") or the Hugging Face / LLaMA-Factory aliases ("
+    + ", ".join(f"`{a}`" for a in ALIASES)
+    + "). Any other field is refused with a 422 that lists the accepted names.",
+)
 def train(
     rt: RuntimeDep,
+    form_params: Annotated[dict[str, Any], Depends(_form_params)],
     task_name: str = Form(...),
     base_model: str = Form(...),
     dataset_filename: str = Form(...),
@@ -39,12 +74,12 @@ def train(
     val_filename: str | None = Form(
         None, description="an uploaded dataset to evaluate on, instead of a val_split share"
     ),
-    epochs: float | None = Form(None),
-    batch_size: int | None = Form(None),
-    learning_rate: float | None = Form(None),
-    lora_r: int | None = Form(None),
+    epochs: float | None = Form(None, description="alias: num_train_epochs"),
+    batch_size: int | None = Form(None, description="alias: per_device_train_batch_size"),
+    learning_rate: float | None = Form(None, description="alias: lr"),
+    lora_r: int | None = Form(None, description="aliases: rank, lora_rank"),
     lora_alpha: int | None = Form(None),
-    max_length: int | None = Form(None),
+    max_length: int | None = Form(None, description="aliases: max_len, cutoff_len"),
     max_steps: int | None = Form(None),
     target_modules: str | None = Form(None),
     launcher: str | None = Form(None, description="none, accelerate or torchrun"),
@@ -54,24 +89,29 @@ def train(
     extra: dict[str, Any] = {}
     if training_params:
         try:
-            extra = json.loads(training_params)
+            extra = bounded_loads(
+                training_params, rt.settings.json_limits(), where="training_params"
+            )
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"training_params is not valid JSON: {exc.msg}") from exc
         if not isinstance(extra, dict):
             raise InvalidInput("training_params must be a JSON object")
-    fields = {
+    # The declared fields arrive typed; the others as the strings the form carried.
+    typed = {
         "epochs": epochs,
         "batch_size": batch_size,
-        "lr": learning_rate,
-        "rank": lora_r,
-        "alpha": lora_alpha,
-        "max_len": max_length,
+        "learning_rate": learning_rate,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "max_length": max_length,
         "max_steps": max_steps,
         "target_modules": target_modules,
         "launcher": launcher,
         "num_processes": num_processes,
     }
-    params = {**extra, **{k: v for k, v in fields.items() if v is not None}}
+    form = {**form_params, **{k: v for k, v in typed.items() if v is not None}}
+    form = {k: v for k, v in form.items() if k not in typed or typed[k] is not None}
+    params = {**canonical_names(extra), **canonical_names(form)}
     task = training.submit(
         rt, task_name, base_model, dataset_filename, dataset_type, params, val_dataset=val_filename
     )
