@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loraflow.errors import ConfigError
+from loraflow.safe_json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ITEMS, MAX_DEPTH_CEILING, JsonLimits
 
 Device = Literal["cpu", "auto", "cuda"]
 QuantizationType = Literal["int8", "4bit"]
@@ -166,6 +167,19 @@ class Settings(BaseSettings):
     )
     max_body_mb: float = Field(
         4.0, gt=0, validation_alias=AliasChoices("MAX_BODY_MB", "max_body_mb")
+    )
+    json_max_depth: int = Field(
+        DEFAULT_MAX_DEPTH,
+        ge=2,
+        le=MAX_DEPTH_CEILING,
+        validation_alias=AliasChoices("JSON_MAX_DEPTH", "json_max_depth"),
+        description="Deepest nesting of arrays/objects in any JSON a user sends (bodies, files).",
+    )
+    json_max_items: int = Field(
+        DEFAULT_MAX_ITEMS,
+        ge=1,
+        validation_alias=AliasChoices("JSON_MAX_ITEMS", "json_max_items"),
+        description="Most values (array items, object members) in one JSON body or file line.",
     )
 
     training_output_dir: Path = Field(
@@ -415,6 +429,15 @@ class Settings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    def json_limits(self, *, upload: bool = False) -> JsonLimits:
+        """The limits for a JSON request body, or (upload) for an uploaded JSON file."""
+        return JsonLimits(
+            max_depth=self.json_max_depth,
+            max_items=self.json_max_items,
+            max_bytes=self.max_upload_bytes if upload else self.max_body_bytes,
+            bytes_setting="MAX_UPLOAD_MB" if upload else "MAX_BODY_MB",
+        )
 
     @property
     def training_output_path(self) -> Path:

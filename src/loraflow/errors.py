@@ -80,6 +80,16 @@ class DiskFull(StoreError):
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
+def from_os_error(exc: BaseException) -> LoraflowError | None:
+    """The user's error behind an OS error caused by a name they gave, else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return InvalidInput(
+            "a file or folder name in the request is too long for the file system "
+            "(at most 255 bytes a name)"
+        )
+    return None
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether `exc` is an OS error for a full disk, quota or file-size limit."""
     return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS

@@ -88,6 +88,23 @@ def server(
         yield srv
 
 
+@pytest.fixture(scope="session")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
+    """A server for generated and hostile requests: Ollama-only (down), no local model, so no
+    request can start a long generation or a training run."""
+    env = {
+        "LOAD_LOCAL_MODEL": "false",
+        "USE_LORA_DEFAULT": "false",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "OLLAMA_TIMEOUT": "2",
+        "MAX_UPLOAD_MB": "1",
+        # Low enough for the hostile-input corpus to reach it with small bodies.
+        "JSON_MAX_ITEMS": "300000",
+    }
+    with start_server(tmp_path_factory.mktemp("fuzz"), env, uvicorn=True) as srv:
+        yield srv
+
+
 @pytest.fixture()
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120) as c:

@@ -1,36 +1,20 @@
 """Property-based fuzzing of every documented route from the OpenAPI schema: never a 500.
 
-A dedicated server (Ollama-only, down; no local model) so generated requests cannot start
+On the `fuzz_server` (Ollama-only, down; no local model) so generated requests cannot start
 long generations or training runs; 503 "unavailable" is an honest answer, 500 is a bug.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.e2e.conftest import start_server
 from tests.e2e.server import Server
 
 pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 8
-
-
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, stopped_port: int) -> Iterator[Server]:
-    env = {
-        "LOAD_LOCAL_MODEL": "false",
-        "USE_LORA_DEFAULT": "false",
-        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
-        "OLLAMA_TIMEOUT": "2",
-        "MAX_UPLOAD_MB": "1",
-    }
-    with start_server(tmp_path_factory.mktemp("fuzz"), env, uvicorn=True) as srv:
-        yield srv
 
 
 def test_no_route_answers_500(fuzz_server: Server) -> None:

@@ -52,3 +52,23 @@ def test_the_worker_header_is_never_doubled() -> None:
     with TestClient(WorkerHeader(app)) as client:
         for path in ("/named", "/plain"):
             assert client.get(path).headers.get_list("x-loraflow-worker") == [pid]
+
+
+def test_ollama_error_shape_covers_exactly_the_ollama_routes() -> None:
+    from loraflow.api.compat import OLLAMA_PATHS, ollama_error, openai_error, renderer_for
+    from loraflow.api.routes import ollama_compat
+
+    assert {r.path for r in ollama_compat.router.routes} == OLLAMA_PATHS
+    assert renderer_for("/api/chat") is ollama_error
+    assert renderer_for("/v1/models") is openai_error
+    assert renderer_for("/api/simple-lora/train") is None
+
+
+def test_a_name_too_long_for_the_file_system_is_the_users_error() -> None:
+    import errno
+
+    from loraflow.errors import InvalidInput, from_os_error
+
+    found = from_os_error(OSError(errno.ENAMETOOLONG, "File name too long"))
+    assert isinstance(found, InvalidInput) and "255 bytes" in found.message
+    assert from_os_error(OSError(errno.EIO, "I/O error")) is None

@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraflow import __version__
+from loraflow.api.compat import renderer_for
 from loraflow.api.metrics import install_metrics
 from loraflow.api.routes import adapters as adapter_routes
 from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
@@ -25,7 +28,7 @@ from loraflow.api.security import RequestGuards
 from loraflow.api.worker import HEADER, WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
-from loraflow.errors import LoraflowError, is_disk_full
+from loraflow.errors import LoraflowError, from_os_error, is_disk_full
 from loraflow.locks import service_lock
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.lora_records import sync as sync_lora_records
@@ -142,6 +145,17 @@ def create_app(
             body["hint"] = exc.hint
         return JSONResponse(body, status_code=exc.http_status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Unknown paths (404) and methods (405) under the OpenAI and Ollama APIs answer in
+        # their own error shape, as the routes do; loraflow's own keep {"detail": ...}.
+        render = renderer_for(request.url.path)
+        if render is None:
+            return await http_exception_handler(request, exc)
+        response = render(exc.status_code, str(exc.detail), exc)
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(DBAPIError)
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         rt = getattr(request.app.state, "runtime", None)
@@ -160,6 +174,8 @@ def create_app(
 
     @app.exception_handler(OSError)
     async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if (user_error := from_os_error(exc)) is not None:
+            return await _loraflow_error(request, user_error)
         if not is_disk_full(exc):
             return await _unexpected(request, exc)
         return _disk_full(str(exc.strerror))

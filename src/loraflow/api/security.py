@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.middleware.cors import CORSMiddleware
 
+from loraflow.api.compat import renderer_for
 from loraflow.config import Settings
 
 Scope = MutableMapping[str, Any]
@@ -23,8 +24,12 @@ OPEN_PATHS = frozenset({"/health"})
 _MULTIPART_OVERHEAD = 64 * 1024
 
 
-async def _reject(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _reject(
+    scope: Scope, send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    # The OpenAI and Ollama routes are refused in their own error shape, the rest as FastAPI does.
+    render = renderer_for(scope.get("path", ""))
+    body = render(status, detail).body if render else json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -68,6 +73,7 @@ class ApiKeyMiddleware:
             return
         if not self._allowed(scope):
             await _reject(
+                scope,
                 send,
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
@@ -99,7 +105,7 @@ class BodyLimitMiddleware:
         message = f"request body is over the limit of {limit // 1024} KB ({setting})"
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _reject(send, 413, message, [(b"connection", b"close")])
+            await _reject(scope, send, 413, message, [(b"connection", b"close")])
             return
         received = 0
         too_large = False
@@ -130,7 +136,7 @@ class BodyLimitMiddleware:
             if not too_large:
                 raise
         if too_large and not started:
-            await _reject(send, 413, message, [(b"connection", b"close")])
+            await _reject(scope, send, 413, message, [(b"connection", b"close")])
 
 
 class RequestGuards:
@@ -171,7 +177,7 @@ class RequestGuards:
             if scope["path"] in OPEN_PATHS:
                 await self.app(scope, receive, send)
             else:
-                await _reject(send, 503, "the service is still starting; retry shortly", [])
+                await _reject(scope, send, 503, "the service is still starting; retry shortly", [])
             return
         if self._chain is None or self._settings is not rt.settings:
             self._settings, self._chain = rt.settings, self._build(rt.settings)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
 from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.safe_json import loads as bounded_loads
 
 adapters_app = typer.Typer(
     help="Adapters: list, scan, register, merge, export, validate, deploy, rollback, workflow.",
@@ -345,7 +346,7 @@ def validate_cmd(
     try:
         if questions is not None:
             try:
-                spec["questions"] = json.loads(questions.read_text(encoding="utf-8"))
+                spec["questions"] = bounded_loads(questions.read_bytes(), where=str(questions))
             except (OSError, json.JSONDecodeError) as exc:
                 raise InvalidInput(f"--questions {questions}: {exc}") from exc
         _run_here(ctx_for(data_dir), "validate", spec, as_json)

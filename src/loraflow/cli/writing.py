@@ -18,6 +18,7 @@ from loraflow.cli.common import (
     runtime_for,
 )
 from loraflow.errors import LoraflowError
+from loraflow.safe_json import loads as bounded_loads
 
 memory_app = typer.Typer(help="Story memory: projects, entries, export and import.")
 app.add_typer(memory_app, name="memory")
@@ -142,7 +143,7 @@ def import_(
 
     try:
         try:
-            doc = json.loads(file.read_text(encoding="utf-8"))
+            doc = bounded_loads(file.read_bytes(), where=str(file))
         except (OSError, ValueError) as exc:
             raise InvalidInput(f"cannot read {str(file)!r} as JSON: {exc}") from exc
         p = memory.import_project(runtime_for(data_dir), doc, name)

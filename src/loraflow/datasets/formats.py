@@ -12,6 +12,7 @@ from typing import Any
 
 from loraflow.datasets.records import Record, read_records
 from loraflow.errors import InvalidInput
+from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
 from loraflow.text import split_text
 
 DATASET_TYPES = ("alpaca", "sharegpt", "raw")
@@ -56,7 +57,12 @@ def guess_type(record: Any) -> str | None:
     return None
 
 
-def load_examples(path: Path, dataset_type: str, chunk_size: int = 2048) -> list[Example]:
+def load_examples(
+    path: Path,
+    dataset_type: str,
+    chunk_size: int = 2048,
+    json_limits: JsonLimits = DEFAULT_LIMITS,
+) -> list[Example]:
     """Parse a dataset file of `dataset_type` into examples; raw text is split into chunks."""
     kind = check_type(dataset_type)
     if path.suffix.lower() == ".txt" and kind != "raw":
@@ -70,7 +76,7 @@ def load_examples(path: Path, dataset_type: str, chunk_size: int = 2048) -> list
         "raw": lambda r: _raw(r, chunk_size),
     }[kind]
     examples: list[Example] = []
-    for record in read_records(path):
+    for record in read_records(path, json_limits):
         examples.extend(parse(record))
     if not examples:
         raise InvalidInput(f"dataset {path.name!r} has no usable records")

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import InvalidInput, UnsupportedFile
+from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
+from loraflow.safe_json import loads as bounded_loads
 
 DATA_SUFFIXES = (".json", ".jsonl", ".txt")
 
@@ -20,8 +22,11 @@ class Record:
     where: str
 
 
-def read_records(path: Path) -> list[Record]:
-    """Records of a .json (array or object) or .jsonl file; .txt gives one {"content"} record."""
+def read_records(path: Path, limits: JsonLimits = DEFAULT_LIMITS) -> list[Record]:
+    """Records of a .json (array or object) or .jsonl file; .txt gives one {"content"} record.
+
+    JSON is read within `limits` (nesting depth, element count), per line for .jsonl.
+    """
     suffix = path.suffix.lower()
     if suffix not in DATA_SUFFIXES:
         raise UnsupportedFile(
@@ -34,9 +39,9 @@ def read_records(path: Path) -> list[Record]:
     if suffix == ".txt":
         return [Record({"title": path.stem, "content": text}, f"{path.name}")]
     if suffix == ".jsonl":
-        return _jsonl(path.name, text)
+        return _jsonl(path.name, text, limits)
     try:
-        data = json.loads(text)
+        data = bounded_loads(text, limits, where=repr(path.name))
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"{path.name!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -51,13 +56,13 @@ def read_records(path: Path) -> list[Record]:
     return [Record(item, f"{path.name} record {i}") for i, item in enumerate(data, 1)]
 
 
-def _jsonl(name: str, text: str) -> list[Record]:
+def _jsonl(name: str, text: str, limits: JsonLimits) -> list[Record]:
     records = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            item = bounded_loads(line, limits, where=f"{name!r} line {lineno}")
         except json.JSONDecodeError as exc:
             raise InvalidInput(
                 f"{name!r} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraflow.errors import InvalidInput
+from loraflow.safe_json import loads as bounded_loads
 
 # A search function: (question, k) -> the sources of the ranked chunks, best first.
 Searcher = Callable[[str, int], list[str]]
@@ -44,7 +44,7 @@ def load_qa(path: Path, lang: str | None = None) -> list[LabelledQuestion]:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            raw = bounded_loads(line, where=f"line {n}")
             row = LabelledQuestion(
                 str(raw["question"]), str(raw["expected_source"]), str(raw.get("lang", ""))
             )

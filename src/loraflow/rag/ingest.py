@@ -16,6 +16,7 @@ from loraflow.rag.chunking import Chunk, check_chunk_params, split_text
 from loraflow.rag.embed import Embedder
 from loraflow.rag.loaders import iter_files, load_document
 from loraflow.rag.store import DocumentInfo, VectorStore
+from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
 
 Progress = Callable[[str, int, int], None]
 # Reads one entry's text lazily, so a failing file is caught and reported on its turn.
@@ -59,6 +60,7 @@ def ingest_paths(
     progress: Progress | None = None,
     sources: dict[Path, str] | None = None,
     batch_size: int = 64,
+    json_limits: JsonLimits = DEFAULT_LIMITS,
 ) -> IngestReport:
     """Ingest files and folders; files that cannot be read are reported, not fatal."""
     report = IngestReport()
@@ -75,7 +77,7 @@ def ingest_paths(
             if f.resolve() not in seen:
                 seen.add(f.resolve())
                 source = _source_for(f, p, sources)
-                entries.append((source, partial(_read_file, f, source)))
+                entries.append((source, partial(_read_file, f, source, json_limits)))
     return _ingest(entries, embedder, store, chunk_size, overlap, progress, batch_size, report)
 
 
@@ -95,8 +97,8 @@ def ingest_texts(
     )
 
 
-def _read_file(path: Path, source: str) -> str:
-    return load_document(path, source).text
+def _read_file(path: Path, source: str, limits: JsonLimits) -> str:
+    return load_document(path, source, limits).text
 
 
 def _source_for(f: Path, given: Path, sources: dict[Path, str] | None) -> str:

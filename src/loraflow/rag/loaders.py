@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import NotFound, UnsupportedFile
+from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
+from loraflow.safe_json import loads as bounded_loads
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".pdf", ".json", ".jsonl")
 
@@ -28,8 +30,13 @@ class LoadedDocument:
     kind: str
 
 
-def load_document(path: Path, source: str | None = None) -> LoadedDocument:
-    """Read one supported file; raise UnsupportedFile when it has no usable text."""
+def load_document(
+    path: Path, source: str | None = None, limits: JsonLimits = DEFAULT_LIMITS
+) -> LoadedDocument:
+    """Read one supported file; raise UnsupportedFile when it has no usable text.
+
+    JSON and JSONL files are read within `limits` (nesting depth, element count).
+    """
     path = Path(path)
     name = source if source is not None else path.name
     if not path.is_file():
@@ -39,7 +46,7 @@ def load_document(path: Path, source: str | None = None) -> LoadedDocument:
     if reader is None:
         allowed = ", ".join(SUPPORTED_SUFFIXES)
         raise UnsupportedFile(f"{name!r} has suffix {suffix or '(none)'!r}; supported: {allowed}")
-    text = _normalise(reader(path, name))
+    text = _normalise(reader(path, name, limits))
     if not text.strip():
         raise UnsupportedFile(f"{name!r} contains no text")
     return LoadedDocument(text=text, source=name, kind=suffix.lstrip("."))
@@ -89,11 +96,11 @@ def _decode(path: Path, name: str) -> str:
         ) from exc
 
 
-def _read_text(path: Path, name: str) -> str:
+def _read_text(path: Path, name: str, limits: JsonLimits) -> str:
     return _decode(path, name)
 
 
-def _read_pdf(path: Path, name: str) -> str:
+def _read_pdf(path: Path, name: str, limits: JsonLimits) -> str:
     from pypdf import PdfReader
 
     try:
@@ -119,10 +126,10 @@ def _read_pdf(path: Path, name: str) -> str:
     return text
 
 
-def _read_json(path: Path, name: str) -> str:
+def _read_json(path: Path, name: str, limits: JsonLimits) -> str:
     raw = _decode(path, name)
     try:
-        value = json.loads(raw)
+        value = bounded_loads(raw, limits, where=repr(name))
     except json.JSONDecodeError as exc:
         raise UnsupportedFile(
             f"{name!r} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -130,14 +137,14 @@ def _read_json(path: Path, name: str) -> str:
     return extract_json_text(value)
 
 
-def _read_jsonl(path: Path, name: str) -> str:
+def _read_jsonl(path: Path, name: str, limits: JsonLimits) -> str:
     raw = _decode(path, name)
     records = []
     for lineno, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = bounded_loads(line, limits, where=f"{name!r} line {lineno}")
         except json.JSONDecodeError as exc:
             raise UnsupportedFile(
                 f"{name!r} line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})"
@@ -169,7 +176,7 @@ def _extract_record(record: dict[str, Any]) -> str:
     return "\n".join(t for t in (extract_json_text(v) for v in record.values()) if t)
 
 
-_READERS: dict[str, Callable[[Path, str], str]] = {
+_READERS: dict[str, Callable[[Path, str, JsonLimits], str]] = {
     ".txt": _read_text,
     ".md": _read_text,
     ".pdf": _read_pdf,

@@ -125,6 +125,12 @@ def inside_allowed(ctx: Context, raw: str | Path, *, field: str = "adapter path"
         raise InvalidInput(f"{field} is empty; give an adapter folder")
     s = ctx.settings
     given = Path(str(raw)).expanduser()
+    too_long = [p for p in given.parts if len(p.encode("utf-8", "surrogatepass")) > 255]
+    if too_long:
+        raise InvalidInput(
+            f"{field} has a name of {len(too_long[0].encode('utf-8', 'surrogatepass'))} bytes; "
+            "file systems allow at most 255 a name"
+        )
     path = (given if given.is_absolute() else s.lora_path / given).resolve()
     roots = [s.data_path.resolve(), s.lora_path.resolve()]
     if not any(path.is_relative_to(r) for r in roots):

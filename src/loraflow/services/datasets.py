@@ -34,11 +34,15 @@ def save_dataset_upload(
         )
     path, display = save_upload(rt, display, stream)
     try:
-        examples = load_examples(path, kind)
+        examples = load_examples(path, kind, json_limits=rt.settings.json_limits(upload=True))
     except LoraflowError as exc:
         path.unlink(missing_ok=True)
         # Messages name the stored file; the user knows it by the name they uploaded.
         exc.message = exc.message.replace(path.name, display)
+        raise
+    except BaseException:
+        # Whatever failed, a refused upload leaves nothing behind in the data dir.
+        path.unlink(missing_ok=True)
         raise
     size_mb = round(path.stat().st_size / (1024 * 1024), 4)
     return {

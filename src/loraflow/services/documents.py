@@ -57,6 +57,7 @@ def ingest(
             s.chunk_overlap,
             progress=progress,
             sources=sources,
+            json_limits=s.json_limits(upload=True),
         )
 
 
@@ -142,7 +143,13 @@ def ingest_uploads(
         raise
     if not saved:
         raise InvalidInput("no file was uploaded; send one or more files in the 'files' field")
-    report = (ingest_fn or partial(ingest, rt))(list(saved), sources=saved)
+    try:
+        report = (ingest_fn or partial(ingest, rt))(list(saved), sources=saved)
+    except BaseException:
+        # A refused or failed ingest keeps none of the uploads it was given.
+        for p in saved:
+            p.unlink(missing_ok=True)
+        raise
     failed_sources = {src for src, _ in report.failed}
     for path, display in saved.items():
         if display in failed_sources:

@@ -142,6 +142,7 @@ def ingest(
             h.info.chunk_overlap,
             progress=progress,
             sources=sources,
+            json_limits=rt.settings.json_limits(upload=True),
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from loraflow.memory.entries import DEFAULT_IMPORTANCE, IMPORTANCE_RANGE, KINDS
+from loraflow.safe_json import loads as bounded_loads
 from loraflow.services import memory
 from loraflow.services.runtime import Runtime
 from loraflow.ui.context import UIContext, action, cell, optional_whole, project_choices
@@ -284,8 +285,8 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         if not path:
             raise gr.Error(t("no_file_chosen"))
         try:
-            doc = json.loads(Path(path).read_text("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = bounded_loads(Path(path).read_bytes(), where=Path(path).name)
+        except (OSError, ValueError) as exc:
             raise gr.Error(f"{Path(path).name}: {t('not_json')} ({exc})") from exc
         p = memory.import_project(rt, doc)
         message = f"{t('imported')}: {p['name']} ({p['entries']})"

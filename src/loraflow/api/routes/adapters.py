@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.errors import Conflict
 from loraflow.services import adapters as adapter_svc
 from loraflow.services import deployments, workflows
 
-router = APIRouter(prefix="/api/adapters", tags=["adapters"])
+router = json_router(prefix="/api/adapters", tags=["adapters"])
 
 WAIT_SECONDS = 3600.0
 

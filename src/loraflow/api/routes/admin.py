@@ -6,15 +6,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.services.backup import create_backup, verify_backup
 
-router = APIRouter(prefix="/api/admin", tags=["admin"])
+router = json_router(prefix="/api/admin", tags=["admin"])
 
 
 def _backups_dir(rt: Any) -> Path:

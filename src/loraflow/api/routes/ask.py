@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.services.ask import AskRequest, ask
 
-router = APIRouter(tags=["ask"])
+router = json_router(tags=["ask"])
 
 
 class AskBody(BaseModel):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.services import assistants
 
-router = APIRouter(prefix="/api/assistants", tags=["assistants"])
+router = json_router(prefix="/api/assistants", tags=["assistants"])
 
 
 class Generation(BaseModel):

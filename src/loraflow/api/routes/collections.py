@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import File, UploadFile
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.config import CHUNK_SIZE_RANGE
 from loraflow.services import documents, knowledge
 
-router = APIRouter(prefix="/api/collections", tags=["knowledge bases"])
+router = json_router(prefix="/api/collections", tags=["knowledge bases"])
 
 
 class CollectionCreate(BaseModel):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import File, UploadFile
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.services import documents
 
-router = APIRouter(prefix="/documents", tags=["documents"])
+router = json_router(prefix="/documents", tags=["documents"])
 
 
 @router.post("", summary="Upload .txt/.md/.pdf/.json/.jsonl files and ingest them")

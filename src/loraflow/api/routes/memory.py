@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import Body, Query
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.memory.entries import KINDS
 from loraflow.services import memory
 
-router = APIRouter(prefix="/api/memory", tags=["story memory"])
+router = json_router(prefix="/api/memory", tags=["story memory"])
 
 
 class ProjectCreate(BaseModel):

@@ -14,11 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow import __version__
-from loraflow.api.compat import route_class
+from loraflow.api.compat import ollama_error, route_class
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.streaming import stream_response
 from loraflow.errors import InvalidInput, LoraflowError
@@ -26,12 +25,7 @@ from loraflow.services import chat as chat_service
 from loraflow.services.chat import ChatRequest
 from loraflow.services.embeddings import embed
 
-
-def _error(status: int, message: str, exc: BaseException) -> Response:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-router = APIRouter(prefix="/api", tags=["ollama"], route_class=route_class(_error))
+router = APIRouter(prefix="/api", tags=["ollama"], route_class=route_class(ollama_error))
 
 
 class _Open(BaseModel):

@@ -15,33 +15,19 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraflow.api.compat import route_class
+from loraflow.api.compat import openai_error, route_class
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.streaming import stream_response
-from loraflow.errors import InvalidInput, LoraflowError, NotFound
+from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.services import chat as chat_service
 from loraflow.services.chat import ChatRequest, ChatResult, ChatStream
 from loraflow.services.embeddings import embed
 from loraflow.services.lora_serving import load_lora, unload_lora
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error"}
-
-
-def _error(status: int, message: str, exc: BaseException) -> Response:
-    param = None
-    if isinstance(exc, RequestValidationError) and exc.errors():
-        param = ".".join(str(p) for p in exc.errors()[0].get("loc", ()) if p != "body") or None
-    code = "model_not_found" if isinstance(exc, NotFound) and "model" in message else None
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(_error))
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(openai_error))
 
 
 class _Open(BaseModel):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.services import models
 from loraflow.services.remote import is_remote, label
 
-router = APIRouter(tags=["system"])
+router = json_router(tags=["system"])
 
 
 class SwitchModelRequest(BaseModel):

@@ -6,16 +6,16 @@ import json
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.json_body import json_router
 from loraflow.api.streaming import stream_response
 from loraflow.errors import LoraflowError
 from loraflow.services.writing import WriteRequest, write, write_stream
 
-router = APIRouter(prefix="/api/write", tags=["writing"])
+router = json_router(prefix="/api/write", tags=["writing"])
 
 
 class WriteBody(BaseModel):
