@@ -135,6 +135,15 @@ def create_app(
         title="loraflow",
         version=__version__,
         summary="RAG question answering with switchable local + LoRA and Ollama models.",
+        description=(
+            "Limits on what a request may carry: JSON bodies up to `MAX_BODY_MB`, uploads up "
+            "to `MAX_UPLOAD_MB` (413 beyond); any JSON a user sends (bodies, dataset and "
+            "document files, each JSONL line) up to `JSON_MAX_DEPTH` levels of nesting "
+            "(default 64) and `JSON_MAX_ITEMS` values (default 1,000,000). NaN, Infinity, "
+            "numbers out of range and lone surrogate escapes are refused. Refusals name the "
+            "limit and where it was exceeded; `/v1` answers in OpenAI's error shape, the "
+            "Ollama routes in Ollama's, the rest as `{\"detail\": ...}`."
+        ),
         lifespan=lifespan,
     )
 

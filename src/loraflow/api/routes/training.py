@@ -59,7 +59,7 @@ async def _form_params(request: Request) -> dict[str, Any]:
     summary="Queue a LoRA fine-tuning task",
     description="Training parameters may be sent as form fields or in `training_params` (a "
     "JSON object), under loraflow's names ("
-    + ", ".join(TrainParams.accepted_names()[:21])
+    + ", ".join(TrainParams.accepted_names()[: -len(ALIASES)])
     + ") or the Hugging Face / LLaMA-Factory aliases ("
     + ", ".join(f"`{a}`" for a in ALIASES)
     + "). Any other field is refused with a 422 that lists the accepted names.",
