@@ -263,13 +263,16 @@ def merge_cmd(
 ) -> None:
     """Merge adapters into a new adapter (registered) or a full model.
 
-    --into model: base + each adapter merged by mergekit, exact for every method.
-    --into adapter: linear, task_arithmetic and slerp stack the adapters' ranks (exact);
-    ties, dare_ties and dare_linear are computed on the dense deltas as mergekit does, then
-    factored by truncated SVD at the smallest rank that keeps every tensor within
-    --max-error (relative Frobenius error, default 0.001), capped by --max-rank and
-    MAX_LORA_RANK; the error reached per tensor is printed and recorded, with a warning
-    when the cap keeps it above the bound. The same adapter twice is refused.
+    --into model: mergekit merges base + each adapter, exact for every method.
+
+    --into adapter: linear, task_arithmetic and slerp stack the adapters' ranks (exact).
+
+    --into adapter, ties/dare_ties/dare_linear: mergekit's steps on the dense deltas, then a
+    truncated SVD at the smallest rank keeping each tensor within --max-error (relative
+    Frobenius error, default 0.001), capped by --max-rank and MAX_LORA_RANK. The error per
+    tensor is printed and recorded; a warning says when the cap keeps it above the bound.
+
+    The same adapter given twice (or a copy of it) is refused.
     """
     spec = {
         "adapters": adapters,
