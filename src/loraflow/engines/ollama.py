@@ -1,4 +1,9 @@
-"""The Ollama engine: chat through a running Ollama server's HTTP API."""
+"""The Ollama engine: chat through a running Ollama server's HTTP API.
+
+Ollama serves an adapter as a model of its own (a Modelfile with FROM + ADAPTER, `ollama
+create`), so the engine's "adapters" are the other models the server lists: picking one sends
+its name as the request's `model`, as vLLM does with its LoRA modules.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,14 @@ from loraflow.engines.transport import transport_reason
 from loraflow.errors import EngineUnavailable, NotFound
 
 HEALTH_TIMEOUT = 2.0
+# Model listings are polled by clients: a server that hangs must not hold them for long.
+LIST_TIMEOUT = 5.0
 # Failing fast on an absent server matters more than patience with a slow connect.
 CONNECT_TIMEOUT = 5.0
 
 
 class OllamaEngine:
-    """Generate with a model served by Ollama; adapters are not supported."""
+    """Generate with OLLAMA_MODEL, or with any other model the Ollama server lists."""
 
     name = "ollama"
 
@@ -42,9 +49,20 @@ class OllamaEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def models(self, timeout: float | None = None) -> list[str]:
+        """Every model name the server lists (/api/tags), as it spells them."""
+        try:
+            response = self._client.get("/api/tags", timeout=timeout or self.timeout)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        self._check(response)
+        return [str(m["name"]) for m in _json(response.text).get("models") or [] if m.get("name")]
+
     def adapters(self) -> list[str]:
-        """Ollama serves whole models, so there are no adapters to pick."""
-        return []
+        """The models the server lists besides OLLAMA_MODEL (deployed adapters among them)."""
+        return [
+            n for n in self.models(min(self.timeout, LIST_TIMEOUT)) if not same_model(n, self.model)
+        ]
 
     def generate(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
@@ -55,7 +73,7 @@ class OllamaEngine:
             response = self._client.post("/api/chat", json=body)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
-        self._check(response)
+        self._check(response, adapter)
         data = _json(response.text)
         return GenerationResult(
             text=(data.get("message") or {}).get("content", ""),
@@ -69,7 +87,7 @@ class OllamaEngine:
     ) -> Iterator[str]:
         """Answer `messages` as text pieces; bad input raises here, before the first piece."""
         body = self._body(messages, params, adapter, stream=True)
-        return self._stream(body)
+        return self._stream(body, adapter)
 
     def health(self) -> EngineHealth:
         """Whether Ollama answers and has the configured model pulled."""
@@ -83,18 +101,18 @@ class OllamaEngine:
             names = {m.get("name", "") for m in _json(response.text).get("models", [])}
         except EngineUnavailable as exc:
             return EngineHealth(False, exc.message)
-        if self.model in names or f"{self.model}:latest" in names:
+        if any(same_model(n, self.model) for n in names):
             return EngineHealth(True, f"Ollama at {self.base_url} serves {self.model}")
         missing = f"Ollama at {self.base_url} has no model {self.model!r}"
         return EngineHealth(False, f"{missing}; run `ollama pull {self.model}`")
 
-    def _stream(self, body: dict) -> Iterator[str]:
+    def _stream(self, body: dict, adapter: str | None = None) -> Iterator[str]:
         started = False
         try:
             with self._client.stream("POST", "/api/chat", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    self._check(response)
+                    self._check(response, adapter)
                 for line in response.iter_lines():
                     if not line.strip():
                         continue
@@ -129,11 +147,6 @@ class OllamaEngine:
     ) -> dict:
         params.validate()
         check_messages(messages)
-        if adapter is not None:
-            raise NotFound(
-                f"adapter {adapter!r} is not loaded; the Ollama engine has no adapters",
-                hint="use the local engine for adapters, or send no adapter",
-            )
         options: dict[str, Any] = {
             "num_predict": params.max_new_tokens,
             "temperature": params.temperature,
@@ -146,15 +159,22 @@ class OllamaEngine:
         if params.seed is not None:
             options["seed"] = params.seed
         return {
-            "model": self.model,
+            "model": adapter or self.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
             "stream": stream,
             "options": options,
         }
 
-    def _check(self, response: httpx.Response) -> None:
+    def _check(self, response: httpx.Response, adapter: str | None = None) -> None:
         if response.status_code < 400:
             return
+        if response.status_code == 404 and adapter is not None:
+            # Another model than OLLAMA_MODEL: the request named it, so it is the request's miss.
+            raise NotFound(
+                f"Ollama at {self.base_url} has no model {adapter!r} ({_excerpt(response)})",
+                hint=f"run `ollama pull {adapter}`, or `ollama create {adapter} -f Modelfile` "
+                "for an adapter",
+            )
         if response.status_code == 404:
             raise EngineUnavailable(
                 f"Ollama at {self.base_url} has no model {self.model!r} ({_excerpt(response)})",
@@ -173,6 +193,15 @@ class OllamaEngine:
             f"Ollama at {self.base_url} {reason}",
             hint="check that OLLAMA_BASE_URL points at a running Ollama",
         )
+
+
+def same_model(listed: str, name: str) -> bool:
+    """Whether two Ollama model names mean the same model (a bare name is tag `latest`)."""
+
+    def full(n: str) -> str:
+        return n if ":" in n.rsplit("/", 1)[-1] else f"{n}:latest"
+
+    return full(listed) == full(name)
 
 
 def _json(text: str) -> dict:

@@ -69,7 +69,7 @@ class AskResult:
 def _choose(rt: Runtime, req: AskRequest) -> Selection:
     """Per-request choice: explicit adapter, then use_lora, then the shared selection."""
     if is_remote(req.engine):
-        # With the remote engine, `adapter` names one of its server's adapters (vLLM LoRA).
+        # With the remote engine, `adapter` names another model of its server (Ollama, vLLM LoRA).
         return remote_selection(rt, req.adapter)
     if req.engine == "local" and req.adapter is None:
         return Selection("local", None)

@@ -92,8 +92,9 @@ def _validate(rt: Runtime, a: Assistant) -> Assistant:
     if a.engine not in ENGINES:
         raise InvalidInput(f"engine {a.engine!r} is unknown; use one of {', '.join(ENGINES)}")
     if a.adapter is not None and is_remote(a.engine):
-        # With the remote engine `adapter` names one of its server's models or LoRA modules
-        # (vLLM); Ollama serves whole models only, which remote_adapter explains.
+        # With the remote engine `adapter` names another model of its server: any model Ollama
+        # lists (an adapter deployed there is one) or a vLLM LoRA module. It is not checked
+        # against the server here: a server that is down must not block editing assistants.
         remote_adapter(rt, a.adapter)
     elif a.adapter is not None:
         known = adapter_names(rt)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from loraflow.config import Settings
 from loraflow.engines.base import FinishReason
-from loraflow.engines.ollama import OllamaEngine
+from loraflow.engines.ollama import OllamaEngine, same_model
 from loraflow.engines.openai_http import OpenAIHTTPEngine
 from loraflow.errors import InvalidInput, NotFound
 
@@ -19,7 +19,8 @@ RemoteEngine = OllamaEngine | OpenAIHTTPEngine
 
 # Every name an API accepts for "the remote engine"; the seed called it "ollama".
 REMOTE_NAMES = ("remote", "ollama", "openai")
-# API model names `remote/<name>` answer with the remote server's model or LoRA module <name>.
+# API model names `remote/<name>` answer with the remote server's model <name>: any model Ollama
+# lists (an adapter deployed there is one), or vLLM's base model and LoRA modules.
 MODEL_PREFIX = "remote/"
 
 
@@ -65,16 +66,16 @@ def label(settings: Settings) -> str:
     return f"{kind} model {d['remote_model']} at {d['remote_base_url']}"
 
 
-def remote_adapter(rt: Runtime, name: str | None) -> str | None:
-    """The remote engine's `adapter` argument for a model name: None for its base model."""
-    if name is None or name == rt.remote.model:
-        return None
+def _is_default(rt: Runtime, name: str) -> bool:
     if isinstance(rt.remote, OllamaEngine):
-        raise InvalidInput(
-            f"adapter {name!r} cannot be served by the Ollama backend at {rt.remote.base_url}: "
-            f"it serves whole models (OLLAMA_MODEL={rt.remote.model!r})",
-            hint="set REMOTE_BACKEND=openai for vLLM's LoRA modules, or use engine=local",
-        )
+        return same_model(name, rt.remote.model)
+    return name == rt.remote.model
+
+
+def remote_adapter(rt: Runtime, name: str | None) -> str | None:
+    """The remote engine's `adapter` argument for a model name: None for its default model."""
+    if name is None or _is_default(rt, name):
+        return None
     return name
 
 
@@ -84,19 +85,27 @@ def require_remote_adapter(rt: Runtime, name: str | None) -> str | None:
     if adapter is None:
         return None
     served = rt.remote.adapters()
-    if adapter not in served:
+    if isinstance(rt.remote, OllamaEngine):
+        found = any(same_model(n, adapter) for n in served)
+        hint = (
+            f"`ollama pull {adapter}`, or deploy an adapter there "
+            "(`loraflow adapters export NAME --format ollama`, or a Modelfile with FROM + ADAPTER)"
+        )
+    else:
+        found = adapter in served
+        hint = "start vLLM with --enable-lora --lora-modules NAME=PATH, or load it there"
+    if not found:
         listed = ", ".join(repr(n) for n in served) if served else "none"
         raise NotFound(
-            f"{rt.remote.base_url} serves no adapter {adapter!r}; its adapters: {listed}",
-            hint="start vLLM with --enable-lora --lora-modules NAME=PATH, or load it there",
+            f"{rt.remote.base_url} serves no model {adapter!r} besides {rt.remote.model!r}; "
+            f"its others: {listed}",
+            hint=hint,
         )
     return adapter
 
 
 def remote_model_ids(rt: Runtime) -> list[str]:
-    """`remote/<id>` for every model the OpenAI-compatible server lists; none for Ollama."""
-    if not isinstance(rt.remote, OpenAIHTTPEngine):
-        return []
+    """`remote/<name>` for the remote engine's model and every other model its server lists."""
     return [MODEL_PREFIX + n for n in [rt.remote.model, *rt.remote.adapters()]]
 
 

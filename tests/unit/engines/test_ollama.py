@@ -133,10 +133,23 @@ def test_health_reports_model_presence(server_url: str) -> None:
     assert not absent.ok and "ollama pull nope" in absent.detail
 
 
-def test_bad_input_and_adapters(server_url: str) -> None:
+def test_bad_input(server_url: str) -> None:
     engine = OllamaEngine(server_url, "tiny")
-    assert engine.adapters() == []
     with pytest.raises(InvalidInput):
         engine.stream(MESSAGES, GenerationParams(stop=[""]))
-    with pytest.raises(NotFound):
-        engine.generate(MESSAGES, GenerationParams(), adapter="alpha")
+
+
+def test_other_listed_models_answer_by_name(server_url: str) -> None:
+    # `tiny` is the default (listed as tiny:latest); every other listed model can be picked.
+    engine = OllamaEngine(server_url, "tiny")
+    assert engine.models() == ["tiny:latest", "other:7b"]
+    assert engine.adapters() == ["other:7b"]
+    assert engine.generate(MESSAGES, GenerationParams(), adapter="other:7b").text == "Hello there"
+    assert FakeOllama.requests[-1]["model"] == "other:7b"
+    assert list(engine.stream(MESSAGES, GenerationParams(), adapter="other:7b")) == PIECES
+    assert FakeOllama.requests[-1]["model"] == "other:7b"
+    # A model the server lacks is the request's miss (404), with the commands that add it.
+    for call in (engine.generate, lambda m, p, adapter: list(engine.stream(m, p, adapter))):
+        with pytest.raises(NotFound) as info:
+            call(MESSAGES, GenerationParams(), adapter="missing")
+        assert "'missing'" in str(info.value) and "ollama create missing" in info.value.hint

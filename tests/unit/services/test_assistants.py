@@ -61,9 +61,6 @@ def test_bad_bindings_are_refused_with_the_allowed_values(rt: Runtime) -> None:
         assistants.create_assistant(rt, {"name": "../etc"})
     with pytest.raises(InvalidInput, match="'bogus'"):
         assistants.create_assistant(rt, {"name": "x", "bogus": 1})
-    # The Ollama backend (these tests' remote engine) serves whole models, not adapters.
-    with pytest.raises(InvalidInput, match="Ollama backend .* serves whole models"):
-        assistants.create_assistant(rt, {"name": "x", "engine": "ollama", "adapter": "q"})
     assert "x" not in [a.name for a in assistants.list_assistants(rt)]
 
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 
 import pytest
 
+from loraflow import db
 from loraflow.config import Settings
 from loraflow.engines.ollama import OllamaEngine
 from loraflow.engines.openai_http import OpenAIHTTPEngine
-from loraflow.errors import EngineUnavailable, InvalidInput
+from loraflow.errors import EngineUnavailable, NotFound
 from loraflow.services.ask import AskRequest, ask
-from loraflow.services.chat import resolve_model
+from loraflow.services.assistants import create_assistant, delete_assistant
+from loraflow.services.chat import ChatRequest, chat, list_models, resolve_model
 from loraflow.services.checks import run_checks, settings_rows
-from loraflow.services.models import health, switch_model
+from loraflow.services.models import SELECTION_KEY, health, switch_model
 from loraflow.services.remote import make_remote_engine
 from loraflow.services.runtime import Runtime
 from tests.e2e.server import free_port
+from tests.unit.engines.test_ollama import FakeOllama
 
 
 def _with(rt: Runtime, **changes: object) -> Runtime:
@@ -44,15 +49,41 @@ def test_remote_backend_picks_the_engine_and_hides_the_key(
         Settings(REMOTE_BACKEND="vllm")
 
 
-def test_ollama_backend_refuses_remote_adapters_by_name(base_rt: Runtime) -> None:
-    model = base_rt.settings.ollama_model
-    assert resolve_model(base_rt, f"remote/{model}").adapter is None
-    for call in (
-        lambda: resolve_model(base_rt, "remote/sql-lora"),
-        lambda: switch_model(base_rt, engine="remote", adapter="sql-lora"),
-    ):
-        with pytest.raises(InvalidInput, match="'sql-lora' cannot be served by the Ollama backend"):
-            call()
+def test_ollama_backend_serves_every_listed_model_by_name(base_rt: Runtime) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    rt = _with(base_rt, remote_backend="ollama", ollama_base_url=url, ollama_model="tiny")
+    before = db.get_state(rt.db, SELECTION_KEY)
+    try:
+        # The default model by any spelling, and another model the server lists.
+        assert resolve_model(rt, "remote/tiny").adapter is None
+        assert resolve_model(rt, "remote/tiny:latest").adapter is None
+        assert resolve_model(rt, "remote/other:7b").adapter == "other:7b"
+        assert [m["id"] for m in list_models(rt) if m["kind"] == "remote"] == [
+            "remote/tiny",
+            "remote/other:7b",
+        ]
+        answer = chat(
+            rt, ChatRequest("remote/other:7b", messages=[{"role": "user", "content": "Hi"}])
+        )
+        assert answer.choices[0].text == "Hello there"
+        assert FakeOllama.requests[-1]["model"] == "other:7b"
+
+        sel = switch_model(rt, engine="ollama", adapter="other:7b")
+        assert (sel.engine, sel.adapter) == ("ollama", "other:7b")
+        with pytest.raises(NotFound, match="serves no model 'sql-lora'.*'other:7b'"):
+            switch_model(rt, engine="remote", adapter="sql-lora")
+
+        bound = create_assistant(
+            rt, {"name": "ollama-bound", "engine": "ollama", "adapter": "other:7b"}
+        )
+        assert bound.adapter == "other:7b"
+        delete_assistant(rt, bound.name)
+    finally:
+        db.set_state(rt.db, SELECTION_KEY, before)
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.integration
