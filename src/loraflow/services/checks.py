@@ -73,7 +73,7 @@ def run_checks(settings: Settings) -> list[Check]:
             checks.append(Check(f"adapter {name}", False, str(exc), required=False))
 
     try:
-        embedder = load_embedder(settings.embedding_model, device="cpu")
+        embedder = load_embedder(settings.embedding_model, device="cpu", settings=settings)
         checks.append(Check("embedding model", True, f"{embedder.name} ({embedder.dim}-d)"))
         try:
             where = settings.vector_store_dir

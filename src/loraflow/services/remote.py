@@ -10,7 +10,7 @@ from loraflow.config import Settings
 from loraflow.engines.base import FinishReason
 from loraflow.engines.ollama import OllamaEngine, same_model
 from loraflow.engines.openai_http import OpenAIHTTPEngine
-from loraflow.errors import InvalidInput, NotFound
+from loraflow.errors import NotFound
 
 if TYPE_CHECKING:
     from loraflow.services.runtime import Runtime

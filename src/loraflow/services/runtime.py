@@ -90,7 +90,7 @@ def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runt
     """Build the runtime; the local model loads unless disabled, failures degrade, not crash."""
     prepare_data_dir(settings)
     engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
-    embedder = load_embedder(settings.embedding_model, device="cpu")
+    embedder = load_embedder(settings.embedding_model, device="cpu", settings=settings)
     store = open_store(settings, embedder)
     remote = make_remote_engine(settings)
     rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, remote=remote)
