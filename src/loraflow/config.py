@@ -239,6 +239,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DEPLOY_MIN_REQUESTS", "deploy_min_requests"),
         description="Requests a variant must serve before live thresholds are judged.",
     )
+    deploy_switch_delay: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        validation_alias=AliasChoices("DEPLOY_SWITCH_DELAY", "deploy_switch_delay"),
+        description="Seconds a blue-green deploy waits after its checks before switching.",
+    )
+    deploy_ab_duration: float = Field(
+        0.0,
+        ge=0,
+        validation_alias=AliasChoices("DEPLOY_AB_DURATION", "deploy_ab_duration"),
+        description="Seconds an A/B test runs before it is concluded (0: until promoted).",
+    )
 
     continuous_batching: bool = Field(
         True,

@@ -13,6 +13,14 @@ enters that list:
 
 Live thresholds (error rate, p95 latency relative to the stable variant) roll a canary or
 B variant back on their own; the judgement starts once it has served `min_requests`.
+
+Each deployment carries its own settings (`deploy_settings`): those thresholds, the health
+check's retries and timeout, the blue-green switch delay and the A/B duration, each
+defaulting to the global DEPLOY_* setting. They are stored in the state, so every worker
+judges a target by the numbers it was deployed with. An A/B test with a duration is
+concluded on the first request after it ends, by its success metrics: the B variant wins
+when it served `min_requests` with an error rate no higher than A's and a p95 latency within
+`max_latency_ratio` of A's; otherwise A keeps all traffic.
 """
 
 from __future__ import annotations
@@ -27,6 +35,42 @@ from loraflow.errors import InvalidInput
 
 STRATEGIES = ("replace", "blue_green", "canary", "ab")
 DEFAULT_SCHEDULE = (5, 25, 50, 100)
+# What decides an A/B test when its duration ends (lower is better for both).
+AB_SUCCESS_METRICS = ("error_rate", "latency_p95_s")
+# Per-deployment settings: name -> (global setting it defaults to, type, lowest, highest).
+SETTINGS: dict[str, tuple[str, type, float, float | None]] = {
+    "max_error_rate": ("deploy_max_error_rate", float, 0.0, 1.0),
+    "max_latency_ratio": ("deploy_max_latency_ratio", float, 1.0, None),
+    "min_requests": ("deploy_min_requests", int, 1, None),
+    "health_retries": ("deploy_health_retries", int, 1, 20),
+    "health_timeout": ("deploy_health_timeout", float, 0.001, None),
+    "switch_delay": ("deploy_switch_delay", float, 0.0, 3600.0),
+    "ab_duration": ("deploy_ab_duration", float, 0.0, None),
+}
+
+
+def deploy_settings(defaults: Any, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One deployment's settings: the given values, checked, else the global ones."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(SETTINGS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown deployment setting(s) {unknown}; allowed: {', '.join(SETTINGS)}"
+        )
+    out: dict[str, Any] = {}
+    for name, (global_name, kind, low, high) in SETTINGS.items():
+        raw = given.get(name, getattr(defaults, global_name))
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{name}={raw!r} is not a number") from exc
+        if isinstance(raw, bool) or value != value or value < low or (high and value > high):
+            bound = f"at least {low:g}" + (f" and at most {high:g}" if high else "")
+            raise InvalidInput(f"{name}={raw!r} must be {bound}")
+        if name == "max_latency_ratio" and value <= 1:
+            raise InvalidInput(f"max_latency_ratio={raw!r} must be above 1 (1.2: 20% slower)")
+        out[name] = value
+    return out
 
 
 def check_strategy(strategy: str) -> str:
@@ -116,6 +160,7 @@ def new_state(
     return {
         "strategy": strategy,
         "variants": [_variant("A", old, 100 * a / total), _variant("B", adapter, 100 * b / total)],
+        "success_metrics": list(AB_SUCCESS_METRICS),
     }
 
 
@@ -239,6 +284,36 @@ def judge(
             f"{max_latency_ratio}x the stable variant's {base_p95:.3f}s"
         )
     return None
+
+
+def ab_verdict(
+    state: dict[str, Any],
+    stats: dict[str, VariantStats],
+    *,
+    max_latency_ratio: float,
+    min_requests: int,
+) -> dict[str, Any]:
+    """The outcome of an A/B test by its success metrics: the winning variant and why."""
+    a_name, b_name = state["variants"][0]["name"], state["variants"][-1]["name"]
+    a, b = stats.get(a_name), stats.get(b_name)
+    numbers = {
+        n: (s.to_dict() if s else VariantStats().to_dict()) for n, s in ((a_name, a), (b_name, b))
+    }
+    if b is None or b.requests < min_requests:
+        served = b.requests if b else 0
+        why = f"{b_name} served {served} of the {min_requests} requests needed to judge it"
+        return {"winner": a_name, "reason": why, "metrics": numbers}
+    b_rate = b.errors / b.requests
+    a_rate = (a.errors / a.requests) if a and a.requests else 0.0
+    if b_rate > a_rate:
+        why = f"{b_name} error rate {b_rate:.1%} is above {a_name}'s {a_rate:.1%}"
+        return {"winner": a_name, "reason": why, "metrics": numbers}
+    a_p95, b_p95 = (a.quantile(0.95) if a else None), b.quantile(0.95)
+    if a_p95 and b_p95 is not None and b_p95 > max_latency_ratio * a_p95:
+        why = f"{b_name} p95 latency {b_p95:.3f}s is above {max_latency_ratio}x {a_name}'s"
+        return {"winner": a_name, "reason": why, "metrics": numbers}
+    why = f"{b_name} error rate {b_rate:.1%} <= {a_name}'s {a_rate:.1%}, latency within limits"
+    return {"winner": b_name, "reason": why, "metrics": numbers}
 
 
 def ready_to_advance(state: dict[str, Any], stats: dict[str, VariantStats]) -> bool:

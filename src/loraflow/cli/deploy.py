@@ -59,10 +59,34 @@ def deploy_cmd(
     step_requests: Annotated[int | None, typer.Option(help="Requests per canary step.")] = None,
     split: Annotated[str | None, typer.Option(help="A/B shares, e.g. 70,30.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Deploy despite the gate.")] = False,
+    max_error_rate: Annotated[
+        float | None, typer.Option(help="Error rate (0-1) that rolls the canary / B back.")
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None, typer.Option(help="p95 latency over the stable's that rolls back (1.2).")
+    ] = None,
+    min_requests: Annotated[
+        int | None, typer.Option(help="Requests a variant serves before it is judged.")
+    ] = None,
+    health_retries: Annotated[int | None, typer.Option(help="Health-check attempts.")] = None,
+    health_timeout: Annotated[
+        float | None, typer.Option(help="Seconds each health check may take.")
+    ] = None,
+    switch_delay: Annotated[
+        float | None, typer.Option(help="Blue-green: seconds from passing checks to switch.")
+    ] = None,
+    ab_duration: Annotated[
+        float | None,
+        typer.Option(help="A/B: seconds the test runs before the better variant takes all."),
+    ] = None,
     url: Url = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Deploy a registered adapter behind a target name on the running server."""
+    """Deploy a registered adapter behind a target name on the running server.
+
+    Thresholds, health check, switch delay and A/B duration default to the DEPLOY_*
+    settings; the ones given here are stored with this deployment.
+    """
     body = {
         "adapter": ref,
         "target": target,
@@ -72,6 +96,13 @@ def deploy_cmd(
         "step_requests": step_requests,
         "split": float_list(split, "--split"),
         "force": force,
+        "max_error_rate": max_error_rate,
+        "max_latency_ratio": max_latency_ratio,
+        "min_requests": min_requests,
+        "health_retries": health_retries,
+        "health_timeout": health_timeout,
+        "switch_delay": switch_delay,
+        "ab_duration": ab_duration,
     }
     try:
         out = _call(
@@ -90,6 +121,20 @@ def deploy_cmd(
         f"{v['name']}={v['adapter']} {v['weight']:g}%" for v in out["state"]["variants"]
     )
     console.print(f"deployed {target} (version {out['version']}): {shares}")
+    console.print("  settings: " + settings_text(out["state"]))
+
+
+def settings_text(state: dict[str, Any]) -> str:
+    """A deployment's own settings on one line (older deployments: the global ones)."""
+    found = state.get("settings")
+    if not found:
+        return "global DEPLOY_* settings"
+    text = ", ".join(f"{k}={v:g}" for k, v in found.items())
+    if state.get("ab_ends_at"):
+        text += f"; A/B ends {state['ab_ends_at'][:19]} judged by " + ", ".join(
+            state.get("success_metrics") or []
+        )
+    return text
 
 
 @adapters_app.command("rollback")
@@ -197,6 +242,7 @@ def status_cmd(
     for d in deps:
         shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in d["state"]["variants"])
         console.print(f"deployment {d['target']:<16} {d['strategy']:<10} v{d['version']}  {shares}")
+        console.print(f"           settings: {settings_text(d['state'])}")
     for wf in flows:
         steps = " -> ".join(f"{s['step']}:{s['status']}" for s in wf["steps"])
         console.print(f"workflow   {wf['id'][:12]} {wf['kind']:<9} {wf['status']:<11} {steps}")

@@ -155,12 +155,16 @@ def _swap(
 
 
 # --- checks ----------------------------------------------------------------------------------
-def health_check(rt: Runtime, adapter: str) -> dict[str, Any]:
+def health_check(
+    rt: Runtime, adapter: str, retries: int | None = None, timeout: float | None = None
+) -> dict[str, Any]:
     """Generate with the adapter (retries, timeout each) and check its logits are finite."""
     s = rt.settings
+    retries = s.deploy_health_retries if retries is None else int(retries)
+    timeout = s.deploy_health_timeout if timeout is None else float(timeout)
     engine = adapter_svc_engine(rt)
     attempts: list[dict[str, Any]] = []
-    for attempt in range(1, s.deploy_health_retries + 1):
+    for attempt in range(1, retries + 1):
         started = time.perf_counter()
         outcome: dict[str, Any] = {}
 
@@ -177,10 +181,10 @@ def health_check(rt: Runtime, adapter: str) -> dict[str, Any]:
 
         worker = threading.Thread(target=run, daemon=True, name=f"health-{adapter}")
         worker.start()
-        worker.join(s.deploy_health_timeout)
+        worker.join(timeout)
         seconds = round(time.perf_counter() - started, 3)
         if worker.is_alive():
-            outcome = {"error": f"no answer within {s.deploy_health_timeout:g}s"}
+            outcome = {"error": f"no answer within {timeout:g}s"}
         ok = "error" not in outcome and outcome.get("tokens", 0) > 0
         if "error" not in outcome and not ok:
             outcome["error"] = "generated no tokens"
@@ -241,9 +245,15 @@ def deploy(
     step_requests: int | None = None,
     split: list[float] | None = None,
     force: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Put a registered adapter behind `target` with a strategy, after checks and gate."""
+    """Put a registered adapter behind `target` with a strategy, after checks and gate.
+
+    `settings` are this deployment's thresholds, health check, switch delay and A/B
+    duration (see `strategies.SETTINGS`); unset ones take the global DEPLOY_* values.
+    """
     strategy = strategies.check_strategy(strategy)
+    chosen = strategies.deploy_settings(rt.settings, settings)
     current = _row(rt, target)
     if current is None:
         check_target(rt, target)
@@ -262,13 +272,17 @@ def deploy(
             rec.ref,
             percent=percent,
             schedule=schedule,
-            step_requests=step_requests or rt.settings.deploy_min_requests,
+            step_requests=step_requests or chosen["min_requests"],
             split=split,
         )
+        state["settings"] = chosen
+        if strategy == "ab" and chosen["ab_duration"] > 0:
+            ends = _now().timestamp() + chosen["ab_duration"]
+            state["ab_ends_at"] = datetime.fromtimestamp(ends, UTC).isoformat()
         loaded_before = set(rt.local.adapters()) if rt.local is not None else set()
         served = adapter_svc.ensure_served(rt, rec.id)
         steps.append({"step": "load", "ok": True, "engine_name": served})
-        health = health_check(rt, served)
+        health = health_check(rt, served, chosen["health_retries"], chosen["health_timeout"])
         steps.append({"step": "health_check", **health})
         if not health["ok"]:
             if served not in loaded_before and not in_use(rt, rec.ref):
@@ -279,6 +293,10 @@ def deploy(
                 f"({len(health['attempts'])} attempt(s)): {last}; "
                 + ("the previous deployment keeps serving" if current else "nothing was deployed")
             )
+        if strategy == "blue_green" and chosen["switch_delay"] > 0:
+            # The new colour is loaded and healthy; traffic moves once the delay has passed.
+            time.sleep(chosen["switch_delay"])
+            steps.append({"step": "switch_delay", "ok": True, "seconds": chosen["switch_delay"]})
         version = _swap(
             rt,
             target,
@@ -397,25 +415,32 @@ def route(rt: Runtime, name: str) -> Routed | None:
 def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
     """Count one finished request; roll back or advance the target when its numbers say so."""
     rt.traffic.record(routed.target, routed.version, routed.variant, ok, seconds)
+    if rt.monitor is not None:  # shared with every worker through the database, for alerts
+        rt.monitor.record(routed.target, routed.variant, ok, seconds)
     row = _row(rt, routed.target)
     if row is None or row["version"] != routed.version:
         return
     stats = rt.traffic.get(routed.target, routed.version)
-    s = rt.settings
+    limits = settings_of(rt, row["state"])
     reason = strategies.judge(
         row["state"],
         stats,
-        max_error_rate=s.deploy_max_error_rate,
-        max_latency_ratio=s.deploy_max_latency_ratio,
-        min_requests=s.deploy_min_requests,
+        max_error_rate=limits["max_error_rate"],
+        max_latency_ratio=limits["max_latency_ratio"],
+        min_requests=limits["min_requests"],
     )
     try:
-        if reason is not None:
+        if reason is None and _ab_over(row["state"]):
+            _conclude_ab(rt, routed.target, row, stats, limits)
+        elif reason is not None:
             stable = row["state"]["variants"][0]
-            restored = {
-                "strategy": "replace",
-                "variants": [{"name": "stable", "adapter": stable["adapter"], "weight": 100.0}],
-            }
+            restored = _keep_settings(
+                {
+                    "strategy": "replace",
+                    "variants": [{"name": "stable", "adapter": stable["adapter"], "weight": 100.0}],
+                },
+                row["state"],
+            )
             # The failed trial is not kept as something to roll back to.
             _swap(rt, routed.target, row["version"], restored, None)
             _event(
@@ -426,7 +451,7 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
                 {"reason": reason, "replaced": row["state"], "live": _live(stats)},
             )
         elif strategies.ready_to_advance(row["state"], stats):
-            new = strategies.advance_canary(row["state"])
+            new = _keep_settings(strategies.advance_canary(row["state"]), row["state"])
             # A rollback after a step still restores what the canary deploy replaced.
             _swap(rt, routed.target, row["version"], new, row["previous"])
             _event(rt, routed.target, "canary_step", "ok", {"state": new, "live": _live(stats)})
@@ -436,3 +461,42 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
 
 def _live(stats: dict[str, Any]) -> dict[str, Any]:
     return {name: s.to_dict() for name, s in stats.items()}
+
+
+def settings_of(rt: Runtime, state: dict[str, Any]) -> dict[str, Any]:
+    """The settings a deployment was made with (older ones: the global settings)."""
+    return strategies.deploy_settings(rt.settings, state.get("settings"))
+
+
+def _keep_settings(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    if "settings" in old and "settings" not in new:
+        return {**new, "settings": old["settings"]}
+    return new
+
+
+def _ab_over(state: dict[str, Any]) -> bool:
+    ends = state.get("ab_ends_at") if state.get("strategy") == "ab" else None
+    return bool(ends) and _now() >= datetime.fromisoformat(ends)
+
+
+def _conclude_ab(
+    rt: Runtime, target: str, row: dict[str, Any], stats: dict[str, Any], limits: dict[str, Any]
+) -> None:
+    """End an A/B test whose duration is over: the winner by the success metrics takes all."""
+    verdict = strategies.ab_verdict(
+        row["state"],
+        stats,
+        max_latency_ratio=limits["max_latency_ratio"],
+        min_requests=limits["min_requests"],
+    )
+    won = next(v for v in row["state"]["variants"] if v["name"] == verdict["winner"])
+    new = _keep_settings(
+        {
+            "strategy": "replace",
+            "variants": [{"name": "stable", "adapter": won["adapter"], "weight": 100.0}],
+            "ab_result": {**verdict, "success_metrics": row["state"].get("success_metrics")},
+        },
+        row["state"],
+    )
+    _swap(rt, target, row["version"], new, row["state"])
+    _event(rt, target, "ab_concluded", "ok", {**verdict, "adapter": won["adapter"]})

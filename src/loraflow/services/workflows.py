@@ -395,6 +395,7 @@ def _inside_data(ctx: Any, raw: str) -> Path:
 
 
 def _deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
+    from loraflow.adapters.deploy import SETTINGS
     from loraflow.services import deployments
 
     if getattr(ctx, "local", None) is None:
@@ -415,6 +416,7 @@ def _deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callabl
         step_requests=d.get("step_requests"),
         split=d.get("split"),
         force=bool(d.get("force", False)),
+        settings={k: d[k] for k in SETTINGS if d.get(k) is not None},
     )
     carry["deployment"] = {"target": result["target"], "version": result["version"]}
     return {"target": result["target"], "version": result["version"], "steps": result["steps"]}

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from loraflow.adapters.deploy import STRATEGIES
+from loraflow.adapters.deploy import SETTINGS, STRATEGIES
 from loraflow.errors import LoraflowError
 from loraflow.services import deployments
 from loraflow.services.runtime import Runtime
@@ -15,6 +15,26 @@ from loraflow.ui.context import action
 
 if TYPE_CHECKING:
     from loraflow.ui.models import TabParts
+
+# The per-deployment settings the form offers (min_requests stays the global one here).
+SETTING_FIELDS = (
+    "max_error_rate",
+    "max_latency_ratio",
+    "health_retries",
+    "health_timeout",
+    "switch_delay",
+    "ab_duration",
+)
+
+
+def settings_line(state: dict[str, Any]) -> str:
+    """A deployment's own settings, as stored with it."""
+    found = state.get("settings") or {}
+    text = ", ".join(f"{k} {v:g}" for k, v in found.items() if k in SETTINGS)
+    if state.get("ab_ends_at"):
+        metrics = ", ".join(state.get("success_metrics") or [])
+        text += f"; A/B ends {state['ab_ends_at'][:19]} ({metrics})"
+    return text
 
 
 def _step_note(step: dict[str, Any]) -> str:
@@ -71,6 +91,11 @@ def deploy_section(parts: TabParts) -> None:
         split = gr.Textbox(label=t("ab_split"), placeholder=t("ab_split_hint"))
         force = gr.Checkbox(label=t("force_deploy"), elem_id="models-deploy-force")
         go = gr.Button(t("deploy"), variant="primary", elem_id="models-deploy")
+    with gr.Accordion(t("deploy_settings"), open=False), gr.Row():
+        own = {
+            name: gr.Textbox(label=t(name), elem_id=f"models-deploy-{name.replace('_', '-')}")
+            for name in SETTING_FIELDS
+        }
     outcome = gr.Markdown(elem_id="models-deploy-status")
     gr.Markdown(f"#### {t('deployments')}")
     head = [t("target"), t("strategy"), t("variants"), t("version"), t("live"), t("updated")]
@@ -121,6 +146,12 @@ def deploy_section(parts: TabParts) -> None:
         shares: str,
         forced: bool,
         signal: int | None,
+        error_rate: str,
+        latency_ratio: str,
+        retries: str,
+        timeout: str,
+        delay: str,
+        duration: str,
         progress: gr.Progress = gr.Progress(),
     ) -> tuple[str, int]:
         if not ref:
@@ -129,6 +160,12 @@ def deploy_section(parts: TabParts) -> None:
             raise gr.Error(t("give_target"))
         rt, name = ctx.rt(), name.strip()
         percent, split = number(first, "canary percent"), numbers(shares, "A/B split")
+        typed = (error_rate, latency_ratio, retries, timeout, delay, duration)
+        own_settings = {}
+        for key, text in zip(SETTING_FIELDS, typed, strict=True):
+            value = number(text, t(key))
+            if value is not None:
+                own_settings[key] = value
         progress(None, desc=t("deploying"))
         try:
             done = deployments.deploy(
@@ -139,6 +176,7 @@ def deploy_section(parts: TabParts) -> None:
                 percent=percent,
                 split=split,
                 force=bool(forced),
+                settings=own_settings,
             )
         except LoraflowError as exc:
             # Shown in place with the steps that ran: the previous deployment keeps serving.
@@ -146,7 +184,8 @@ def deploy_section(parts: TabParts) -> None:
             return "\n".join(lines + _steps(_failed_steps(rt, name, exc))), gr.update()
         lines = [
             f"**{t('deployed')}**: {ref} → `{done['target']}` ({done['strategy']}, "
-            f"{t('version')} {done['version']})"
+            f"{t('version')} {done['version']})",
+            f"{t('deploy_settings')}: {settings_line(done['state'])}",
         ]
         return "\n".join(lines + _steps(done["steps"])), bump(signal)
 
@@ -176,7 +215,7 @@ def deploy_section(parts: TabParts) -> None:
     refresh_on(parts, refresh, shown, listed)
     go.click(
         on_deploy,
-        [pick, target, how, percent, split, force, parts.changed],
+        [pick, target, how, percent, split, force, parts.changed, *own.values()],
         [outcome, parts.changed],
         api_name="deploy_adapter",
     )

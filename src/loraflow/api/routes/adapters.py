@@ -115,6 +115,33 @@ class DeploySpec(BaseModel):
         None, min_length=2, max_length=2, description="A/B shares, e.g. [70, 30]."
     )
     force: bool = Field(False, description="Deploy even when the quality gate fails.")
+    # This deployment's own settings; each left out takes the global DEPLOY_* setting.
+    max_error_rate: float | None = Field(
+        None, ge=0, le=1, description="Error rate of the canary / B variant that rolls it back."
+    )
+    max_latency_ratio: float | None = Field(
+        None, gt=1, description="p95 latency over the stable variant's that rolls back (1.2: +20%)."
+    )
+    min_requests: int | None = Field(
+        None, ge=1, description="Requests a variant serves before it is judged."
+    )
+    health_retries: int | None = Field(None, ge=1, le=20, description="Health-check attempts.")
+    health_timeout: float | None = Field(None, gt=0, description="Seconds per health check.")
+    switch_delay: float | None = Field(
+        None, ge=0, le=3600, description="Blue-green: seconds between passing checks and switch."
+    )
+    ab_duration: float | None = Field(
+        None,
+        ge=0,
+        description="A/B: seconds the test runs; then the variant with the lower error rate "
+        "(and p95 latency within max_latency_ratio) takes all traffic. 0: until promoted.",
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """The per-deployment settings given in this body."""
+        from loraflow.adapters.deploy import SETTINGS
+
+        return {k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None}
 
 
 class DeployBody(DeploySpec):
@@ -214,6 +241,7 @@ def deploy(body: DeployBody, rt: RuntimeDep) -> dict[str, Any]:
         step_requests=body.step_requests,
         split=body.split,
         force=body.force,
+        settings=body.settings(),
     )
 
 
