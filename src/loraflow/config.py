@@ -392,6 +392,104 @@ class Settings(BaseSettings):
         "request is refused with 503 (SQLite busy timeout; connect timeout of a server).",
     )
 
+    # Alert rules: global defaults; each deployment target may override them (API, CLI).
+    alerts_enabled: bool = Field(
+        True,
+        validation_alias=AliasChoices("ALERTS_ENABLED", "alerts_enabled"),
+        description="Evaluate the alert rules while the server runs.",
+    )
+    alert_eval_interval: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("ALERT_EVAL_INTERVAL", "alert_eval_interval"),
+        description="Seconds between two evaluations of the alert rules.",
+    )
+    alert_window: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        validation_alias=AliasChoices("ALERT_WINDOW", "alert_window"),
+        description="Seconds of recent numbers each rule looks at.",
+    )
+    alert_for: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        validation_alias=AliasChoices("ALERT_FOR", "alert_for"),
+        description="Seconds a rule must stay crossed (pending) before its alert fires.",
+    )
+    alert_min_requests: int = Field(
+        5,
+        ge=1,
+        validation_alias=AliasChoices("ALERT_MIN_REQUESTS", "alert_min_requests"),
+        description="Requests a window needs before its p95 latency or error rate is judged.",
+    )
+    alert_latency_p95_ms: float = Field(
+        500.0,
+        ge=0,
+        validation_alias=AliasChoices("ALERT_LATENCY_P95_MS", "alert_latency_p95_ms"),
+        description="p95 response time in ms above which a target or variant alerts; 0: off.",
+    )
+    alert_error_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("ALERT_ERROR_RATE", "alert_error_rate"),
+        description="Share of failed requests (0-1) above which a target or variant alerts.",
+    )
+    alert_min_throughput: float = Field(
+        0.0,
+        ge=0,
+        validation_alias=AliasChoices("ALERT_MIN_THROUGHPUT", "alert_min_throughput"),
+        description="Requests per minute below which a target alerts; 0: off.",
+    )
+    alert_cpu_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices("ALERT_CPU_PERCENT", "alert_cpu_percent"),
+        description="CPU use of the server's workers, percent of the machine; 0: off.",
+    )
+    alert_memory_percent: float = Field(
+        90.0,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices("ALERT_MEMORY_PERCENT", "alert_memory_percent"),
+        description="Resident memory of the server's workers, percent of RAM; 0: off.",
+    )
+    alert_gpu_memory_percent: float = Field(
+        95.0,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices("ALERT_GPU_MEMORY_PERCENT", "alert_gpu_memory_percent"),
+        description="GPU memory in use, percent (CUDA only); 0: off.",
+    )
+    alert_gpu_util_percent: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices("ALERT_GPU_UTIL_PERCENT", "alert_gpu_util_percent"),
+        description="GPU utilisation, percent (CUDA with NVML only); 0: off.",
+    )
+    alert_webhook_url: str = Field(
+        "",
+        validation_alias=AliasChoices("ALERT_WEBHOOK_URL", "alert_webhook_url"),
+        description="URL that receives firing and resolved alerts as JSON POSTs; empty: none.",
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ALERT_WEBHOOK_SECRET", "alert_webhook_secret"),
+        description="Signs each webhook body: X-Loraflow-Signature: sha256=HMAC-SHA256 hex.",
+    )
+    alert_webhook_retries: int = Field(
+        4,
+        ge=0,
+        le=20,
+        validation_alias=AliasChoices("ALERT_WEBHOOK_RETRIES", "alert_webhook_retries"),
+        description="Retries of a webhook delivery that failed (refused, timeout, non-2xx).",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, v: str) -> str:

@@ -279,6 +279,56 @@ adapter_versions = Table(
 )
 
 
+# Finished requests to deployment targets, written in batches by every server worker, so one
+# alert evaluation sees the numbers of all workers. `at` is Unix seconds.
+monitor_requests = Table(
+    "monitor_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(64), nullable=False),
+    Column("variant", String(64), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("seconds", Float(precision=53), nullable=False),
+    Column("worker", String(64), nullable=False),
+    Column("at", Float(precision=53), nullable=False, index=True),
+)
+
+# CPU, resident memory and GPU use of each server worker, sampled while it serves.
+monitor_resources = Table(
+    "monitor_resources",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("worker", String(64), nullable=False),
+    Column("cpu_percent", Float, nullable=False),
+    Column("memory_percent", Float, nullable=False),
+    Column("rss_bytes", Float, nullable=False),
+    Column("gpu_memory_percent", Float, nullable=True),
+    Column("gpu_util_percent", Float, nullable=True),
+    Column("at", Float(precision=53), nullable=False, index=True),
+)
+
+# Alerts: pending -> firing -> resolved. `open_key` (rule|target|variant) is set while the
+# alert is pending or firing and cleared when it resolves, so concurrent evaluations by
+# several workers can never open the same alert twice.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rule", String(32), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("variant", String(64), nullable=False),
+    Column("open_key", String(191), nullable=True, unique=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("value", Float, nullable=True),
+    Column("threshold", Float, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=True),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 

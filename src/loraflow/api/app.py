@@ -19,6 +19,7 @@ from loraflow.api.compat import renderer_for
 from loraflow.api.metrics import install_metrics
 from loraflow.api.routes import adapters as adapter_routes
 from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
+from loraflow.api.routes import alerts as alert_routes
 from loraflow.api.routes import assistants as assistant_routes
 from loraflow.api.routes import collections as collection_routes
 from loraflow.api.routes import memory as memory_routes
@@ -30,6 +31,7 @@ from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, from_os_error, is_disk_full
 from loraflow.locks import service_lock
+from loraflow.services.alerts import Monitor
 from loraflow.services.documents import ingest_sample_if_empty
 from loraflow.services.lora_records import sync as sync_lora_records
 from loraflow.services.models import initialise_selection
@@ -56,6 +58,8 @@ def _start(settings: Settings, use_lora: bool | None, first: bool = True) -> Run
     # Adapters loaded by name through any worker, before or since a restart, are attached now.
     sync_lora_records(rt)
     start_training_runner(rt)
+    if settings.alerts_enabled:
+        rt.monitor = Monitor(settings, rt.db).start()
     return rt
 
 
@@ -129,6 +133,8 @@ def create_app(
                 yield
             if app.state.runtime is not None:
                 await run_in_threadpool(stop_training_runner, app.state.runtime)
+                if app.state.runtime.monitor is not None:
+                    await run_in_threadpool(app.state.runtime.monitor.stop)
             app.state.runtime = None
 
     app = FastAPI(
@@ -206,6 +212,7 @@ def create_app(
     # Outermost: every response, refused ones too, names the worker process that sent it.
     app.add_middleware(WorkerHeader)
     app.include_router(system.router)
+    app.include_router(alert_routes.router)
     app.include_router(ask.router)
     app.include_router(documents.router)
     app.include_router(training_routes.router)

@@ -1,4 +1,9 @@
-"""Semantic triggers: one FAISS index per project over the current entries' text."""
+"""Semantic triggers: one vector index per project over the current entries' text.
+
+The index lives in the VECTOR_STORE backend (FAISS files, a Chroma or a Qdrant collection) like
+the knowledge bases; it is derived from the database, so one built with another embedding model
+is dropped and rebuilt rather than refused.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import shutil
 import threading
 from pathlib import Path
 
+from loraflow.config import Settings
 from loraflow.errors import StoreError
 from loraflow.memory.entries import MemoryEntry
+from loraflow.rag.backends import drop_index, open_index
 from loraflow.rag.embed import Embedder
-from loraflow.rag.store import DocumentInfo, FaissStore
+from loraflow.rag.store import DocumentInfo, FaissStore, VectorStore
 from loraflow.text import Chunk
 
 
@@ -21,11 +28,15 @@ def entry_text(entry: MemoryEntry) -> str:
 
 
 class MemoryIndexes:
-    """Per-project FaissStores kept in step with the database on each search."""
+    """Per-project vector stores kept in step with the database on each search.
 
-    def __init__(self, root: Path) -> None:
+    With `settings` the stores follow its VECTOR_STORE; without, they are FAISS files.
+    """
+
+    def __init__(self, root: Path, settings: Settings | None = None) -> None:
         self.root = Path(root)
-        self._stores: dict[str, FaissStore] = {}
+        self.settings = settings
+        self._stores: dict[str, VectorStore] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -33,22 +44,34 @@ class MemoryIndexes:
         with self._guard:
             return self._locks.setdefault(project_id, threading.Lock())
 
-    def _store(self, project_id: str, embedder: Embedder) -> FaissStore:
+    def _open(self, path: Path, embedder: Embedder) -> VectorStore:
+        if self.settings is None:
+            return FaissStore.open(path, embedder.name, embedder.dim)
+        return open_index(self.settings, path, embedder.name, embedder.dim)
+
+    def _drop(self, path: Path) -> None:
+        if self.settings is None:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            drop_index(self.settings, path)
+
+    def _store(self, project_id: str, embedder: Embedder) -> VectorStore:
         store = self._stores.get(project_id)
         if store is not None and store.embedding_name == embedder.name:
             return store
         path = self.root / project_id
         try:
-            store = FaissStore.open(path, embedder.name, embedder.dim)
+            store = self._open(path, embedder)
         except StoreError:
             # The index is derived data: a damaged one, or one of another embedding model,
-            # is rebuilt from the database rather than refused.
-            shutil.rmtree(path, ignore_errors=True)
-            store = FaissStore(path, embedder.name, embedder.dim)
+            # is rebuilt from the database rather than refused. A store that cannot be
+            # reached fails the second open too, and says so.
+            self._drop(path)
+            store = self._open(path, embedder)
         self._stores[project_id] = store
         return store
 
-    def sync(self, project_id: str, entries: list[MemoryEntry], embedder: Embedder) -> FaissStore:
+    def sync(self, project_id: str, entries: list[MemoryEntry], embedder: Embedder) -> VectorStore:
         """Make the index hold exactly the current versions in `entries`; embed only new ones."""
         with self._lock(project_id):
             store = self._store(project_id, embedder)
@@ -93,7 +116,7 @@ class MemoryIndexes:
         """Forget and delete a project's index."""
         with self._lock(project_id):
             self._stores.pop(project_id, None)
-            shutil.rmtree(self.root / project_id, ignore_errors=True)
+            self._drop(self.root / project_id)
 
 
 def _sha(text: str) -> str:

