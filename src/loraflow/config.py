@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loraflow.errors import ConfigError
@@ -75,6 +75,25 @@ class Settings(BaseSettings):
         "int8", validation_alias=AliasChoices("QUANTIZATION_TYPE", "quantization_type")
     )
     log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    verbose: bool = Field(
+        False,
+        validation_alias=AliasChoices("VERBOSE", "verbose"),
+        description="true: log at DEBUG whatever LOG_LEVEL says (the seed's switch).",
+    )
+    enable_fp16: bool = Field(
+        True,
+        validation_alias=AliasChoices("ENABLE_FP16", "enable_fp16"),
+        description="Local model on CUDA in half precision (bf16 where the GPU has it, else "
+        "fp16); false: fp32. A CPU always runs fp32.",
+    )
+    cuda_memory_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("CUDA_MEMORY_FRACTION", "cuda_memory_fraction"),
+        description="Share of the GPU's memory the local model may allocate "
+        "(torch.cuda.set_per_process_memory_fraction); 1: all of it.",
+    )
 
     vector_store_path: Path = Field(
         Path("vector_store"),
@@ -194,10 +213,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TRAINING_OUTPUT_DIR", "training_output_dir"),
         description="Where trained adapters go, one <task_name>_<timestamp> folder per job.",
     )
-    training_device: Device = Field(
-        "cpu",
+    training_device: Device | None = Field(
+        None,
         validation_alias=AliasChoices("TRAINING_DEVICE", "training_device"),
-        description="Device for fine-tuning jobs: cpu, cuda or auto.",
+        description="Device for fine-tuning jobs: auto, cuda or cpu; unset or empty: DEVICE "
+        "when that is set, else auto (CUDA with 4-bit QLoRA when there is a GPU).",
     )
 
     max_lora_rank: int = Field(
@@ -259,7 +279,12 @@ class Settings(BaseSettings):
         description="Decode concurrent requests (any mix of adapters) together in one batch.",
     )
     max_batch_size: int = Field(
-        16, ge=1, le=256, validation_alias=AliasChoices("MAX_BATCH_SIZE", "max_batch_size")
+        16,
+        ge=1,
+        le=256,
+        # BATCH_SIZE is the seed's name for it (BATCH_SIZE=1 against CUDA out of memory).
+        validation_alias=AliasChoices("MAX_BATCH_SIZE", "BATCH_SIZE", "max_batch_size"),
+        description="Most requests decoded together in one batch (seed name: BATCH_SIZE).",
     )
 
     max_memory_items: int = Field(
@@ -499,6 +524,17 @@ class Settings(BaseSettings):
             raise ValueError(f"LOG_LEVEL={v!r} is not one of {sorted(allowed)}")
         return level
 
+    @model_validator(mode="after")
+    def _verbose_is_debug(self) -> Settings:
+        if self.verbose:
+            self.log_level = "DEBUG"
+        return self
+
+    @field_validator("training_device", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("ollama_base_url", "openai_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
@@ -556,6 +592,13 @@ class Settings(BaseSettings):
             max_bytes=self.max_upload_bytes if upload else self.max_body_bytes,
             bytes_setting="MAX_UPLOAD_MB" if upload else "MAX_BODY_MB",
         )
+
+    @property
+    def training_device_used(self) -> Device:
+        """TRAINING_DEVICE; unset: DEVICE when it was set, else auto."""
+        if self.training_device is not None:
+            return self.training_device
+        return self.device if "device" in self.model_fields_set else "auto"
 
     @property
     def training_output_path(self) -> Path:

@@ -96,3 +96,54 @@ def test_api_keys_are_parsed_and_never_printed(monkeypatch: pytest.MonkeyPatch) 
     printed = " ".join(v for _, v in settings_rows(s))
     assert "k1" not in printed and "pw" not in printed
     assert "API_KEY" in {k for k, _ in settings_rows(s)}
+
+
+def test_training_device_is_auto_and_follows_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().training_device_used == "auto"
+    monkeypatch.setenv("DEVICE", "cuda")
+    assert Settings().training_device_used == "cuda"
+    monkeypatch.setenv("TRAINING_DEVICE", "")
+    assert Settings().training_device_used == "cuda"
+    monkeypatch.setenv("TRAINING_DEVICE", "cpu")
+    assert Settings().training_device_used == "cpu"
+
+
+def test_seed_tuning_names_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraflow.services.checks import settings_rows
+
+    s = Settings()
+    assert (s.max_batch_size, s.enable_fp16, s.cuda_memory_fraction, s.log_level) == (
+        16,
+        True,
+        1.0,
+        "INFO",
+    )
+    monkeypatch.setenv("BATCH_SIZE", "1")
+    monkeypatch.setenv("ENABLE_FP16", "false")
+    monkeypatch.setenv("CUDA_MEMORY_FRACTION", "0.8")
+    monkeypatch.setenv("VERBOSE", "true")
+    s = Settings()
+    assert (s.max_batch_size, s.enable_fp16, s.cuda_memory_fraction, s.log_level) == (
+        1,
+        False,
+        0.8,
+        "DEBUG",
+    )
+    rows = dict(settings_rows(s))
+    assert rows["(seed name) BATCH_SIZE"] == "read as MAX_BATCH_SIZE=1"
+    assert rows["(resolved) LOG_LEVEL"] == "DEBUG (VERBOSE=true)"
+    assert rows["(resolved) TRAINING_DEVICE"].startswith("auto (")
+    monkeypatch.setenv("CUDA_MEMORY_FRACTION", "1.5")
+    with pytest.raises(ValueError, match="CUDA_MEMORY_FRACTION"):
+        Settings()
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loraflow", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "config-check" in done.stdout

@@ -28,6 +28,7 @@ from loraflow.adapters.inspect import (
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, ModelLoadError
 from loraflow.models.adapters import ADAPTER_WEIGHTS, check_adapter_folder
 from loraflow.models.load import resolve_device
+from loraflow.permissions import share_tree
 
 Quantization = Literal["8bit", "4bit"]
 QUANTIZATIONS: tuple[str, ...] = ("8bit", "4bit")
@@ -265,6 +266,8 @@ def _staging(output_dir: Path) -> Iterator[Path]:
 
 
 def _publish(ready: Path, output_dir: Path) -> None:
+    # safetensors writes 0600: readable by other users, like a plain save_pretrained.
+    share_tree(ready)
     # A rename is atomic: readers see no folder or a complete export, never half of one.
     try:
         if output_dir.is_dir():

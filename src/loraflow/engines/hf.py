@@ -366,14 +366,20 @@ def load_local_engine(
     quantization: str | None,
     adapters_root: Path | None,
     max_batch: int = 0,
+    *,
+    half: bool = True,
+    memory_fraction: float = 1.0,
 ) -> tuple[HFEngine, list[str]]:
     """Resolve and load the base model, attach every adapter found; warnings for failures.
 
-    `max_batch` > 0 serves requests through the continuous-batching scheduler.
+    `max_batch` > 0 serves requests through the continuous-batching scheduler; `half` and
+    `memory_fraction` are ENABLE_FP16 and CUDA_MEMORY_FRACTION (CUDA only).
     """
     device = resolve_device(device)
     resolved = resolve_base_model(base_model_name, cache_dir)
-    model, tokenizer = load_model_and_tokenizer(resolved, device, quantization)
+    model, tokenizer = load_model_and_tokenizer(
+        resolved, device, quantization, half=half, memory_fraction=memory_fraction
+    )
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():

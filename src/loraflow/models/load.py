@@ -35,9 +35,18 @@ def resolve_device(device: str) -> str:
 
 
 def load_model_and_tokenizer(
-    resolved: ResolvedModel, device: str = "cpu", quantization: str | None = None
+    resolved: ResolvedModel,
+    device: str = "cpu",
+    quantization: str | None = None,
+    *,
+    half: bool = True,
+    memory_fraction: float = 1.0,
 ) -> tuple[Any, Any]:
-    """Load model and tokenizer for `resolved`; the model is in eval mode on `device`."""
+    """Load model and tokenizer for `resolved`; the model is in eval mode on `device`.
+
+    On CUDA, `half` (ENABLE_FP16) loads bf16 or fp16 instead of fp32, and `memory_fraction`
+    (CUDA_MEMORY_FRACTION) caps what this process may allocate on the GPU.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,8 +77,9 @@ def load_model_and_tokenizer(
         # Half precision is slow and lossy on CPUs; fp32 is the safe default there.
         model_kwargs["dtype"] = torch.float32
     else:
-        model_kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        model_kwargs["dtype"] = cuda_dtype(half)
         model_kwargs["device_map"] = {"": device}
+        limit_gpu_memory(device, memory_fraction)
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.path, **model_kwargs)
     except torch.cuda.OutOfMemoryError as exc:
@@ -82,6 +92,24 @@ def load_model_and_tokenizer(
         ) from exc
     model.eval()
     return model, tokenizer
+
+
+def cuda_dtype(half: bool) -> Any:
+    """The dtype of a model on CUDA: bf16 where the GPU has it, else fp16; fp32 if not `half`."""
+    import torch
+
+    if not half:
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def limit_gpu_memory(device: str, fraction: float) -> None:
+    """Cap this process's allocations on `device` to `fraction` of its memory (1: no cap)."""
+    if fraction >= 1.0:
+        return
+    import torch
+
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
 
 
 def _load_tokenizer(auto_tokenizer: Any, resolved: ResolvedModel, kwargs: dict) -> Any:

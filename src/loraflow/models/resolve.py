@@ -121,18 +121,24 @@ def _find_in_hf_cache(name: str, cache_dir: Path) -> Path | None:
 
 
 def _pick_snapshot(repo: Path) -> Path | None:
+    """The model files of a `models--Org--Name` folder, in either cache layout.
+
+    The Hugging Face hub layout keeps them in `snapshots/<revision>/` (the one `refs/main`
+    names, else the newest complete one); the seed's guide draws them straight inside the
+    folder (`models--Org--Name/config.json`), as a copied or hand-made cache has them.
+    """
     snapshots = repo / "snapshots"
     ref = repo / "refs" / "main"
     if ref.is_file():
         pinned = snapshots / ref.read_text(encoding="utf-8").strip()
         if (pinned / "config.json").is_file():
             return pinned
-    if not snapshots.is_dir():
-        return None
-    complete = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
-    if not complete:
-        return None
-    return max(complete, key=lambda s: s.stat().st_mtime)
+    complete = []
+    if snapshots.is_dir():
+        complete = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
+    if complete:
+        return max(complete, key=lambda s: s.stat().st_mtime)
+    return repo if (repo / "config.json").is_file() else None
 
 
 def _entry(name: str, kind: str, path: Path) -> dict:
@@ -162,8 +168,9 @@ def _not_found(name: str, cache_dir: Path) -> ModelLoadError:
         f"model {name!r} was not found locally, and loraflow cannot download models "
         f"(it runs offline)",
         hint=(
-            f"put it in CACHE_DIR in the Hugging Face layout at {expected} (with config.json "
-            f"and *.safetensors), give a local folder or .gguf path, "
+            f"put it in CACHE_DIR in the Hugging Face layout at {expected} (or straight "
+            f"in {expected.parent.parent}) with config.json and *.safetensors, give a local "
+            f"folder or .gguf path, "
             f"or use BASE_MODEL_NAME=bundled:smollm2"
         ),
     )

@@ -114,4 +114,15 @@ def settings_rows(settings: Settings) -> list[tuple[str, str]]:
     rows.append(("(resolved) LORA_MODEL_PATH", str(settings.lora_path)))
     rows.append(("(resolved) CACHE_DIR", str(settings.cache_path)))
     rows.append(("(resolved) VECTOR_STORE_PATH", str(settings.vector_store_dir)))
+    if settings.training_device is not None:
+        source = "TRAINING_DEVICE"
+    elif "device" in settings.model_fields_set:
+        source = "follows DEVICE"
+    else:
+        source = "default: CUDA with 4-bit QLoRA when torch sees a GPU, else CPU"
+    rows.append(("(resolved) TRAINING_DEVICE", f"{settings.training_device_used} ({source})"))
+    # The seed's names that mean another setting.
+    rows.append(("(seed name) BATCH_SIZE", f"read as MAX_BATCH_SIZE={settings.max_batch_size}"))
+    if settings.verbose:
+        rows.append(("(resolved) LOG_LEVEL", "DEBUG (VERBOSE=true)"))
     return rows

@@ -162,4 +162,6 @@ def load_local(
         s.quantization_type if s.enable_quantization else None,
         root,
         max_batch=s.max_batch_size if s.continuous_batching and batching else 0,
+        half=s.enable_fp16,
+        memory_fraction=s.cuda_memory_fraction,
     )

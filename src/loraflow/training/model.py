@@ -9,9 +9,19 @@ from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import ResolvedModel
 from loraflow.training.params import TrainParams
 
+# GPU sizes (GiB as torch reports them) of the seed's presets, and the 12 GB+ max length.
+SMALL_GPU_GIB = 5.5
+BATCH_8_GPU_GIB = 7.5
+LONG_GPU_GIB = 11.0
+LONG_MAX_LEN = 1024
 
-def plan_device(p: TrainParams) -> dict[str, Any]:
-    """Device, precision, quantization and checkpointing for this machine and these params."""
+
+def plan_device(p: TrainParams, gpu_bytes: int | None = None) -> dict[str, Any]:
+    """Device, precision, quantization, checkpointing and the batch presets for these params.
+
+    `gpu_bytes` stands for the GPU's memory (default: what torch reports for GPU 0); the
+    seed's GPU-size presets apply only when the job runs on CUDA.
+    """
     import torch
 
     device = resolve_device(p.device)
@@ -22,10 +32,15 @@ def plan_device(p: TrainParams) -> dict[str, Any]:
     auto = p.gradient_checkpointing == "auto"
     checkpointing = cuda if auto else p.gradient_checkpointing == "on"
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    label = "CUDA GPU" if cuda else "CPU (no GPU found; expect minutes per epoch on small models)"
-    batch, accum = p.batch_size, p.grad_accum
+    why = "no GPU found; " if p.device == "auto" else ""
+    label = f"CPU ({why}expect minutes per epoch on small models)"
+    batch, accum, max_len = p.batch_size, p.grad_accum, p.max_len
     if cuda:
-        batch, accum = fit_batch(batch, accum, torch.cuda.get_device_properties(0).total_memory)
+        if gpu_bytes is None:
+            gpu_bytes = torch.cuda.get_device_properties(0).total_memory
+        label = f"CUDA GPU ({gpu_bytes / 2**30:.0f} GiB)"
+        batch, accum = fit_batch(batch, accum, gpu_bytes)
+        max_len = fit_max_len(max_len, gpu_bytes)
     n = p.num_processes
     if n > 1:
         label = f"{n} CUDA GPUs" if cuda else f"{n} CPU processes (gloo, for testing)"
@@ -41,6 +56,7 @@ def plan_device(p: TrainParams) -> dict[str, Any]:
         "label": label,
         "batch_size": batch,
         "grad_accum": accum,
+        "max_len": max_len,
         "effective_batch": batch * accum * n,
     }
 
@@ -48,15 +64,27 @@ def plan_device(p: TrainParams) -> dict[str, Any]:
 def fit_batch(batch: int, accum: int, gpu_bytes: int) -> tuple[int, int]:
     """Scale the micro-batch to GPU memory, keeping the effective batch (batch * accum).
 
-    The presets are tuned for a 6 GB card: smaller cards halve the micro-batch, cards of
-    24 GB or more double it, trading accumulation steps so the optimisation is the same.
+    The defaults are the seed's 6 GB preset (batch 4); its 8 GB preset is batch 8. So a
+    card under 6 GB halves the micro-batch and one of 8 GB or more doubles it, trading
+    accumulation steps so the optimisation is the same. A card's reported size is a little
+    under its nominal one (an "8 GB" card reports ~7.8 GiB), hence the margins.
     """
     gib = gpu_bytes / 2**30
-    if gib < 6 and batch > 1:
+    if gib < SMALL_GPU_GIB and batch > 1:
         return batch // 2, accum * 2
-    if gib >= 24 and accum % 2 == 0:
+    if gib >= BATCH_8_GPU_GIB and accum % 2 == 0:
         return batch * 2, accum // 2
     return batch, accum
+
+
+def fit_max_len(max_len: int, gpu_bytes: int) -> int:
+    """The seed's 12 GB+ preset: the default max length 512 becomes 1024.
+
+    Only the default is raised: a job that sets another max_len keeps it.
+    """
+    if max_len == TrainParams.max_len and gpu_bytes / 2**30 >= LONG_GPU_GIB:
+        return LONG_MAX_LEN
+    return max_len
 
 
 def build_lora_model(resolved: ResolvedModel, p: TrainParams, plan: dict[str, Any]) -> Any:

@@ -73,8 +73,8 @@ class TrainParams:
     """The smallest drop of eval loss that counts as an improvement."""
     seed: int = 42
     """Random seed for the split, LoRA init and shuffling."""
-    device: str = "cpu"
-    """cpu, cuda or auto."""
+    device: str = "auto"
+    """auto (CUDA when torch sees a GPU, else CPU), cpu or cuda."""
     launcher: str = "none"
     """'none' (train in one process), 'accelerate' or 'torchrun' (num_processes DDP processes)."""
     num_processes: int = 1

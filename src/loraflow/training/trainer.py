@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ from loraflow.datasets.formats import load_examples
 from loraflow.datasets.prepare import split_train_val
 from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.models.resolve import ResolvedModel
+from loraflow.permissions import share_tree
 from loraflow.training.params import TrainParams
 
 if TYPE_CHECKING:
@@ -129,8 +130,11 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     from loraflow.training.model import build_lora_model, plan_device
     from loraflow.training.progress import ProgressCallback
 
+    plan = plan_device(spec.params)
+    if plan["max_len"] != spec.params.max_len:
+        # A GPU-size preset raised the default max length (the 12 GB+ preset).
+        spec = replace(spec, params=replace(spec.params, max_len=plan["max_len"]))
     p = spec.params
-    plan = plan_device(p)
     # Built first: it sets up the process group of a launched run and names this rank's GPU.
     args = _training_args(spec, plan, evaluate=True)
     if plan["device"] != "cpu":
@@ -243,11 +247,15 @@ def _write_output(
     # The Trainer also pickles its arguments there; adapters hold safetensors and JSON only.
     (staging / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(staging)
+    # Readable by a serving process of another user (safetensors writes files 0600).
+    share_tree(staging)
     # adapter_config.json goes in last: a folder with it is a complete adapter to scanners.
     names = sorted(os.listdir(staging), key=lambda n: n == "adapter_config.json")
     for name in names:
         os.replace(staging / name, out / name)
     staging.rmdir()
+    # Checkpoints too: a kept checkpoint is an adapter folder others may read.
+    share_tree(out / CHECKPOINTS)
     write_json(out / "training_args.json", {**spec.params.to_dict(), **plan})
     write_json(out / "metrics.json", metrics)
     history = metrics["history"]

@@ -154,8 +154,17 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
                         allow_custom_value=True,
                         label=t("target_modules"),
                     )
+                    device = gr.Dropdown(
+                        [(t("device_from_settings"), ""), "auto", "cuda", "cpu"],
+                        value="",
+                        label=t("training_device"),
+                        elem_id="train-device",
+                    )
                     quant = gr.Dropdown(
-                        ["auto", "4bit", "none"], value=d.quantization, label=t("quantization")
+                        ["auto", "4bit", "none"],
+                        value=d.quantization,
+                        label=t("quantization"),
+                        elem_id="train-quantization",
                     )
                     val_split = gr.Number(
                         d.val_split,
@@ -242,7 +251,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             raise gr.Error(t("upload_first"))
         if not base_model:
             raise gr.Error(t("pick_base_model"))
-        r, a, drop, ep, bs, ga, rate, ml, steps, tm, q, vs = values
+        r, a, drop, ep, bs, ga, rate, ml, steps, tm, dev, q, vs = values
         params = {
             "rank": whole(r),
             "alpha": whole(a),
@@ -257,6 +266,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             "quantization": q,
             "val_split": decimal(vs),
         }
+        if dev:
+            # Empty: the service's TRAINING_DEVICE (DEVICE when unset, else auto).
+            params["device"] = dev
         task = training.submit(rt, task_name, base_model, stored, dataset_type, params)
         message = f"{t('queued')}: #{task['task_id']} {task['task_name']} → {task['output_path']}"
         found = training.list_tasks(rt)
@@ -284,7 +296,10 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     tab.select(refresh, [pick, shown], live, show_progress="hidden")
     timer.tick(refresh, [pick, shown], live, show_progress="hidden")
     upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset")
-    params = [rank, alpha, dropout, epochs, batch, accum, lr, max_len, max_steps, targets, quant]
+    params = [
+        *(rank, alpha, dropout, epochs, batch, accum, lr, max_len, max_steps, targets),
+        *(device, quant),
+    ]
     start.click(
         on_start,
         [dataset, kind, base, name, *params, val_split],

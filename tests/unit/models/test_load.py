@@ -88,3 +88,27 @@ def test_quantization_without_bitsandbytes(tiny_model_dir: Path, tmp_path: Path)
 def test_unknown_quantization(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'8bit'.*int8.*4bit"):
         load_model_and_tokenizer(resolve_base_model(str(tiny_model_dir), tmp_path), "cpu", "8bit")
+
+
+def test_enable_fp16_and_cuda_memory_fraction_reach_the_gpu_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from loraflow.config import Settings
+    from loraflow.engines import hf
+    from loraflow.models import load
+    from loraflow.services.runtime import load_local
+
+    assert load.cuda_dtype(False) == torch.float32
+    calls: list[tuple] = []
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, str(d)))
+    )
+    load.limit_gpu_memory("cuda", 1.0)
+    assert calls == []
+    load.limit_gpu_memory("cuda:0", 0.8)
+    assert calls == [(0.8, "cuda:0")]
+
+    seen: dict = {}
+    monkeypatch.setattr(hf, "load_local_engine", lambda *a, **kw: seen.update(kw) or (None, []))
+    load_local(Settings(data_dir=tmp_path, enable_fp16=False, cuda_memory_fraction=0.5))
+    assert (seen["half"], seen["memory_fraction"]) == (False, 0.5)

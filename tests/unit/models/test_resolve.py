@@ -155,3 +155,30 @@ def test_describe_does_not_convert(tiny_model_dir: Path, tmp_path: Path) -> None
     assert "hf_dir" in describe_base_model(str(tiny_model_dir), tmp_path)
     with pytest.raises(ModelLoadError):
         describe_base_model("Org/Missing", tmp_path)
+
+
+def _fake_model_files(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+
+
+def test_hub_layout_with_blobs_and_the_seeds_flat_layout(tmp_path: Path) -> None:
+    # The hub layout as huggingface_hub writes it: snapshot files are links into blobs/.
+    repo = tmp_path / "models--Qwen--Qwen2.5-1.5B-Instruct"
+    _fake_model_files(repo / "blobs")
+    snapshot = repo / "snapshots" / "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (snapshot / name).symlink_to(Path("../../blobs") / name)
+    resolved = resolve_base_model("Qwen/Qwen2.5-1.5B-Instruct", tmp_path)
+    assert (resolved.kind, resolved.path) == ("hf_cache", snapshot)
+    # The layout the seed's guide draws: the files straight inside models--Org--Name/.
+    flat = tmp_path / "models--Qwen--Qwen2.5-0.5B-Instruct"
+    _fake_model_files(flat)
+    resolved = resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
+    assert (resolved.kind, resolved.path) == ("hf_cache", flat)
+    names = {m["name"]: m["path"] for m in list_local_models(tmp_path)}
+    assert names["Qwen/Qwen2.5-0.5B-Instruct"] == str(flat)
+    assert names["Qwen/Qwen2.5-1.5B-Instruct"] == str(snapshot)

@@ -100,3 +100,24 @@ def test_hugging_face_flags_and_params_are_taken_and_unknown_ones_refused(env: P
     assert "num_train_epochs (= epochs)" in text(r)
     r = invoke(*common, "--task-name", "twice", "--epochs", "2", "-p", "num_train_epochs=1")
     assert r.exit_code != 0 and "epochs is given twice" in text(r)
+
+
+def test_device_quantization_and_dropout_flags_reach_the_job(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DEVICE", "TRAINING_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    dd = str(env / "data")
+    common = ["train", "--data", str(env / "a.json"), "--detach", "--data-dir", dd]
+    flags = ["--device", "cpu", "--quantization", "none", "--dropout", "0.1"]
+    assert invoke(*common, "--task-name", "flags", *flags).exit_code == 0
+    params = json.loads(invoke("tasks", "show", "1", "--data-dir", dd).output)["training_params"]
+    assert (params["device"], params["quantization"], params["dropout"]) == ("cpu", "none", 0.1)
+    # Without flags a job trains on the GPU when there is one (auto), with QLoRA's auto preset.
+    assert invoke(*common, "--task-name", "plain").exit_code == 0
+    params = json.loads(invoke("tasks", "show", "2", "--data-dir", dd).output)["training_params"]
+    assert (params["device"], params["quantization"]) == ("auto", "auto")
+    monkeypatch.setenv("DEVICE", "cpu")
+    assert invoke(*common, "--task-name", "follows").exit_code == 0
+    params = json.loads(invoke("tasks", "show", "3", "--data-dir", dd).output)["training_params"]
+    assert params["device"] == "cpu"

@@ -47,8 +47,42 @@ def test_micro_batch_follows_gpu_memory_at_equal_effective_batch() -> None:
     gib = 2**30
     assert fit_batch(4, 4, 4 * gib) == (2, 8)
     assert fit_batch(4, 4, 6 * gib) == (4, 4)
+    # A "6 GB" card reports a little less: it keeps the 6 GB preset.
+    assert fit_batch(4, 4, int(5.8 * gib)) == (4, 4)
+    # The seed's 8 GB preset: batch 8 (an "8 GB" card reports ~7.8 GiB).
+    assert fit_batch(4, 4, int(7.8 * gib)) == (8, 2)
     assert fit_batch(4, 4, 80 * gib) == (8, 2)
     assert fit_batch(1, 1, 4 * gib) == (1, 1)
+
+
+def test_gpu_presets_apply_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraflow.training import model
+
+    gib = 2**30
+    assert model.fit_max_len(512, int(11.7 * gib)) == 1024
+    assert model.fit_max_len(512, 8 * gib) == 512
+    assert model.fit_max_len(256, 24 * gib) == 256  # a chosen length is kept
+    monkeypatch.setattr(model, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(model.importlib.util, "find_spec", lambda name: object())
+    plan = model.plan_device(TrainParams(), gpu_bytes=12 * gib)
+    assert (plan["batch_size"], plan["grad_accum"], plan["max_len"]) == (8, 2, 1024)
+    assert plan["quantization"] == "4bit" and plan["checkpointing"]
+    assert "CUDA GPU (12 GiB)" in plan["label"]
+    plan = model.plan_device(TrainParams(quantization="none"), gpu_bytes=8 * gib)
+    assert plan["quantization"] is None
+    assert (plan["batch_size"], plan["max_len"]) == (8, 512)
+
+
+def test_cpu_ignores_the_gpu_presets() -> None:
+    from loraflow.training.model import plan_device
+
+    plan = plan_device(TrainParams(device="cpu"), gpu_bytes=24 * 2**30)
+    assert (plan["batch_size"], plan["grad_accum"], plan["max_len"]) == (4, 4, 512)
+    assert plan["quantization"] is None
+
+
+def test_default_device_is_auto() -> None:
+    assert TrainParams().device == "auto"
 
 
 def test_cpu_plan_is_fp32_without_checkpointing_or_quantization() -> None:

@@ -77,6 +77,11 @@ def test_loss_decreases_and_outputs_are_written(trained: dict) -> None:
         "loraflow.json",
     ):
         assert (out / name).is_file(), name
+    # Readable by a serving process of another user (safetensors alone writes 0600).
+    from loraflow.permissions import FILE_MODE, current_umask
+
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == FILE_MODE & ~current_umask(), name
     meta = json.loads((out / "loraflow.json").read_text())
     assert meta["base_model"] == "bundled:smollm2" and meta["final_loss"] is not None
     assert json.loads((out / "training_args.json").read_text())["rank"] == 16

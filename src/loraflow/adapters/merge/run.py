@@ -29,6 +29,7 @@ from loraflow.adapters.merge.reference import reference_check
 from loraflow.adapters.merge.registry import get_method
 from loraflow.config import get_settings
 from loraflow.errors import Conflict, InvalidInput, NotFound
+from loraflow.permissions import share_tree
 
 INTO = ("adapter", "model")
 
@@ -207,6 +208,8 @@ def _check_output_dir(output_dir: Path) -> None:
 
 
 def _publish(staging: Path, output_dir: Path) -> None:
+    # mkdtemp's folder is private and safetensors writes 0600: shared modes, like a save.
+    share_tree(staging)
     try:
         # rename() also replaces an empty folder the caller made for the result.
         os.replace(staging, output_dir)

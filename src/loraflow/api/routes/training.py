@@ -84,6 +84,12 @@ def train(
     target_modules: str | None = Form(None),
     launcher: str | None = Form(None, description="none, accelerate or torchrun"),
     num_processes: int | None = Form(None, description="DDP processes (one per GPU)"),
+    device: str | None = Form(
+        None, description="auto (CUDA when there is a GPU), cuda or cpu; default TRAINING_DEVICE"
+    ),
+    quantization: str | None = Form(
+        None, description="auto (4-bit QLoRA on CUDA with bitsandbytes), 4bit or none"
+    ),
     training_params: str | None = Form(None, description="JSON object of any other parameter"),
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {}
@@ -108,6 +114,8 @@ def train(
         "target_modules": target_modules,
         "launcher": launcher,
         "num_processes": num_processes,
+        "device": device,
+        "quantization": quantization,
     }
     form = {**form_params, **{k: v for k, v in typed.items() if v is not None}}
     form = {k: v for k, v in form.items() if k not in typed or typed[k] is not None}
