@@ -13,5 +13,11 @@ if PG_URL=$(bash scripts/postgres.sh); then
 else
   echo "PostgreSQL could not be started: its tests will be skipped"
 fi
+# ... and against a throwaway MariaDB (MySQL's dialect), which stops when this run ends.
+if MYSQL_URL=$(bash scripts/mariadb.sh); then
+  export LORAFLOW_TEST_MYSQL_URL="$MYSQL_URL"
+else
+  echo "MariaDB could not be started: its tests will be skipped"
+fi
 echo "== pytest"
 exec .venv/bin/pytest "$@"

@@ -29,18 +29,25 @@ def smollm2_dir(model_cache: Path) -> Path:
 
 # Set by scripts/test.sh after it starts PostgreSQL on 127.0.0.1 (scripts/postgres.sh).
 POSTGRES_URL = os.environ.get("LORAFLOW_TEST_POSTGRES_URL")
+# Set by scripts/test.sh after it starts a throwaway MariaDB on 127.0.0.1 (scripts/mariadb.sh).
+MYSQL_URL = os.environ.get("LORAFLOW_TEST_MYSQL_URL")
+_SERVERS = {
+    "postgresql": (POSTGRES_URL, "PostgreSQL is not running (scripts/postgres.sh starts it)"),
+    "mysql": (MYSQL_URL, "MariaDB is not running (scripts/mariadb.sh starts it)"),
+}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, and the real PostgreSQL server when it runs."""
+    """An empty database: a SQLite file, and the real PostgreSQL / MariaDB servers when they run."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
-    if not POSTGRES_URL:
-        pytest.skip("PostgreSQL is not running (scripts/postgres.sh starts it as root)")
-    engine = sa.create_engine(POSTGRES_URL)
+    url, why = _SERVERS[request.param]
+    if not url:
+        pytest.skip(why)
+    engine = sa.create_engine(url)
     meta = sa.MetaData()
     meta.reflect(engine)
     meta.drop_all(engine)
     engine.dispose()
-    return POSTGRES_URL
+    return url

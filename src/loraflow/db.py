@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -42,27 +43,59 @@ SCHEMA_VERSION = 1
 
 metadata = MetaData()
 
+# MySQL and MariaDB (one SQLAlchemy dialect, "mysql") differ from SQLite and PostgreSQL where
+# it matters to loraflow; these variants change their DDL only, so SQLite and PostgreSQL
+# databases keep the tables earlier versions created.
+_MYSQL = ("mysql", "mariadb")
+# Every table declares utf8mb4 (a database created with the server's default may be latin1,
+# which cannot store most non-Latin text) and binary collation: names, paths and state keys
+# compare case- and accent-sensitively, as they do on SQLite and PostgreSQL.
+_MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+# InnoDB keys hold at most 3,072 bytes: 768 utf8mb4 characters.
+MYSQL_MAX_KEY_CHARS = 768
+
+
+def _table(name: str, *items: Any) -> Table:
+    return Table(name, metadata, *items, **_MYSQL_TABLE)
+
+
+def _float() -> Any:
+    """A double everywhere (MySQL's FLOAT is single precision: 0.1 reads back 0.10000000149)."""
+    return Float().with_variant(mysql.DOUBLE(asdecimal=False), *_MYSQL)
+
+
+def _text() -> Any:
+    """Unbounded text (MySQL's TEXT stops at 64 KB; LONGTEXT at 4 GB)."""
+    return Text().with_variant(mysql.LONGTEXT(), *_MYSQL)
+
+
+def _datetime() -> Any:
+    """A timestamp to the microsecond (MySQL's DATETIME drops fractions of a second)."""
+    return DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
+
+
+def _key_string(length: int) -> Any:
+    """A VARCHAR that is a key by itself: capped on MySQL to fit InnoDB's key length."""
+    return String(length).with_variant(mysql.VARCHAR(min(length, MYSQL_MAX_KEY_CHARS)), *_MYSQL)
+
 # Key/value state shared by every worker of one instance (e.g. which model answers /ask).
-service_state = Table(
+service_state = _table(
     "service_state",
-    metadata,
     Column("key", String(128), primary_key=True),
     Column("value", JSON, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
-schema_info = Table(
+schema_info = _table(
     "schema_info",
-    metadata,
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
 )
 
 
 # Named knowledge bases; the index folder is keyed by `id`, so a rename never moves files.
-kb_collections = Table(
+kb_collections = _table(
     "kb_collections",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("embedding_model", String(512), nullable=False),
@@ -71,30 +104,28 @@ kb_collections = Table(
     Column("index_dir", String(1024), nullable=False),
     # A re-embed in progress (target model, folder, progress); null when none.
     Column("reembed", JSON, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
 )
 
 # Assistants: a named binding of system prompt, model or adapter and knowledge bases.
-assistants = Table(
+assistants = _table(
     "assistants",
-    metadata,
     Column("name", String(64), primary_key=True),
-    Column("description", Text, nullable=False, default=""),
-    Column("system_prompt", Text, nullable=False, default=""),
+    Column("description", _text(), nullable=False, default=""),
+    Column("system_prompt", _text(), nullable=False, default=""),
     Column("engine", String(16), nullable=False),
     Column("adapter", String(256), nullable=True),
     Column("collections", JSON, nullable=False),
     Column("generation", JSON, nullable=False),
     Column("retrieval", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
 
 # Fine-tuning jobs: the seed's simple_lora_tasks columns plus live progress and control.
-simple_lora_tasks = Table(
+simple_lora_tasks = _table(
     "simple_lora_tasks",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("task_name", String(128), nullable=False, unique=True),
     Column("base_model", String(512), nullable=False),
@@ -103,18 +134,18 @@ simple_lora_tasks = Table(
     Column("output_path", String(1024), nullable=False),
     Column("training_params", JSON, nullable=False),
     Column("status", String(32), nullable=False, index=True),
-    Column("progress", Float, nullable=False, default=0.0),
+    Column("progress", _float(), nullable=False, default=0.0),
     Column("current_epoch", Integer, nullable=False, default=0),
-    Column("message", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=True),
-    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("message", _text(), nullable=True),
+    Column("created_at", _datetime(), nullable=False),
+    Column("started_at", _datetime(), nullable=True),
+    Column("completed_at", _datetime(), nullable=True),
     Column("step", Integer, nullable=False, default=0),
     Column("total_steps", Integer, nullable=False, default=0),
-    Column("loss", Float, nullable=True),
-    Column("eval_loss", Float, nullable=True),
-    Column("eta_seconds", Float, nullable=True),
-    Column("error", Text, nullable=True),
+    Column("loss", _float(), nullable=True),
+    Column("eval_loss", _float(), nullable=True),
+    Column("eta_seconds", _float(), nullable=True),
+    Column("error", _text(), nullable=True),
     Column("pid", Integer, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("resumable", Boolean, nullable=False, default=False),
@@ -122,104 +153,97 @@ simple_lora_tasks = Table(
 
 
 # Adapter registry: one row per adapter folder (a new version of a name is a new folder).
-adapters = Table(
+adapters = _table(
     "adapters",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False, index=True),
     Column("version", Integer, nullable=False),
     Column("type", String(16), nullable=False),
     Column("base_model", String(512), nullable=False, default=""),
-    Column("path", String(1024), nullable=False, unique=True),
-    Column("description", Text, nullable=False, default=""),
+    Column("path", _key_string(1024), nullable=False, unique=True),
+    Column("description", _text(), nullable=False, default=""),
     Column("dataset", String(512), nullable=True),
     Column("metrics", JSON, nullable=False),
-    Column("file_size_mb", Float, nullable=False),
+    Column("file_size_mb", _float(), nullable=False),
     Column("checksum_sha256", String(64), nullable=False),
     Column("tags", JSON, nullable=False),
     Column("rank", Integer, nullable=False),
-    Column("alpha", Float, nullable=False),
+    Column("alpha", _float(), nullable=False),
     Column("target_modules", JSON, nullable=False),
     Column("source", String(16), nullable=False),
     # ok | changed (files differ from the checksum) | missing (folder gone)
     Column("status", String(16), nullable=False, default="ok"),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
     UniqueConstraint("name", "version", name="uq_adapters_name_version"),
 )
 
 # Validation reports (the whole report as JSON, score and grade as columns to filter on).
-adapter_validations = Table(
+adapter_validations = _table(
     "adapter_validations",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("adapter_id", String(32), nullable=True, index=True),
     Column("checksum_sha256", String(64), nullable=True),
     Column("mode", String(16), nullable=False),
-    Column("score", Float, nullable=False),
+    Column("score", _float(), nullable=False),
     Column("grade", String(16), nullable=False),
     Column("report", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
 )
 
 # What each deployment target (a model name clients call) routes to, and its history.
-deployments = Table(
+deployments = _table(
     "deployments",
-    metadata,
     Column("target", String(64), primary_key=True),
     Column("strategy", String(16), nullable=False),
     # {"variants": [{"name", "adapter", "weight"}], ...strategy fields}
     Column("state", JSON, nullable=False),
     Column("previous", JSON, nullable=True),
     Column("version", Integer, nullable=False, default=1),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
-deployment_events = Table(
+deployment_events = _table(
     "deployment_events",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("target", String(64), nullable=False, index=True),
     Column("action", String(32), nullable=False),
     Column("status", String(16), nullable=False),
     Column("detail", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
 )
 
 # Merge -> validate -> deploy workflows (and single long operations) with their steps.
-adapter_workflows = Table(
+adapter_workflows = _table(
     "adapter_workflows",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("kind", String(32), nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("spec", JSON, nullable=False),
     Column("steps", JSON, nullable=False),
     Column("result", JSON, nullable=True),
-    Column("error", Text, nullable=True),
+    Column("error", _text(), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     # host:pid of the process running it; a restart interrupts only its own dead runs.
     Column("owner", String(128), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
 
 # Story memory: one project per story; each entry version is a row, `entry_id` ties a
 # fact's versions together and only the row with `current` true is ever injected.
-memory_projects = Table(
+memory_projects = _table(
     "memory_projects",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
-    Column("description", Text, nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("description", _text(), nullable=False, default=""),
+    Column("created_at", _datetime(), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
-memory_entries = Table(
+memory_entries = _table(
     "memory_entries",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("entry_id", String(32), nullable=False, index=True),
     Column("project_id", String(32), nullable=False, index=True),
@@ -227,53 +251,50 @@ memory_entries = Table(
     Column("current", Boolean, nullable=False, index=True),
     Column("kind", String(16), nullable=False),
     Column("title", String(256), nullable=False),
-    Column("content", Text, nullable=False),
+    Column("content", _text(), nullable=False),
     Column("keywords", JSON, nullable=False),
     Column("importance", Integer, nullable=False),
     Column("always_on", Boolean, nullable=False),
     Column("chapter", Integer, nullable=True),
     Column("position", Integer, nullable=True),
-    Column("note", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("note", _text(), nullable=True),
+    Column("created_at", _datetime(), nullable=False),
+    Column("updated_at", _datetime(), nullable=False),
 )
 
-memory_suggestions = Table(
+memory_suggestions = _table(
     "memory_suggestions",
-    metadata,
     Column("id", String(32), primary_key=True),
     Column("project_id", String(32), nullable=False, index=True),
     Column("kind", String(16), nullable=False),
     Column("title", String(256), nullable=False),
-    Column("content", Text, nullable=False),
+    Column("content", _text(), nullable=False),
     Column("keywords", JSON, nullable=False),
-    Column("evidence", Text, nullable=False),
+    Column("evidence", _text(), nullable=False),
     Column("language", String(8), nullable=False),
     Column("status", String(16), nullable=False, index=True),
     Column("entry_id", String(32), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
 )
 
 # The story text of a project, one row per written passage, so "continue" and every
 # browser see the same history.
-story_passages = Table(
+story_passages = _table(
     "story_passages",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("project_id", String(32), nullable=False, index=True),
-    Column("prompt", Text, nullable=False),
-    Column("text", Text, nullable=False),
+    Column("prompt", _text(), nullable=False),
+    Column("text", _text(), nullable=False),
     Column("meta", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", _datetime(), nullable=False),
 )
 
 
 # The highest version each adapter name was ever given, kept when rows are forgotten, so
 # a number is never reused for different files. Names registered before this table existed
 # fall back to their highest remaining row.
-adapter_versions = Table(
+adapter_versions = _table(
     "adapter_versions",
-    metadata,
     Column("name", String(128), primary_key=True),
     Column("top", Integer, nullable=False),
 )
@@ -443,7 +464,8 @@ def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[s
         return None
     reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     lowered = reason.lower()
-    if "locked" in lowered or "busy" in lowered:
+    # SQLite: "database is locked"; MySQL: "Lock wait timeout exceeded", "Deadlock found".
+    if any(word in lowered for word in ("locked", "busy", "lock wait", "deadlock")):
         return (
             f"the database is busy: another process held its lock for more than "
             f"DB_BUSY_TIMEOUT={busy_timeout:g}s ({reason})",
@@ -464,9 +486,12 @@ def unavailable_reason(exc: Exception, url: str, busy_timeout: float) -> tuple[s
 
 
 def disk_full(exc: Exception) -> bool:
-    """Whether a database error says its disk is full (SQLite or PostgreSQL wording)."""
+    """Whether a database error says its disk is full (SQLite, PostgreSQL or MySQL wording)."""
     said = str(getattr(exc, "orig", None) or exc).lower()
-    return "disk is full" in said or "no space left on device" in said
+    # MySQL: "Disk full (...); waiting for someone to free some space" (1021) and, when InnoDB
+    # cannot grow a table's file, "The table 'x' is full" (1114).
+    words = ("disk is full", "no space left on device", "disk full", "is full")
+    return any(w in said for w in words)
 
 
 def ping(engine: Engine) -> tuple[bool, str]:
@@ -504,7 +529,8 @@ def states_with_prefix(engine: Engine, prefix: str) -> dict[str, Any]:
                 service_state.c.key.startswith(prefix, autoescape=True)
             )
         ).all()
-    return {k: json.loads(v) if isinstance(v, str) else v for k, v in rows}
+    # SQLite's LIKE ignores ASCII case: "Deploy:a" matches "deploy:%" there.
+    return {k: json.loads(v) if isinstance(v, str) else v for k, v in rows if k.startswith(prefix)}
 
 
 def set_state(engine: Engine, key: str, value: Any) -> None:
