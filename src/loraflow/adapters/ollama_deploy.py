@@ -139,6 +139,84 @@ def deploy_to_ollama(
     )
 
 
+@dataclass
+class OllamaModelDeployment:
+    """A full model folder created in Ollama from its safetensors files."""
+
+    model: str
+    files: dict[str, str]
+    uploaded: int
+    status: str
+
+
+# The files of a Hugging Face folder Ollama imports (weights, config, tokenizer).
+_MODEL_SUFFIXES = (".safetensors", ".json", ".model", ".txt")
+
+
+def deploy_model_to_ollama(
+    base_url: str,
+    model_name: str,
+    model_dir: Path,
+    *,
+    timeout: float,
+    quantize: str | None = None,
+) -> OllamaModelDeployment:
+    """Upload a merged safetensors model folder as blobs and create `model_name` from them.
+
+    Ollama imports fp16/fp32 safetensors (optionally quantizing them itself with
+    `quantize`, e.g. q8_0); it cannot read bitsandbytes weights, so those are refused.
+    """
+    model_dir = Path(model_dir)
+    if not MODEL_NAME.fullmatch(model_name):
+        raise InvalidInput(
+            f"Ollama model name {model_name!r} must start with a letter or digit and hold only "
+            f"letters, digits and . _ : / -"
+        )
+    config = model_dir / "config.json"
+    if not config.is_file() or not any(model_dir.glob("*.safetensors")):
+        raise NotFound(f"{model_dir} is not a safetensors model folder (config.json + weights)")
+    if "quantization_config" in json.loads(config.read_text(encoding="utf-8")):
+        raise InvalidInput(
+            f"{model_dir} holds bitsandbytes-quantized weights, which Ollama cannot import",
+            hint="merge without --quantization and let Ollama quantize (quantize=q8_0)",
+        )
+    files = sorted(
+        p
+        for p in model_dir.iterdir()
+        if p.is_file() and p.suffix in _MODEL_SUFFIXES and p.name != "loraflow.json"
+    )
+    url = base_url.rstrip("/")
+    digests = {p.name: "sha256:" + sha256_file(p) for p in files}
+    uploaded = 0
+    client = httpx.Client(
+        base_url=url, timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+    )
+    with client:
+        try:
+            for path in files:
+                digest = digests[path.name]
+                head = client.head(f"/api/blobs/{digest}")
+                if head.status_code == 200:
+                    continue
+                _check(head, url, f"checking for blob {path.name}", ok=(404,))
+                with path.open("rb") as body:
+                    posted = client.post(f"/api/blobs/{digest}", content=body)
+                _check(posted, url, f"uploading {path.name}")
+                uploaded += 1
+            request: dict[str, Any] = {"model": model_name, "files": digests, "stream": False}
+            if quantize:
+                request["quantize"] = quantize
+            created = client.post("/api/create", json=request)
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(
+                f"Ollama is not reachable at {url}: {type(exc).__name__}: {exc}",
+                hint="start Ollama (ollama serve) or set the Ollama URL",
+            ) from exc
+    _check(created, url, f"creating model {model_name!r}")
+    status = _final_status(created, url, model_name)
+    return OllamaModelDeployment(model_name, digests, uploaded, status)
+
+
 def _quote(value: str, what: str, *, allow_empty: bool = False) -> str:
     """Quote a value the way Ollama's Modelfile parser reads it back unchanged."""
     value = value.replace("\r\n", "\n")

@@ -40,6 +40,7 @@ from loraflow.adapters.validation_report import (
 from loraflow.adapters.validation_runs import (
     ModelUnderTest,
     eval_loss,
+    load_merged_under_test,
     load_model_under_test,
     load_validation_examples,
     time_generations,
@@ -55,6 +56,7 @@ __all__ = [
     "check_gate",
     "grade_for",
     "validate_adapter",
+    "validate_model",
 ]
 
 Mode = Literal["quick", "standard", "comprehensive"]
@@ -106,6 +108,71 @@ def validate_adapter(
 
     `probes` extend the built-in safety probes, or replace them with `replace_probes`.
     """
+    return _validate(
+        adapter_dir,
+        None,
+        base_model_dir,
+        mode=mode,
+        questions=questions,
+        val_file=val_file,
+        probes=probes,
+        replace_probes=replace_probes,
+        judge=judge,
+        device=device,
+        progress=progress,
+    )
+
+
+def validate_model(
+    model_dir: Path,
+    base_model_dir: Path,
+    *,
+    mode: Mode = "standard",
+    questions: list[dict] | None = None,
+    val_file: Path | None = None,
+    probes: list[dict] | None = None,
+    replace_probes: bool = False,
+    judge: SafetyJudge | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> ValidationReport:
+    """Validate a full (e.g. merged) model folder against its base, scored like an adapter.
+
+    Basic: it loads, generates, its tokenizer round-trips and fits; domain: eval loss against
+    the base's and question accuracy; safety: the probes; performance: tokens/s, p95 latency
+    and memory as ratios to the base model's.
+    """
+    if not (Path(model_dir) / "config.json").is_file():
+        raise InvalidInput(f"{model_dir} is not a model folder (it has no config.json)")
+    return _validate(
+        None,
+        Path(model_dir),
+        base_model_dir,
+        mode=mode,
+        questions=questions,
+        val_file=val_file,
+        probes=probes,
+        replace_probes=replace_probes,
+        judge=judge,
+        device=device,
+        progress=progress,
+    )
+
+
+def _validate(
+    adapter_dir: Path | None,
+    model_dir: Path | None,
+    base_model_dir: Path,
+    *,
+    mode: Mode,
+    questions: list[dict] | None,
+    val_file: Path | None,
+    probes: list[dict] | None,
+    replace_probes: bool,
+    judge: SafetyJudge | None,
+    device: str,
+    progress: Progress | None,
+) -> ValidationReport:
     started = _now()
     plan = _plan(mode)
     # Every input is checked before the model loads, so a typo fails in milliseconds.
@@ -123,15 +190,19 @@ def validate_adapter(
     judge = judge or KeywordRefusalJudge()
 
     n_questions = len(_cap(parsed_questions, plan.max_questions)) if plan.domain else 0
-    timed = (2 if adapter_dir is not None else 1) * (plan.timing_runs + 1)
+    compared = adapter_dir is not None or model_dir is not None
+    timed = (2 if compared else 1) * (plan.timing_runs + 1)
     steps = _Steps(progress, 2 + n_questions + len(chosen) + timed)
     steps.tick("loading models")
-    subject, facts, error = load_model_under_test(adapter_dir, base_model_dir, device)
+    if model_dir is not None:
+        subject, facts, error = load_merged_under_test(model_dir, base_model_dir, device)
+    else:
+        subject, facts, error = load_model_under_test(adapter_dir, base_model_dir, device)
     load = Check("loads", error is None, facts | ({"error": error} if error else {}))
     steps.tick("basic checks")
     dims: dict[str, Dimension] = {"basic": _basic(subject, load, plan)}
     if subject is None:
-        reason = "not run: the adapter did not load"
+        reason = f"not run: the {'model' if model_dir else 'adapter'} did not load"
         for name in ("domain", "safety", "performance"):
             dims[name] = Dimension(name, WEIGHTS[name], None, notes=[reason])
     else:
@@ -143,7 +214,7 @@ def validate_adapter(
     steps.tick("done", final=True)
     return ValidationReport(
         id=uuid.uuid4().hex,
-        adapter_path=str(adapter_dir) if adapter_dir is not None else None,
+        adapter_path=str(adapter_dir or model_dir) if compared else None,
         adapter_sha256=sha,
         base_model_path=str(base_model_dir),
         mode=mode,

@@ -272,6 +272,59 @@ def _peak_memory(device: str) -> Iterator[dict[str, int]]:
         result["bytes"] = max(0, peak[0] - before)
 
 
+class MergedModelUnderTest(ModelUnderTest):
+    """A merged model folder, compared with its base: "with adapter" is the merged model."""
+
+    def __init__(self, merged: Any, base: Any, tokenizer: Any, device: str) -> None:
+        super().__init__(merged, tokenizer, device, None)
+        self.merged, self.base = merged, base
+        self.has_adapter = True  # every comparison runs against the base model
+
+    @contextlib.contextmanager
+    def _swapped(self, adapter: bool) -> Iterator[None]:
+        self.model = self.merged if adapter else self.base
+        try:
+            yield
+        finally:
+            self.model = self.merged
+
+    def use(self, adapter: bool = True) -> contextlib.AbstractContextManager:
+        return self._swapped(adapter)
+
+    def weight_bytes(self, adapter: bool) -> int:
+        model = self.merged if adapter else self.base
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def release(self) -> None:
+        self.merged = self.base = None
+        super().release()
+
+
+def load_merged_under_test(
+    model_dir: Path, base_model_dir: Path, device: str
+) -> tuple[ModelUnderTest | None, dict[str, Any], str | None]:
+    """Load a merged model folder and its base: (subject, facts, error if it did not load)."""
+    resolved = _resolve_base(base_model_dir)
+    device = resolve_device(device)
+    start = time.perf_counter()
+    base, tokenizer = load_model_and_tokenizer(resolved, device)
+    facts: dict[str, Any] = {
+        "base_model": resolved.display_name,
+        "device": device,
+        "model": str(model_dir),
+    }
+    try:
+        merged, _ = load_model_and_tokenizer(_resolve_base(Path(model_dir)), device)
+    except (ModelLoadError, NotFound, InvalidInput, OSError, ValueError) as exc:
+        facts["load_s"] = round(time.perf_counter() - start, 3)
+        return None, facts, str(exc)
+    quant = _read_json(Path(model_dir) / "loraflow.json").get("quantization")
+    if quant:
+        facts["quantization"] = quant
+    facts["load_s"] = round(time.perf_counter() - start, 3)
+    return MergedModelUnderTest(merged, base, tokenizer, device), facts, None
+
+
 def _percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]

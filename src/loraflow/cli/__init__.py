@@ -11,6 +11,7 @@ from loraflow.cli import (
     adapters,  # noqa: F401
     assistants,  # noqa: F401
     deploy,  # noqa: F401
+    integrate,  # noqa: F401
     knowledge,  # noqa: F401
     knowledge_bases,  # noqa: F401
     ops,  # noqa: F401

@@ -80,7 +80,8 @@ def report_workflow(wf: dict[str, Any], as_json: bool) -> None:
         for step in wf["steps"]:
             line = f"  {step['step']:<9} {step['status']}"
             detail = step.get("detail") or {}
-            for key in ("adapter_ref", "output_dir", "overall_score", "grade", "target"):
+            keys = ("adapter_ref", "output_dir", "overall_score", "grade", "target")
+            for key in (*keys, "deployment_id", "deployed_model_path", "start_command"):
                 if key in detail:
                     line += f"  {key}={detail[key]}"
             if isinstance(detail.get("adapter"), dict):

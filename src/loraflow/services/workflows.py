@@ -22,9 +22,10 @@ from sqlalchemy import select
 from loraflow import db
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
 from loraflow.services import adapters as adapter_svc
+from loraflow.services import integration
 from loraflow.services.owners import owner, owner_alive
 
-KINDS = ("merge", "validate", "export", "workflow")
+KINDS = ("merge", "validate", "export", "workflow", "integrate")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -155,6 +156,8 @@ def wait(rt: Any, wf_id: str, timeout: float | None = None) -> dict[str, Any]:
 
 
 def planned_steps(kind: str, spec: dict[str, Any]) -> list[str]:
+    if kind == "integrate":
+        return integration.planned_steps(spec)
     if kind != "workflow":
         return [kind]
     steps = ["merge"] if spec.get("merge") else []
@@ -171,6 +174,8 @@ def check_spec(ctx: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 
     if not isinstance(spec, dict):
         raise InvalidInput("a workflow spec is a JSON object")
+    if kind == "integrate":
+        return integration.check_spec(ctx, spec)
     spec = dict(spec)
     reg = adapter_svc.registry(ctx)
     if kind == "merge" or (kind == "workflow" and spec.get("merge")):
@@ -471,4 +476,8 @@ _STEPS: dict[str, Callable[..., dict]] = {
     "validate": _validate_step,
     "deploy": _deploy_step,
     "export": _export_step,
+    "register_adapter": integration.register_step,
+    "merge_model": integration.merge_step,
+    "validate_model": integration.validate_step,
+    "deploy_model": integration.deploy_step,
 }
