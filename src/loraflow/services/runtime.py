@@ -27,6 +27,7 @@ from loraflow.services.usage import TokenUsage
 if TYPE_CHECKING:
     from loraflow.engines.hf import HFEngine
     from loraflow.engines.llamacpp import LlamaCppEngine
+    from loraflow.services.alerts import Monitor
     from loraflow.training.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class Runtime:
     lora_tokens: dict[str, str] = field(default_factory=dict)
     # Live per-variant counters of deployment targets (canary, A/B), in this process.
     traffic: TrafficStats = field(default_factory=TrafficStats)
+    # Writes this worker's request samples and evaluates the alert rules (while serving).
+    monitor: Monitor | None = None
     # Requests and tokens per model name, for /metrics.
     usage: TokenUsage = field(default_factory=TokenUsage)
     # Workflows (merge -> validate -> deploy) running in this process.
