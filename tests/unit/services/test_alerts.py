@@ -53,8 +53,7 @@ def _write(engine: Any, rows: list[tuple[str, bool, float, float]]) -> None:
     buf = RequestBuffer()
     # Rows with explicit times, as a worker's buffer holds them before its batch write.
     buf._rows = [
-        {"target": "prod", "variant": v, "ok": ok, "seconds": s, "at": at}
-        for v, ok, s, at in rows
+        {"target": "prod", "variant": v, "ok": ok, "seconds": s, "at": at} for v, ok, s, at in rows
     ]
     buf.flush(engine, "w1")
 

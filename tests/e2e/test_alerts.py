@@ -1,0 +1,225 @@
+"""Alerts on a real server over HTTP, with a webhook receiver on 127.0.0.1.
+
+One server (restarted once) for the module: a latency alert fires while a deployed
+adapter's requests are above a lowered threshold and resolves when they stop; the webhook
+gets the firing and the resolved event once each, signed, after one refused delivery; alert
+state is still there after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ADAPTER_NAME, make_adapter, start_server
+from tests.e2e.server import Server
+
+SECRET = "test-webhook-secret"
+TARGET = "support"
+PROMPT = [{"role": "user", "content": "Name a colour."}]
+
+
+class Receiver:
+    """A webhook endpoint that refuses its first delivery (503) and accepts the rest."""
+
+    def __init__(self) -> None:
+        self.attempts: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                entry = {"body": body, "signature": self.headers.get("X-Loraflow-Signature")}
+                outer.attempts.append(entry)
+                status = 503 if len(outer.attempts) == 1 else 200
+                if status == 200:
+                    outer.accepted.append(entry)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def events(self) -> list[tuple[str, str, int]]:
+        out = []
+        for e in self.accepted:
+            d = json.loads(e["body"])
+            out.append((d["event"], d["alert"]["rule"], d["alert"]["id"]))
+        return out
+
+
+class Instance:
+    """The module's server; restart() stops it and starts it again on the same data dir."""
+
+    def __init__(self, data: Path, env: dict[str, str]) -> None:
+        self.data, self.env = data, env
+        self.stack = ExitStack()
+        self.srv: Server = self.stack.enter_context(start_server(data, env))
+
+    def restart(self) -> None:
+        self.stack.close()
+        self.stack = ExitStack()
+        self.srv = self.stack.enter_context(start_server(self.data, self.env))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.srv.url, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def instance(
+    tmp_path_factory: pytest.TempPathFactory,
+    smollm2_dir: Path,
+    server_env: dict[str, str],
+    receiver: Receiver,
+) -> Iterator[Instance]:
+    data = tmp_path_factory.mktemp("alerts-data")
+    make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER_NAME)
+    env = {
+        **server_env,
+        "AUTO_INGEST_SAMPLE": "false",
+        "ENABLE_UI": "false",
+        "ALERT_EVAL_INTERVAL": "0.3",
+        # Every rule off by default; each test lowers the one it exercises for its target.
+        "ALERT_LATENCY_P95_MS": "0",
+        "ALERT_ERROR_RATE": "0",
+        "ALERT_MEMORY_PERCENT": "0",
+        "ALERT_GPU_MEMORY_PERCENT": "0",
+        "ALERT_MIN_REQUESTS": "1",
+        "ALERT_WEBHOOK_URL": receiver.url,
+        "ALERT_WEBHOOK_SECRET": SECRET,
+    }
+    inst = Instance(data, env)
+    with inst.client() as c:
+        r = c.post(
+            "/api/adapters/deploy", json={"target": TARGET, "adapter": ADAPTER_NAME, "force": True}
+        )
+        assert r.status_code == 200, r.text
+    yield inst
+    inst.stack.close()
+
+
+def chat(c: httpx.Client) -> None:
+    r = c.post(
+        "/v1/chat/completions",
+        json={"model": TARGET, "messages": PROMPT, "max_tokens": 2, "temperature": 0},
+    )
+    assert r.status_code == 200, r.text
+
+
+def wait_for(
+    what: Callable[[], Any], timeout: float, step: Callable[[], None] | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        if step is not None:
+            step()
+        else:
+            time.sleep(0.3)
+    raise AssertionError(f"not seen within {timeout}s")
+
+
+def alerts_of(c: httpx.Client, rule: str) -> dict[str, list[dict[str, Any]]]:
+    body = c.get("/api/alerts").json()
+    return {k: [a for a in body[k] if a["rule"] == rule] for k in ("active", "recent")}
+
+
+def test_latency_alert_fires_while_slow_then_resolves_and_notifies_once_each(
+    instance: Instance, receiver: Receiver
+) -> None:
+    with instance.client() as c:
+        # Any generation takes longer than 1 ms: the target is "slow" while it is asked.
+        r = c.put(
+            f"/api/alerts/rules/{TARGET}",
+            json={"rules": {"latency_p95": {"threshold": 1, "window": 10, "for": 1}}},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["rules"]["latency_p95"]["threshold"] == 1
+        assert alerts_of(c, "latency_p95") == {"active": [], "recent": []}
+
+        def firing() -> list[dict[str, Any]]:
+            return [a for a in alerts_of(c, "latency_p95")["active"] if a["state"] == "firing"]
+
+        fired = wait_for(firing, 120, step=lambda: chat(c))[0]
+        assert fired["target"] == TARGET and fired["variant"] is None
+        assert fired["value"] > 1 and fired["unit"] == "ms" and fired["comparison"] == "above"
+        assert fired["fired_at"] >= fired["started_at"] and fired["ended_at"] is None
+
+        # No more requests: the slow ones leave the 10 s window and the alert resolves.
+        def resolved() -> list[dict[str, Any]]:
+            return [a for a in alerts_of(c, "latency_p95")["recent"] if a["id"] == fired["id"]]
+
+        done = wait_for(resolved, 60)[0]
+        assert done["state"] == "resolved" and done["ended_at"] > done["fired_at"]
+        assert alerts_of(c, "latency_p95")["active"] == []
+
+    wait_for(lambda: len(receiver.accepted) >= 2, 30)
+    time.sleep(1.5)  # a duplicate, if any, would arrive now
+    assert receiver.events() == [
+        ("firing", "latency_p95", fired["id"]),
+        ("resolved", "latency_p95", fired["id"]),
+    ]
+    # The first delivery was refused and retried: three attempts, the first two the same body.
+    assert len(receiver.attempts) == 3
+    assert receiver.attempts[0]["body"] == receiver.attempts[1]["body"]
+    for e in receiver.attempts:
+        expected = "sha256=" + hmac.new(SECRET.encode(), e["body"], hashlib.sha256).hexdigest()
+        assert e["signature"] == expected
+
+
+def test_alert_state_survives_a_restart(instance: Instance, receiver: Receiver) -> None:
+    with instance.client() as c:
+        # A long window keeps the alert crossed across the restart (its samples are stored).
+        c.put(
+            f"/api/alerts/rules/{TARGET}",
+            json={"rules": {"latency_p95": {"threshold": 1, "window": 600, "for": 0}}},
+        )
+
+        def firing() -> list[dict[str, Any]]:
+            return [a for a in alerts_of(c, "latency_p95")["active"] if a["state"] == "firing"]
+
+        before = wait_for(firing, 120, step=lambda: chat(c))[0]
+        resolved_before = alerts_of(c, "latency_p95")["recent"]
+    wait_for(lambda: ("firing", "latency_p95", before["id"]) in receiver.events(), 30)
+
+    instance.restart()
+
+    with instance.client() as c:
+        time.sleep(2)  # several evaluations by the new process
+        after = alerts_of(c, "latency_p95")
+        assert [a["id"] for a in after["active"]] == [before["id"]]
+        assert after["active"][0]["state"] == "firing"
+        assert after["active"][0]["started_at"] == before["started_at"]
+        assert after["recent"] == resolved_before
+        rules = c.get(f"/api/alerts/rules/{TARGET}").json()["rules"]["latency_p95"]
+        assert rules["window"] == 600
+    # Still the same alert: the new process did not notify it again.
+    assert [e for e in receiver.events() if e[2] == before["id"]] == [
+        ("firing", "latency_p95", before["id"])
+    ]
