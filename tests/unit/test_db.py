@@ -92,7 +92,9 @@ def test_values_round_trip_exactly(db_url: str) -> None:
     """Long non-Latin text, doubles, microseconds, and keys that differ only by case or accent."""
     engine = db.make_engine(db_url)
     story = "龙在山上。" * 15_000  # 225 KB in UTF-8: past MySQL's 64 KB TEXT
-    first = _adapter_row("名前-ü", "adapters/Story", description=story, file_size_mb=1 / 3, alpha=0.1)
+    first = _adapter_row(
+        "名前-ü", "adapters/Story", description=story, file_size_mb=1 / 3, alpha=0.1
+    )
     with engine.begin() as conn:
         conn.execute(db.adapters.insert().values(first))
         conn.execute(db.adapters.insert().values(_adapter_row("名前-u", "adapters/story")))
