@@ -3,7 +3,7 @@
 One server (restarted once) for the module: a latency alert fires while a deployed
 adapter's requests are above a lowered threshold and resolves when they stop; the webhook
 gets the firing and the resolved event once each, signed, after one refused delivery; alert
-state is still there after a restart.
+state is still there after a restart, and the UI's Status tab shows it.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ def instance(
     env = {
         **server_env,
         "AUTO_INGEST_SAMPLE": "false",
-        "ENABLE_UI": "false",
         "ALERT_EVAL_INTERVAL": "0.3",
         # Every rule off by default; each test lowers the one it exercises for its target.
         "ALERT_LATENCY_P95_MS": "0",
@@ -219,6 +218,12 @@ def test_alert_state_survives_a_restart(instance: Instance, receiver: Receiver) 
         assert after["recent"] == resolved_before
         rules = c.get(f"/api/alerts/rules/{TARGET}").json()["rules"]["latency_p95"]
         assert rules["window"] == 600
+    # The UI's Status tab lists it too (its refresh endpoint, as the page calls it).
+    from gradio_client import Client
+
+    status = Client(f"{instance.srv.url}/ui/", verbose=False).predict(api_name="/status")
+    rows = status[3]["data"] if isinstance(status[3], dict) else status[3]
+    assert [r[:3] for r in rows if r[0] == "firing"] == [["firing", "latency_p95", TARGET]]
     # Still the same alert: the new process did not notify it again.
     assert [e for e in receiver.events() if e[2] == before["id"]] == [
         ("firing", "latency_p95", before["id"])

@@ -9,6 +9,7 @@ from loraflow import __version__
 # Each module registers its commands on `app` when imported; one line per area.
 from loraflow.cli import (
     adapters,  # noqa: F401
+    alerts,  # noqa: F401
     assistants,  # noqa: F401
     deploy,  # noqa: F401
     integrate,  # noqa: F401

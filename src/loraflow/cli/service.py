@@ -248,6 +248,10 @@ def status(
     for d in st["deployments"]:
         shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in d["variants"])
         console.print(f"deployed {d['target']} ({d['strategy']}, v{d['version']}): {shares}")
+    for a in st["alerts"]["active"]:
+        colour = "red" if a["state"] == "firing" else "yellow"
+        since = a["fired_at"] or a["started_at"]
+        console.print(f"[{colour}]alert    {a['state']}[/{colour}] {a['message']} since {since}")
     counts = st["jobs"]["counts"]
     console.print(
         "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")

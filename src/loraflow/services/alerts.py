@@ -245,7 +245,8 @@ def evaluate(
                     continue  # another worker opened it first
                 done.append(_log("pending", row))
             started = _aware(row["started_at"]).timestamp()
-            if row["state"] == "pending" and now - started >= m.config["for"]:
+            # Stored times keep microseconds: a millisecond of slack for rounding.
+            if row["state"] == "pending" and now - started >= m.config["for"] - 1e-3:
                 fired = _move(engine, row, "firing", now, value=m.value, last=m.value)
                 if fired is not None:
                     done.append(_log("firing", fired, notify))

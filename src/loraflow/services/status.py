@@ -1,4 +1,4 @@
-"""What an instance is doing: the server's loaded models (if one answers) and training jobs."""
+"""What an instance is doing: the server's loaded models (if one answers), training jobs, alerts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from loraflow import db
 from loraflow.config import Settings
+from loraflow.services.alerts import list_alerts
 from loraflow.services.training import TrainingContext, list_tasks
 
 
@@ -40,6 +41,7 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
             }
             for r in rows
         ]
+        alerts = list_alerts(engine, limit=5)
     finally:
         engine.dispose()
     by_status = Counter(t["status"] for t in tasks)
@@ -63,5 +65,6 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
             "queued": [t for t in tasks if t["status"] == "pending"],
         },
         "deployments": deployed,
+        "alerts": alerts,
         "data_dir": str(settings.data_path),
     }

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from loraflow import __version__
-from loraflow.services import models
+from loraflow.services import alerts, models
 from loraflow.services.checks import settings_rows
 from loraflow.ui.context import UIContext, action, cell
 
@@ -37,12 +37,33 @@ def versions() -> list[list[str]]:
     return rows
 
 
+def alert_rows(rt: Any) -> list[list[str]]:
+    """Firing and pending alerts first, then the recently resolved ones."""
+    found = alerts.list_alerts(rt.db, limit=10)
+    return [
+        [
+            a["state"],
+            a["rule"],
+            a["target"] + (f"/{a['variant']}" if a["variant"] else ""),
+            cell(a["message"], 160),
+            (a["ended_at"] or a["fired_at"] or a["started_at"] or "")[:19],
+        ]
+        for a in found["active"] + found["recent"]
+    ]
+
+
 def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Status tab and wire its events (call inside a gr.Tab)."""
     t = ctx.t
     overall = gr.Markdown(elem_id="status-overall")
     health = gr.Dataframe(
         headers=[t("component"), t("ok"), t("detail")], interactive=False, elem_id="status-health"
+    )
+    gr.Markdown(f"### {t('alerts')}")
+    alert_table = gr.Dataframe(
+        headers=[t("alert_state"), t("alert_rule"), t("target"), t("detail"), t("alert_since")],
+        interactive=False,
+        elem_id="status-alerts",
     )
     refresh_button = gr.Button(t("refresh"), size="sm", elem_id="status-refresh")
     with gr.Row():
@@ -78,9 +99,10 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         rows.append(["local_model", "✓" if rt.local is not None else "✗", cell(d["local_model"])])
         rows += [["warning", "!", cell(w, 160)] for w in d["warnings"]]
         head = f"## {t('overall')}: {t('status_' + h['status'])}"
-        return head, rows, [[k, v] for k, v in settings_rows(rt.settings)]
+        settings_table = [[k, v] for k, v in settings_rows(rt.settings)]
+        return head, rows, settings_table, alert_rows(rt)
 
-    outputs = [overall, health, settings]
+    outputs = [overall, health, settings, alert_table]
     demo.load(refresh, None, outputs, show_progress="hidden")
     tab.select(refresh, None, outputs, show_progress="hidden")
     refresh_button.click(refresh, None, outputs, api_name="status")

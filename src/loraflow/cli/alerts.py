@@ -1,0 +1,119 @@
+"""`loraflow alerts list|rules`: alerts and their rules, read and written in the database.
+
+No server is needed: the running workers read the rules from the same database at each
+evaluation, so a change here takes effect within ALERT_EVAL_INTERVAL.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from loraflow import db
+from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
+from loraflow.errors import InvalidInput, LoraflowError
+
+alerts_app = typer.Typer(help="Alerts (active and recent) and their rules.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("list")
+def list_cmd(
+    limit: Annotated[int, typer.Option(help="Most resolved alerts shown.")] = 20,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Pending and firing alerts, then the most recently resolved ones."""
+    from loraflow.services.alerts import list_alerts
+
+    settings = make_settings(data_dir=data_dir)
+    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
+    try:
+        found = list_alerts(engine, limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(found)
+        return
+    table = Table("id", "state", "rule", "target", "variant", "value", "threshold", "since")
+    for a in found["active"] + found["recent"]:
+        value = "-" if a["last_value"] is None else f"{a['last_value']:.4g}"
+        table.add_row(
+            str(a["id"]),
+            a["state"],
+            a["rule"],
+            a["target"],
+            a["variant"] or "-",
+            f"{value} {a['unit']}",
+            f"{'>' if a['comparison'] == 'above' else '<'} {a['threshold']:g}",
+            (a["ended_at"] or a["fired_at"] or a["started_at"] or "")[:19],
+        )
+    console.print(table if table.rows else "no alerts")
+
+
+def _parse(pairs: list[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        rule, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise InvalidInput(
+                f"--set {pair!r} must be RULE.FIELD=NUMBER, e.g. latency_p95.threshold=300"
+            )
+        try:
+            out.setdefault(rule, {})[field] = float(value)
+        except ValueError:
+            raise InvalidInput(f"--set {pair!r}: {value!r} is not a number") from None
+    return out
+
+
+@alerts_app.command("rules")
+def rules_cmd(
+    target: Annotated[
+        str, typer.Argument(help="A deployment target, or '*' for every target and resources.")
+    ] = "*",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="RULE.FIELD=NUMBER (fields: threshold, window, for; threshold 0 turns it "
+            "off), e.g. --set latency_p95.threshold=300 --set error_rate.for=120.",
+        ),
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="Drop the target's overrides first.")] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show the rules in force for a target, or override them (--set, --reset)."""
+    from loraflow.services import alert_rules
+
+    settings = make_settings(data_dir=data_dir)
+    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
+    try:
+        if set_ or reset:
+            view = alert_rules.update(settings, engine, target, _parse(set_ or []), replace=reset)
+        else:
+            view = alert_rules.view(settings, engine, target)
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(view)
+        return
+    table = Table("rule", "measures", "alerts when", "window s", "for s", "overridden")
+    for name, r in view["rules"].items():
+        when = f"{r['comparison']} {r['threshold']:g} {r['unit']}" if r["enabled"] else "off"
+        table.add_row(
+            name,
+            r["measures"],
+            when,
+            f"{r['window']:g}",
+            f"{r['for']:g}",
+            ", ".join(view["overrides"].get(name, {})) or "-",
+        )
+    console.print(f"alert rules of {view['target']}")
+    console.print(table)
