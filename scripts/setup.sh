@@ -57,4 +57,18 @@ if [[ ",$EXTRAS," == *",dev,"* ]] && [ ! -x /usr/bin/chromium ]; then
     echo "       Install it as root: apt-get install chromium"
   fi
 fi
+# The test run checks deploy/monitoring/loraflow-rules.yml with promtool (Debian's prometheus).
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    echo "setup: installing Debian prometheus for promtool (checks the alerting rules)"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+      --no-install-recommends prometheus \
+      || echo "setup: prometheus could not be installed; the promtool check will be skipped"
+  else
+    echo "setup: promtool is missing; the check of the alerting rules will be skipped."
+    echo "       Install it as root: apt-get install prometheus"
+  fi
+fi
 echo "setup: done"

@@ -228,3 +228,32 @@ def test_alert_state_survives_a_restart(instance: Instance, receiver: Receiver) 
     assert [e for e in receiver.events() if e[2] == before["id"]] == [
         ("firing", "latency_p95", before["id"])
     ]
+
+
+def test_every_metric_the_prometheus_rules_and_dashboard_name_is_served(
+    instance: Instance,
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.unit.test_monitoring_files import metric_names
+
+    with instance.client() as c:
+        chat(c)  # a generation request, so the per-route histogram has its buckets
+        text = c.get("/metrics").text
+    served = set()
+    for family in text_string_to_metric_families(text):
+        served.add(family.name)
+        served.update(s.name for s in family.samples)
+    named = metric_names()
+    assert named - served == set(), f"named by the rules/dashboard but not served: {named - served}"
+    # loraflow's own firing alert (from the restart test) is exported for Alertmanager.
+    exported = [
+        s.labels
+        for f in text_string_to_metric_families(text)
+        if f.name == "loraflow_alerts"
+        for s in f.samples
+        if s.value == 1
+    ]
+    assert {"rule": "latency_p95", "target": TARGET, "variant": "", "state": "firing"} in (
+        exported
+    ), [line for line in text.splitlines() if "alert" in line]

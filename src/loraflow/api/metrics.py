@@ -8,7 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
@@ -109,6 +115,7 @@ class RuntimeCollector:
         yield requests
         yield tokens
         yield from deployment_metrics(rt)
+        yield from alert_metrics(rt)
         yield GaugeMetricFamily(
             "loraflow_local_model_loaded",
             "1 when the local base model is loaded.",
@@ -142,6 +149,29 @@ def deployment_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
     yield served
 
 
+def alert_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
+    """loraflow's own alerts, pending and firing (from the database: every worker's view)."""
+    from loraflow.services.alerts import list_alerts
+
+    active = GaugeMetricFamily(
+        "loraflow_alerts",
+        "1 for each pending or firing alert of loraflow's own rules (GET /api/alerts).",
+        labels=["rule", "target", "variant", "state"],
+    )
+    value = GaugeMetricFamily(
+        "loraflow_alert_value",
+        "The latest value of each pending or firing alert's rule (unit: the rule's).",
+        labels=["rule", "target", "variant"],
+    )
+    for a in list_alerts(rt.db, limit=1)["active"]:
+        labels = [a["rule"], a["target"], a["variant"] or ""]
+        active.add_metric([*labels, a["state"]], 1)
+        if a["last_value"] is not None:
+            value.add_metric(labels, a["last_value"])
+    yield active
+    yield value
+
+
 router = APIRouter(tags=["system"])
 
 
@@ -155,6 +185,8 @@ def install_metrics(app: Any) -> None:
     """Attach the registry, the counting middleware, the gauges and the /metrics route."""
     m = Metrics()
     m.registry.register(RuntimeCollector(app))
+    # process_cpu_seconds_total, process_resident_memory_bytes, ... of this worker.
+    ProcessCollector(registry=m.registry)
     app.state.metrics = m
     app.add_middleware(MetricsMiddleware, metrics=m)
     app.include_router(router)
