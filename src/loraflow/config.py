@@ -450,10 +450,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ALERT_MIN_REQUESTS", "alert_min_requests"),
         description="Requests a window needs before its p95 latency or error rate is judged.",
     )
-    alert_latency_p95_ms: float = Field(
+    alert_latency_ms: float = Field(
         500.0,
         ge=0,
-        validation_alias=AliasChoices("ALERT_LATENCY_P95_MS", "alert_latency_p95_ms"),
+        validation_alias=AliasChoices("ALERT_LATENCY_MS", "alert_latency_ms"),
         description="p95 response time in ms above which a target or variant alerts; 0: off.",
     )
     alert_error_rate: float = Field(

@@ -103,7 +103,7 @@ def instance(
         "AUTO_INGEST_SAMPLE": "false",
         "ALERT_EVAL_INTERVAL": "0.3",
         # Every rule off by default; each test lowers the one it exercises for its target.
-        "ALERT_LATENCY_P95_MS": "0",
+        "ALERT_LATENCY_MS": "0",
         "ALERT_ERROR_RATE": "0",
         "ALERT_MEMORY_PERCENT": "0",
         "ALERT_GPU_MEMORY_PERCENT": "0",

@@ -39,7 +39,7 @@ class RuleKind:
 KINDS: dict[str, RuleKind] = {
     k.name: k
     for k in (
-        RuleKind("latency_p95", "variant", "ms", True, "alert_latency_p95_ms", "p95 response time"),
+        RuleKind("latency_p95", "variant", "ms", True, "alert_latency_ms", "p95 response time"),
         RuleKind("error_rate", "variant", "ratio", True, "alert_error_rate", "failed share"),
         RuleKind(
             "throughput", "target", "req/min", False, "alert_min_throughput", "requests a minute"

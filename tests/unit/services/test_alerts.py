@@ -21,7 +21,7 @@ def _settings(tmp_path: Path, **kw: Any) -> Settings:
         "ALERT_WINDOW": 10,
         "ALERT_FOR": 2,
         "ALERT_MIN_REQUESTS": 3,
-        "ALERT_LATENCY_P95_MS": 500,
+        "ALERT_LATENCY_MS": 500,
         "ALERT_MEMORY_PERCENT": 0,
         "ALERT_GPU_MEMORY_PERCENT": 0,
     }
@@ -92,7 +92,7 @@ def test_slow_canary_fires_after_its_duration_then_resolves(tmp_path: Path, engi
 
 
 def test_pending_that_recovers_before_firing_leaves_nothing(tmp_path: Path, engine: Any) -> None:
-    s = _settings(tmp_path, ALERT_LATENCY_P95_MS=0, ALERT_ERROR_RATE=0.2)
+    s = _settings(tmp_path, ALERT_LATENCY_MS=0, ALERT_ERROR_RATE=0.2)
     t0 = 2_000_000.0
     _write(engine, [("stable", False, 0.1, t0 - 1)] + [("stable", True, 0.1, t0 - 2)] * 3)
     assert [e["event"] for e in alerts.evaluate(s, engine, now=t0)] == ["pending", "pending"]
