@@ -41,7 +41,7 @@ def server(
 def adapters(server: Server, smollm2_dir: Path) -> dict[str, str]:
     """Two more adapters in the server's LORA_MODEL_PATH, one of them with NaN weights."""
     root = server.data_dir / "lora_adapters"
-    make_adapter(smollm2_dir, root / "second-bot")
+    make_adapter(smollm2_dir, root / "second-bot", seed=1)  # not a copy of the first one
     broken = shutil.copytree(root / "second-bot", root / "nan-bot")
     weights = load_file(broken / "adapter_model.safetensors")
     poisoned = {
