@@ -1,4 +1,4 @@
-"""`loraflow alerts` and `loraflow status` on a data dir with a firing alert (no server)."""
+"""`loraflow alerts`, `loraflow status` and the UI Status tab's rows with a firing alert."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ def test_rules_set_and_refused(data_dir: Path) -> None:
     assert '"threshold": 5000' in out.output
     bad = runner.invoke(app, [*args, "--set", "latency.threshold=1"])
     assert bad.exit_code != 0 and "unknown alert rule 'latency'" in bad.output
+
+
+def test_the_ui_status_tab_lists_the_alert(data_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from loraflow.ui.status import alert_rows
+
+    engine = db.make_engine(Settings(LORAFLOW_DATA_DIR=str(data_dir)).db_url)
+    try:
+        rows = alert_rows(SimpleNamespace(db=engine))
+    finally:
+        engine.dispose()
+    assert [r[:3] for r in rows] == [["firing", "latency_p95", "prod"]]
+    assert "3000 ms" in rows[0][3]
