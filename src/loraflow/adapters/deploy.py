@@ -25,6 +25,7 @@ when it served `min_requests` with an error rate no higher than A's and a p95 la
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import deque
@@ -225,7 +226,9 @@ class VariantStats:
         if not self.latencies:
             return None
         values = sorted(self.latencies)
-        return values[min(len(values) - 1, int(q * len(values)))]
+        # Nearest rank: the p95 of 20 values is the 19th, not the slowest one.
+        rank = max(1, math.ceil(round(q * len(values), 9)))
+        return values[min(len(values), rank) - 1]
 
     def to_dict(self) -> dict[str, Any]:
         return {

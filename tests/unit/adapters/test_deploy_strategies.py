@@ -79,3 +79,16 @@ def test_judge_rolls_back_on_error_rate_or_latency_only_after_enough_requests() 
     for _ in range(30):
         slow["B"].add(True, 0.12)
     assert d.judge(state, {"A": slow["A"], "B": d.VariantStats()}, **limits) is None
+
+
+def test_p95_is_the_nearest_rank_not_the_slowest_request() -> None:
+    stats = d.VariantStats()
+    for ms in range(1, 21):  # 20 requests of 1..20 ms
+        stats.latencies.append(ms / 1000)
+    # One stall among 20 requests must not be the p95 the rollback judges.
+    assert stats.quantile(0.95) == 0.019
+    assert stats.quantile(0.5) == 0.010
+    assert stats.quantile(1.0) == 0.020
+    one = d.VariantStats()
+    one.latencies.append(0.5)
+    assert one.quantile(0.95) == 0.5
