@@ -8,6 +8,7 @@ from loraflow import __version__
 
 # Each module registers its commands on `app` when imported; one line per area.
 from loraflow.cli import (
+    adapter_benchmark,  # noqa: F401
     adapters,  # noqa: F401
     alerts,  # noqa: F401
     assistants,  # noqa: F401

@@ -217,6 +217,8 @@ def show_cmd(
             **rec.to_dict(),
             "compatibility": svc.compatibility(ctx, rec.id),
             "latest_validation": svc.latest_validation(ctx, rec),
+            # `loraflow adapters benchmark`: latency and tokens/s against the base model.
+            "benchmark": rec.metrics.get("benchmark"),
         }
     except LoraflowError as exc:
         fail(exc)
