@@ -120,3 +120,92 @@ def test_target_overrides_win_over_defaults(tmp_path: Path, engine: Any) -> None
         alert_rules.update(s, engine, "prod", {"latency": {"threshold": 1}})
     with pytest.raises(InvalidInput, match="share from 0 to 1"):
         alert_rules.update(s, engine, "prod", {"error_rate": {"threshold": 5}})
+
+
+def _deployed_at(engine: Any, at: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            db.deployment_events.insert().values(
+                target="prod",
+                action="deploy",
+                status="ok",
+                detail={},
+                created_at=datetime.fromtimestamp(at, UTC),
+            )
+        )
+
+
+def test_throughput_floor_waits_a_whole_window_after_the_deploy(
+    tmp_path: Path, engine: Any
+) -> None:
+    s = _settings(tmp_path, ALERT_LATENCY_MS=0, ALERT_ERROR_RATE=0, ALERT_MIN_THROUGHPUT=30)
+    t0 = 4_000_000.0
+    _deployed_at(engine, t0)
+    _write(engine, [("stable", True, 0.1, t0 + 1)] * 2)  # 2 in 10 s: 12 a minute
+    assert alerts.evaluate(s, engine, now=t0 + 5) == []  # deployed 5 s ago: not judged yet
+    events = alerts.evaluate(s, engine, now=t0 + 10.5)
+    assert [(e["event"], e["alert"]["rule"]) for e in events] == [("pending", "throughput")]
+    assert events[0]["alert"]["comparison"] == "below"
+    assert events[0]["alert"]["value"] == pytest.approx(12.0)
+    # Per target only, never per variant: a 10% canary is not held to the floor.
+    assert events[0]["alert"]["variant"] is None
+
+
+def test_memory_of_all_workers_adds_up(tmp_path: Path, engine: Any) -> None:
+    from loraflow.services.monitor_samples import write_resources
+
+    s = _settings(tmp_path, ALERT_LATENCY_MS=0, ALERT_MEMORY_PERCENT=50, ALERT_FOR=0)
+    t0 = 5_000_000.0
+    for worker in ("w1", "w2"):
+        row = {"cpu_percent": 10.0, "memory_percent": 30.0, "rss_bytes": 1e9, "at": t0 - 1}
+        write_resources(engine, worker, row)
+    events = alerts.evaluate(s, engine, now=t0)
+    assert [(e["event"], e["alert"]["rule"]) for e in events] == [
+        ("pending", "memory"),
+        ("firing", "memory"),
+    ]
+    assert events[1]["alert"]["value"] == pytest.approx(60.0)  # 30 % + 30 %
+    assert events[1]["alert"]["target"] == "*"
+
+
+def test_webhook_signs_retries_and_never_blocks(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from loraflow.services.alert_webhook import QUEUE_SIZE, Webhook
+
+    got: list[tuple[int, bytes, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = 500 if not got else 200
+            got.append((status, body, self.headers["X-Loraflow-Signature"]))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    hook = Webhook(f"http://127.0.0.1:{httpd.server_address[1]}/", "s3cret", backoff=0.05)
+    try:
+        hook.notify({"event": "firing", "alert": {"id": 1, "rule": "cpu"}})
+        hook.close(wait=10)
+    finally:
+        httpd.shutdown()
+    assert [g[0] for g in got] == [500, 200] and got[0][1] == got[1][1]
+    assert got[1][2] == "sha256=" + hmac.new(b"s3cret", got[1][1], hashlib.sha256).hexdigest()
+    assert hook.sent == 1 and hook.failed == 0
+
+    # Nothing listens: the queue fills, the oldest events are dropped, notify() never waits.
+    dead = Webhook("http://127.0.0.1:9/", retries=0)
+    dead._stop.set()
+    for i in range(QUEUE_SIZE * 2):
+        dead.notify({"event": "firing", "alert": {"id": i}})
+    assert dead.queue.qsize() <= QUEUE_SIZE and dead.dropped >= QUEUE_SIZE - 1
+    dead.close(wait=0.1)
