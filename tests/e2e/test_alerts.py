@@ -162,6 +162,8 @@ def test_latency_alert_fires_while_slow_then_resolves_and_notifies_once_each(
     instance: Instance, receiver: Receiver
 ) -> None:
     with instance.client() as c:
+        bad = c.put(f"/api/alerts/rules/{TARGET}", json={"rules": {"latency": {"for": 1}}})
+        assert bad.status_code in (400, 422) and "unknown alert rule 'latency'" in bad.text
         # Any generation takes longer than 1 ms: the target is "slow" while it is asked.
         r = c.put(
             f"/api/alerts/rules/{TARGET}",
