@@ -160,5 +160,13 @@ def view(settings: Settings, engine: Engine, target: str = INSTANCE) -> dict[str
 def update(
     settings: Settings, engine: Engine, target: str, raw: Any, *, replace: bool = False
 ) -> dict[str, Any]:
-    set_overrides(engine, check_scope(target), raw, replace=replace)
+    check_scope(target)
+    if target != INSTANCE and isinstance(raw, dict):
+        whole = [n for n in raw if n in KINDS and KINDS[n].scope == "instance"]
+        if whole:
+            raise InvalidInput(
+                f"{', '.join(whole)} measure(s) the whole instance, not one target; "
+                "set them on '*' (PUT /api/alerts/rules/*)"
+            )
+    set_overrides(engine, target, raw, replace=replace)
     return view(settings, engine, target)

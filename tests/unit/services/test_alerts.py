@@ -118,6 +118,8 @@ def test_target_overrides_win_over_defaults(tmp_path: Path, engine: Any) -> None
     ]
     with pytest.raises(InvalidInput, match="unknown alert rule 'latency'"):
         alert_rules.update(s, engine, "prod", {"latency": {"threshold": 1}})
+    with pytest.raises(InvalidInput, match="set them on '\\*'"):
+        alert_rules.update(s, engine, "prod", {"memory": {"threshold": 50}})
     with pytest.raises(InvalidInput, match="share from 0 to 1"):
         alert_rules.update(s, engine, "prod", {"error_rate": {"threshold": 5}})
 
