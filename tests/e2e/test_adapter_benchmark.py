@@ -47,6 +47,11 @@ def test_benchmark_measures_both_sides_and_is_shown_beside_the_validation(
     record = json_of(shown.output)
     assert "latest_validation" in record
     assert record["benchmark"] == out
+    # The web UI's registry shows it beside the validation score.
+    from loraflow.ui.adapters import bench_cell
+
+    assert bench_cell(record["benchmark"]).startswith(f"{out['tokens_per_s_ratio']:.2f}x (p95 ")
+    assert bench_cell(None) == ""
 
     missing = runner.invoke(app, ["adapters", "benchmark", "no-such-bot", *where])
     assert missing.exit_code != 0 and "no-such-bot" in missing.output

@@ -175,6 +175,17 @@ def score_card(t: Labels, ref: str, report: dict[str, Any], gate: dict | None = 
     return "\n".join(lines)
 
 
+def bench_cell(bench: Any) -> str:
+    """`loraflow adapters benchmark`'s result in one cell: tokens/s ratio and p95 latencies."""
+    if not isinstance(bench, dict) or not bench.get("tokens_per_s_ratio"):
+        return ""
+    base, mine = bench["base"], bench["with_adapter"]
+    return (
+        f"{bench['tokens_per_s_ratio']:.2f}x "
+        f"(p95 {mine['latency_p95_ms']:g} / {base['latency_p95_ms']:g} ms)"
+    )
+
+
 # --- sections --------------------------------------------------------------------------------
 def registry_section(parts: TabParts) -> None:
     """Registered adapters with their latest validation, and scanning the adapter folders."""
@@ -183,7 +194,9 @@ def registry_section(parts: TabParts) -> None:
     gr.Markdown(f"### {t('registry')}")
     head = [t("name"), t("version"), t("rank"), t("target_modules"), t("source"), t("status")]
     table = gr.Dataframe(
-        headers=[*head, t("val_score"), t("grade")], interactive=False, elem_id="models-registry"
+        headers=[*head, t("val_score"), t("grade"), t("bench_ratio")],
+        interactive=False,
+        elem_id="models-registry",
     )
     scan = gr.Button(t("scan"), elem_id="models-scan")
     status = gr.Markdown(elem_id="models-scan-status")
@@ -204,9 +217,10 @@ def registry_section(parts: TabParts) -> None:
                     rec.status,
                     "" if latest is None else f"{float(latest['score']):.1f}",
                     "" if latest is None else grade_label(t, str(latest["grade"])),
+                    bench_cell(rec.metrics.get("benchmark")),
                 ]
             )
-        return rows or [[t("no_adapters"), *[""] * 7]]
+        return rows or [[t("no_adapters"), *[""] * 8]]
 
     @action
     def on_scan(signal: int | None) -> tuple[str, int]:
