@@ -497,10 +497,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ALERT_GPU_UTIL_PERCENT", "alert_gpu_util_percent"),
         description="GPU utilisation, percent (CUDA with NVML only); 0: off.",
     )
-    alert_webhook_url: str = Field(
-        "",
+    alert_webhook_url: SecretStr | None = Field(
+        None,
         validation_alias=AliasChoices("ALERT_WEBHOOK_URL", "alert_webhook_url"),
-        description="URL that receives firing and resolved alerts as JSON POSTs; empty: none.",
+        description="URL that receives firing and resolved alerts as JSON POSTs; empty: none. "
+        "Never printed: such URLs often carry a token (Slack, Teams).",
     )
     alert_webhook_secret: SecretStr | None = Field(
         None,

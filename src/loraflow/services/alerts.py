@@ -347,13 +347,14 @@ class Monitor:
         self.buffer = monitor_samples.RequestBuffer()
         self.sampler = monitor_samples.ResourceSampler()
         secret = settings.alert_webhook_secret
+        url = settings.alert_webhook_url.get_secret_value() if settings.alert_webhook_url else ""
         self.webhook = (
             Webhook(
-                settings.alert_webhook_url,
+                url,
                 secret.get_secret_value() if secret else None,
                 retries=settings.alert_webhook_retries,
             )
-            if settings.alert_webhook_url
+            if url.strip()
             else None
         )
         self._stop = threading.Event()
