@@ -302,50 +302,47 @@ adapter_versions = _table(
 
 # Finished requests to deployment targets, written in batches by every server worker, so one
 # alert evaluation sees the numbers of all workers. `at` is Unix seconds.
-monitor_requests = Table(
+monitor_requests = _table(
     "monitor_requests",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("target", String(64), nullable=False),
     Column("variant", String(64), nullable=False),
     Column("ok", Boolean, nullable=False),
-    Column("seconds", Float(precision=53), nullable=False),
+    Column("seconds", _float(), nullable=False),
     Column("worker", String(64), nullable=False),
-    Column("at", Float(precision=53), nullable=False, index=True),
+    Column("at", _float(), nullable=False, index=True),
 )
 
 # CPU, resident memory and GPU use of each server worker, sampled while it serves.
-monitor_resources = Table(
+monitor_resources = _table(
     "monitor_resources",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("worker", String(64), nullable=False),
-    Column("cpu_percent", Float, nullable=False),
-    Column("memory_percent", Float, nullable=False),
-    Column("rss_bytes", Float, nullable=False),
-    Column("gpu_memory_percent", Float, nullable=True),
-    Column("gpu_util_percent", Float, nullable=True),
-    Column("at", Float(precision=53), nullable=False, index=True),
+    Column("cpu_percent", _float(), nullable=False),
+    Column("memory_percent", _float(), nullable=False),
+    Column("rss_bytes", _float(), nullable=False),
+    Column("gpu_memory_percent", _float(), nullable=True),
+    Column("gpu_util_percent", _float(), nullable=True),
+    Column("at", _float(), nullable=False, index=True),
 )
 
 # Alerts: pending -> firing -> resolved. `open_key` (rule|target|variant) is set while the
 # alert is pending or firing and cleared when it resolves, so concurrent evaluations by
 # several workers can never open the same alert twice.
-alerts = Table(
+alerts = _table(
     "alerts",
-    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("rule", String(32), nullable=False),
     Column("target", String(64), nullable=False),
     Column("variant", String(64), nullable=False),
     Column("open_key", String(191), nullable=True, unique=True),
     Column("state", String(16), nullable=False, index=True),
-    Column("value", Float, nullable=True),
-    Column("threshold", Float, nullable=False),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("fired_at", DateTime(timezone=True), nullable=True),
-    Column("ended_at", DateTime(timezone=True), nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("value", _float(), nullable=True),
+    Column("threshold", _float(), nullable=False),
+    Column("started_at", _datetime(), nullable=False),
+    Column("fired_at", _datetime(), nullable=True),
+    Column("ended_at", _datetime(), nullable=True),
+    Column("updated_at", _datetime(), nullable=False),
     Column("detail", JSON, nullable=False),
 )
 

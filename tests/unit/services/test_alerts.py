@@ -29,8 +29,9 @@ def _settings(tmp_path: Path, **kw: Any) -> Settings:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    eng = db.make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+def engine(db_url: str) -> Any:
+    """SQLite, and PostgreSQL / MariaDB when their test servers run (tests/conftest.py)."""
+    eng = db.make_engine(db_url)
     variants = [
         {"name": "stable", "adapter": "a@v1", "weight": 90.0},
         {"name": "canary", "adapter": "b@v1", "weight": 10.0},
