@@ -85,27 +85,22 @@ def deploy_to_ollama(
     """Upload the GGUF LoRA as a blob and create `model_name` = `base` + adapter in Ollama."""
     adapter_gguf = Path(adapter_gguf)
     _check_gguf(adapter_gguf)
-    if not MODEL_NAME.fullmatch(model_name):
-        raise InvalidInput(
-            f"Ollama model name {model_name!r} must start with a letter or digit and hold only "
-            f"letters, digits and . _ : / -"
-        )
+    _check_model_name(model_name)
     if not base.strip():
         raise InvalidInput("the Ollama base model name is empty")
     digest = "sha256:" + sha256_file(adapter_gguf)
     url = base_url.rstrip("/")
-    client = httpx.Client(
-        base_url=url, timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
-    )
+    client = _client(url, timeout)
     with client:
         try:
-            head = client.head(f"/api/blobs/{digest}")
-            uploaded = head.status_code != 200
-            if uploaded:
-                _check(head, url, "checking for the adapter blob", ok=(404,))
-                with adapter_gguf.open("rb") as body:
-                    posted = client.post(f"/api/blobs/{digest}", content=body)
-                _check(posted, url, "uploading the adapter blob")
+            uploaded = _upload_blob(
+                client,
+                url,
+                digest,
+                adapter_gguf,
+                checking="checking for the adapter blob",
+                uploading="uploading the adapter blob",
+            )
             request: dict[str, Any] = {
                 "model": model_name,
                 "from": base,
@@ -118,10 +113,7 @@ def deploy_to_ollama(
                 request["parameters"] = parameters
             created = client.post("/api/create", json=request)
         except httpx.TransportError as exc:
-            raise EngineUnavailable(
-                f"Ollama is not reachable at {url}: {type(exc).__name__}: {exc}",
-                hint="start Ollama (ollama serve) or set the Ollama URL",
-            ) from exc
+            raise _unreachable(url, exc) from exc
     if created.status_code == 404:
         raise NotFound(
             f"Ollama at {url} has no base model {base!r}: {_error_text(created)}",
@@ -167,11 +159,7 @@ def deploy_model_to_ollama(
     `quantize`, e.g. q8_0); it cannot read bitsandbytes weights, so those are refused.
     """
     model_dir = Path(model_dir)
-    if not MODEL_NAME.fullmatch(model_name):
-        raise InvalidInput(
-            f"Ollama model name {model_name!r} must start with a letter or digit and hold only "
-            f"letters, digits and . _ : / -"
-        )
+    _check_model_name(model_name)
     config = model_dir / "config.json"
     if not config.is_file() or not any(model_dir.glob("*.safetensors")):
         raise NotFound(f"{model_dir} is not a safetensors model folder (config.json + weights)")
@@ -188,33 +176,62 @@ def deploy_model_to_ollama(
     url = base_url.rstrip("/")
     digests = {p.name: "sha256:" + sha256_file(p) for p in files}
     uploaded = 0
-    client = httpx.Client(
-        base_url=url, timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
-    )
+    client = _client(url, timeout)
     with client:
         try:
             for path in files:
-                digest = digests[path.name]
-                head = client.head(f"/api/blobs/{digest}")
-                if head.status_code == 200:
-                    continue
-                _check(head, url, f"checking for blob {path.name}", ok=(404,))
-                with path.open("rb") as body:
-                    posted = client.post(f"/api/blobs/{digest}", content=body)
-                _check(posted, url, f"uploading {path.name}")
-                uploaded += 1
+                uploaded += _upload_blob(
+                    client,
+                    url,
+                    digests[path.name],
+                    path,
+                    checking=f"checking for blob {path.name}",
+                    uploading=f"uploading {path.name}",
+                )
             request: dict[str, Any] = {"model": model_name, "files": digests, "stream": False}
             if quantize:
                 request["quantize"] = quantize
             created = client.post("/api/create", json=request)
         except httpx.TransportError as exc:
-            raise EngineUnavailable(
-                f"Ollama is not reachable at {url}: {type(exc).__name__}: {exc}",
-                hint="start Ollama (ollama serve) or set the Ollama URL",
-            ) from exc
+            raise _unreachable(url, exc) from exc
     _check(created, url, f"creating model {model_name!r}")
     status = _final_status(created, url, model_name)
     return OllamaModelDeployment(model_name, digests, uploaded, status)
+
+
+def _check_model_name(model_name: str) -> None:
+    if not MODEL_NAME.fullmatch(model_name):
+        raise InvalidInput(
+            f"Ollama model name {model_name!r} must start with a letter or digit and hold only "
+            f"letters, digits and . _ : / -"
+        )
+
+
+def _client(url: str, timeout: float) -> httpx.Client:
+    return httpx.Client(
+        base_url=url, timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+    )
+
+
+def _upload_blob(
+    client: httpx.Client, url: str, digest: str, path: Path, *, checking: str, uploading: str
+) -> bool:
+    """Upload `path` as blob `digest` unless Ollama has it; whether it was uploaded."""
+    head = client.head(f"/api/blobs/{digest}")
+    if head.status_code == 200:
+        return False
+    _check(head, url, checking, ok=(404,))
+    with path.open("rb") as body:
+        posted = client.post(f"/api/blobs/{digest}", content=body)
+    _check(posted, url, uploading)
+    return True
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> EngineUnavailable:
+    return EngineUnavailable(
+        f"Ollama is not reachable at {url}: {type(exc).__name__}: {exc}",
+        hint="start Ollama (ollama serve) or set the Ollama URL",
+    )
 
 
 def _quote(value: str, what: str, *, allow_empty: bool = False) -> str:
