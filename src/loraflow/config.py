@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(
         120, ge=0, validation_alias=AliasChoices("CHUNK_OVERLAP", "chunk_overlap")
     )
+    faiss_ann_threshold: int = Field(
+        100_000,
+        ge=0,
+        validation_alias=AliasChoices("FAISS_ANN_THRESHOLD", "faiss_ann_threshold"),
+        description="A FAISS index saved with at least this many chunks is an HNSW graph "
+        "(efSearch tuned to recall@10 >= 0.95 against exact search); 0 keeps it exact.",
+    )
     retrieval_top_k: int = Field(
         4, ge=1, le=50, validation_alias=AliasChoices("RETRIEVAL_TOP_K", "retrieval_top_k")
     )

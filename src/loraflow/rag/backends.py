@@ -58,7 +58,7 @@ def _qdrant_target(settings: Settings) -> dict:
 
 
 def _open_faiss(settings: Settings, path: Path, embedding_name: str, dim: int) -> VectorStore:
-    return FaissStore.open(path, embedding_name, dim)
+    return FaissStore.open(path, embedding_name, dim, settings.faiss_ann_threshold)
 
 
 def _open_qdrant(settings: Settings, path: Path, embedding_name: str, dim: int) -> VectorStore:

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from loraflow.rag.store import ChunkRecord
+
+log = logging.getLogger(__name__)
+
+# Names the tokenizer below; a saved index made with another one is ignored (rebuilt).
+TOKENIZER = "words+cjk-bigrams-1"
+# bm25s' file names, prefixed so they sit beside index.faiss and meta.json in a version folder.
+_FILES = {
+    "data_name": "bm25.data.npy",
+    "indices_name": "bm25.indices.npy",
+    "indptr_name": "bm25.indptr.npy",
+    "vocab_name": "bm25.vocab.json",
+    "params_name": "bm25.params.json",
+    "nnoc_name": "bm25.nonoccurrence.npy",
+}
+KEYWORD_META = "bm25.loraflow.json"
 
 # Latin words and numbers, or runs of CJK ideographs (split further below).
 _TOKEN_RE = re.compile(r"[0-9a-z_]+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
@@ -45,17 +63,57 @@ class KeywordHit:
 
 
 class BM25Index:
-    """A BM25 index over a chunk snapshot; rebuilt by the owner when the store changes."""
+    """A BM25 index over a chunk snapshot; built by the writer, or loaded from its save."""
 
-    def __init__(self, chunks: list[ChunkRecord]) -> None:
+    def __init__(self, chunks: list[ChunkRecord], _retriever: object | None = None) -> None:
         import bm25s
 
         self.chunks = list(chunks)
         self._lock = threading.Lock()
+        if _retriever is not None:
+            self._retriever = _retriever
+            return
         self._retriever = bm25s.BM25()
         if self.chunks:
             corpus = [tokenize(c.text) or ["\u2205"] for c in self.chunks]
             self._retriever.index(corpus, show_progress=False)
+
+    def save(self, folder: Path) -> list[str]:
+        """Write the index files into `folder`; returns their names (empty index: none)."""
+        if not self.chunks:
+            return []
+        self._retriever.save(folder, show_progress=False, **_FILES)
+        (folder / KEYWORD_META).write_text(
+            json.dumps({"tokenizer": TOKENIZER, "n_chunks": len(self.chunks)}), encoding="utf-8"
+        )
+        return sorted(p.name for p in folder.iterdir() if p.name.startswith("bm25."))
+
+    @classmethod
+    def load(cls, folder: Path, chunks: list[ChunkRecord]) -> BM25Index | None:
+        """The index saved in `folder` for exactly these chunks, memory-mapped; None if absent.
+
+        The score matrix stays on disk (mapped read-only), so every worker shares one copy in
+        the page cache instead of each tokenizing and indexing every chunk itself.
+        """
+        import bm25s
+
+        try:
+            meta = json.loads((folder / KEYWORD_META).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("keyword index in %s is unreadable (%s); rebuilding it", folder, exc)
+            return None
+        if meta.get("tokenizer") != TOKENIZER or meta.get("n_chunks") != len(chunks):
+            return None
+        try:
+            retriever = bm25s.BM25.load(folder, mmap=True, show_progress=False, **_FILES)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("keyword index in %s is unreadable (%s); rebuilding it", folder, exc)
+            return None
+        if int(retriever.scores["num_docs"]) != len(chunks):
+            return None
+        return cls(chunks, _retriever=retriever)
 
     def search(self, query: str, k: int) -> list[KeywordHit]:
         """Up to `k` chunks sharing terms with `query`, best first; [] when none match."""

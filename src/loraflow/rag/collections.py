@@ -60,7 +60,14 @@ class Handle:
     _bm25_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bm25(self) -> BM25Index:
-        """The keyword index of the store's current chunks (rebuilt after a change)."""
+        """The keyword index of the store's current chunks (rebuilt after a change).
+
+        A FAISS store publishes its own with each version (built by the writer, mapped by
+        readers); other stores get one built here from their chunks.
+        """
+        own = getattr(self.store, "keyword_index", None)
+        if own is not None:
+            return own()
         with self._bm25_lock:
             rev = self.store.revision
             if self._bm25 is None or rev != self._bm25_rev:

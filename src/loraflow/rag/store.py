@@ -11,18 +11,23 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import faiss
 import numpy as np
 
 from loraflow.errors import DiskFull, InvalidInput, NotFound, StoreError, is_disk_full
 from loraflow.locks import file_lock
+from loraflow.rag.ann import build_hnsw, flat_of, is_approximate, set_ef_search, vectors_of
 from loraflow.rag.versioned_dir import current_version, write_version
+
+if TYPE_CHECKING:
+    from loraflow.rag.bm25 import BM25Index
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the index may be an approximate (HNSW) one, described by meta["ann"]; 1 is always flat.
+FORMAT_VERSION = 2
 INDEX_FILE = "index.faiss"
 WRITE_LOCK_FILE = ".write.lock"
 META_FILE = "meta.json"
@@ -112,10 +117,14 @@ class VectorStore(Protocol):
 class FaissStore:
     """A VectorStore kept in memory and saved crash-safely to a folder."""
 
-    def __init__(self, path: Path, embedding_name: str, dim: int) -> None:
+    def __init__(self, path: Path, embedding_name: str, dim: int, ann_threshold: int = 0) -> None:
         self.path = Path(path)
         self.embedding_name = embedding_name
         self.dim = int(dim)
+        # Saves of at least this many vectors hold an HNSW index (0: always exact).
+        self.ann_threshold = int(ann_threshold)
+        # Parameters of the approximate index in use (None: exact search).
+        self.ann: dict[str, Any] | None = None
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._docs: dict[str, DocumentInfo] = {}
         self._chunks: dict[int, ChunkRecord] = {}
@@ -126,14 +135,18 @@ class FaissStore:
         # Serialises whole saves so a later snapshot is never overwritten by an earlier one.
         self._save_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        # Bumped by every change and load; the keyword index is valid for one generation.
+        self._generation = 0
+        self._keyword: tuple[int, BM25Index] | None = None
+        self._keyword_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: Path, embedding_name: str, dim: int) -> FaissStore:
+    def open(cls, path: Path, embedding_name: str, dim: int, ann_threshold: int = 0) -> FaissStore:
         """Load the store saved in `path`, or start an empty one if there is none yet."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"Vector store path {str(path)!r} is a file, not a folder")
-        store = cls(path, embedding_name, dim)
+        store = cls(path, embedding_name, dim, ann_threshold)
         folder = current_version(path) if path.is_dir() else None
         if folder is None:
             if (path / INDEX_FILE).exists():
@@ -199,6 +212,7 @@ class FaissStore:
                 f"(dim {self.dim})",
                 hint=f"re-ingest into a new VECTOR_STORE_PATH, or switch back to {name!r}",
             )
+        ann = meta.get("ann")
         try:
             docs = [DocumentInfo(**d) for d in meta["documents"]]
             chunks = [ChunkRecord(**c) for c in meta["chunks"]]
@@ -224,10 +238,19 @@ class FaissStore:
                 f"Vector store files in {str(folder)!r} disagree: {INDEX_FILE} has "
                 f"{index.ntotal} vectors of dim {index.d}, {META_FILE} lists {len(chunks)} chunks"
             )
+        from loraflow.rag.bm25 import BM25Index
+
+        # Saved by the writer beside the vectors (older versions have none: built on demand).
+        keyword = BM25Index.load(folder, chunks)
+        if ann is not None and is_approximate(index):
+            set_ef_search(index, int(ann["ef_search"]))
         self._index = index
+        self.ann = ann if is_approximate(index) else None
         self._docs = {d.doc_id: d for d in docs}
         self._chunks = {c.chunk_id: c for c in chunks}
         self._next_id = max(next_id, max(self._chunks, default=-1) + 1)
+        self._generation += 1
+        self._keyword = (self._generation, keyword) if keyword is not None else None
 
     def add_document(
         self, doc: DocumentInfo, chunks: list[ChunkData], vectors: np.ndarray
@@ -253,10 +276,11 @@ class FaissStore:
                 for pos, (cid, c) in enumerate(zip(ids, chunks, strict=True))
             ]
             if len(records):
-                self._index.add_with_ids(vecs, ids)
+                self._editable().add_with_ids(vecs, ids)
             self._next_id += len(records)
             self._chunks.update((r.chunk_id, r) for r in records)
             self._docs[stored.doc_id] = stored
+            self._generation += 1
             return stored
 
     def delete_document(self, doc_id: str) -> DocumentInfo:
@@ -271,10 +295,11 @@ class FaissStore:
                 )
             ids = [cid for cid, c in self._chunks.items() if c.doc_id == doc_id]
             if ids:
-                self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+                self._editable().remove_ids(np.asarray(ids, dtype=np.int64))
             for cid in ids:
                 del self._chunks[cid]
             del self._docs[doc_id]
+            self._generation += 1
             return doc
 
     def list_documents(self) -> list[DocumentInfo]:
@@ -308,6 +333,41 @@ class FaissStore:
         with self._lock:
             return list(self._chunks.values())
 
+    def _editable(self) -> faiss.IndexIDMap2:
+        # Called with self._lock held. Changes go to an exact copy; the next save rebuilds
+        # the approximate index from it, so unsaved changes are searched exactly.
+        if self.ann is not None:
+            self._index, self.ann = flat_of(self._index), None
+        return self._index
+
+    def keyword_index(self) -> BM25Index:
+        """The BM25 index of the current chunks: the saved one, or built once per change.
+
+        A version saved by this loraflow carries its index (memory-mapped on load); only
+        unsaved changes, or a version saved before keyword indexes were kept, build one here.
+        """
+        with self._lock:
+            gen, cached = self._generation, self._keyword
+            if cached is not None and cached[0] == gen:
+                return cached[1]
+            chunks = list(self._chunks.values())
+        # Built outside the store lock so vector searches go on meanwhile.
+        with self._keyword_lock:
+            with self._lock:
+                cached = self._keyword
+            if cached is not None and cached[0] == gen:
+                return cached[1]
+            return self._build_keyword(gen, chunks)
+
+    def _build_keyword(self, gen: int, chunks: list[ChunkRecord]) -> BM25Index:
+        from loraflow.rag.bm25 import BM25Index
+
+        built = BM25Index(chunks)
+        with self._lock:
+            if self._generation == gen:
+                self._keyword = (gen, built)
+        return built
+
     def document_chunks(self, doc_id: str) -> list[ChunkRecord]:
         """The chunks of one document, in position order."""
         with self._lock:
@@ -337,11 +397,35 @@ class FaissStore:
         """Write the current state to disk; a crash midway leaves the previous save intact."""
         with self._save_lock:
             with self._lock:
-                index_bytes = faiss.serialize_index(self._index).tobytes()
-                meta = self._meta(hashlib.sha256(index_bytes).hexdigest())
+                gen = self._generation
+                large = self.ann_threshold > 0 and self._index.ntotal >= self.ann_threshold
+                vectors = vectors_of(self._index) if large and self.ann is None else None
+            # Built outside the store lock: searches go on against the exact index meanwhile.
+            built = build_hnsw(*vectors) if vectors is not None else None
+            with self._lock:
+                if built is None or self._generation != gen:
+                    built = None
+                    to_save, ann = self._index, self.ann
+                else:
+                    to_save, ann = built
+                index_bytes = faiss.serialize_index(to_save).tobytes()
+                meta = self._meta(hashlib.sha256(index_bytes).hexdigest(), ann)
+                gen, cached = self._generation, self._keyword
+                chunks = list(self._chunks.values())
             meta_bytes = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+            # The writer builds the keyword index once and publishes it with the vectors, so
+            # readers and other workers map it instead of each rebuilding it from all chunks.
+            keyword = (
+                cached[1]
+                if cached is not None and cached[0] == gen
+                else self._build_keyword(gen, chunks)
+            )
             try:
-                final = write_version(self.path, {INDEX_FILE: index_bytes, META_FILE: meta_bytes})
+                final = write_version(
+                    self.path,
+                    {INDEX_FILE: index_bytes, META_FILE: meta_bytes},
+                    extra=keyword.save,
+                )
             except OSError as exc:
                 # Memory holds changes the disk does not (disk full, say): go back to the
                 # saved state, so what is served is what a restart would serve.
@@ -355,20 +439,30 @@ class FaissStore:
                     "free disk space and run the ingest again",
                 ) from exc
             self._version = final.name
+            if built is not None:
+                with self._lock:
+                    if self._generation == gen:
+                        # Serve what readers serve, and drop the exact copy's memory.
+                        self._index, self.ann = built
 
     def _restore_saved(self) -> None:
         folder = current_version(self.path) if self.path.is_dir() else None
         with self._lock:
             if folder is None:
                 self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+                self.ann = None
                 self._docs, self._chunks, self._next_id = {}, {}, 0
+                self._generation += 1
             else:
                 self._load(folder)
             self._version = folder.name if folder else None
 
-    def _meta(self, index_sha: str) -> dict[str, Any]:
+    def _meta(self, index_sha: str, ann: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra = {} if ann is None else {"ann": ann}
         return {
-            "format_version": FORMAT_VERSION,
+            # Flat versions stay readable by releases that only know format 1.
+            "format_version": FORMAT_VERSION if ann is not None else 1,
+            **extra,
             "embedding_name": self.embedding_name,
             "dim": self.dim,
             "next_chunk_id": self._next_id,

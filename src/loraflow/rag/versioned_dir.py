@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from loraflow.errors import StoreError
@@ -41,8 +42,13 @@ def current_version(root: Path) -> Path | None:
     return folder
 
 
-def write_version(root: Path, files: dict[str, bytes]) -> Path:
-    """Write `files` as the next version of `root` and make it current; returns its folder."""
+def write_version(
+    root: Path, files: dict[str, bytes], extra: Callable[[Path], object] | None = None
+) -> Path:
+    """Write `files` as the next version of `root` and make it current; returns its folder.
+
+    `extra`, when given, writes further files into the (not yet visible) version folder.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"v{_next_number(root)}"
     tmp = root / f".tmp-{uuid.uuid4().hex}"
@@ -52,6 +58,11 @@ def write_version(root: Path, files: dict[str, bytes]) -> Path:
         tmp.mkdir()
         for name, data in files.items():
             _write_synced(tmp / name, data)
+        if extra is not None:
+            extra(tmp)
+            for p in tmp.iterdir():
+                if p.name not in files:
+                    _fsync_file(p)
         _fsync_dir(tmp)
         os.replace(tmp, final)
         _fsync_dir(root)
@@ -89,6 +100,11 @@ def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
 
