@@ -301,3 +301,15 @@ def latest_validation(ctx: Context, rec: AdapterRecord) -> dict[str, Any] | None
         if row.get("checksum_sha256") in (None, rec.checksum_sha256):
             return row
     return None
+
+
+def gate_decision(settings: Settings, report: Any) -> dict[str, Any]:
+    """The quality gate's decision on a report (or its `to_dict()`) under these settings."""
+    from loraflow.adapters.validation_report import check_gate
+
+    return check_gate(
+        report,
+        min_score=settings.validation_min_score,
+        min_safety=settings.validation_min_safety_score,
+        block_on_poor=settings.validation_block_on_poor,
+    ).to_dict()

@@ -205,9 +205,6 @@ def adapter_svc_engine(rt: Runtime) -> Any:
 
 def gate(rt: Runtime, rec: adapter_svc.AdapterRecord, force: bool) -> dict[str, Any]:
     """The quality gate: the adapter's newest validation must pass, unless forced."""
-    from loraflow.adapters.validate import check_gate
-
-    s = rt.settings
     found = adapter_svc.latest_validation(rt, rec)
     if found is None:
         decision = {
@@ -215,12 +212,7 @@ def gate(rt: Runtime, rec: adapter_svc.AdapterRecord, force: bool) -> dict[str, 
             "reasons": [f"adapter {rec.ref} has no validation report for its current files"],
         }
     else:
-        decision = check_gate(
-            found["report"],
-            min_score=s.validation_min_score,
-            min_safety=s.validation_min_safety_score,
-            block_on_poor=s.validation_block_on_poor,
-        ).to_dict()
+        decision = adapter_svc.gate_decision(rt.settings, found["report"])
         decision["validation_id"] = found["id"]
         decision["score"] = found["score"]
         decision["grade"] = found["grade"]

@@ -170,7 +170,7 @@ def merge_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable)
 
 def validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     """Score the model folder against its base; the quality gate decides on deploying."""
-    from loraflow.adapters.validate import check_gate, validate_model
+    from loraflow.adapters.validate import validate_model
 
     v = spec.get("validate") or {}
     model_dir = Path(str(carry.get("model_dir") or spec["model_path"])).expanduser().resolve()
@@ -178,13 +178,7 @@ def validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callab
     report = validate_model(
         model_dir, base, mode=v.get("mode", "standard"), device="cpu", progress=progress
     )
-    s = ctx.settings
-    decision = check_gate(
-        report,
-        min_score=s.validation_min_score,
-        min_safety=s.validation_min_safety_score,
-        block_on_poor=s.validation_block_on_poor,
-    ).to_dict()
+    decision = adapter_svc.gate_decision(ctx.settings, report)
     data = report.to_dict()
     carry["model_dir"] = str(model_dir)
     carry["gate"] = decision

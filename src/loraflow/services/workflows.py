@@ -346,7 +346,7 @@ def _merge_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable
 
 
 def _validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
-    from loraflow.adapters.validate import check_gate, validate_adapter
+    from loraflow.adapters.validate import validate_adapter
 
     v = spec if kind == "validate" else (spec.get("validate") or {})
     reg = adapter_svc.registry(ctx)
@@ -363,13 +363,7 @@ def _validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Calla
     )
     data = report.to_dict()
     vid = adapter_svc.store_validation(ctx, data, rec)
-    s = ctx.settings
-    decision = check_gate(
-        report,
-        min_score=s.validation_min_score,
-        min_safety=s.validation_min_safety_score,
-        block_on_poor=s.validation_block_on_poor,
-    ).to_dict()
+    decision = adapter_svc.gate_decision(ctx.settings, report)
     reg.set_metrics(rec.id, {"validation_score": data["overall_score"], "grade": data["grade"]})
     carry["validation_id"] = vid
     carry["adapter"] = rec.id
