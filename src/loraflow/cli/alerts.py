@@ -6,7 +6,10 @@ evaluation, so a change here takes effect within ALERT_EVAL_INTERVAL.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,8 +18,24 @@ from loraflow import db
 from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
 from loraflow.errors import InvalidInput, LoraflowError
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from loraflow.config import Settings
+
 alerts_app = typer.Typer(help="Alerts (active and recent) and their rules.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
+
+
+@contextmanager
+def _database(data_dir: Path | None) -> Iterator[tuple[Settings, Engine]]:
+    """The settings and an engine on their database, disposed of on leaving."""
+    settings = make_settings(data_dir=data_dir)
+    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
+    try:
+        yield settings, engine
+    finally:
+        engine.dispose()
 
 
 @alerts_app.command("list")
@@ -28,12 +47,8 @@ def list_cmd(
     """Pending and firing alerts, then the most recently resolved ones."""
     from loraflow.services.alerts import list_alerts
 
-    settings = make_settings(data_dir=data_dir)
-    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
-    try:
+    with _database(data_dir) as (_, engine):
         found = list_alerts(engine, limit)
-    finally:
-        engine.dispose()
     if as_json:
         print_json(found)
         return
@@ -89,18 +104,16 @@ def rules_cmd(
     """Show the rules in force for a target, or override them (--set, --reset)."""
     from loraflow.services import alert_rules
 
-    settings = make_settings(data_dir=data_dir)
-    engine = db.make_engine(settings.db_url, settings.db_busy_timeout)
-    try:
-        if set_ or reset:
-            view = alert_rules.update(settings, engine, target, _parse(set_ or []), replace=reset)
-        else:
-            view = alert_rules.view(settings, engine, target)
-    except LoraflowError as exc:
-        fail(exc)
-        return
-    finally:
-        engine.dispose()
+    with _database(data_dir) as (settings, engine):
+        try:
+            if set_ or reset:
+                changes = _parse(set_ or [])
+                view = alert_rules.update(settings, engine, target, changes, replace=reset)
+            else:
+                view = alert_rules.view(settings, engine, target)
+        except LoraflowError as exc:
+            fail(exc)
+            return
     if as_json:
         print_json(view)
         return
