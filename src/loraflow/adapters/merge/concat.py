@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraflow.adapters.merge.base import MergeMethod
 from loraflow.adapters.merge.lora import PREFIX, LoraSource, check_plain_lora
 from loraflow.errors import InvalidInput
 from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ConcatMethod(MergeMethod):
@@ -66,14 +69,12 @@ def write_concatenated(
 ) -> None:
     """Save one adapter whose layer deltas are sum_i c_i * scaling_i * B_i @ A_i."""
     import torch
-    from safetensors.torch import save_file
 
     modules = sorted(set().union(*(s.pairs for s in sources)))
     # One rank for every layer: layers adapted by fewer sources are padded with zero
     # factors, which add nothing, so the config needs no rank_pattern.
     rank = stacked_rank(sources)
-    dtypes = {s.tensor(p.a_key).dtype for s in sources for p in s.pairs.values()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    dtype = common_dtype(sources)
     tensors: dict[str, torch.Tensor] = {}
     for module in modules:
         coefs = coefficients(module)
@@ -94,6 +95,29 @@ def write_concatenated(
             b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1)
         tensors[f"{PREFIX}{module}.lora_A.weight"] = a.to(dtype).contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = b.to(dtype).contiguous()
+    save_adapter(tensors, sources, modules, rank, out_dir, base_model_dir=base_model_dir)
+
+
+def common_dtype(sources: list[LoraSource]) -> torch.dtype:
+    """The sources' factor dtype where they share one, else float32."""
+    import torch
+
+    dtypes = {s.tensor(p.a_key).dtype for s in sources for p in s.pairs.values()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def save_adapter(
+    tensors: dict[str, torch.Tensor],
+    sources: list[LoraSource],
+    modules: list[str],
+    rank: int,
+    out_dir: Path,
+    *,
+    base_model_dir: Path,
+) -> None:
+    """Write the merged factors and their adapter_config.json (see merged_config) to `out_dir`."""
+    from safetensors.torch import save_file
+
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = merged_config(sources, modules, rank, base_model_dir)

@@ -11,18 +11,16 @@ steps) and factoring.py (rank from an error bound) here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import field_validator
 
 from loraflow.adapters.merge.base import Into, MergeMethod, SparseParams, model_ref
-from loraflow.adapters.merge.concat import merged_config
+from loraflow.adapters.merge.concat import common_dtype, save_adapter
 from loraflow.adapters.merge.factoring import DEFAULT_TOLERANCE, choose_rank, factors, spectrum
 from loraflow.adapters.merge.lora import PREFIX, LoraSource, check_plain_lora
 from loraflow.adapters.merge.task_vectors import Recipe, merge_layer
-from loraflow.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     import torch
@@ -85,9 +83,6 @@ class FactoredMethod(MergeMethod):
         seed: int,
         engine_max_rank: int,
     ) -> dict[str, Any]:
-        import torch
-        from safetensors.torch import save_file
-
         for source in sources:
             check_plain_lora(source, self.name)
         cap = min(engine_max_rank, params.max_rank or engine_max_rank)
@@ -103,17 +98,13 @@ class FactoredMethod(MergeMethod):
             max_rank=params.max_rank,
             engine_max_rank=engine_max_rank,
         )
-        dtypes = {s.tensor(p.a_key).dtype for s in sources for p in s.pairs.values()}
-        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+        dtype = common_dtype(sources)
         tensors = {}
         for module, spec in spectra.items():
             a, b = factors(spec, choice.rank, dtype)
             tensors[f"{PREFIX}{module}.lora_A.weight"] = a
             tensors[f"{PREFIX}{module}.lora_B.weight"] = b
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        config = merged_config(sources, modules, choice.rank, base_model_dir)
-        (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        save_adapter(tensors, sources, modules, choice.rank, out_dir, base_model_dir=base_model_dir)
         report = choice.report()
         if not report["within_tolerance"]:
             report["warning"] = cap_warning(self.name, report)
