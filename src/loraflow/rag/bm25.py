@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -52,6 +53,25 @@ def tokenize(text: str) -> list[str]:
         elif word not in _STOPWORDS:
             tokens.append(word)
     return tokens
+
+
+def sparse_terms(text: str) -> tuple[list[int], list[float]]:
+    """A sparse keyword vector of `text` for a database that applies IDF itself (Qdrant).
+
+    Term ids are a stable hash of the token (the same in every process and release, unlike
+    Python's hash()); values are BM25's saturated term frequency with k1=1.2 and no length
+    normalisation (b=0), as the database multiplies in only the IDF.
+    """
+    counts: dict[int, int] = {}
+    for token in tokenize(text):
+        digest = hashlib.blake2b(token.encode("utf-8"), digest_size=4).digest()
+        term = int.from_bytes(digest, "little") & 0x7FFFFFFF
+        counts[term] = counts.get(term, 0) + 1
+    ids = sorted(counts)
+    return ids, [counts[i] * (_K1 + 1) / (counts[i] + _K1) for i in ids]
+
+
+_K1 = 1.2
 
 
 @dataclass

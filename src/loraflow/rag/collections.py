@@ -59,12 +59,15 @@ class Handle:
     _bm25_rev: tuple[int, int] | None = None
     _bm25_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def bm25(self) -> BM25Index:
+    def bm25(self) -> BM25Index | None:
         """The keyword index of the store's current chunks (rebuilt after a change).
 
         A FAISS store publishes its own with each version (built by the writer, mapped by
-        readers); other stores get one built here from their chunks.
+        readers); None when the database ranks keywords itself (Qdrant with keyword
+        vectors); other stores get one built here from all their chunks.
         """
+        if getattr(self.store, "hybrid_native", False):
+            return None
         own = getattr(self.store, "keyword_index", None)
         if own is not None:
             return own()

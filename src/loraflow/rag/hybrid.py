@@ -86,6 +86,18 @@ def search(
         return []
     depth = max(pool or 0, k * 4, 20)
     fused: dict[int, _Fused] = {}
+    if mode != "vector" and getattr(store, "hybrid_native", False):
+        # The database fuses both rankings itself (Qdrant: one Query API call with RRF),
+        # so no process holds a keyword index of the whole collection.
+        vector = embedder.embed_query(query) if mode == "hybrid" else None
+        for chunk, s in store.fused_search(vector, query, depth):  # type: ignore[attr-defined]
+            fused[chunk.chunk_id] = _Fused(chunk, score=s, bm25_score=s if vector is None else None)
+        if not fused and mode == "bm25":
+            return search(query, embedder, store, bm25, k, "vector", reranker, pool)
+        ranked = list(fused.values())  # already best first
+        if reranker is not None and ranked:
+            ranked = _rerank(query, ranked, reranker)
+        return [_to_retrieved(item, query, mode) for item in ranked[:k]]
     if mode in ("hybrid", "vector"):
         for rank, hit in enumerate(store.search(embedder.embed_query(query), depth)):
             item = fused.setdefault(hit.chunk.chunk_id, _Fused(hit.chunk))

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loraflow.errors import ConfigError, StoreError
-from loraflow.rag.external_store import ExternalStore, chunk_from
+from loraflow.rag.bm25 import sparse_terms
+from loraflow.rag.external_store import ExternalStore, chunk_from, unit_query
 from loraflow.rag.store import ChunkRecord, SearchHit
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ INSTALL_HINT = "pip install 'loraflow[qdrant]'"
 _NS = uuid.UUID("6b1c1f0e-3c59-4a53-9a64-2f4f1f0b9c11")
 _META_ID = str(uuid.uuid5(_NS, "loraflow:meta"))
 _PAGE = 1024
+# The named sparse vector holding each chunk's keyword terms (Qdrant applies the IDF).
+SPARSE = "keywords"
 _BATCH = 256
 
 
@@ -127,6 +130,7 @@ class QdrantStore(ExternalStore):
         from qdrant_client import models
 
         self._m = models
+        self.hybrid_native = False
 
     @classmethod
     def open(
@@ -146,7 +150,11 @@ class QdrantStore(ExternalStore):
             store._ensure_collections(indexed=url is not None)
         store._attach()
         with store._guard(), store._io:
-            size = store._client.get_collection(name).config.params.vectors.size
+            params = store._client.get_collection(name).config.params
+        size = params.vectors.size
+        # Collections made before keyword vectors were stored fall back to an in-process
+        # BM25 index (which reads every chunk); re-ingest them to get hybrid in Qdrant.
+        store.hybrid_native = SPARSE in (params.sparse_vectors or {})
         if size != store.dim:
             raise StoreError(
                 f"{store.where} holds vectors of dim {size}; its metadata says {store.dim}",
@@ -168,9 +176,16 @@ class QdrantStore(ExternalStore):
             with self._io:
                 if self._client.collection_exists(coll):
                     continue
+                sparse = (
+                    {SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)}
+                    if coll == self.name
+                    else None
+                )
                 try:
                     self._client.create_collection(
-                        coll, vectors_config=m.VectorParams(size=size, distance=m.Distance.DOT)
+                        coll,
+                        vectors_config=m.VectorParams(size=size, distance=m.Distance.DOT),
+                        sparse_vectors_config=sparse,
                     )
                 except self.client_errors:
                     # Another process created it at the same moment: fine.
@@ -226,9 +241,12 @@ class QdrantStore(ExternalStore):
     def _put_chunks(self, records: list[ChunkRecord], vectors: np.ndarray) -> None:
         for i in range(0, len(records), _BATCH):
             part = records[i : i + _BATCH]
+            dense = vectors[i : i + _BATCH].tolist()
             batch = self._m.Batch(
                 ids=[r.chunk_id for r in part],
-                vectors=vectors[i : i + _BATCH].tolist(),
+                vectors={"": dense, SPARSE: [self._sparse(r.text) for r in part]}
+                if self.hybrid_native
+                else dense,
                 payloads=[dataclasses.asdict(r) for r in part],
             )
             with self._io:
@@ -253,6 +271,41 @@ class QdrantStore(ExternalStore):
                 self.name, query=query.tolist(), limit=k, with_payload=True
             ).points
         return [SearchHit(chunk=chunk_from(p.payload or {}), score=float(p.score)) for p in found]
+
+    def _sparse(self, text: str) -> Any:
+        ids, values = sparse_terms(text)
+        return self._m.SparseVector(indices=ids, values=values)
+
+    def fused_search(
+        self, query: np.ndarray | None, text: str, k: int
+    ) -> list[tuple[ChunkRecord, float]]:
+        """One Query API call: dense and keyword candidates fused by Qdrant's RRF.
+
+        With `query` None, the keyword ranking alone (BM25 scores from Qdrant's IDF).
+        """
+        m = self._m
+        keywords = self._sparse(text)
+        if query is None:
+            if not keywords.indices:
+                return []
+            request: dict[str, Any] = {"query": keywords, "using": SPARSE}
+        else:
+            dense = unit_query(query, self.dim).tolist()
+            if not keywords.indices:
+                request = {"query": dense}
+            else:
+                request = {
+                    "prefetch": [
+                        m.Prefetch(query=dense, limit=k),
+                        m.Prefetch(query=keywords, using=SPARSE, limit=k),
+                    ],
+                    "query": m.FusionQuery(fusion=m.Fusion.RRF),
+                }
+        with self._guard(), self._io:
+            found = self._client.query_points(
+                self.name, limit=k, with_payload=True, **request
+            ).points
+        return [(chunk_from(p.payload or {}), float(p.score)) for p in found]
 
     def _put_doc(self, fields: dict[str, Any]) -> None:
         point = self._m.PointStruct(
