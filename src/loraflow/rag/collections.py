@@ -74,6 +74,13 @@ class Handle:
         with self._bm25_lock:
             rev = self.store.revision
             if self._bm25 is None or rev != self._bm25_rev:
+                if getattr(self.store, "hybrid_native", None) is False:
+                    log.warning(
+                        "collection %r has no keyword vectors in Qdrant: this worker reads "
+                        "all its chunks to build a BM25 index; re-ingest its documents into "
+                        "a new collection to run hybrid retrieval in Qdrant",
+                        self.info.name,
+                    )
                 self._bm25, self._bm25_rev = BM25Index(self.store.chunks()), rev
             return self._bm25
 

@@ -96,7 +96,7 @@ def test_a_new_worker_runs_hybrid_as_one_rrf_query_without_scrolling(
 
 
 def test_a_collection_without_keyword_vectors_falls_back_to_an_in_process_index(
-    settings: Settings, minilm: Embedder
+    settings: Settings, minilm: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:
     name = index_name(settings, settings.vector_store_dir)
     conn = _connect(qdrant_folder(settings), None, None)
@@ -110,6 +110,7 @@ def test_a_collection_without_keyword_vectors_falls_back_to_an_in_process_index(
     ingest_texts(DOCS, minilm, store, chunk_size=400, overlap=40)
     keyword = _handle(store, minilm).bm25()
     assert isinstance(keyword, BM25Index)
+    assert "re-ingest" in caplog.text
     hits = search("E4711", minilm, store, keyword, k=1, mode="bm25")
     assert hits[0].source == "codes.md"
 
