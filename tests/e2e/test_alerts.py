@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -273,3 +274,78 @@ def test_every_metric_the_prometheus_rules_and_dashboard_name_is_served(
     assert {"rule": "latency_p95", "target": TARGET, "variant": "", "state": "firing"} in (
         exported
     ), [line for line in text.splitlines() if "alert" in line]
+
+
+def test_error_rate_alert_fires_when_a_canary_is_damaged_and_resolves_after_rollback(
+    instance: Instance,
+) -> None:
+    root = instance.data / "lora_adapters"
+    shutil.copytree(root / ADAPTER_NAME, root / "fragile-bot")
+    with instance.client() as c:
+        assert c.post("/api/adapters/scan").status_code == 200
+        r = c.put(
+            f"/api/alerts/rules/{TARGET}",
+            json={"rules": {"error_rate": {"threshold": 0.1, "window": 5, "for": 0}}},
+        )
+        assert r.status_code == 200, r.text
+        r = c.post(
+            "/api/adapters/deploy",
+            json={
+                "target": TARGET,
+                "adapter": "fragile-bot",
+                "strategy": "canary",
+                "percent": 50,
+                "step_requests": 10000,
+                "min_requests": 6,
+                "force": True,
+            },
+        )
+        assert r.status_code == 200, r.text
+        # Mid-deployment the canary's weights are damaged on disk and its loaded copy is
+        # dropped: a request routed to it fails to attach it again (checksum).
+        weights = root / "fragile-bot" / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-16] + b"\x00" * 16)
+        assert c.post("/v1/unload_lora_adapter", json={"lora_name": "fragile-bot"}).status_code in (
+            200,
+            404,
+        )
+
+        def fired() -> list[dict[str, Any]]:
+            both = alerts_of(c, "error_rate")
+            return [
+                a
+                for a in both["active"] + both["recent"]
+                if a["target"] == TARGET and a["fired_at"] is not None
+            ]
+
+        def rolled_back() -> bool:
+            return c.get(f"/api/adapters/deployments/{TARGET}").json()["strategy"] == "replace"
+
+        def ask() -> int:
+            return httpx.post(
+                f"{c.base_url}/v1/chat/completions",
+                json={"model": TARGET, "messages": PROMPT, "max_tokens": 1, "temperature": 0},
+                timeout=120,
+            ).status_code
+
+        # Requests (half to the damaged canary) until the alert fired and the canary is gone.
+        codes: list[int] = []
+        try:
+            wait_for(lambda: fired() and rolled_back(), 90, step=lambda: codes.append(ask()))
+        except AssertionError:
+            state = c.get(f"/api/adapters/deployments/{TARGET}").json()
+            raise AssertionError((codes, state, c.get("/api/alerts").json())) from None
+        seen = fired()
+        assert {a["variant"] for a in seen} >= {"canary"}, seen
+        assert all(a["value"] > 0.1 and a["unit"] == "ratio" for a in seen), seen
+        events = c.get(f"/api/adapters/deployments/{TARGET}/history").json()["events"]
+        assert events[0]["action"] == "rollback" and events[0]["status"] == "auto"
+
+        # The failures leave the 5 s window: every error-rate alert of the target resolves.
+        def all_resolved() -> bool:
+            return not [a for a in alerts_of(c, "error_rate")["active"] if a["target"] == TARGET]
+
+        wait_for(all_resolved, 30)
+        done = [a for a in alerts_of(c, "error_rate")["recent"] if a["target"] == TARGET]
+        assert {a["id"] for a in seen} <= {a["id"] for a in done}
+        assert all(a["state"] == "resolved" and a["ended_at"] for a in done)
