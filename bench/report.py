@@ -30,6 +30,7 @@ SECTIONS = [
     ("generate", "Generation: loraflow vs llama.cpp", "bench/generate.py --tokens 128 --http"),
     ("multi_adapter", "Many adapters at once", "bench/multi_adapter.py"),
     ("retrieval_modes", "Retrieval quality and latency", "bench/retrieval_modes.py"),
+    ("retrieval_scale", "Retrieval at scale (200,000 chunks)", "bench/retrieval_scale.py"),
     ("memory_activation", "Story-memory activation", "bench/memory_activation.py"),
     ("load", "Load and 10-minute soak", "bench/load.py --duration 600"),
 ]
