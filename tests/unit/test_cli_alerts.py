@@ -74,3 +74,39 @@ def test_the_ui_status_tab_lists_the_alert(data_dir: Path) -> None:
         engine.dispose()
     assert [r[:3] for r in rows] == [["firing", "latency_p95", "prod"]]
     assert "3000 ms" in rows[0][3]
+
+
+def test_the_ui_rules_panel_and_deployments_column(data_dir: Path) -> None:
+    from loraflow.errors import InvalidInput
+    from loraflow.services import alert_rules
+    from loraflow.ui.status import rule_change, rule_rows
+
+    settings = Settings(LORAFLOW_DATA_DIR=str(data_dir), ALERT_FOR=0, ALERT_MIN_REQUESTS=1)
+    engine = db.make_engine(settings.db_url)
+    try:
+        # The Models tab's deployments table: each target's open alerts.
+        assert alerts.active_by_target(engine) == {"prod": ["latency_p95 firing"]}
+        # Save: empty fields stay as they are; the override is the one the API stores.
+        change = rule_change("latency_p95", "5000", "", " 30 ")
+        assert change == {"latency_p95": {"threshold": 5000.0, "for": 30.0}}
+        view = alert_rules.update(settings, engine, "prod", change)
+        rows = {r[0]: r for r in rule_rows(view)}
+        assert rows["latency_p95"][1:4] == ["5000", f"{settings.alert_window:g}", "30"]
+        assert rows["latency_p95"][5] == "for, threshold" and rows["error_rate"][5] == ""
+        # 3000 ms is below the new threshold: the alert resolves and the column empties.
+        assert [e["event"] for e in alerts.evaluate(settings, engine)] == ["resolved"]
+        assert alerts.active_by_target(engine) == {}
+        # Reset one rule: the defaults apply again, the other overrides stay.
+        alert_rules.update(settings, engine, "prod", rule_change("error_rate", "0.5", "", ""))
+        view = alert_rules.reset(settings, engine, "prod", "latency_p95")
+        assert view["overrides"] == {"error_rate": {"threshold": 0.5}}
+        assert view["rules"]["latency_p95"]["threshold"] == settings.alert_latency_ms
+        assert alert_rules.reset(settings, engine, "prod")["overrides"] == {}
+        with pytest.raises(InvalidInput, match="at least one of threshold"):
+            rule_change("latency_p95", "", None, "")
+        with pytest.raises(InvalidInput, match="is not a number"):
+            rule_change("latency_p95", "fast", "", "")
+        with pytest.raises(InvalidInput, match="unknown alert rule 'latency'"):
+            alert_rules.reset(settings, engine, "prod", "latency")
+    finally:
+        engine.dispose()

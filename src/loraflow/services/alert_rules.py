@@ -170,3 +170,17 @@ def update(
             )
     set_overrides(engine, target, raw, replace=replace)
     return view(settings, engine, target)
+
+
+def reset(
+    settings: Settings, engine: Engine, target: str, rule: str | None = None
+) -> dict[str, Any]:
+    """Drop a target's override of `rule` (None: of every rule): the defaults apply again."""
+    check_scope(target)
+    kept = {} if rule is None else dict(overrides(engine, target))
+    if rule is not None:
+        if rule not in KINDS:
+            raise InvalidInput(f"unknown alert rule {rule!r}; rules: {', '.join(KINDS)}")
+        kept.pop(rule, None)
+    db.set_state(engine, _PREFIX + target, kept)
+    return view(settings, engine, target)

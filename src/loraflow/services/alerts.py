@@ -224,6 +224,18 @@ def list_alerts(engine: Engine, limit: int = 50) -> dict[str, list[dict[str, Any
     }
 
 
+def active_by_target(engine: Engine) -> dict[str, list[str]]:
+    """Each target's pending and firing alerts as short labels, e.g. `latency_p95/canary firing`."""
+    t = db.alerts
+    q = select(t.c.target, t.c.rule, t.c.variant, t.c.state).where(t.c.state.in_(OPEN))
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        for target, rule, variant, state in conn.execute(q.order_by(t.c.id)):
+            where = f"{rule}/{variant}" if variant else rule
+            out.setdefault(target, []).append(f"{where} {state}")
+    return out
+
+
 def evaluate(
     settings: Settings, engine: Engine, notify: Notify | None = None, now: float | None = None
 ) -> list[dict[str, Any]]:

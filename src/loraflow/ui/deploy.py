@@ -8,7 +8,7 @@ import gradio as gr
 
 from loraflow.adapters.deploy import SETTINGS, STRATEGIES
 from loraflow.errors import LoraflowError
-from loraflow.services import deployments
+from loraflow.services import alerts, deployments
 from loraflow.services.runtime import Runtime
 from loraflow.ui.adapters import adapter_refs, kept, number, numbers, signals
 from loraflow.ui.context import action
@@ -99,6 +99,7 @@ def deploy_section(parts: TabParts) -> None:
     outcome = gr.Markdown(elem_id="models-deploy-status")
     gr.Markdown(f"#### {t('deployments')}")
     head = [t("target"), t("strategy"), t("variants"), t("version"), t("live"), t("updated")]
+    head.append(t("alerts_column"))
     table = gr.Dataframe(headers=head, interactive=False, elem_id="models-deployments")
     with gr.Row():
         chosen = gr.Dropdown(label=t("target"), elem_id="models-deploy-pick", scale=2)
@@ -118,6 +119,7 @@ def deploy_section(parts: TabParts) -> None:
         rt = ctx.rt()
         refs = adapter_refs(rt)
         rows, targets = [], []
+        alerting = alerts.active_by_target(rt.db)
         for d in deployments.list_deployments(rt):
             live = deployments.get_deployment(rt, d["target"])["live"]
             names = [v["name"] for v in d["state"].get("variants", [])]
@@ -127,12 +129,13 @@ def deploy_section(parts: TabParts) -> None:
             rows.append(
                 [d["target"], d["strategy"], "; ".join(_variants(d["state"]))]
                 + [str(d["version"]), "; ".join(traffic), updated]
+                + ["; ".join(alerting.get(d["target"], [])) or "—"]
             )
             targets.append(d["target"])
         name = kept(name, targets)
         return (
             gr.update(choices=refs, value=kept(adapter, refs)),
-            rows or [[t("no_deployments"), *[""] * 5]],
+            rows or [[t("no_deployments"), *[""] * 6]],
             gr.update(choices=targets, value=name),
             variant_menu(rt, name, current),
         )

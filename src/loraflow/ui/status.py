@@ -9,9 +9,11 @@ from typing import Any
 import gradio as gr
 
 from loraflow import __version__
-from loraflow.services import alerts, models
+from loraflow.errors import InvalidInput
+from loraflow.services import alert_rules, alerts, models
+from loraflow.services.alert_rules import INSTANCE, KINDS
 from loraflow.services.checks import settings_rows
-from loraflow.ui.context import UIContext, action, cell
+from loraflow.ui.context import UIContext, action, cell, optional_decimal
 
 PACKAGES = (
     "torch",
@@ -52,6 +54,32 @@ def alert_rows(rt: Any) -> list[list[str]]:
     ]
 
 
+def rule_rows(view: dict[str, Any]) -> list[list[str]]:
+    """The rules in force for a target, one row each, marking the ones it overrides."""
+    own = view["overrides"]
+    return [
+        [
+            name,
+            *(f"{r[k]:g}" for k in ("threshold", "window", "for")),
+            r["unit"],
+            ", ".join(sorted(own.get(name, {}))),
+        ]
+        for name, r in view["rules"].items()
+    ]
+
+
+def rule_change(rule: str | None, threshold: Any, window: Any, duration: Any) -> dict[str, Any]:
+    """The override typed into the form, as `alert_rules.update` takes it (empty: unchanged)."""
+    typed = {"threshold": threshold, "window": window, "for": duration}
+    fields = {k: optional_decimal(v, f"{rule}.{k}") for k, v in typed.items()}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if not rule or not fields:
+        raise InvalidInput(
+            f"give a rule ({', '.join(KINDS)}) and at least one of threshold, window, for"
+        )
+    return {rule: fields}
+
+
 def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Status tab and wire its events (call inside a gr.Tab)."""
     t = ctx.t
@@ -66,6 +94,37 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         elem_id="status-alerts",
     )
     refresh_button = gr.Button(t("refresh"), size="sm", elem_id="status-refresh")
+    with gr.Accordion(t("alert_rules"), open=False, elem_id="status-rules-panel"):
+        gr.Markdown(t("alert_rules_hint"))
+        with gr.Row():
+            rule_target = gr.Textbox(
+                INSTANCE, label=t("alert_target"), elem_id="status-rules-target"
+            )
+            rule = gr.Dropdown(
+                list(KINDS), value="latency_p95", label=t("alert_rule"), elem_id="status-rules-rule"
+            )
+            threshold = gr.Textbox(label=t("alert_threshold"), elem_id="status-rules-threshold")
+            window = gr.Textbox(label=t("alert_window"), elem_id="status-rules-window")
+            duration = gr.Textbox(label=t("alert_for"), elem_id="status-rules-for")
+        with gr.Row():
+            show = gr.Button(t("show_rules"), size="sm", elem_id="status-rules-show")
+            save = gr.Button(
+                t("save_rule"), size="sm", variant="primary", elem_id="status-rules-save"
+            )
+            reset = gr.Button(t("reset_rule"), size="sm", elem_id="status-rules-reset")
+        rule_status = gr.Markdown(elem_id="status-rules-status")
+        rules_table = gr.Dataframe(
+            headers=[
+                t("alert_rule"),
+                t("alert_threshold"),
+                t("alert_window"),
+                t("alert_for"),
+                t("alert_unit"),
+                t("alert_overridden"),
+            ],
+            interactive=False,
+            elem_id="status-rules",
+        )
     with gr.Row():
         with gr.Column(scale=3):
             gr.Markdown(f"### {t('settings')}")
@@ -101,6 +160,38 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         head = f"## {t('overall')}: {t('status_' + h['status'])}"
         settings_table = [[k, v] for k, v in settings_rows(rt.settings)]
         return head, rows, settings_table, alert_rows(rt)
+
+    def target_of(text: str | None) -> str:
+        return (text or "").strip() or INSTANCE
+
+    @ctx.in_status(rule_status, "show_rules")
+    def on_show(target: str | None) -> tuple[Any, ...]:
+        rt = ctx.rt()
+        view = alert_rules.view(rt.settings, rt.db, target_of(target))
+        return "", rule_rows(view)
+
+    @ctx.in_status(rule_status, "save_rule")
+    def on_save(target: str | None, name: str | None, *typed: Any) -> tuple[Any, ...]:
+        rt, where = ctx.rt(), target_of(target)
+        view = alert_rules.update(rt.settings, rt.db, where, rule_change(name, *typed))
+        return f"✓ {t('rule_saved')}: `{where}` {name}", rule_rows(view)
+
+    @ctx.in_status(rule_status, "reset_rule")
+    def on_reset(target: str | None, name: str | None) -> tuple[Any, ...]:
+        rt, where = ctx.rt(), target_of(target)
+        view = alert_rules.reset(rt.settings, rt.db, where, name or None)
+        return f"✓ {t('rule_reset')}: `{where}` {name or ''}", rule_rows(view)
+
+    shown_rules = [rule_status, rules_table]
+    show.click(on_show, [rule_target], shown_rules)
+    rule_target.submit(on_show, [rule_target], shown_rules)
+    save.click(
+        on_save,
+        [rule_target, rule, threshold, window, duration],
+        shown_rules,
+        api_name="save_alert_rule",
+    )
+    reset.click(on_reset, [rule_target, rule], shown_rules, api_name="reset_alert_rule")
 
     outputs = [overall, health, settings, alert_table]
     demo.load(refresh, None, outputs, show_progress="hidden")

@@ -103,5 +103,5 @@ def put_rules(target: str, body: RulesUpdate, rt: RuntimeDep) -> RulesView:
     summary="Drop a target's overrides: the defaults apply again",
 )
 def delete_rules(target: str, rt: RuntimeDep) -> RulesView:
-    view = alert_rules.update(rt.settings, rt.db, target, {}, replace=True)
+    view = alert_rules.reset(rt.settings, rt.db, target)
     return RulesView.model_validate(view)
