@@ -177,6 +177,26 @@ def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) 
     page.locator("#models-rollback").click()
     expect(page.locator(".toast-body.error")).to_contain_text("nothing to roll back to")
 
+    # Each target's open alerts show in the table (none yet); the Status tab's panel edits
+    # the target's alert rules through the same functions as the API.
+    expect(table.get_by_role("row", name=re.compile(r"^ui-prod .* —$"))).to_be_visible()
+    tab(page, "Status")
+    page.get_by_text("Alert rules per target").click()
+    fill(page, "status-rules-target", "ui-prod")
+    fill(page, "status-rules-threshold", "250")
+    page.locator("#status-rules-save").click()
+    rule_status = page.locator("#status-rules-status")
+    expect(rule_status).to_contain_text("Saved: ui-prod latency_p95")
+    # (roles, not `tr`: the grid also renders a hidden row of each column's longest value)
+    rules = page.locator("#status-rules")
+    saved = r"^latency_p95 250 \S+ \S+ ms threshold$"
+    expect(rules.get_by_role("row", name=re.compile(saved))).to_be_visible()
+    page.locator("#status-rules-reset").click()
+    expect(rule_status).to_contain_text("Reset to the defaults")
+    default = r"^latency_p95 \S+ \S+ \S+ ms$"
+    expect(rules.get_by_role("row", name=re.compile(default))).to_be_visible()
+    expect(rules.get_by_role("row", name=re.compile(saved))).to_have_count(0)
+
 
 def test_ask_shows_sources_and_the_history_survives_a_reload(
     page: Any, browser: Any, ui_server: Server, tmp_path: Path
