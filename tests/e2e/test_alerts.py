@@ -5,7 +5,8 @@ requests are above a lowered threshold and resolves when they stop, one alert fo
 workers; the webhook gets the firing and the resolved event once each (not once per
 worker), signed, after one refused delivery; alert state is still there after a restart,
 and the UI's Status tab shows it; every metric the Prometheus rules and the Grafana
-dashboard name is served.
+dashboard name is served; a canary whose weights are damaged mid-deployment raises the
+error-rate alert, which resolves after the automatic rollback.
 """
 
 from __future__ import annotations
