@@ -8,7 +8,6 @@ request must leave the data dir (files and database rows) exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +101,13 @@ def _fill(path: str) -> str:
 
 
 def _snapshot(data: Path) -> dict[str, Any]:
+    # Size and modification time, not content: the data dir may hold a converted base model
+    # (half a gigabyte) that hashing after every request would read again and again.
     files = {}
     for f in sorted(data.rglob("*")):
         if f.is_file() and f.name not in SKIPPED and ".db" not in f.name:
-            files[str(f.relative_to(data))] = hashlib.sha256(f.read_bytes()).hexdigest()
+            st = f.stat()
+            files[str(f.relative_to(data))] = (st.st_size, st.st_mtime_ns)
     rows = {}
     for db in data.glob("*.db"):
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
