@@ -184,10 +184,10 @@ def train(
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise InvalidInput(f"--param {item!r} is not NAME=VALUE")
-            for name, given in canonical_names({key.strip(): value.strip()}).items():
-                if name in params:
-                    raise InvalidInput(f"{name} is given twice: by its option and by -p {item!r}")
-                params[name] = given
+            for field, given in canonical_names({key.strip(): value.strip()}).items():
+                if field in params:
+                    raise InvalidInput(f"{field} is given twice: by its option and by -p {item!r}")
+                params[field] = given
         task = training.submit(
             ctx,
             name,

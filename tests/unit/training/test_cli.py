@@ -95,6 +95,7 @@ def test_hugging_face_flags_and_params_are_taken_and_unknown_ones_refused(env: P
     shown = json.loads(invoke("tasks", "show", "1", "--data-dir", dd).output)
     params = shown["training_params"]
     assert (params["epochs"], params["lr"], params["dropout"], params["seed"]) == (1, 1e-4, 0.1, 7)
+    assert shown["task_name"] == "aliases"
     r = invoke(*common, "--task-name", "typo", "-p", "num_epochs=1")
     assert r.exit_code != 0 and "unknown training parameter(s) ['num_epochs']" in text(r)
     assert "num_train_epochs (= epochs)" in text(r)
