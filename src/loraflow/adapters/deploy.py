@@ -29,6 +29,7 @@ import math
 import random
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +209,16 @@ def advance_canary(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def quantile(values: Iterable[float], q: float) -> float:
+    """The `q` quantile of non-empty `values` by nearest rank.
+
+    The p95 of 20 values is the 19th, not the slowest one.
+    """
+    ordered = sorted(values)
+    rank = max(1, math.ceil(round(q * len(ordered), 9)))
+    return ordered[min(len(ordered), rank) - 1]
+
+
 @dataclass
 class VariantStats:
     """Live counters of one variant in this process."""
@@ -223,12 +234,7 @@ class VariantStats:
         self.latencies.append(seconds)
 
     def quantile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        values = sorted(self.latencies)
-        # Nearest rank: the p95 of 20 values is the 19th, not the slowest one.
-        rank = max(1, math.ceil(round(q * len(values), 9)))
-        return values[min(len(values), rank) - 1]
+        return quantile(self.latencies, q) if self.latencies else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from loraflow.adapters.deploy import quantile
 from loraflow.engines.base import GenerationParams
 from loraflow.errors import InvalidInput
 from loraflow.services import adapters as adapter_svc
@@ -28,10 +29,8 @@ PROMPTS = (
 
 
 def _side(seconds: list[float], tokens: int) -> dict[str, Any]:
-    ordered = sorted(seconds)
-
     def q(p: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))], 1)
+        return round(1000 * quantile(seconds, p), 1)
 
     total = sum(seconds)
     return {

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from loraflow import db
+from loraflow.adapters.deploy import quantile
 from loraflow.config import Settings
 from loraflow.services import alert_rules, monitor_samples
 from loraflow.services.alert_rules import INSTANCE, KINDS
@@ -54,11 +55,6 @@ class Measured:
 
 
 # --- measuring -------------------------------------------------------------------------------
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-
-
 def _request_value(
     rule: str,
     samples: list[monitor_samples.Sample],
@@ -80,7 +76,7 @@ def _request_value(
     detail["errors"] = errors
     if rule == "error_rate":
         return errors / n, detail
-    return 1000.0 * _p95([s.seconds for s in samples]), detail
+    return 1000.0 * quantile([s.seconds for s in samples], 0.95), detail
 
 
 def _deployed_since(engine: Engine) -> dict[str, float]:
