@@ -98,15 +98,14 @@ class BM25Index:
             corpus = [tokenize(c.text) or ["\u2205"] for c in self.chunks]
             self._retriever.index(corpus, show_progress=False)
 
-    def save(self, folder: Path) -> list[str]:
-        """Write the index files into `folder`; returns their names (empty index: none)."""
+    def save(self, folder: Path) -> None:
+        """Write the index files into `folder` (an empty index writes none)."""
         if not self.chunks:
-            return []
+            return
         self._retriever.save(folder, show_progress=False, **_FILES)
         (folder / KEYWORD_META).write_text(
             json.dumps({"tokenizer": TOKENIZER, "n_chunks": len(self.chunks)}), encoding="utf-8"
         )
-        return sorted(p.name for p in folder.iterdir() if p.name.startswith("bm25."))
 
     @classmethod
     def load(cls, folder: Path, chunks: list[ChunkRecord]) -> BM25Index | None:
