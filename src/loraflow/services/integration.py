@@ -108,10 +108,11 @@ def _base_dir(ctx: Any, spec: dict[str, Any], model_dir: Path | None = None) -> 
 def register_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     """Register the adapter folder, or reuse its record when it is registered already."""
     folder = Path(str(spec["adapter_path"])).expanduser().resolve()
-    for rec in adapter_svc.list_adapters(ctx):
-        if Path(rec.path).resolve() == folder:
-            carry["adapter"] = rec.id
-            return {"adapter": rec.to_dict(), "registered": False}
+    adapter_svc.sync_trained(ctx)
+    known = adapter_svc.registry(ctx).find_by_path(folder)
+    if known is not None:
+        carry["adapter"] = known.id
+        return {"adapter": known.to_dict(), "registered": False}
     # Checked against the base it will be merged into, which may not be the configured one.
     rec = adapter_svc.registry(ctx).register(
         adapter_svc.inside_allowed(ctx, folder),
