@@ -55,6 +55,10 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+# BM25's term-frequency saturation for the sparse keyword vectors below.
+_K1 = 1.2
+
+
 def sparse_terms(text: str) -> tuple[list[int], list[float]]:
     """A sparse keyword vector of `text` for a database that applies IDF itself (Qdrant).
 
@@ -69,9 +73,6 @@ def sparse_terms(text: str) -> tuple[list[int], list[float]]:
         counts[term] = counts.get(term, 0) + 1
     ids = sorted(counts)
     return ids, [counts[i] * (_K1 + 1) / (counts[i] + _K1) for i in ids]
-
-
-_K1 = 1.2
 
 
 @dataclass
