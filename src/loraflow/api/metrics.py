@@ -151,7 +151,7 @@ def deployment_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
 
 def alert_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
     """loraflow's own alerts, pending and firing (from the database: every worker's view)."""
-    from loraflow.services.alerts import list_alerts
+    from loraflow.services.alerts import active_alerts
 
     active = GaugeMetricFamily(
         "loraflow_alerts",
@@ -163,7 +163,7 @@ def alert_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
         "The latest value of each pending or firing alert's rule (unit: the rule's).",
         labels=["rule", "target", "variant"],
     )
-    for a in list_alerts(rt.db, limit=1)["active"]:
+    for a in active_alerts(rt.db):
         labels = [a["rule"], a["target"], a["variant"] or ""]
         active.add_metric([*labels, a["state"]], 1)
         if a["last_value"] is not None:

@@ -206,18 +206,23 @@ def describe(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_alerts(engine: Engine, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
-    """Pending and firing alerts, and the most recently resolved ones."""
+def active_alerts(engine: Engine) -> list[dict[str, Any]]:
+    """Pending and firing alerts, oldest first."""
     t = db.alerts
     with engine.connect() as conn:
         active = conn.execute(select(t).where(t.c.state.in_(OPEN)).order_by(t.c.id)).all()
+    return [describe(dict(r._mapping)) for r in active]
+
+
+def list_alerts(engine: Engine, limit: int = 50) -> dict[str, list[dict[str, Any]]]:
+    """Pending and firing alerts, and the most recently resolved ones."""
+    t = db.alerts
+    active = active_alerts(engine)
+    with engine.connect() as conn:
         recent = conn.execute(
             select(t).where(t.c.state == "resolved").order_by(t.c.id.desc()).limit(limit)
         ).all()
-    return {
-        "active": [describe(dict(r._mapping)) for r in active],
-        "recent": [describe(dict(r._mapping)) for r in recent],
-    }
+    return {"active": active, "recent": [describe(dict(r._mapping)) for r in recent]}
 
 
 def active_by_target(engine: Engine) -> dict[str, list[str]]:
