@@ -245,12 +245,10 @@ def deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable
                 f"BASE_MODEL_NAME={model_dir} API_PORT={port} "
                 "LORAFLOW_DATA_DIR=<a data dir of its own> loraflow serve"
             )
-            endpoints = [f"{base}/v1/chat/completions", f"{base}/health"]
         else:
             command = f"vllm serve {model_dir} --served-model-name {target} --port {port}"
-            endpoints = [f"{base}/v1/chat/completions", f"{base}/health"]
         record["start_command"] = command
-        record["service_endpoints"] = endpoints
+        record["service_endpoints"] = [f"{base}/v1/chat/completions", f"{base}/health"]
         basic = carry.get("basic_passed")
         record["health_check_results"] = {
             "healthy": bool(basic) if basic is not None else None,
