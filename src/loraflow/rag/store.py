@@ -242,10 +242,12 @@ class FaissStore:
 
         # Saved by the writer beside the vectors (older versions have none: built on demand).
         keyword = BM25Index.load(folder, chunks)
-        if ann is not None and is_approximate(index):
+        if not is_approximate(index):
+            ann = None
+        elif ann is not None:
             set_ef_search(index, int(ann["ef_search"]))
         self._index = index
-        self.ann = ann if is_approximate(index) else None
+        self.ann = ann
         self._docs = {d.doc_id: d for d in docs}
         self._chunks = {c.chunk_id: c for c in chunks}
         self._next_id = max(next_id, max(self._chunks, default=-1) + 1)
