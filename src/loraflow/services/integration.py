@@ -97,9 +97,9 @@ def _base_dir(ctx: Any, spec: dict[str, Any], model_dir: Path | None = None) -> 
             raise InvalidInput(f"--base-model-path {given} does not exist")
         return path
     if model_dir is not None:  # a merge made here records its base
-        from loraflow.adapters.validation_runs import _read_json
+        from loraflow.adapters.inspect import read_metadata
 
-        recorded = _read_json(model_dir / "loraflow.json").get("base_model")
+        recorded = read_metadata(model_dir).get("base_model")
         if recorded and Path(recorded).exists():
             return Path(recorded)
     return adapter_svc.base_model_dir(ctx)
