@@ -155,7 +155,8 @@ class TrainParams:
 
 def canonical_names(values: dict[str, Any]) -> dict[str, Any]:
     """`values` under loraflow's own parameter names; unknown or clashing names raise."""
-    own = {f.name for f in fields(TrainParams)}
+    # In field order, so the hint lists the names as the dataclass declares them.
+    own = {f.name: f for f in fields(TrainParams)}
     unknown = sorted(k for k in values if k not in own and k not in ALIASES)
     if unknown:
         raise InvalidInput(
