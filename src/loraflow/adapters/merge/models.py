@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from loraflow.adapters.merge.lora import first_line
 from loraflow.errors import ModelLoadError
 
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
@@ -62,8 +63,7 @@ def load_error_text(exc: BaseException) -> str:
             f"tensor {key} has shape [{got}] in the adapter file, but the layer built from "
             f"its adapter_config.json needs [{want}]"
         )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0].rstrip(":") if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def load_tokenizer(path: Path) -> Any | None:
