@@ -41,9 +41,7 @@ _OPENAI_TYPES = {
 
 def openai_error(status: int, message: str, exc: BaseException | None = None) -> Response:
     """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    param = None
-    if isinstance(exc, RequestValidationError) and exc.errors():
-        param = ".".join(str(p) for p in exc.errors()[0].get("loc", ()) if p != "body") or None
+    param = validation_message(exc)[1] if isinstance(exc, RequestValidationError) else None
     code = "model_not_found" if isinstance(exc, NotFound) and "model" in message else None
     kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -29,7 +29,7 @@ def is_json_body(content_type: str | None) -> bool:
 async def check_json_body(request: Request) -> None:
     """Raise InvalidInput/TooLarge for a JSON body past the limits; syntax is FastAPI's to judge.
 
-    The body is cached on the request, so the route's own parsing reads the same bytes.
+    The body and its parsed value are cached on the request, so the route reads them as is.
     """
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
@@ -41,10 +41,12 @@ async def check_json_body(request: Request) -> None:
     rt = getattr(request.app.state, "runtime", None)
     limits: JsonLimits = rt.settings.json_limits() if rt is not None else DEFAULT_LIMITS
     try:
-        bounded_loads(body, limits, where="request body")
+        value = bounded_loads(body, limits, where="request body")
     except (json.JSONDecodeError, UnicodeDecodeError):
         # Malformed JSON is reported by FastAPI's own parser, in the route's usual shape.
         return
+    # Starlette's Request.json() returns this cached value, so the body is parsed once.
+    request._json = value
 
 
 class BoundedJsonRoute(APIRoute):

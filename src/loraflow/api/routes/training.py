@@ -117,8 +117,8 @@ def train(
         "device": device,
         "quantization": quantization,
     }
-    form = {**form_params, **{k: v for k, v in typed.items() if v is not None}}
-    form = {k: v for k, v in form.items() if k not in typed or typed[k] is not None}
+    form = {k: v for k, v in form_params.items() if k not in typed}
+    form.update({k: v for k, v in typed.items() if v is not None})
     params = {**canonical_names(extra), **canonical_names(form)}
     task = training.submit(
         rt, task_name, base_model, dataset_filename, dataset_type, params, val_dataset=val_filename
