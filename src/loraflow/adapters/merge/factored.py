@@ -18,7 +18,13 @@ from pydantic import field_validator
 
 from loraflow.adapters.merge.base import Into, MergeMethod, SparseParams, model_ref
 from loraflow.adapters.merge.concat import common_dtype, save_adapter
-from loraflow.adapters.merge.factoring import DEFAULT_TOLERANCE, choose_rank, factors, spectrum
+from loraflow.adapters.merge.factoring import (
+    DEFAULT_TOLERANCE,
+    choose_rank,
+    factors,
+    rank_cap,
+    spectrum,
+)
 from loraflow.adapters.merge.lora import PREFIX, LoraSource, check_plain_lora
 from loraflow.adapters.merge.task_vectors import Recipe, merge_layer
 
@@ -85,7 +91,7 @@ class FactoredMethod(MergeMethod):
     ) -> dict[str, Any]:
         for source in sources:
             check_plain_lora(source, self.name)
-        cap = min(engine_max_rank, params.max_rank or engine_max_rank)
+        cap = rank_cap(params.max_rank, engine_max_rank)
         modules = sorted(set().union(*(s.pairs for s in sources)))
         spectra = {}
         for module in modules:

@@ -105,6 +105,11 @@ class RankChoice:
         }
 
 
+def rank_cap(max_rank: int | None, engine_max_rank: int) -> int:
+    """The highest rank a result may take: the user's max_rank within MAX_LORA_RANK."""
+    return min(engine_max_rank, max_rank) if max_rank is not None else engine_max_rank
+
+
 def choose_rank(
     spectra: dict[str, Spectrum],
     *,
@@ -113,7 +118,7 @@ def choose_rank(
     engine_max_rank: int,
 ) -> RankChoice:
     """The smallest rank meeting `tolerance` in every layer, within the caps (at least 1)."""
-    cap = min(engine_max_rank, max_rank) if max_rank is not None else engine_max_rank
+    cap = rank_cap(max_rank, engine_max_rank)
     needed = max((s.needed_rank(tolerance) for s in spectra.values()), default=1)
     rank = max(1, min(needed, cap))
     choice = RankChoice(
