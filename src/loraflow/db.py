@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,13 +30,14 @@ from sqlalchemy.exc import (
     IntegrityError,
     InterfaceError,
     OperationalError,
-    ProgrammingError,
     SQLAlchemyError,
 )
 
+from loraflow import migrations
 from loraflow.errors import ConfigError, Conflict
-from loraflow.locks import file_lock
 
+# What `schema_info` says, kept for readers of old backups: frozen at the baseline. The
+# schema's version is its Alembic revision (`alembic_version`, loraflow.migrations).
 SCHEMA_VERSION = 1
 
 metadata = MetaData()
@@ -351,8 +350,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
-    """Create the engine, make the SQLite folder, and create missing tables.
+def make_engine(url: str, busy_timeout: float = 30.0, *, migrate: bool = True) -> Engine:
+    """Create the engine, make the SQLite folder, and upgrade the schema (unless `migrate` is off).
 
     `busy_timeout` (DB_BUSY_TIMEOUT) bounds how long a write waits for another process's
     SQLite lock, and how long a connect to a database server may take.
@@ -384,36 +383,43 @@ def make_engine(url: str, busy_timeout: float = 30.0) -> Engine:
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
-    _create_schema(engine, url)
+    if migrate:
+        upgrade_schema(engine, url)
     return engine
 
 
-def _create_schema(engine: Engine, url: str) -> None:
-    """Create missing tables once, even when several workers start at the same moment.
+def upgrade_schema(engine: Engine, url: str) -> tuple[str | None, str]:
+    """Migrate the schema to the newest revision; (revision before, after).
 
-    create_all checks, then creates: two processes can both see a table missing and the
-    second CREATE fails. A SQLite file is guarded by a file lock; a server database by
-    retrying, since a retry sees the other process's tables and skips them.
+    Once, however many workers start together: the migration runs under the schema lock (a
+    file lock beside a SQLite file, a lock on a database server). Raises ConfigError when the
+    database cannot be opened, or was migrated by a newer loraflow.
     """
-    lock_path = _sqlite_file(url)
-    for attempt in range(5):
-        try:
-            with file_lock(lock_path) if lock_path else nullcontext():
-                metadata.create_all(engine)
-                with engine.begin() as conn:
-                    row = conn.execute(select(schema_info.c.version)).first()
-                    if row is None:
-                        conn.execute(schema_info.insert().values(id=1, version=SCHEMA_VERSION))
-            return
-        except (ProgrammingError, IntegrityError, OperationalError) as exc:
-            racing = "exist" in str(exc.orig).lower() or isinstance(exc, IntegrityError)
-            if attempt < 4 and racing:
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            raise ConfigError(
-                f"cannot open the database at {_redact(url)}: {exc.orig}",
-                hint="check DATABASE_URL and that the server is running",
-            ) from exc
+    try:
+        return migrations.upgrade(engine, lock_file=_sqlite_file(url))
+    except SQLAlchemyError as exc:
+        raise _cannot_open(url, exc) from exc
+
+
+def known_schema_revision(revision: str) -> bool:
+    """Whether `revision` is one this loraflow knows (False: a newer one migrated the database)."""
+    return migrations.known_revision(revision)
+
+
+def schema_revision(engine: Engine, url: str) -> tuple[str | None, str]:
+    """The database's schema revision (None before the first migration) and this code's newest."""
+    try:
+        with engine.connect() as conn:
+            return migrations.current_revision(conn), migrations.head_revision()
+    except SQLAlchemyError as exc:
+        raise _cannot_open(url, exc) from exc
+
+
+def _cannot_open(url: str, exc: SQLAlchemyError) -> ConfigError:
+    return ConfigError(
+        f"cannot open the database at {_redact(url)}: {getattr(exc, 'orig', None) or exc}",
+        hint="check DATABASE_URL and that the server is running",
+    )
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -12,6 +12,7 @@ from loraflow.cli import (
     adapters,  # noqa: F401
     alerts,  # noqa: F401
     assistants,  # noqa: F401
+    db,  # noqa: F401
     deploy,  # noqa: F401
     integrate,  # noqa: F401
     knowledge,  # noqa: F401
