@@ -13,6 +13,7 @@ from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.peft_adapters import attach_adapter, detach_adapter
 from loraflow.engines.stops import StopFilter, truncate_at_stop
 from loraflow.errors import InvalidInput, LoraflowError, NotFound
+from loraflow.hardware import host_profile, serving_precision
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import resolve_base_model
@@ -27,10 +28,14 @@ class HFEngine:
     def __init__(
         self, model: Any, tokenizer: Any, name: str = "local", *, base_model_name: str = ""
     ) -> None:
+        from loraflow.models.cpu_precision import cpu_precision_of
+
         self.name = name
         self.tokenizer = tokenizer
         self.base_model_name = base_model_name or getattr(model.config, "name_or_path", "")
         self.device = str(model.device)
+        # fp32, or bf16 / int8 when the CPU base model's linears run in that (LOCAL_PRECISION).
+        self.precision = cpu_precision_of(model) if self.device == "cpu" else "native"
         self._base = model
         self._peft: Any = None
         self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)
@@ -119,7 +124,9 @@ class HFEngine:
         """Always ok once constructed: the model is in memory."""
         return EngineHealth(
             True,
-            f"{self.base_model_name} on {self.device} with {len(self._adapters)} adapter(s)",
+            f"{self.base_model_name} on {self.device}"
+            f"{f' ({self.precision})' if self.precision not in ('fp32', 'native') else ''}"
+            f" with {len(self._adapters)} adapter(s)",
         )
 
     def generate(
@@ -369,17 +376,25 @@ def load_local_engine(
     *,
     half: bool = True,
     memory_fraction: float = 1.0,
+    precision: str = "fp32",
+    profile_dir: Path | None = None,
 ) -> tuple[HFEngine, list[str]]:
     """Resolve and load the base model, attach every adapter found; warnings for failures.
 
     `max_batch` > 0 serves requests through the continuous-batching scheduler; `half` and
-    `memory_fraction` are ENABLE_FP16 and CUDA_MEMORY_FRACTION (CUDA only).
+    `memory_fraction` are ENABLE_FP16 and CUDA_MEMORY_FRACTION (CUDA only). `precision` is
+    LOCAL_PRECISION (CPU only): fp32, bf16, int8, or auto (what this host's cached
+    micro-benchmark in `profile_dir`, default `cache_dir`, measured faster).
     """
     device = resolve_device(device)
     resolved = resolve_base_model(base_model_name, cache_dir)
     model, tokenizer = load_model_and_tokenizer(
         resolved, device, quantization, half=half, memory_fraction=memory_fraction
     )
+    if device == "cpu" and not quantization:
+        from loraflow.models.cpu_precision import apply_cpu_precision
+
+        apply_cpu_precision(model, local_precision(precision, profile_dir or cache_dir))
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
@@ -390,3 +405,10 @@ def load_local_engine(
     if max_batch > 0:
         engine.enable_batching(max_batch)
     return engine, warnings
+
+
+def local_precision(setting: str, profile_dir: Path) -> str:
+    """LOCAL_PRECISION made concrete: `auto` reads (or first measures) this host's profile."""
+    if setting == "auto":
+        return serving_precision(setting, host_profile(profile_dir))
+    return serving_precision(setting, {})

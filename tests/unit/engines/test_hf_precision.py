@@ -1,0 +1,127 @@
+"""The local engine with LOCAL_PRECISION bf16 / int8: generates, adapters still apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraflow.engines.base import GenerationParams
+from loraflow.engines.hf import HFEngine, load_local_engine, local_precision
+from loraflow.errors import ConfigError
+from loraflow.models.cpu_precision import apply_cpu_precision
+from loraflow.models.load import load_model_and_tokenizer
+from loraflow.models.resolve import resolve_base_model
+
+GREEDY = GenerationParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+PROMPTS = ["Hello there", "The sea is", "One two three", "Why is the sky"]
+
+
+def _engine(model_dir: Path, tmp: Path, adapters: Path, precision: str) -> HFEngine:
+    model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(model_dir), tmp))
+    apply_cpu_precision(model, precision)
+    engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
+    engine.load_adapter("alpha", adapters / "alpha")
+    engine.load_adapter("beta", adapters / "beta")
+    return engine
+
+
+def _step_logits(engine: HFEngine, adapter: str | None) -> torch.Tensor:
+    """Logits of one single-token step after a prompt: the path decode runs in int8."""
+    from transformers import DynamicCache
+
+    model = engine.model_for_step()
+    ids = engine.tokenizer("The sea is", return_tensors="pt")["input_ids"]
+    names = [engine._internal(adapter) or "__base__"]
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, adapter_names=names)
+        out = model(
+            input_ids=ids[:, -1:], past_key_values=cache, use_cache=True, adapter_names=names
+        )
+    return out.logits[0, -1]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_adapter_changes_outputs_as_in_fp32(
+    precision: str, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
+) -> None:
+    fp32 = _engine(tiny_model_dir, tmp_path, adapters_root, "fp32")
+    low = _engine(tiny_model_dir, tmp_path, adapters_root, precision)
+    assert low.precision == precision and fp32.precision == "fp32"
+    assert precision in low.health().detail
+    for adapter in ("alpha", "beta"):
+        want = _step_logits(fp32, adapter) - _step_logits(fp32, None)
+        got = _step_logits(low, adapter) - _step_logits(low, None)
+        assert want.norm() > 0.1, "the adapter must change the logits"
+        assert torch.nn.functional.cosine_similarity(got, want, dim=0) > 0.95, adapter
+        assert low.generate_text("The sea is", GREEDY, adapter).completion_tokens == 6
+
+
+def test_int8_mixed_batch_equals_each_adapter_alone(
+    tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
+) -> None:
+    engine = _engine(tiny_model_dir, tmp_path, adapters_root, "int8")
+    names = [None, "alpha", "beta", "alpha"]
+    alone = [engine.generate_text(p, GREEDY, a).text for p, a in zip(PROMPTS, names, strict=True)]
+    engine.enable_batching(max_batch=4)
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            batched = list(
+                pool.map(
+                    lambda pa: engine.generate_text(pa[0], GREEDY, pa[1]).text,
+                    zip(PROMPTS, names, strict=True),
+                )
+            )
+    finally:
+        engine.close()
+    assert batched == alone
+    assert len(set(alone)) > 1
+
+
+def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: Path) -> None:
+    engine, _ = load_local_engine(
+        str(tiny_model_dir), tmp_path, "cpu", None, None, precision="int8"
+    )
+    assert engine.precision == "int8"
+    assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
+    engine, _ = load_local_engine(str(tiny_model_dir), tmp_path, "cpu", None, None)
+    assert engine.precision == "fp32"
+
+
+def test_local_precision_auto_reads_the_profile(tmp_path: Path, monkeypatch) -> None:
+    from loraflow import hardware
+
+    def fake(_: Path) -> dict:
+        return {
+            "speedup": {
+                "serving_bf16_b1": 2.0,
+                "serving_bf16_b32": 0.3,
+                "serving_int8_b1": 4.0,
+                "serving_int8_b32": 2.0,
+            }
+        }
+
+    monkeypatch.setattr("loraflow.engines.hf.host_profile", fake)
+    # bf16 slower at batch 32 (AVX2) and int8 never automatic: fp32.
+    assert local_precision("auto", tmp_path) == "fp32"
+    assert local_precision("int8", tmp_path) == "int8"
+    with pytest.raises(ConfigError, match="LOCAL_PRECISION"):
+        local_precision("fp16", tmp_path)
+    assert (
+        hardware.serving_precision(
+            "auto",
+            {
+                "speedup": {
+                    "serving_bf16_b1": 3.0,
+                    "serving_bf16_b32": 4.0,
+                    "serving_int8_b1": 8.0,
+                    "serving_int8_b32": 7.0,
+                }
+            },
+        )
+        == "bf16"
+    )

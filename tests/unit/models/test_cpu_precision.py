@@ -1,0 +1,80 @@
+"""Base linears in bf16 / int8: still nn.Linear for PEFT, close to fp32, rows independent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from loraflow.models.cpu_precision import (
+    LowPrecisionLinear,
+    apply_cpu_precision,
+    cpu_precision_of,
+)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("precision", "tol"), [("bf16", 0.01), ("int8", 0.05)])
+def test_close_to_fp32(precision: str, tol: float) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    low = LowPrecisionLinear(lin, precision)
+    x = torch.randn(5, 1, 64)
+    with torch.inference_mode():
+        assert _rel(low(x), lin(x)) < tol
+        assert low(x).shape == (5, 1, 96)
+
+
+def test_int8_rows_are_quantized_on_their_own() -> None:
+    torch.manual_seed(0)
+    low = LowPrecisionLinear(nn.Linear(64, 32), "int8")
+    x = torch.randn(8, 1, 64)
+    x[3] *= 100  # one loud row must not coarsen the others
+    with torch.inference_mode():
+        batch = low(x)
+        alone = torch.cat([low(x[i : i + 1]) for i in range(8)])
+    assert torch.equal(batch, alone)
+
+
+def test_prompts_and_gradients_take_the_exact_fp32_product() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    low = LowPrecisionLinear(lin, "int8")
+    prompt = torch.randn(1, 6, 16)
+    with torch.inference_mode():
+        assert torch.equal(low(prompt), lin(prompt))
+    x = torch.randn(1, 1, 16, requires_grad=True)
+    low(x).sum().backward()
+    assert x.grad is not None
+
+
+def test_repacks_after_the_weight_changes_in_place() -> None:
+    lin = nn.Linear(16, 8)
+    low = LowPrecisionLinear(lin, "bf16")
+    x = torch.randn(1, 1, 16)
+    with torch.inference_mode():
+        before = low(x)
+    with torch.no_grad():
+        lin.weight.mul_(2)
+    with torch.inference_mode():
+        assert _rel(low(x), lin(x)) < 0.01
+        assert not torch.allclose(low(x), before)
+
+
+def test_apply_swaps_plain_linears_and_keeps_tied_weights() -> None:
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 10))
+    model[3].weight = model[0].weight  # tied, as SmolLM2's lm_head is to its embedding
+    tied = model[3].weight
+    assert cpu_precision_of(model) == "fp32"
+    assert apply_cpu_precision(model, "fp32") == 0
+    assert apply_cpu_precision(model, "int8") == 2
+    assert isinstance(model[1], nn.Linear) and isinstance(model[1], LowPrecisionLinear)
+    assert model[3].weight is tied
+    assert cpu_precision_of(model) == "int8"
+    # Already swapped layers are left alone.
+    assert apply_cpu_precision(model, "int8") == 0
+    with pytest.raises(ValueError, match="fp16"):
+        apply_cpu_precision(model, "fp16")

@@ -1,0 +1,92 @@
+"""The host profile: capability read, micro-benchmark cached once per host, precision picks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loraflow import hardware
+from loraflow.errors import ConfigError
+
+AVX2 = {
+    "gemm_fp32_ms": 1.5, "gemm_bf16_ms": 300.0,
+    "linear_fp32_b1_ms": 2.4, "linear_int8_b1_ms": 0.6, "linear_bf16_b1_ms": 1.2,
+    "linear_fp32_b32_ms": 9.0, "linear_int8_b32_ms": 4.2, "linear_bf16_b32_ms": 31.0,
+}  # fmt: skip
+AVX512_BF16 = {
+    "gemm_fp32_ms": 1.2, "gemm_bf16_ms": 0.3,
+    "linear_fp32_b1_ms": 1.8, "linear_int8_b1_ms": 0.2, "linear_bf16_b1_ms": 0.7,
+    "linear_fp32_b32_ms": 3.9, "linear_int8_b32_ms": 0.6, "linear_bf16_b32_ms": 1.1,
+}  # fmt: skip
+
+
+def _profile(bench: dict[str, float]) -> dict:
+    return {"speedup": hardware.speedups(bench)}
+
+
+def test_cpu_info_names_the_capability() -> None:
+    info = hardware.cpu_info()
+    assert info["isa"] in {"DEFAULT", "VSX", "Z VECTOR", "NEON", "SVE256", "AVX2", "AVX512"}
+    assert info["cores"] >= 1 and info["threads"] >= 1
+    assert set(info["flags"]) <= set(hardware.FLAGS)
+
+
+def test_profile_is_measured_once_and_reused(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def bench() -> dict[str, float]:
+        calls.append(1)
+        return AVX2
+
+    first = hardware.host_profile(tmp_path, bench=bench)
+    again = hardware.host_profile(tmp_path, bench=bench)
+    assert calls == [1]
+    assert first == again
+    saved = json.loads((tmp_path / hardware.PROFILE_FILE).read_text())
+    assert saved["key"] == hardware.profile_key(hardware.cpu_info())
+    assert saved["bench"] == AVX2
+
+
+def test_another_cpu_or_torch_measures_again(tmp_path: Path) -> None:
+    path = tmp_path / hardware.PROFILE_FILE
+    hardware.host_profile(tmp_path, bench=lambda: AVX2)
+    stale = json.loads(path.read_text())
+    stale["key"] = "another-host"
+    path.write_text(json.dumps(stale))
+    assert hardware.host_profile(tmp_path, bench=lambda: AVX512_BF16)["bench"] == AVX512_BF16
+
+
+def test_auto_picks_fp32_where_bf16_is_the_avx2_trap() -> None:
+    assert hardware.training_precision("auto", _profile(AVX2)) == "fp32"
+    assert hardware.serving_precision("auto", _profile(AVX2)) == "fp32"
+
+
+def test_auto_picks_bf16_where_measured_faster() -> None:
+    assert hardware.training_precision("auto", _profile(AVX512_BF16)) == "bf16"
+    # int8 is faster still, but its quality cost is not something a timing sees.
+    assert hardware.serving_precision("auto", _profile(AVX512_BF16)) == "bf16"
+
+
+def test_settings_override_auto() -> None:
+    assert hardware.training_precision("bf16", _profile(AVX2)) == "bf16"
+    assert hardware.training_precision("fp32", _profile(AVX512_BF16)) == "fp32"
+    assert hardware.serving_precision("int8", _profile(AVX2)) == "int8"
+    with pytest.raises(ConfigError, match="TRAINING_PRECISION='int8'"):
+        hardware.training_precision("int8", _profile(AVX2))
+
+
+def test_this_machine_measured_for_real(tmp_path: Path) -> None:
+    """The real micro-benchmark runs and its pick follows its own figures (any CPU)."""
+    profile = hardware.host_profile(tmp_path)
+    assert profile["bench_s"] < 60
+    gain = profile["speedup"]["training_bf16"]
+    expected = "bf16" if gain >= hardware.MIN_GAIN else "fp32"
+    assert hardware.training_precision("auto", profile) == expected
+    if not profile["bf16_native"] and profile["isa"] == "AVX2":
+        # The AVX2 trap: bf16 products are emulated there, far slower than fp32.
+        assert expected == "fp32"
+    summary = hardware.hardware_summary(tmp_path)
+    assert summary["isa"] == profile["isa"]
+    assert summary["auto training precision"] == expected
