@@ -1,10 +1,13 @@
-"""Device plan and LoRA model construction: fp32 on CPU, bf16 + 4-bit (QLoRA) on CUDA."""
+"""Device plan and LoRA model construction: fp32 or bf16 (as measured) on CPU, bf16 + 4-bit
+(QLoRA) on CUDA."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
+from loraflow.hardware import host_profile, training_precision
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import ResolvedModel
 from loraflow.training.params import TrainParams
@@ -16,11 +19,15 @@ LONG_GPU_GIB = 11.0
 LONG_MAX_LEN = 1024
 
 
-def plan_device(p: TrainParams, gpu_bytes: int | None = None) -> dict[str, Any]:
+def plan_device(
+    p: TrainParams, gpu_bytes: int | None = None, profile_dir: Path | None = None
+) -> dict[str, Any]:
     """Device, precision, quantization, checkpointing and the batch presets for these params.
 
     `gpu_bytes` stands for the GPU's memory (default: what torch reports for GPU 0); the
-    seed's GPU-size presets apply only when the job runs on CUDA.
+    seed's GPU-size presets apply only when the job runs on CUDA. `profile_dir` holds this
+    host's cached micro-benchmark, which precision 'auto' on CPU reads (measuring it once);
+    without it 'auto' on CPU means fp32.
     """
     import torch
 
@@ -31,9 +38,9 @@ def plan_device(p: TrainParams, gpu_bytes: int | None = None) -> dict[str, Any]:
     # On CPU checkpointing only trades time for memory the machine does not need.
     auto = p.gradient_checkpointing == "auto"
     checkpointing = cuda if auto else p.gradient_checkpointing == "on"
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cpu_bf16(p.precision, profile_dir) if not cuda else _cuda_bf16(p.precision)
     why = "no GPU found; " if p.device == "auto" else ""
-    label = f"CPU ({why}expect minutes per epoch on small models)"
+    label = f"CPU ({why}{'bf16, ' if bf16 else ''}expect minutes per epoch on small models)"
     batch, accum, max_len = p.batch_size, p.grad_accum, p.max_len
     if cuda:
         if gpu_bytes is None:
@@ -53,12 +60,33 @@ def plan_device(p: TrainParams, gpu_bytes: int | None = None) -> dict[str, Any]:
         "quantization": "4bit" if quant else None,
         "checkpointing": checkpointing,
         "bf16": bf16,
+        "precision": "bf16" if bf16 else "fp32",
         "label": label,
         "batch_size": batch,
         "grad_accum": accum,
         "max_len": max_len,
         "effective_batch": batch * accum * n,
     }
+
+
+def cpu_bf16(setting: str, profile_dir: Path | None) -> bool:
+    """Whether CPU training runs under bf16 autocast: the setting, or what measured faster.
+
+    bf16 on an AVX2-only CPU is emulated and made a step ~40x slower (DESIGN.md), while an
+    AVX-512 BF16 host ran it 2.2x faster: only a measurement on this host can tell.
+    """
+    if setting == "auto" and profile_dir is None:
+        return False
+    profile = host_profile(profile_dir) if setting == "auto" and profile_dir else {}
+    return training_precision(setting, profile) == "bf16"
+
+
+def _cuda_bf16(setting: str) -> bool:
+    import torch
+
+    if setting == "fp32":
+        return False
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def fit_batch(batch: int, accum: int, gpu_bytes: int) -> tuple[int, int]:

@@ -75,6 +75,10 @@ class TrainParams:
     """Random seed for the split, LoRA init and shuffling."""
     device: str = "auto"
     """auto (CUDA when torch sees a GPU, else CPU), cpu or cuda."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA with bf16, and on CPUs where this host's micro-benchmark
+    measured bf16 faster; else fp32), 'fp32' or 'bf16'. LoRA weights and optimizer state stay
+    fp32 either way."""
     launcher: str = "none"
     """'none' (train in one process), 'accelerate' or 'torchrun' (num_processes DDP processes)."""
     num_processes: int = 1
@@ -123,6 +127,7 @@ class TrainParams:
             ("quantization", ("auto", "4bit", "none")),
             ("gradient_checkpointing", ("auto", "on", "off")),
             ("device", ("cpu", "cuda", "auto")),
+            ("precision", ("auto", "fp32", "bf16")),
             ("launcher", LAUNCHERS),
         ):
             if getattr(self, name) not in allowed:

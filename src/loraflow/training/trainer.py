@@ -130,7 +130,8 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
     from loraflow.training.model import build_lora_model, plan_device
     from loraflow.training.progress import ProgressCallback
 
-    plan = plan_device(spec.params)
+    # The host's precision profile is cached beside the runs (a folder in the data dir).
+    plan = plan_device(spec.params, profile_dir=spec.output_dir.parent)
     if plan["max_len"] != spec.params.max_len:
         # A GPU-size preset raised the default max length (the 12 GB+ preset).
         spec = replace(spec, params=replace(spec.params, max_len=plan["max_len"]))
@@ -206,7 +207,8 @@ def _training_args(spec: TrainSpec, plan: dict[str, Any], evaluate: bool) -> Any
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch",
         save_total_limit=2,
-        # fp32 on CPU: bf16 autocast there made a step ~40x slower (DESIGN.md).
+        # bf16 autocast on CPU only where measured faster: on AVX2 it made a step ~40x
+        # slower (DESIGN.md). The LoRA weights and the optimizer state stay fp32.
         bf16=plan["bf16"],
         fp16=False,
         gradient_checkpointing=plan["checkpointing"],
@@ -269,6 +271,7 @@ def _write_output(
             "base_model_path": str(spec.base_model_path),
             "dataset": spec.dataset_path.name,
             "dataset_type": spec.dataset_type,
+            "precision": plan["precision"],
             "created_at": datetime.now(UTC).isoformat(),
             "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
             "eval_loss": next(
