@@ -25,8 +25,8 @@ from loraflow import db
 from loraflow.adapters import checksums, inspect
 from loraflow.config import Settings
 from loraflow.models.resolve import resolve_base_model
-from loraflow.services import adapters as adapter_svc
-from loraflow.services.training import TrainingContext
+from loraflow.services.registry import adapters as adapter_svc
+from loraflow.services.train.jobs import TrainingContext
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -16,8 +16,8 @@ from _results import add_json_flag, write_results
 
 from loraflow.config import Settings
 from loraflow.rag.evaluate import load_qa
-from loraflow.services import knowledge
-from loraflow.services.documents import sample_docs_dir
+from loraflow.services.know import knowledge
+from loraflow.services.know.documents import sample_docs_dir
 from loraflow.services.runtime import build_runtime
 
 

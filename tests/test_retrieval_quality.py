@@ -11,7 +11,7 @@ from loraflow.rag.embed import load_embedder
 from loraflow.rag.ingest import ingest_paths
 from loraflow.rag.retrieve import retrieve
 from loraflow.rag.store import FaissStore
-from loraflow.services.documents import sample_docs_dir
+from loraflow.services.know.documents import sample_docs_dir
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 
 from loraflow.config import Settings
 from loraflow.errors import Conflict
-from loraflow.services.ask import AskRequest, ask
-from loraflow.services.backup import restore_backup, verify_backup
+from loraflow.services.know.ask import AskRequest, ask
+from loraflow.services.ops.backup import restore_backup, verify_backup
 from loraflow.services.runtime import build_runtime
 from tests.e2e.conftest import ADAPTER_NAME
 from tests.e2e.server import Server

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraflow.services.documents import sample_docs_dir
+from loraflow.services.know.documents import sample_docs_dir
 from tests.e2e.conftest import start_server
 from tests.e2e.server import Server, free_port
 

@@ -22,9 +22,10 @@ from loraflow.config import Settings
 from loraflow.errors import Conflict, InvalidInput
 from loraflow.rag.backends import close_clients, open_index
 from loraflow.rag.retrieve import retrieve
-from loraflow.services import backup, backup_files, knowledge
-from loraflow.services.backup import create_backup, restore_backup, verify_backup
-from loraflow.services.documents import ingest, ingest_sample_if_empty
+from loraflow.services.know import knowledge
+from loraflow.services.know.documents import ingest, ingest_sample_if_empty
+from loraflow.services.ops import backup, backup_files
+from loraflow.services.ops.backup import create_backup, restore_backup, verify_backup
 from loraflow.services.runtime import build_runtime
 
 QUESTION = "How do I switch the database to PostgreSQL?"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from loraflow import db
 from loraflow.cli import app
 from loraflow.config import Settings
-from loraflow.services import alerts
-from loraflow.services.monitor_samples import RequestBuffer
+from loraflow.services.ops import alerts
+from loraflow.services.ops.monitor_samples import RequestBuffer
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_the_ui_status_tab_lists_the_alert(data_dir: Path) -> None:
 
 def test_the_ui_rules_panel_and_deployments_column(data_dir: Path) -> None:
     from loraflow.errors import InvalidInput
-    from loraflow.services import alert_rules
+    from loraflow.services.ops import alert_rules
     from loraflow.ui.status import rule_change, rule_rows
 
     settings = Settings(LORAFLOW_DATA_DIR=str(data_dir), ALERT_FOR=0, ALERT_MIN_REQUESTS=1)

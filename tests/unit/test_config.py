@@ -87,7 +87,7 @@ def test_env_example_values_parse(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_api_keys_are_parsed_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from loraflow.services.checks import settings_rows
+    from loraflow.services.ops.checks import settings_rows
 
     monkeypatch.setenv("API_KEY", " k1 , k2,")
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:pw@h/db")
@@ -109,7 +109,7 @@ def test_training_device_is_auto_and_follows_device(monkeypatch: pytest.MonkeyPa
 
 
 def test_seed_tuning_names_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from loraflow.services.checks import settings_rows
+    from loraflow.services.ops.checks import settings_rows
 
     s = Settings()
     assert (s.max_batch_size, s.enable_fp16, s.cuda_memory_fraction, s.log_level) == (

@@ -13,8 +13,8 @@ import pytest
 from loraflow import db
 from loraflow.config import Settings
 from loraflow.locks import file_lock
-from loraflow.services import workflows
-from loraflow.services.training import TrainingContext
+from loraflow.services.manage import workflows
+from loraflow.services.train.jobs import TrainingContext
 from tests.unit.test_export import FakeOllama, OllamaHandler, build_adapter, build_tiny_llama
 
 

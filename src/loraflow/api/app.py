@@ -31,13 +31,13 @@ from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, from_os_error, is_disk_full
 from loraflow.locks import service_lock
-from loraflow.services.alerts import Monitor
-from loraflow.services.documents import ingest_sample_if_empty
-from loraflow.services.lora_records import sync as sync_lora_records
-from loraflow.services.models import initialise_selection
+from loraflow.services.catalog.selection import initialise_selection
+from loraflow.services.know.documents import ingest_sample_if_empty
+from loraflow.services.ops.alerts import Monitor
+from loraflow.services.registry.lora_records import sync as sync_lora_records
 from loraflow.services.runtime import Runtime, build_runtime, prepare_data_dir
-from loraflow.services.training import start_runner as start_training_runner
-from loraflow.services.training import stop_runner as stop_training_runner
+from loraflow.services.train.jobs import start_runner as start_training_runner
+from loraflow.services.train.jobs import stop_runner as stop_training_runner
 
 log = logging.getLogger("loraflow")
 
@@ -65,7 +65,8 @@ def _start(settings: Settings, use_lora: bool | None, first: bool = True) -> Run
 
 def register_adapters(rt: Runtime) -> None:
     """Scan the adapter folders into the registry; interrupt workflows of stopped processes."""
-    from loraflow.services import adapters, workflows
+    from loraflow.services.manage import workflows
+    from loraflow.services.registry import adapters
 
     try:
         found = adapters.scan(rt)
@@ -148,7 +149,7 @@ def create_app(
             "(default 64) and `JSON_MAX_ITEMS` values (default 1,000,000). NaN, Infinity, "
             "numbers out of range and lone surrogate escapes are refused. Refusals name the "
             "limit and where it was exceeded; `/v1` answers in OpenAI's error shape, the "
-            "Ollama routes in Ollama's, the rest as `{\"detail\": ...}`."
+            'Ollama routes in Ollama\'s, the rest as `{"detail": ...}`.'
         ),
         lifespan=lifespan,
     )

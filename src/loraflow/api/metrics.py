@@ -19,8 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from loraflow.api.security import ASGIApp, Message, Receive, Scope, Send
-from loraflow.services.chat import batch_stats
-from loraflow.services.models import known_adapters
+from loraflow.services.catalog.selection import known_adapters
+from loraflow.services.serve.chat import batch_stats
 
 # Generation requests take seconds on a CPU; the buckets reach past a minute.
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -125,7 +125,7 @@ class RuntimeCollector:
 
 def deployment_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
     """Traffic share and live numbers of every deployment variant (this process's counts)."""
-    from loraflow.services.deployments import list_deployments
+    from loraflow.services.manage.deployments import list_deployments
 
     share = GaugeMetricFamily(
         "loraflow_deployment_traffic_percent",
@@ -151,7 +151,7 @@ def deployment_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
 
 def alert_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
     """loraflow's own alerts, pending and firing (from the database: every worker's view)."""
-    from loraflow.services.alerts import active_alerts
+    from loraflow.services.ops.alerts import active_alerts
 
     active = GaugeMetricFamily(
         "loraflow_alerts",

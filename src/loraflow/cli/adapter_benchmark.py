@@ -30,7 +30,7 @@ def benchmark_cmd(
     stored in the adapter's record (performance_metrics.benchmark) and shown by
     `loraflow adapters show` beside the latest validation.
     """
-    from loraflow.services.adapter_benchmark import benchmark
+    from loraflow.services.manage.benchmark import benchmark
 
     try:
         rt = runtime_for(data_dir, load_local=True)

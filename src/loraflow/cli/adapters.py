@@ -32,7 +32,7 @@ Url = Annotated[
 
 def ctx_for(data_dir: Path | None) -> Any:
     from loraflow import db
-    from loraflow.services.training import TrainingContext
+    from loraflow.services.train.jobs import TrainingContext
 
     s = make_settings(data_dir=data_dir)
     return TrainingContext(settings=s, db=db.make_engine(s.db_url))
@@ -51,7 +51,7 @@ def float_list(raw: str | None, flag: str) -> list[float] | None:
 
 def _run_here(ctx: Any, kind: str, spec: dict[str, Any], as_json: bool) -> None:
     """Create and run a workflow in this process with a progress bar; exit 1 when it fails."""
-    from loraflow.services import workflows
+    from loraflow.services.manage import workflows
 
     wf = workflows.create(ctx, kind, spec)
     with Progress(
@@ -128,7 +128,7 @@ def print_merge_checks(detail: dict[str, Any]) -> None:
 @adapters_app.command("list")
 def list_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List registered adapters (run `scan` first to pick up new folders)."""
-    from loraflow.services import adapters as svc
+    from loraflow.services.registry import adapters as svc
 
     try:
         items = [r.to_dict() for r in svc.list_adapters(ctx_for(data_dir))]
@@ -156,7 +156,7 @@ def list_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
 @adapters_app.command("scan")
 def scan_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """Register new adapter folders in LORA_MODEL_PATH and TRAINING_OUTPUT_DIR."""
-    from loraflow.services import adapters as svc
+    from loraflow.services.registry import adapters as svc
 
     try:
         result = svc.scan(ctx_for(data_dir)).to_dict()
@@ -188,7 +188,7 @@ def register_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Register one adapter folder (checked against the base model)."""
-    from loraflow.services import adapters as svc
+    from loraflow.services.registry import adapters as svc
 
     try:
         rec = svc.register(ctx_for(data_dir), path, name=name, description=description, tags=tag)
@@ -208,7 +208,7 @@ def show_cmd(
     ] = False,
 ) -> None:
     """One adapter's record, compatibility with the base model and latest validation."""
-    from loraflow.services import adapters as svc
+    from loraflow.services.registry import adapters as svc
 
     ctx = ctx_for(data_dir)
     try:

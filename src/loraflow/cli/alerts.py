@@ -45,7 +45,7 @@ def list_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Pending and firing alerts, then the most recently resolved ones."""
-    from loraflow.services.alerts import list_alerts
+    from loraflow.services.ops.alerts import list_alerts
 
     with _database(data_dir) as (_, engine):
         found = list_alerts(engine, limit)
@@ -102,7 +102,7 @@ def rules_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Show the rules in force for a target, or override them (--set, --reset)."""
-    from loraflow.services import alert_rules
+    from loraflow.services.ops import alert_rules
 
     with _database(data_dir) as (settings, engine):
         try:

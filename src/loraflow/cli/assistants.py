@@ -53,7 +53,7 @@ def _generation(max_new_tokens: int | None, temperature: float | None) -> dict[s
 @assistant_app.command("list")
 def assistant_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List assistants."""
-    from loraflow.services.assistants import list_assistants
+    from loraflow.services.catalog.assistants import list_assistants
 
     try:
         items = [asdict(a) for a in list_assistants(runtime_for(data_dir))]
@@ -86,7 +86,7 @@ def assistant_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an assistant."""
-    from loraflow.services.assistants import create_assistant
+    from loraflow.services.catalog.assistants import create_assistant
 
     spec = {
         "name": name,
@@ -126,7 +126,7 @@ def assistant_update(
 ) -> None:
     """Change some of an assistant's fields; the others stay as they are."""
     from loraflow.errors import InvalidInput
-    from loraflow.services.assistants import get_assistant, update_assistant
+    from loraflow.services.catalog.assistants import get_assistant, update_assistant
 
     try:
         if (adapter and no_adapter) or (collection and no_collections):
@@ -163,7 +163,7 @@ def assistant_update(
 @assistant_app.command("show")
 def assistant_show(name: str, data_dir: DataDir = None) -> None:
     """Print one assistant as JSON."""
-    from loraflow.services.assistants import get_assistant
+    from loraflow.services.catalog.assistants import get_assistant
 
     try:
         print_json(asdict(get_assistant(runtime_for(data_dir), name)))
@@ -174,7 +174,7 @@ def assistant_show(name: str, data_dir: DataDir = None) -> None:
 @assistant_app.command("delete")
 def assistant_delete(name: str, data_dir: DataDir = None) -> None:
     """Delete an assistant."""
-    from loraflow.services.assistants import delete_assistant
+    from loraflow.services.catalog.assistants import delete_assistant
 
     try:
         delete_assistant(runtime_for(data_dir), name)

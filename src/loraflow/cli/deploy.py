@@ -18,7 +18,7 @@ from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
 
 
 def _server(url: str | None, data_dir: Path | None) -> tuple[str, dict[str, str]]:
-    from loraflow.services.status import server_headers, server_url
+    from loraflow.services.ops.status import server_headers, server_url
 
     s = make_settings(data_dir=data_dir)
     return (url or server_url(s)).rstrip("/"), server_headers(s)
@@ -224,7 +224,7 @@ def status_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Workflows and deployments, read from the database."""
-    from loraflow.services import workflows
+    from loraflow.services.manage import workflows
 
     ctx = ctx_for(data_dir)
     try:

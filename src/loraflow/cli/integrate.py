@@ -95,7 +95,7 @@ def integrate_cmd(
 
 
 def _status(ctx: Any, workflow_id: str | None, as_json: bool) -> None:
-    from loraflow.services import workflows
+    from loraflow.services.manage import workflows
 
     if workflow_id:
         report_workflow(workflows.get_workflow(ctx, workflow_id), as_json)

@@ -30,7 +30,7 @@ def ingest(
     """Add documents to the knowledge base (re-ingesting a changed file replaces it)."""
     from rich.progress import Progress
 
-    from loraflow.services.knowledge import ingest as ingest_docs
+    from loraflow.services.know.knowledge import ingest as ingest_docs
     from loraflow.services.runtime import build_runtime
 
     try:
@@ -60,7 +60,7 @@ def ingest(
 @docs_app.command("list")
 def documents_list(collection: Collection = None, data_dir: DataDir = None) -> None:
     """List ingested documents."""
-    from loraflow.services.knowledge import list_documents
+    from loraflow.services.know.knowledge import list_documents
     from loraflow.services.runtime import build_runtime
 
     try:
@@ -80,7 +80,7 @@ def documents_list(collection: Collection = None, data_dir: DataDir = None) -> N
 @docs_app.command("delete")
 def documents_delete(doc_id: str, collection: Collection = None, data_dir: DataDir = None) -> None:
     """Delete one document and its chunks."""
-    from loraflow.services.knowledge import delete_document
+    from loraflow.services.know.knowledge import delete_document
     from loraflow.services.runtime import build_runtime
 
     try:
@@ -106,10 +106,10 @@ def ask(
     """Answer one question in-process (no server), with sources."""
     from dataclasses import asdict
 
-    from loraflow.services.ask import AskRequest
-    from loraflow.services.ask import ask as ask_service
-    from loraflow.services.documents import ingest_sample_if_empty
-    from loraflow.services.models import initialise_selection
+    from loraflow.services.catalog.selection import initialise_selection
+    from loraflow.services.know.ask import AskRequest
+    from loraflow.services.know.ask import ask as ask_service
+    from loraflow.services.know.documents import ingest_sample_if_empty
     from loraflow.services.runtime import build_runtime
 
     flag = parse_bool(use_lora, "--use-lora")

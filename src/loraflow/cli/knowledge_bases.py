@@ -27,7 +27,7 @@ app.add_typer(kb_app, name="kb")
 @kb_app.command("list")
 def kb_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List knowledge bases with their model, size and any re-embed in progress."""
-    from loraflow.services.knowledge import list_collections
+    from loraflow.services.know.knowledge import list_collections
 
     try:
         items = list_collections(runtime_for(data_dir))
@@ -62,7 +62,7 @@ def kb_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an empty knowledge base."""
-    from loraflow.services.knowledge import create_collection
+    from loraflow.services.know.knowledge import create_collection
 
     try:
         c = create_collection(
@@ -77,7 +77,7 @@ def kb_create(
 @kb_app.command("rename")
 def kb_rename(name: str, new_name: str, data_dir: DataDir = None) -> None:
     """Rename a knowledge base (assistants follow the new name)."""
-    from loraflow.services.knowledge import rename_collection
+    from loraflow.services.know.knowledge import rename_collection
 
     try:
         rename_collection(runtime_for(data_dir), name, new_name)
@@ -94,7 +94,7 @@ def kb_delete(
     data_dir: DataDir = None,
 ) -> None:
     """Delete a knowledge base and its index."""
-    from loraflow.services.knowledge import delete_collection
+    from loraflow.services.know.knowledge import delete_collection
 
     try:
         out = delete_collection(runtime_for(data_dir), name, force=force)
@@ -118,7 +118,7 @@ def kb_reembed(
     """Re-embed every chunk with another model; resumable, swaps only when complete."""
     from rich.progress import Progress
 
-    from loraflow.services.knowledge import reembed_collection
+    from loraflow.services.know.knowledge import reembed_collection
 
     try:
         rt = runtime_for(data_dir)
@@ -146,7 +146,7 @@ def kb_search(
     as_json: AsJson = False,
 ) -> None:
     """Show the chunks a question retrieves, with scores and quoted spans."""
-    from loraflow.services.knowledge import search
+    from loraflow.services.know.knowledge import search
 
     try:
         hits = search(runtime_for(data_dir), collection, query, k, mode)
@@ -175,7 +175,7 @@ def eval_retrieval(
     as_json: AsJson = False,
 ) -> None:
     """Recall@k and MRR of vector, BM25 and hybrid retrieval side by side."""
-    from loraflow.services import knowledge
+    from loraflow.services.know import knowledge
 
     try:
         rt = runtime_for(data_dir)

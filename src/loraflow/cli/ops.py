@@ -23,7 +23,7 @@ def backup(
     Safe while the service runs: ingests and deletes wait only while a snapshot is taken.
     """
     from loraflow import db
-    from loraflow.services.backup import create_backup
+    from loraflow.services.ops.backup import create_backup
 
     waiting: list[bool] = []
 
@@ -59,7 +59,7 @@ def restore(
 
     Refused while a loraflow service runs on that data dir.
     """
-    from loraflow.services.backup import restore_backup
+    from loraflow.services.ops.backup import restore_backup
 
     try:
         report = restore_backup(archive, make_settings(data_dir=data_dir), force=force)

@@ -25,7 +25,7 @@ from loraflow.errors import ConfigError, LoraflowError
 
 
 def _print_checks(settings: Settings) -> bool:
-    from loraflow.services.checks import run_checks, settings_rows
+    from loraflow.services.ops.checks import run_checks, settings_rows
 
     table = Table(title="Settings", show_lines=False)
     table.add_column("variable")
@@ -191,7 +191,7 @@ def inference(
     data_dir: DataDir = None,
 ) -> None:
     """Quick test of the local model (LOCAL_ENGINE): prompt in, text out (no server, no RAG)."""
-    from loraflow.services.inference import quick_generate
+    from loraflow.services.catalog.inference import quick_generate
 
     try:
         settings = make_settings(data_dir=data_dir)
@@ -222,7 +222,7 @@ def status(
     """What is running, loaded and queued: the server at API_HOST:API_PORT and training jobs."""
     import json
 
-    from loraflow.services.status import instance_status
+    from loraflow.services.ops.status import instance_status
 
     try:
         st = instance_status(make_settings(data_dir=data_dir))

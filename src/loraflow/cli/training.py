@@ -18,7 +18,7 @@ app.add_typer(tasks_app, name="tasks")
 
 def _context(data_dir: Path | None) -> Any:
     from loraflow.db import make_engine
-    from loraflow.services.training import TrainingContext
+    from loraflow.services.train.jobs import TrainingContext
 
     settings = make_settings(data_dir=data_dir)
     return TrainingContext(settings, make_engine(settings.db_url))
@@ -39,7 +39,7 @@ def prepare(
     data_dir: DataDir = None,
 ) -> None:
     """Turn datasets or raw novels into train.jsonl / val.jsonl and print statistics."""
-    from loraflow.services.datasets import prepare_dataset
+    from loraflow.services.train.datasets import prepare_dataset
 
     try:
         report, warning = prepare_dataset(
@@ -154,7 +154,7 @@ def train(
     data_dir: DataDir = None,
 ) -> None:
     """Fine-tune a LoRA adapter; Ctrl-C leaves the job running in the background."""
-    from loraflow.services import training
+    from loraflow.services.train import jobs as training
 
     params = {
         "epochs": epochs,
@@ -215,7 +215,7 @@ def train(
 def _follow(ctx: Any, tid: int) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from loraflow.services import training
+    from loraflow.services.train import jobs as training
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"))
     try:
@@ -255,7 +255,7 @@ def _print_outcome(job: dict[str, Any]) -> None:
 @tasks_app.command("list")
 def tasks_list(data_dir: DataDir = None) -> None:
     """List training tasks, newest first."""
-    from loraflow.services.training import list_tasks
+    from loraflow.services.train.jobs import list_tasks
 
     try:
         rows = list_tasks(_context(data_dir))
@@ -284,7 +284,7 @@ def tasks_show(task_id: int, data_dir: DataDir = None) -> None:
     """Show one task as JSON."""
     import json
 
-    from loraflow.services.training import get_task
+    from loraflow.services.train.jobs import get_task
 
     try:
         console.print_json(json.dumps(get_task(_context(data_dir), task_id)))
@@ -295,7 +295,7 @@ def tasks_show(task_id: int, data_dir: DataDir = None) -> None:
 @tasks_app.command("cancel")
 def tasks_cancel(task_id: int, data_dir: DataDir = None) -> None:
     """Cancel a task; a running one stops within seconds and keeps its checkpoint."""
-    from loraflow.services.training import cancel
+    from loraflow.services.train.jobs import cancel
 
     try:
         console.print(cancel(_context(data_dir), task_id)["message"])
@@ -310,7 +310,7 @@ def tasks_resume(
     data_dir: DataDir = None,
 ) -> None:
     """Continue a cancelled or failed task from its last checkpoint."""
-    from loraflow.services.training import resume
+    from loraflow.services.train.jobs import resume
 
     try:
         ctx = _context(data_dir)

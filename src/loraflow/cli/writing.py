@@ -27,7 +27,7 @@ app.add_typer(memory_app, name="memory")
 @memory_app.command("projects")
 def projects(data_dir: DataDir = None) -> None:
     """List story projects with their entry counts."""
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     try:
         items = memory.list_projects(runtime_for(data_dir))
@@ -46,7 +46,7 @@ def projects(data_dir: DataDir = None) -> None:
 @memory_app.command("create")
 def create(name: str, description: str = "", data_dir: DataDir = None) -> None:
     """Create a story project."""
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     try:
         p = memory.create_project(runtime_for(data_dir), name, description)
@@ -69,7 +69,7 @@ def add(
     data_dir: DataDir = None,
 ) -> None:
     """Add a memory entry to a project (by id or name)."""
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     fields = {
         "kind": kind,
@@ -91,7 +91,7 @@ def add(
 @memory_app.command("list")
 def list_entries(project: str, data_dir: DataDir = None) -> None:
     """List a project's current entries."""
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     try:
         items = memory.list_entries(runtime_for(data_dir), project)
@@ -114,7 +114,7 @@ def export(
     data_dir: DataDir = None,
 ) -> None:
     """Export a project's memory as JSON."""
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     try:
         doc = memory.export_project(runtime_for(data_dir), project)
@@ -139,7 +139,7 @@ def import_(
 ) -> None:
     """Create a project from an exported JSON file."""
     from loraflow.errors import InvalidInput
-    from loraflow.services import memory
+    from loraflow.services.write import memory
 
     try:
         try:
@@ -166,8 +166,8 @@ def write(
     data_dir: DataDir = None,
 ) -> None:
     """Generate story text with the local model, memory injected."""
-    from loraflow.services.writing import WriteRequest
-    from loraflow.services.writing import write as run_write
+    from loraflow.services.write.writing import WriteRequest
+    from loraflow.services.write.writing import write as run_write
 
     req = WriteRequest(
         prompt=prompt,

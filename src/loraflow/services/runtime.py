@@ -14,20 +14,20 @@ from sqlalchemy import Engine as DBEngine
 from loraflow import db
 from loraflow.adapters.deploy import TrafficStats
 from loraflow.config import Settings
-from loraflow.errors import ConfigError, LoraflowError
+from loraflow.engines.remote import RemoteEngine, make_remote_engine
+from loraflow.errors import ConfigError, EngineUnavailable, LoraflowError
 from loraflow.memory.index import MemoryIndexes
 from loraflow.rag.backends import open_index
 from loraflow.rag.collections import KnowledgeBases
 from loraflow.rag.embed import Embedder, load_embedder
 from loraflow.rag.store import VectorStore
-from loraflow.services.adapter_cache import AttachedAdapters
-from loraflow.services.remote import RemoteEngine, make_remote_engine
-from loraflow.services.usage import TokenUsage
+from loraflow.services.context import RequestMonitor
+from loraflow.services.infra.adapter_cache import AttachedAdapters
+from loraflow.services.infra.usage import TokenUsage
 
 if TYPE_CHECKING:
     from loraflow.engines.hf import HFEngine
     from loraflow.engines.llamacpp import LlamaCppEngine
-    from loraflow.services.alerts import Monitor
     from loraflow.training.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,28 @@ class Runtime:
     # Live per-variant counters of deployment targets (canary, A/B), in this process.
     traffic: TrafficStats = field(default_factory=TrafficStats)
     # Writes this worker's request samples and evaluates the alert rules (while serving).
-    monitor: Monitor | None = None
+    monitor: RequestMonitor | None = None
     # Requests and tokens per model name, for /metrics.
     usage: TokenUsage = field(default_factory=TokenUsage)
     # Workflows (merge -> validate -> deploy) running in this process.
     workflow_threads: dict[str, threading.Thread] = field(default_factory=dict)
+
+
+def local_engine(rt: Runtime) -> HFEngine | LlamaCppEngine:
+    """The local engine, or EngineUnavailable saying why it is not loaded."""
+    if rt.local is None:
+        raise EngineUnavailable(
+            f"the local model is not loaded: {rt.local_error}",
+            hint="fix BASE_MODEL_NAME / CACHE_DIR and restart",
+        )
+    return rt.local
+
+
+def knowledge_bases(rt: Runtime) -> KnowledgeBases:
+    """The named knowledge bases of this process."""
+    if rt.knowledge is None:
+        raise EngineUnavailable("knowledge bases are not initialised in this process")
+    return rt.knowledge
 
 
 def prepare_data_dir(settings: Settings) -> None:

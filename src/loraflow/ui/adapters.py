@@ -1,6 +1,6 @@
 """Models tab sections for the adapter registry: list and scan, merge, validate, export.
 
-Each section is a function of the tab's parts (see loraflow.ui.models). Merge, validation and
+Each section is a function of the tab's parts (see loraflow.ui.parts). Merge, validation and
 export run as workflows in the service; a gr.Timer polls the one a section started and shows
 its steps with progress bars until it ends.
 """
@@ -8,20 +8,18 @@ its steps with progress bars until it ends.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from loraflow.adapters.merge.registry import METHODS
 from loraflow.errors import InvalidInput, LoraflowError
-from loraflow.services import adapters as adapter_svc
-from loraflow.services import workflows
+from loraflow.services.manage import workflows
+from loraflow.services.registry import adapters as adapter_svc
 from loraflow.services.runtime import Runtime
 from loraflow.ui.context import action, cell
 from loraflow.ui.i18n import Labels
-
-if TYPE_CHECKING:
-    from loraflow.ui.models import TabParts
+from loraflow.ui.parts import TabParts, bump, refresh_on
 
 # How often a running workflow is re-read (seconds).
 POLL_SECONDS = 1.5
@@ -29,15 +27,6 @@ MODES = ("quick", "standard", "comprehensive")
 
 
 # --- shared pieces ---------------------------------------------------------------------------
-def signals() -> tuple[Any, Any]:
-    """The tab's `bump` and `refresh_on` (see loraflow.ui.models)."""
-    # loraflow.ui.models imports this module for its SECTIONS, so its helpers are looked up
-    # when a section is built, after both modules have loaded.
-    from loraflow.ui.models import bump, refresh_on
-
-    return bump, refresh_on
-
-
 def numbers(text: Any, what: str) -> list[float] | None:
     """Numbers typed as "0.7, 0.3" (commas or spaces); empty means not set."""
     raw = "" if text is None else str(text).replace(",", " ").split()
@@ -189,7 +178,6 @@ def bench_cell(bench: Any) -> str:
 # --- sections --------------------------------------------------------------------------------
 def registry_section(parts: TabParts) -> None:
     """Registered adapters with their latest validation, and scanning the adapter folders."""
-    bump, refresh_on = signals()
     ctx, t = parts.ctx, parts.ctx.t
     gr.Markdown(f"### {t('registry')}")
     head = [t("name"), t("version"), t("rank"), t("target_modules"), t("source"), t("status")]
@@ -243,7 +231,6 @@ def registry_section(parts: TabParts) -> None:
 
 def merge_section(parts: TabParts) -> None:
     """Merge two or more registered adapters into a new one (a workflow, with progress)."""
-    bump, refresh_on = signals()
     t = parts.ctx.t
     gr.Markdown(f"### {t('merge_title')}")
     with gr.Row():
@@ -357,7 +344,6 @@ def finished_card(parts: TabParts, wf: dict[str, Any]) -> str:
 
 def validate_section(parts: TabParts) -> None:
     """Validate a registered adapter (a workflow, with progress), then show its score card."""
-    bump, refresh_on = signals()
     ctx, t = parts.ctx, parts.ctx.t
     gr.Markdown(f"### {t('validate_title')}")
     with gr.Row():
@@ -403,7 +389,6 @@ def validate_section(parts: TabParts) -> None:
 
 def export_section(parts: TabParts) -> None:
     """Export a registered adapter as a merged model, a llama.cpp GGUF, or into Ollama."""
-    _, refresh_on = signals()
     t = parts.ctx.t
     gr.Markdown(f"### {t('export_title')}")
     with gr.Row():

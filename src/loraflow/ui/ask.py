@@ -12,8 +12,9 @@ import gradio as gr
 from loraflow import db
 from loraflow.errors import NotFound
 from loraflow.rag.collections import DEFAULT
-from loraflow.services import assistants, documents, knowledge
-from loraflow.services.ask import AskRequest, ask
+from loraflow.services.catalog import assistants
+from loraflow.services.know import documents, knowledge
+from loraflow.services.know.ask import AskRequest, ask
 from loraflow.services.runtime import Runtime
 from loraflow.ui import knowledge_bases
 from loraflow.ui.context import UIContext, action, cell, model_choices, model_request, whole

@@ -7,10 +7,11 @@ from typing import Any
 
 import gradio as gr
 
+from loraflow.engines.remote import is_remote
 from loraflow.rag.hybrid import MODES
-from loraflow.services import assistants, knowledge
-from loraflow.services.assistants import Assistant
-from loraflow.services.remote import is_remote
+from loraflow.services.catalog import assistants
+from loraflow.services.catalog.assistants import Assistant
+from loraflow.services.know import knowledge
 from loraflow.services.runtime import Runtime
 from loraflow.ui.context import (
     UIContext,

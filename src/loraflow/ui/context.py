@@ -12,9 +12,13 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from loraflow.config import Settings
+from loraflow.engines import remote as remote_engine
 from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
-from loraflow.services import assistants, memory, models, remote
+from loraflow.services.catalog import assistants
+from loraflow.services.catalog import names as catalog
+from loraflow.services.catalog import selection as models
 from loraflow.services.runtime import Runtime
+from loraflow.services.write import memory
 from loraflow.ui.i18n import Labels
 
 log = logging.getLogger("loraflow.ui")
@@ -107,7 +111,7 @@ def action(fn: F) -> F:
 
 def remote_label(rt: Runtime) -> str:
     """How the remote engine is named in menus: the backend it talks to and its model."""
-    d = remote.describe(rt.settings)
+    d = remote_engine.describe(rt.settings)
     kind = {"ollama": "Ollama", "openai": "vLLM/OpenAI"}[d["remote_backend"]]
     return f"{kind} ({d['remote_model']})"
 
@@ -115,25 +119,27 @@ def remote_label(rt: Runtime) -> str:
 def model_choices(
     ctx: UIContext, rt: Runtime, *, with_assistants: bool = False
 ) -> list[tuple[str, str]]:
-    """The current selection, the base model, the remote engine, every loaded adapter, then
-    (for the Ask tab) every assistant as `assistant/<name>`."""
+    """The current selection, the base model, the remote engine, then what the catalog lists:
+    every adapter (those not attached yet are attached on first use) and (for the Ask tab)
+    every assistant as `assistant/<name>`."""
     t = ctx.t
-    adapters = rt.local.adapters() if rt.local is not None else []
     sel = models.current_selection(rt)
     now = {rt.remote.name: remote_label(rt), "base": t("model_base")}.get(
         sel.model_used, f"LoRA: {sel.adapter}"
     )
-    named = (
-        [assistants.MODEL_PREFIX + a.name for a in assistants.list_assistants(rt)]
-        if with_assistants
-        else []
-    )
+    listed = catalog.entries(rt, remote_models=False)  # the remote engine is one choice
+    adapters = [
+        (f"LoRA: {e.name}" + ("" if e.attached else f" ({t('model_not_attached')})"), e.name)
+        for e in listed
+        if e.kind == "adapter"
+    ]
+    named = [(e.name, e.name) for e in listed if e.kind == "assistant"] if with_assistants else []
     return [
         (f"{t('model_current')}: {now}", CURRENT),
         (t("model_base"), BASE),
         (remote_label(rt), OLLAMA),
-        *((f"LoRA: {name}", name) for name in adapters),
-        *((name, name) for name in named),
+        *adapters,
+        *named,
     ]
 
 

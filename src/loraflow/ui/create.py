@@ -7,9 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from loraflow.services import memory
 from loraflow.services.runtime import Runtime
-from loraflow.services.writing import WriteRequest, write_stream
+from loraflow.services.write import memory
+from loraflow.services.write.writing import WriteRequest, write_stream
 from loraflow.ui.context import (
     UIContext,
     action,

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from loraflow.adapters.deploy import SETTINGS, STRATEGIES
 from loraflow.errors import LoraflowError
-from loraflow.services import alerts, deployments
+from loraflow.services.manage import deployments
+from loraflow.services.ops import alerts
 from loraflow.services.runtime import Runtime
-from loraflow.ui.adapters import adapter_refs, kept, number, numbers, signals
+from loraflow.ui.adapters import adapter_refs, kept, number, numbers
 from loraflow.ui.context import action
-
-if TYPE_CHECKING:
-    from loraflow.ui.models import TabParts
+from loraflow.ui.parts import TabParts, bump, refresh_on
 
 # The per-deployment settings the form offers (min_requests stays the global one here).
 SETTING_FIELDS = (
@@ -77,7 +76,6 @@ def _variants(state: dict[str, Any]) -> list[str]:
 
 def deploy_section(parts: TabParts) -> None:
     """Deploy an adapter behind a target name; the deployments with rollback and promote."""
-    bump, refresh_on = signals()
     ctx, t = parts.ctx, parts.ctx.t
     gr.Markdown(f"### {t('deploy_title')}")
     with gr.Row():

@@ -19,6 +19,7 @@ EN: dict[str, str] = {
     # shared
     "model": "Model",
     "model_current": "Current default",
+    "model_not_attached": "attached on first use",
     "model_base": "Base model (no adapter)",
     "answered_by": "answered by",
     "none": "none",
@@ -371,6 +372,7 @@ ZH: dict[str, str] = {
     "tab_status": "状态",
     "model": "模型",
     "model_current": "当前默认",
+    "model_not_attached": "首次使用时加载",
     "model_base": "基础模型（不加适配器）",
     "answered_by": "回答模型",
     "none": "无",

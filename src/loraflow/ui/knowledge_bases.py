@@ -9,7 +9,7 @@ import gradio as gr
 from loraflow.errors import Conflict
 from loraflow.rag.chunking import check_kb_chunking
 from loraflow.rag.collections import DEFAULT
-from loraflow.services import knowledge
+from loraflow.services.know import knowledge
 from loraflow.services.runtime import Runtime
 from loraflow.ui.context import UIContext, action, whole
 

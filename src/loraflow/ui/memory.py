@@ -12,8 +12,8 @@ import gradio as gr
 
 from loraflow.memory.entries import DEFAULT_IMPORTANCE, IMPORTANCE_RANGE, KINDS
 from loraflow.safe_json import loads as bounded_loads
-from loraflow.services import memory
 from loraflow.services.runtime import Runtime
+from loraflow.services.write import memory
 from loraflow.ui.context import UIContext, action, cell, optional_whole, project_choices
 
 # Commas (also Chinese ones) and line breaks separate keywords, except inside a /regex/.

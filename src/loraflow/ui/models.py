@@ -9,44 +9,20 @@ them with `refresh_on(parts, ...)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from loraflow.services import models, training
-from loraflow.services.lora_serving import load_lora, unload_lora
+from loraflow.services.catalog import names as catalog
+from loraflow.services.catalog import selection as models
+from loraflow.services.ops import health
 from loraflow.services.runtime import Runtime
+from loraflow.services.serve.lora_serving import load_lora, unload_lora
+from loraflow.services.train import jobs as training
 from loraflow.ui import adapters, deploy
 from loraflow.ui.context import BASE, OLLAMA, UIContext, action, remote_label
-
-
-@dataclass
-class TabParts:
-    """What a section builds on: labels and runtime, the page, the tab, a change signal."""
-
-    ctx: UIContext
-    demo: gr.Blocks
-    tab: gr.Tab
-    changed: gr.State
-
-
-Section = Callable[[TabParts], None]
-
-
-def bump(value: int | None) -> int:
-    """The next value of the change signal."""
-    return (value or 0) + 1
-
-
-def refresh_on(
-    parts: TabParts, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any]
-) -> None:
-    """Run `fn` on page load, when the tab opens, and when any section changes adapters."""
-    for trigger in (parts.demo.load, parts.tab.select, parts.changed.change):
-        trigger(fn, list(inputs), list(outputs), show_progress="hidden")
+from loraflow.ui.parts import Section, TabParts, bump, refresh_on
 
 
 def loaded_adapters(rt: Runtime) -> dict[str, Path]:
@@ -74,7 +50,7 @@ def selection_section(parts: TabParts) -> None:
         switch = gr.Button(t("use_as_default"), elem_id="models-switch", scale=1)
 
     def _info(rt: Runtime) -> str:
-        m = models.model_info(rt)
+        m = health.model_info(rt)
         remote = remote_label(rt)
         used = {"base": t("model_base"), m["remote_backend"]: remote}.get(
             m["model_used"], f"LoRA {m['adapter']}"
@@ -102,11 +78,11 @@ def selection_section(parts: TabParts) -> None:
     def on_switch(picked: str | None, signal: int | None) -> tuple[str, int]:
         rt = ctx.rt()
         if picked == OLLAMA:
-            models.switch_model(rt, engine="ollama")
+            catalog.switch_model(rt, engine="ollama")
         elif picked == BASE or not picked:
-            models.switch_model(rt, engine="local")
+            catalog.switch_model(rt, engine="local")
         else:
-            models.switch_model(rt, engine="local", adapter=picked)
+            catalog.switch_model(rt, engine="local", adapter=picked)
         return _info(rt), bump(signal)
 
     refresh_on(parts, refresh, [choice], [info, choice])

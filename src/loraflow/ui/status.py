@@ -10,9 +10,9 @@ import gradio as gr
 
 from loraflow import __version__
 from loraflow.errors import InvalidInput
-from loraflow.services import alert_rules, alerts, models
-from loraflow.services.alert_rules import INSTANCE, KINDS
-from loraflow.services.checks import settings_rows
+from loraflow.services.ops import alert_rules, alerts
+from loraflow.services.ops.alert_rules import INSTANCE, KINDS
+from loraflow.services.ops.checks import settings_rows
 from loraflow.ui.context import UIContext, action, cell, optional_decimal
 
 PACKAGES = (
@@ -143,7 +143,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     @action
     def refresh() -> tuple[Any, ...]:
         rt = ctx.rt()
-        h = models.health(rt)
+        h = health.health(rt)
         d = h["details"]
         detail = {
             "rag_handler": d["vector_store"],

@@ -12,8 +12,9 @@ import gradio as gr
 import pandas as pd
 
 from loraflow.datasets.formats import DATASET_TYPES
-from loraflow.services import datasets, training
 from loraflow.services.runtime import Runtime
+from loraflow.services.train import datasets
+from loraflow.services.train import jobs as training
 from loraflow.training.params import TARGET_PRESETS, TrainParams
 from loraflow.ui.context import UIContext, action, cell, decimal, whole
 

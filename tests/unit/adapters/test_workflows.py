@@ -12,9 +12,9 @@ from loraflow import db
 from loraflow.cli import app
 from loraflow.config import Settings
 from loraflow.errors import InvalidInput, NotFound
-from loraflow.services import adapters as svc
-from loraflow.services import workflows
-from loraflow.services.training import TrainingContext
+from loraflow.services.manage import workflows
+from loraflow.services.registry import adapters as svc
+from loraflow.services.train.jobs import TrainingContext
 from tests.unit.models.tiny import build_tiny_model, make_adapter
 
 

@@ -18,12 +18,12 @@ from loraflow.engines.hf import HFEngine
 from loraflow.errors import InvalidInput
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
-from loraflow.services import adapters as adapter_svc
-from loraflow.services import lora_records
-from loraflow.services.adapter_cache import AttachedAdapters
-from loraflow.services.lora_serving import load_lora, unload_lora
-from loraflow.services.models import known_adapters
+from loraflow.services.catalog.selection import known_adapters
+from loraflow.services.infra.adapter_cache import AttachedAdapters
+from loraflow.services.registry import adapters as adapter_svc
+from loraflow.services.registry import attach, lora_records
 from loraflow.services.runtime import Runtime, build_runtime
+from loraflow.services.serve.lora_serving import load_lora, unload_lora
 from tests.unit.models.tiny import build_tiny_model, make_adapter
 
 MESSAGES = [{"role": "user", "content": "Tell me about adapters."}]
@@ -75,7 +75,7 @@ def rt(tiny: dict[str, Path], tmp_path: Path) -> Iterator[Runtime]:
 
 
 def _ask(rt: Runtime, name: str) -> str:
-    served = adapter_svc.ensure_served(rt, name)
+    served = attach.ensure_served(rt, name)
     assert rt.local is not None
     return rt.local.generate(MESSAGES, GREEDY, adapter=served).text
 
@@ -137,7 +137,7 @@ def test_an_adapter_a_request_is_decoding_with_is_not_detached(
     engine = rt.local
     assert engine is not None
     engine.enable_batching(4)
-    served = adapter_svc.ensure_served(rt, "alpha")
+    served = attach.ensure_served(rt, "alpha")
     # An answer far longer than the rest of the test takes: thousands of decode steps, while
     # the two asks below need a few dozen.
     long = GenerationParams(max_new_tokens=LONG_CONTEXT - 100, temperature=0, ignore_eos=True)
@@ -160,7 +160,7 @@ def test_an_adapter_handed_to_a_request_on_its_way_is_not_detached(
     engine = rt.local
     assert engine is not None
     engine.enable_batching(4)
-    served = adapter_svc.ensure_served(rt, "alpha")  # the request is still building its prompt
+    served = attach.ensure_served(rt, "alpha")  # the request is still building its prompt
     _ask(rt, "beta")
     assert _ask(rt, "gamma") == reference["gamma"]
     # alpha is the least recently used, but a request was handed it: beta went instead.

@@ -11,8 +11,8 @@ import pytest
 from loraflow import db
 from loraflow.config import Settings
 from loraflow.errors import InvalidInput
-from loraflow.services import alert_rules, alerts
-from loraflow.services.monitor_samples import RequestBuffer
+from loraflow.services.ops import alert_rules, alerts
+from loraflow.services.ops.monitor_samples import RequestBuffer
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Settings:
@@ -155,7 +155,7 @@ def test_throughput_floor_waits_a_whole_window_after_the_deploy(
 
 
 def test_memory_of_all_workers_adds_up(tmp_path: Path, engine: Any) -> None:
-    from loraflow.services.monitor_samples import write_resources
+    from loraflow.services.ops.monitor_samples import write_resources
 
     s = _settings(tmp_path, ALERT_LATENCY_MS=0, ALERT_MEMORY_PERCENT=50, ALERT_FOR=0)
     t0 = 5_000_000.0
@@ -177,7 +177,7 @@ def test_webhook_signs_retries_and_never_blocks(tmp_path: Path) -> None:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from loraflow.services.alert_webhook import QUEUE_SIZE, Webhook
+    from loraflow.services.ops.alert_webhook import QUEUE_SIZE, Webhook
 
     got: list[tuple[int, bytes, str]] = []
 

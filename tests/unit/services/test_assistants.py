@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from loraflow.errors import Conflict, InvalidInput, NotFound
-from loraflow.services import assistants, knowledge
-from loraflow.services.ask import AskRequest
+from loraflow.services.catalog import assistants
+from loraflow.services.know import ask, knowledge
+from loraflow.services.know.ask import AskRequest
 from loraflow.services.runtime import Runtime
 
 pytestmark = pytest.mark.integration
@@ -85,10 +86,10 @@ def test_an_assistant_fills_what_the_request_leaves_unset(rt: Runtime) -> None:
             "generation": {"temperature": 0.2, "stop": ["END"]},
         },
     )
-    req = assistants.apply_assistant(rt, AskRequest(query="q", assistant="terse", top_p=0.5))
+    req = ask.apply_assistant(rt, AskRequest(query="q", assistant="terse", top_p=0.5))
     assert (req.engine, req.system_prompt, req.collections) == ("ollama", "Be terse.", ["handbook"])
     assert (req.temperature, req.top_p, req.stop) == (0.2, 0.5, ["END"])
-    own = assistants.apply_assistant(
+    own = ask.apply_assistant(
         rt, AskRequest(query="q", assistant="terse", temperature=0.9, use_lora=True)
     )
     assert own.temperature == 0.9 and own.engine is None  # the request's choice wins

@@ -10,7 +10,7 @@ import pytest
 from loraflow import db
 from loraflow.adapters import deploy as strategies
 from loraflow.errors import InvalidInput
-from loraflow.services import deployments
+from loraflow.services.manage import deployments
 from loraflow.services.runtime import Runtime
 
 

@@ -18,9 +18,10 @@ from loraflow.engines.hf import HFEngine
 from loraflow.errors import InvalidInput
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
-from loraflow.services import adapters as adapter_svc
-from loraflow.services.chat import ChatRequest, base_model_id, chat
+from loraflow.services.catalog.names import base_model_id
+from loraflow.services.registry import adapters as adapter_svc
 from loraflow.services.runtime import Runtime, build_runtime
+from loraflow.services.serve.chat import ChatRequest, chat
 from tests.unit.models.tiny import build_tiny_model, make_adapter
 
 MESSAGES = [{"role": "user", "content": "Tell me about adapters."}]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from loraflow import db
 from loraflow.cli import app
 from loraflow.errors import Conflict, InvalidInput, ModelLoadError, NotFound, StoreError
-from loraflow.services import knowledge
-from loraflow.services.documents import ingest_sample_if_empty, sample_docs_dir
+from loraflow.services.know import knowledge
+from loraflow.services.know.documents import ingest_sample_if_empty, sample_docs_dir
 from loraflow.services.runtime import Runtime
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 from loraflow.config import Settings
 from loraflow.memory import store
 from loraflow.rag.backends import close_clients, open_index
-from loraflow.services import memory
 from loraflow.services.runtime import build_runtime
+from loraflow.services.write import memory
 
 pytestmark = pytest.mark.integration
 

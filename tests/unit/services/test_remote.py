@@ -13,14 +13,17 @@ from loraflow import db
 from loraflow.config import Settings
 from loraflow.engines.ollama import OllamaEngine
 from loraflow.engines.openai_http import OpenAIHTTPEngine
+from loraflow.engines.remote import make_remote_engine
 from loraflow.errors import EngineUnavailable, NotFound
-from loraflow.services.ask import AskRequest, ask
-from loraflow.services.assistants import create_assistant, delete_assistant
-from loraflow.services.chat import ChatRequest, chat, list_models, resolve_model
-from loraflow.services.checks import run_checks, settings_rows
-from loraflow.services.models import SELECTION_KEY, health, switch_model
-from loraflow.services.remote import make_remote_engine
+from loraflow.services.catalog.assistants import create_assistant, delete_assistant
+from loraflow.services.catalog.names import list_models, switch_model
+from loraflow.services.catalog.names import resolve as resolve_model
+from loraflow.services.catalog.selection import SELECTION_KEY
+from loraflow.services.know.ask import AskRequest, ask
+from loraflow.services.ops.checks import run_checks, settings_rows
+from loraflow.services.ops.health import health
 from loraflow.services.runtime import Runtime
+from loraflow.services.serve.chat import ChatRequest, chat
 from tests.e2e.server import free_port
 from tests.unit.engines.test_ollama import FakeOllama
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loraflow.services.models import current_selection, initialise_selection
-from loraflow.services.remote import is_remote
+from loraflow.engines.remote import is_remote
+from loraflow.services.catalog.selection import current_selection, initialise_selection
 from loraflow.services.runtime import Runtime
 
 

@@ -11,7 +11,7 @@ from loraflow.rag.backends import close_clients, index_name, open_index
 from loraflow.rag.ingest import ingest_paths
 from loraflow.rag.retrieve import retrieve
 from loraflow.rag.store import FaissStore
-from loraflow.services import documents, knowledge
+from loraflow.services.know import documents, knowledge
 from loraflow.services.runtime import build_runtime
 
 pytestmark = pytest.mark.integration

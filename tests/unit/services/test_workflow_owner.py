@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import Engine
 
 from loraflow import db
-from loraflow.services import owners, workflows
+from loraflow.services.infra import owners
+from loraflow.services.manage import workflows
 
 
 @dataclass

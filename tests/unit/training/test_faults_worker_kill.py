@@ -15,7 +15,7 @@ import pytest
 
 from loraflow.config import Settings
 from loraflow.db import make_engine
-from loraflow.services import training
+from loraflow.services.train import jobs as training
 from loraflow.training import jobs
 from loraflow.training.trainer import last_checkpoint
 

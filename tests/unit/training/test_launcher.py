@@ -21,7 +21,7 @@ from loraflow.cli import app
 from loraflow.config import Settings
 from loraflow.db import make_engine
 from loraflow.errors import InvalidInput
-from loraflow.services import training
+from loraflow.services.train import jobs as training
 from loraflow.training import jobs
 from loraflow.training.launcher import check_accelerate_config, check_launch, launch_command
 from loraflow.training.params import TrainParams

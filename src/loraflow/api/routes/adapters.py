@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.errors import Conflict
-from loraflow.services import adapters as adapter_svc
-from loraflow.services import deployments, workflows
+from loraflow.services.manage import deployments, workflows
+from loraflow.services.registry import adapters as adapter_svc
 
 router = json_router(prefix="/api/adapters", tags=["adapters"])
 

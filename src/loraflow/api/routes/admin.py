@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.errors import InvalidInput, NotFound
-from loraflow.services.backup import create_backup, verify_backup
+from loraflow.services.ops.backup import create_backup, verify_backup
 
 router = json_router(prefix="/api/admin", tags=["admin"])
 

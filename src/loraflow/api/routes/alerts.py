@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services import alert_rules, alerts
+from loraflow.services.ops import alert_rules, alerts
 
 router = json_router(prefix="/api/alerts", tags=["alerts"])
 

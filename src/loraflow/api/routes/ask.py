@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services.ask import AskRequest, ask
+from loraflow.services.know.ask import AskRequest, ask
 
 router = json_router(tags=["ask"])
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services import assistants
+from loraflow.services.catalog import assistants
 
 router = json_router(prefix="/api/assistants", tags=["assistants"])
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.config import CHUNK_SIZE_RANGE
-from loraflow.services import documents, knowledge
+from loraflow.services.know import documents, knowledge
 
 router = json_router(prefix="/api/collections", tags=["knowledge bases"])
 

@@ -8,7 +8,7 @@ from fastapi import File, UploadFile
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services import documents
+from loraflow.services.know import documents
 
 router = json_router(prefix="/documents", tags=["documents"])
 

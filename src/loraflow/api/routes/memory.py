@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.memory.entries import KINDS
-from loraflow.services import memory
+from loraflow.services.write import memory
 
 router = json_router(prefix="/api/memory", tags=["story memory"])
 

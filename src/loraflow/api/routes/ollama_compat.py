@@ -21,9 +21,10 @@ from loraflow.api.compat import ollama_error, route_class
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.streaming import stream_response
 from loraflow.errors import InvalidInput, LoraflowError
-from loraflow.services import chat as chat_service
-from loraflow.services.chat import ChatRequest
-from loraflow.services.embeddings import embed
+from loraflow.services.catalog import names as catalog
+from loraflow.services.serve import chat as chat_service
+from loraflow.services.serve.chat import ChatRequest
+from loraflow.services.serve.embeddings import embed
 
 router = APIRouter(prefix="/api", tags=["ollama"], route_class=route_class(ollama_error))
 
@@ -165,7 +166,7 @@ def chat(body: ChatBody, rt: RuntimeDep) -> Any:
 
 @router.post("/generate", summary="Complete a prompt (NDJSON stream by default)")
 def generate(body: GenerateBody, rt: RuntimeDep) -> Any:
-    target = chat_service.resolve_model(rt, body.model)
+    target = catalog.resolve(rt, body.model)
     if not body.prompt:
         # Ollama answers an empty prompt by loading the model; it is always loaded here.
         return {"model": target.name, "created_at": _now(), "response": "", "done": True,
@@ -201,17 +202,17 @@ def tags(rt: RuntimeDep) -> dict[str, Any]:
                 "digest": hashlib.sha256(f"{m['id']}|{m['path']}".encode()).hexdigest(),
                 "details": _details(m["parent"]),
             }
-            for m in chat_service.list_models(rt)
+            for m in catalog.list_models(rt)
         ]
     }
 
 
 @router.post("/show", summary="Details of one model")
 def show(body: ShowBody, rt: RuntimeDep) -> dict[str, Any]:
-    target = chat_service.resolve_model(rt, body.model or body.name)
-    rows = {m["id"]: m for m in chat_service.list_models(rt)}
-    row = rows.get(target.adapter or chat_service.base_model_id(rt), {})
-    base = chat_service.base_model_id(rt)
+    target = catalog.resolve(rt, body.model or body.name)
+    rows = {m["id"]: m for m in catalog.list_models(rt)}
+    row = rows.get(target.adapter or catalog.base_model_id(rt), {})
+    base = catalog.base_model_id(rt)
     if target.kind == "remote":
         # Served by the remote engine's server: its base model, with the adapter by name.
         base = f"remote/{rt.remote.model}"

@@ -22,10 +22,11 @@ from loraflow.api.compat import openai_error, route_class
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.streaming import stream_response
 from loraflow.errors import InvalidInput, LoraflowError
-from loraflow.services import chat as chat_service
-from loraflow.services.chat import ChatRequest, ChatResult, ChatStream
-from loraflow.services.embeddings import embed
-from loraflow.services.lora_serving import load_lora, unload_lora
+from loraflow.services.catalog import names as catalog
+from loraflow.services.serve import chat as chat_service
+from loraflow.services.serve.chat import ChatRequest, ChatResult, ChatStream
+from loraflow.services.serve.embeddings import embed
+from loraflow.services.serve.lora_serving import load_lora, unload_lora
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(openai_error))
 
@@ -145,7 +146,7 @@ def list_models(rt: RuntimeDep) -> dict[str, Any]:
             "parent": m["parent"],
             "kind": m["kind"],
         }
-        for m in chat_service.list_models(rt)
+        for m in catalog.list_models(rt)
     ]
     data.append(
         {
@@ -166,7 +167,7 @@ def get_model(model: str, rt: RuntimeDep) -> dict[str, Any]:
     for m in list_models(rt)["data"]:
         if m["id"] == model:
             return m
-    chat_service.resolve_model(rt, model)  # raises NotFound naming the known models
+    catalog.resolve(rt, model)  # raises NotFound naming the known models
     return {"id": model, "object": "model", "created": int(rt.started_at), "owned_by": "loraflow"}
 
 

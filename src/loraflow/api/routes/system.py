@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services import models
-from loraflow.services.remote import is_remote, label
+from loraflow.engines.remote import is_remote, label
+from loraflow.services.catalog import names as catalog
+from loraflow.services.ops import health as health_report
 
 router = json_router(tags=["system"])
 
@@ -39,20 +40,20 @@ class SwitchModelResponse(BaseModel):
 
 @router.get("/health", summary="Each component checked for real")
 def health(rt: RuntimeDep) -> JSONResponse:
-    body = models.health(rt)
+    body = health_report.health(rt)
     return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
 
 
 @router.get("/model_info", summary="Configured and loaded models")
 def model_info(rt: RuntimeDep) -> dict[str, Any]:
-    return models.model_info(rt)
+    return health_report.model_info(rt)
 
 
 @router.post(
     "/switch_model", response_model=SwitchModelResponse, summary="Switch model at run time"
 )
 def switch_model(body: SwitchModelRequest, rt: RuntimeDep) -> SwitchModelResponse:
-    sel = models.switch_model(rt, use_lora=body.use_lora, engine=body.engine, adapter=body.adapter)
+    sel = catalog.switch_model(rt, use_lora=body.use_lora, engine=body.engine, adapter=body.adapter)
     if is_remote(sel.engine):
         target = label(rt.settings) + (f" with adapter {sel.adapter!r}" if sel.adapter else "")
     else:

@@ -11,7 +11,8 @@ from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.errors import InvalidInput
 from loraflow.safe_json import loads as bounded_loads
-from loraflow.services import datasets, training
+from loraflow.services.train import datasets
+from loraflow.services.train import jobs as training
 from loraflow.training.params import ALIASES, TrainParams, canonical_names
 
 router = json_router(prefix="/api/simple-lora", tags=["training"])

@@ -13,7 +13,7 @@ from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
 from loraflow.api.streaming import stream_response
 from loraflow.errors import LoraflowError
-from loraflow.services.writing import WriteRequest, write, write_stream
+from loraflow.services.write.writing import WriteRequest, write, write_stream
 
 router = json_router(prefix="/api/write", tags=["writing"])
 

@@ -1,0 +1,126 @@
+"""Registered adapters on the local engine: attached on demand, detached least recently used."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from loraflow import db
+from loraflow.adapters.registry import AdapterRecord
+from loraflow.errors import EngineUnavailable
+from loraflow.services.registry.adapters import registry
+
+log = logging.getLogger(__name__)
+
+
+def in_use(rt: Any, ref: str) -> str | None:
+    """The deployment that serves, keeps on standby or could roll back to `ref`, if any."""
+    with rt.db.connect() as conn:
+        rows = conn.execute(
+            select(
+                db.deployments.c.target, db.deployments.c.state, db.deployments.c.previous
+            ).order_by(db.deployments.c.target)
+        ).all()
+    for target, state, previous in rows:
+        for st in (state, previous or {}):
+            refs = [v["adapter"] for v in st.get("variants", [])]
+            refs += [st["standby"]["adapter"]] if st.get("standby") else []
+            if ref in refs:
+                return str(target)
+    return None
+
+
+def served_name(rec: AdapterRecord, engine: Any) -> str:
+    """The engine name of a registered adapter: its name, or name@vN when that is taken."""
+    paths = engine.adapter_paths()
+    loaded = paths.get(rec.name)
+    if loaded is None or Path(loaded).resolve() == Path(rec.path).resolve():
+        return rec.name
+    return rec.ref
+
+
+def ensure_served(rt: Any, ref: str) -> str:
+    """The engine name of a registered adapter, attaching it first (checksum verified).
+
+    Attaching past MAX_LOADED_ADAPTERS first detaches the least recently used adapter that
+    was attached this way, unless a deployment uses it, a request is decoding with it, or it
+    was handed to a request that has not reached the engine yet.
+    """
+    engine = rt.local
+    if engine is None:
+        raise EngineUnavailable(f"the local model is not loaded: {rt.local_error}")
+    reg = registry(rt)
+    rec = reg.get(ref)
+    name = served_name(rec, engine)
+    if _attached(engine, name, rec):
+        return _hand_out(rt, engine, name)
+    with rt.serve_lock:
+        # Decided again under the lock: another request may have taken the bare name.
+        name = served_name(rec, engine)
+        if _attached(engine, name, rec):
+            return _hand_out(rt, engine, name)
+        # Files are checked when they are attached: a changed folder is refused, not served.
+        rec = reg.verify(rec.id)
+        make_room(rt, rt.settings.max_loaded_adapters - 1)
+        engine.load_adapter(name, Path(rec.path))
+        rt.attached.add(name, rec.ref)
+        return _hand_out(rt, engine, name)
+
+
+def _hand_out(rt: Any, engine: Any, name: str) -> str:
+    """Mark `name` used and, until the request reaches the engine, not to be detached."""
+    rt.attached.touch(name)
+    if name in rt.attached:
+        if getattr(engine, "on_request", None) is None:
+            engine.on_request = rt.attached.arrived  # the engine says when requests arrive
+        rt.attached.hand_out(name)
+    return name
+
+
+def make_room(rt: Any, keep_at_most: int) -> list[str]:
+    """Detach on-demand adapters (least recently used first) until `keep_at_most` remain.
+
+    Adapters a deployment uses, a request in the batch decodes with, or one handed to a
+    request still on its way to the engine are skipped.
+    """
+    engine = rt.local
+    attached = set(engine.adapters())
+    for name, _ in rt.attached.oldest_first():
+        if name not in attached:  # unloaded through /v1/unload_lora_adapter or a failed deploy
+            rt.attached.discard(name)
+    busy = engine.adapters_in_use() if hasattr(engine, "adapters_in_use") else set()
+    busy |= rt.attached.handed_out()  # handed to requests still on their way to the engine
+    detached: list[str] = []
+    for name, ref in rt.attached.oldest_first():
+        if len(engine.adapters()) <= keep_at_most:
+            break
+        if name in busy or in_use(rt, ref) is not None:
+            continue
+        engine.unload_adapter(name)
+        rt.attached.discard(name)
+        detached.append(name)
+        log.info("detached adapter %s (least recently used; MAX_LOADED_ADAPTERS)", name)
+    if len(engine.adapters()) > keep_at_most:
+        log.warning(
+            "%d adapters stay attached, above MAX_LOADED_ADAPTERS=%d: the others are deployed, "
+            "decoding, or loaded explicitly",
+            len(engine.adapters()),
+            rt.settings.max_loaded_adapters,
+        )
+    return detached
+
+
+def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:
+    path = engine.adapter_paths().get(name)
+    return path is not None and Path(path).resolve() == Path(rec.path).resolve()
+
+
+def lookup_servable(rt: Any, name: str) -> str | None:
+    """The engine name for `name` when it is a registered adapter that can be served."""
+    rec = registry(rt).find(name)
+    if rec is None:
+        return None
+    return ensure_served(rt, rec.id)

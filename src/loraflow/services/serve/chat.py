@@ -1,0 +1,363 @@
+"""Chat and text completion for the OpenAI- and Ollama-compatible APIs; model names resolve here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
+from loraflow.errors import InvalidInput
+from loraflow.services.catalog import assistants, remote
+from loraflow.services.catalog.generation import request_params
+from loraflow.services.catalog.names import ModelTarget, resolve
+from loraflow.services.know.ask import AskRequest, ask
+from loraflow.services.manage import deployments
+from loraflow.services.runtime import Runtime, local_engine
+
+
+def batch_stats(rt: Runtime) -> dict[str, Any]:
+    """How many requests the local engine is decoding now and how many wait to join."""
+    engine = rt.local
+    running, waiting = engine.queue_depth() if engine is not None else (0, 0)
+    return {
+        "batching": bool(engine is not None and engine.batching),
+        "max_batch_size": rt.settings.max_batch_size,
+        "running": running,
+        "waiting": waiting,
+    }
+
+
+@dataclass
+class ChatRequest:
+    """One chat or completion request in API-neutral terms."""
+
+    model: str
+    messages: list[dict[str, str]] = field(default_factory=list)
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    ignore_eos: bool = False
+    rag: bool = False
+    rag_top_k: int | None = None
+    collection: str | None = None
+
+
+@dataclass
+class Choice:
+    """One answer of a request that asked for `n` of them."""
+
+    index: int
+    text: str
+    finish_reason: FinishReason
+
+
+@dataclass
+class ChatResult:
+    """Answers, token counts and (for RAG) the cited sources."""
+
+    model: str
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+    sources: list[dict[str, Any]] | None = None
+
+
+def params_of(rt: Runtime, req: ChatRequest) -> GenerationParams:
+    """Generation settings from the request, defaults from the settings."""
+    s = rt.settings
+    if not 1 <= req.n <= 8:
+        raise InvalidInput(f"n={req.n} must be between 1 and 8")
+    return request_params(
+        s,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        stop=req.stop,
+        seed=req.seed,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def _nth(params: GenerationParams, i: int) -> GenerationParams:
+    # Distinct seeds so n sampled answers differ yet stay repeatable.
+    return params if i == 0 or params.seed is None else replace(params, seed=params.seed + i)
+
+
+def chat(rt: Runtime, req: ChatRequest) -> ChatResult:
+    """Answer a chat (or continue a prompt) `n` times with the model it names."""
+    target = resolve(rt, req.model)
+    if target.routed is None:
+        return _counted(rt, target, _chat(rt, target, req))
+    # Requests to a deployment target count towards its variant's live numbers.
+    started = time.perf_counter()
+    try:
+        result = _chat(rt, target, req)
+    except InvalidInput:
+        raise  # the request's fault, not the adapter's
+    except Exception:
+        deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        raise
+    deployments.record(rt, target.routed, True, time.perf_counter() - started)
+    return _counted(rt, target, result)
+
+
+def _usage_name(target: ModelTarget) -> str:
+    """The model name usage is counted under: the adapter that answered, or the name asked."""
+    if target.kind == "adapter" and target.adapter:
+        return target.adapter
+    return target.name
+
+
+def _counted(rt: Runtime, target: ModelTarget, result: ChatResult) -> ChatResult:
+    rt.usage.record(_usage_name(target), result.prompt_tokens, result.completion_tokens)
+    return result
+
+
+def _chat(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ChatResult:
+    req = _with_chat_defaults(rt, target.assistant, req)
+    params = params_of(rt, req)
+    if req.rag or target.assistant:
+        return _rag_chat(rt, target, req, params)
+    engine = _engine(rt, target, req)
+    if not getattr(engine, "batching", False):
+        results = [_generate(engine, target, req, _nth(params, i)) for i in range(req.n)]
+        choices = [Choice(i, r.text, r.finish_reason) for i, r in enumerate(results)]
+        completion = sum(r.completion_tokens for r in results)
+        return ChatResult(target.name, choices, results[0].prompt_tokens, completion)
+    # Opened together, the n answers decode side by side in the running batch.
+    streams = [_open(rt, target, req, _nth(params, i)) for i in range(req.n)]
+    choices, completion, prompt = [], 0, 0
+    for i, stream in enumerate(streams):
+        text = "".join(stream)
+        choices.append(Choice(i, text, stream.finish_reason))
+        completion += stream.completion_tokens
+        prompt = stream.prompt_tokens
+    return ChatResult(target.name, choices, prompt, completion)
+
+
+def _engine(rt: Runtime, target: ModelTarget, req: ChatRequest) -> Any:
+    """The remote engine for `remote/<name>` chats, else the local engine."""
+    if target.kind != "remote":
+        return local_engine(rt)
+    if req.prompt is not None:
+        raise InvalidInput(
+            f"model {target.name!r} answers chat messages only; raw completions use local models"
+        )
+    return rt.remote
+
+
+def _generate(
+    engine: Any, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> GenerationResult:
+    if req.prompt is not None:
+        return engine.generate_text(req.prompt, params, adapter=target.adapter)
+    return engine.generate(req.messages, params, adapter=target.adapter)
+
+
+def _rag_chat(
+    rt: Runtime, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> ChatResult:
+    """The /ask pipeline (retrieve, cite, answer) for the chat's last user turn."""
+    if req.prompt is not None:
+        raise InvalidInput("rag works with chat messages, not with a raw prompt")
+    turns = [m for m in req.messages if m.get("role") in ("user", "assistant")]
+    if not turns or turns[-1].get("role") != "user":
+        raise InvalidInput("with rag the chat must end with a user message")
+    system = "\n".join(m["content"] for m in req.messages if m.get("role") == "system")
+    choices, completion, prompt, sources = [], 0, 0, None
+    engine = "remote" if target.kind == "remote" else "local"
+    for i in range(req.n):
+        p = _nth(params, i)
+        result = ask(
+            rt,
+            AskRequest(
+                query=turns[-1]["content"],
+                adapter=None if target.assistant else target.adapter,
+                engine=None if target.assistant else engine,
+                assistant=target.assistant,
+                top_k=req.rag_top_k,
+                collection=req.collection,
+                max_new_tokens=p.max_new_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                top_k_sampling=p.top_k,
+                stop=list(p.stop),
+                seed=p.seed,
+                system_prompt=system or None,
+                history=[{"role": m["role"], "content": m["content"]} for m in turns[:-1]],
+            ),
+        )
+        tokens = result.usage.get("completion_tokens", 0)
+        finish: FinishReason = "length" if tokens >= p.max_new_tokens else "stop"
+        choices.append(Choice(i, result.answer, finish))
+        completion += tokens
+        prompt = result.usage.get("prompt_tokens", 0)
+        sources = result.source_documents
+    return ChatResult(target.name, choices, prompt, completion, sources)
+
+
+class AnswerStream:
+    """Text pieces of one answer; finish reason and token counts are known once it ends."""
+
+    def __init__(self, pieces: Iterator[str], engine: Any, max_tokens: int, prompt_tokens: int):
+        self._pieces = pieces
+        self._engine = engine
+        self._max = max_tokens
+        self._text: list[str] = []
+        self.prompt_tokens = getattr(pieces, "prompt_tokens", prompt_tokens)
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason = "stop"
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self._text.append(piece)
+            yield piece
+        exact = getattr(self._pieces, "finish_reason", None)
+        if exact is not None:
+            self.finish_reason = exact
+            self.completion_tokens = self._pieces.completion_tokens
+        else:
+            # The unbatched engine streams text only; its token count is re-measured.
+            self.completion_tokens = self._engine.count_tokens("".join(self._text))
+            self.finish_reason = "length" if self.completion_tokens >= self._max else "stop"
+
+    def close(self) -> None:
+        """Stop generating (the client went away)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def _open(
+    rt: Runtime, target: ModelTarget, req: ChatRequest, params: GenerationParams
+) -> AnswerStream:
+    engine = _engine(rt, target, req)
+    if target.kind == "remote":
+        counted = remote.CountedPieces(
+            engine.stream(req.messages, params, adapter=target.adapter), params.max_new_tokens
+        ).prime()
+        return AnswerStream(counted, engine, params.max_new_tokens, 0)
+    if req.prompt is not None:
+        pieces = engine.stream_text(req.prompt, params, adapter=target.adapter)
+        prompt_tokens = engine.count_tokens(req.prompt)
+    else:
+        pieces = engine.stream(req.messages, params, adapter=target.adapter)
+        prompt_tokens = sum(engine.count_tokens(m["content"]) for m in req.messages)
+    return AnswerStream(pieces, engine, params.max_new_tokens, prompt_tokens)
+
+
+@dataclass
+class StreamEvent:
+    """A piece of answer `index`, or (text None) its end with the finish reason."""
+
+    index: int
+    text: str | None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class ChatStream:
+    """A streamed request: events, then usage; `sources` is known before the first event."""
+
+    model: str
+    events: Iterator[StreamEvent]
+    sources: list[dict[str, Any]] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    _open: list[AnswerStream] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Stop every answer still generating."""
+        for s in self._open:
+            s.close()
+
+
+def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
+    """Stream `n` answers one after another; bad input raises here, before any event."""
+    target = resolve(rt, req.model)
+    req = _with_chat_defaults(rt, target.assistant, req)
+    params = params_of(rt, req)
+    if req.rag or target.assistant:
+        # Retrieval and the cited answer come from /ask, which answers in one piece.
+        result = _rag_chat(rt, target, req, params)
+        events = [
+            e
+            for c in result.choices
+            for e in (StreamEvent(c.index, c.text), StreamEvent(c.index, None, c.finish_reason))
+        ]
+        usage = {"prompt_tokens": result.prompt_tokens}
+        usage["completion_tokens"] = result.completion_tokens
+        return ChatStream(target.name, iter(events), result.sources, usage)
+    started = time.perf_counter()
+    try:
+        first = _open(rt, target, req, params)
+    except InvalidInput:
+        raise
+    except Exception:
+        if target.routed is not None:
+            deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        raise
+    out = ChatStream(target.name, iter(()), None)
+    out._open.append(first)
+
+    def events() -> Iterator[StreamEvent]:
+        try:
+            yield from routed()
+        finally:
+            usage = out.usage
+            rt.usage.record(
+                _usage_name(target),
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+            )
+
+    def routed() -> Iterator[StreamEvent]:
+        if target.routed is None:
+            yield from answers()
+            return
+        ok = False
+        try:
+            yield from answers()
+            ok = True
+        except GeneratorExit:
+            ok = True  # the client went away: not the adapter's failure
+            raise
+        finally:
+            deployments.record(rt, target.routed, ok, time.perf_counter() - started)
+
+    def answers() -> Iterator[StreamEvent]:
+        completion = 0
+        for i in range(req.n):
+            stream = first if i == 0 else _open(rt, target, req, _nth(params, i))
+            if i:
+                out._open.append(stream)
+            for piece in stream:
+                yield StreamEvent(i, piece)
+            completion += stream.completion_tokens
+            out.usage = {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion}
+            yield StreamEvent(i, None, stream.finish_reason)
+
+    out.events = events()
+    return out
+
+
+def _with_chat_defaults(rt: Runtime, name: str | None, req: ChatRequest) -> ChatRequest:
+    """A chat-API request with the assistant's generation defaults where it set none."""
+    if not name:
+        return req
+    gen = assistants.get_assistant(rt, name).generation
+    return replace(
+        req,
+        max_tokens=req.max_tokens or gen.get("max_new_tokens"),
+        temperature=req.temperature if req.temperature is not None else gen.get("temperature"),
+        top_p=req.top_p if req.top_p is not None else gen.get("top_p"),
+        top_k=req.top_k if req.top_k is not None else gen.get("top_k"),
+        stop=list(req.stop) or list(gen.get("stop", [])),
+    )
