@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -31,6 +33,31 @@ def test_ask_answers_with_sources_from_the_right_document(client: httpx.Client) 
     assert all(s["score"] > 0 for s in body["source_documents"])
     assert body["model_used"] == "lora" and body["adapter"] == ADAPTER_NAME
     assert body["processing_time"] > 0
+
+
+def _streamed(client: httpx.Client, **body: object) -> list[dict]:
+    with client.stream("POST", "/ask", json={**body, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+
+def test_ask_streams_sources_then_text_then_usage(client: httpx.Client) -> None:
+    q = {"query": "How large are the chunks?", "temperature": 0, "max_new_tokens": 24}
+    whole = _ask(client, **q).json()
+    events = _streamed(client, **q)
+    head, pieces, done = events[0], events[1:-1], events[-1]
+    assert head["type"] == "sources" and head["source_documents"] == whole["source_documents"]
+    assert (head["engine"], head["adapter"]) == (whole["engine"], whole["adapter"])
+    assert len(pieces) > 1 and {e["type"] for e in pieces} == {"text"}
+    # The same greedy answer as the one-piece response, token by token.
+    assert "".join(e["text"] for e in pieces).strip() == whole["answer"]
+    assert done["type"] == "done" and done["usage"] == whole["usage"]
+    assert done["processing_time"] > 0
+
+
+def test_ask_stream_refuses_bad_input_before_streaming(client: httpx.Client) -> None:
+    r = client.post("/ask", json={"query": "  ", "stream": True})
+    assert r.status_code == 422 and "detail" in r.json()
 
 
 def test_health_reports_each_component_and_degrades_without_ollama(client: httpx.Client) -> None:

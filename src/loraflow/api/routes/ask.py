@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
-from loraflow.services.know.ask import AskRequest, ask
+from loraflow.api.streaming import stream_response
+from loraflow.errors import LoraflowError
+from loraflow.services.know.ask import AskRequest, AskStream, ask, ask_stream
+from loraflow.services.runtime import Runtime
 
 router = json_router(tags=["ask"])
 
@@ -32,6 +38,14 @@ class AskBody(BaseModel):
     assistant: str | None = Field(None, description="Answer as this assistant.")
     retrieval_mode: Literal["hybrid", "vector", "bm25"] | None = Field(
         None, description="Override RETRIEVAL_MODE for this question."
+    )
+    stream: bool = Field(
+        False,
+        description="true: answer as NDJSON lines while it is generated — first "
+        '{"type": "sources", ...} (who answers and the cited sources), then '
+        '{"type": "text", "text": ...} pieces, then {"type": "done", "usage": ..., '
+        '"processing_time": ...}; an error after the first line arrives as '
+        '{"type": "error", "detail": ...}.',
     )
 
 
@@ -64,13 +78,51 @@ class AskResponse(BaseModel):
     assistant: str | None = None
 
 
-@router.post("/ask", response_model=AskResponse, summary="Answer a question with sources")
-def ask_route(body: AskBody, rt: RuntimeDep) -> dict[str, Any]:
-    result = ask(rt, AskRequest(**body.model_dump()))
-    used = result.adapter or (
-        result.engine if result.engine != "local" else rt.settings.base_model_name
-    )
-    rt.usage.record(
-        used, result.usage.get("prompt_tokens", 0), result.usage.get("completion_tokens", 0)
-    )
+@router.post(
+    "/ask",
+    response_model=AskResponse,
+    summary="Answer a question with sources",
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+def ask_route(body: AskBody, rt: RuntimeDep) -> Any:
+    fields = body.model_dump()
+    streamed = fields.pop("stream")
+    if streamed:
+        return _streamed(rt, ask_stream(rt, AskRequest(**fields)))
+    result = ask(rt, AskRequest(**fields))
+    _count(rt, result.engine, result.adapter, result.usage)
     return asdict(result)
+
+
+def _count(rt: Runtime, engine: str, adapter: str | None, usage: dict[str, int]) -> None:
+    used = adapter or (engine if engine != "local" else rt.settings.base_model_name)
+    rt.usage.record(used, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+
+def _streamed(rt: Runtime, answer: AskStream) -> Response:
+    def lines() -> Iterator[str]:
+        head = {
+            "type": "sources",
+            "source_documents": answer.source_documents,
+            "model_used": answer.model_used,
+            "engine": answer.engine,
+            "adapter": answer.adapter,
+            "fallback": answer.fallback,
+            "assistant": answer.assistant,
+        }
+        yield _line(head)
+        try:
+            for piece in answer.pieces:
+                yield _line({"type": "text", "text": piece})
+        except LoraflowError as exc:
+            yield _line({"type": "error", "detail": exc.message})
+            return
+        _count(rt, answer.engine, answer.adapter, answer.usage)
+        done = {"type": "done", "usage": answer.usage, "processing_time": answer.processing_time}
+        yield _line(done)
+
+    return stream_response(lines(), answer.close, "application/x-ndjson")
+
+
+def _line(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"

@@ -144,6 +144,15 @@ def choose(
     return Selection("local", names[0] if names else None)
 
 
+def local_fallback(rt: Runtime) -> Selection:
+    """What answers locally when the remote engine cannot: the shared selection when it is a
+    local model, else the base model — never an adapter nobody chose."""
+    current = current_selection(rt)
+    if current.engine == "local":
+        return current
+    return Selection("local", None)
+
+
 def switch_model(
     rt: Runtime,
     *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,7 +15,8 @@ from loraflow.rag.prompt import DEFAULT_SYSTEM_PROMPT, build_rag_messages
 from loraflow.rag.retrieve import RetrievedChunk
 from loraflow.services.catalog import assistants
 from loraflow.services.catalog.generation import request_params
-from loraflow.services.catalog.names import choose
+from loraflow.services.catalog.names import choose, local_fallback
+from loraflow.services.catalog.remote import CountedPieces
 from loraflow.services.catalog.selection import Selection
 from loraflow.services.know.knowledge import retrieve_for
 from loraflow.services.runtime import Runtime
@@ -119,8 +121,21 @@ def sources_of(chunks: list[RetrievedChunk]) -> list[dict[str, Any]]:
     ]
 
 
-def ask(rt: Runtime, req: AskRequest) -> AskResult:
-    """Answer one question from the knowledge base, citing the chunks used."""
+@dataclass
+class _Prepared:
+    """A validated question: what answers it, the retrieved chunks and the prompt."""
+
+    req: AskRequest
+    sel: Selection
+    engine: Engine
+    params: GenerationParams
+    chunks: list[RetrievedChunk]
+    messages: list[dict[str, str]]
+    started: float
+
+
+def _prepare(rt: Runtime, req: AskRequest) -> _Prepared:
+    """Everything before generation; every refusal of a request happens here."""
     started = time.perf_counter()
     query = validate_query(rt, req.query)
     req = apply_assistant(rt, req)
@@ -139,33 +154,139 @@ def ask(rt: Runtime, req: AskRequest) -> AskResult:
         messages.append({"role": "user", "content": query})
     # Earlier turns of a chat go between the instructions and the current question.
     messages[1:1] = req.history
-    fallback = None
+    return _Prepared(req, sel, engine, params, chunks, messages, started)
+
+
+def _fallback_allowed(rt: Runtime, sel: Selection) -> bool:
+    # The seed's rule: when Ollama (any remote) is down and the local model is the default,
+    # answer locally.
+    return is_remote(sel.engine) and rt.local is not None and rt.settings.use_lora_default
+
+
+def _falling_back(rt: Runtime, exc: EngineUnavailable) -> tuple[Selection, str]:
+    sel = local_fallback(rt)
+    log.warning("falling back to the local model (%s): %s", sel.adapter or "base", exc)
+    what = f"adapter {sel.adapter}" if sel.adapter else "the base model"
+    return sel, f"{exc.message}; answered by the local model instead ({what})"
+
+
+def ask(rt: Runtime, req: AskRequest) -> AskResult:
+    """Answer one question from the knowledge base, citing the chunks used."""
+    p = _prepare(rt, req)
+    sel, fallback = p.sel, None
     try:
-        result = engine.generate(messages, params, adapter=sel.adapter)
+        result = p.engine.generate(p.messages, p.params, adapter=sel.adapter)
     except EngineUnavailable as exc:
-        # The seed's rule: when Ollama (any remote) is down and the local model is the default,
-        # answer locally.
-        if not is_remote(sel.engine) or rt.local is None or not rt.settings.use_lora_default:
+        if not _fallback_allowed(rt, sel):
             raise
-        log.warning("falling back to the local model: %s", exc)
-        fallback = f"{exc.message}; answered by the local model instead"
-        names = rt.local.adapters()
-        sel = Selection("local", names[0] if names else None)
-        result = rt.local.generate(messages, params, adapter=sel.adapter)
+        sel, fallback = _falling_back(rt, exc)
+        assert rt.local is not None
+        result = rt.local.generate(p.messages, p.params, adapter=sel.adapter)
     return AskResult(
         answer=result.text.strip(),
-        source_documents=sources_of(chunks),
+        source_documents=sources_of(p.chunks),
         model_used=sel.model_used,
-        processing_time=round(time.perf_counter() - started, 3),
+        processing_time=round(time.perf_counter() - p.started, 3),
         engine=sel.engine,
         adapter=sel.adapter,
         fallback=fallback,
-        assistant=req.assistant,
+        assistant=p.req.assistant,
         usage={
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         },
     )
+
+
+@dataclass
+class AskStream:
+    """A streamed answer: who answers and the sources are known before the first piece;
+    `usage` and `processing_time` once the pieces are consumed."""
+
+    source_documents: list[dict[str, Any]]
+    model_used: str
+    engine: str
+    adapter: str | None
+    fallback: str | None
+    assistant: str | None
+    pieces: Iterator[str]
+    usage: dict[str, int] = field(default_factory=dict)
+    processing_time: float = 0.0
+
+    def close(self) -> None:
+        """Stop generating (the client went away)."""
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
+
+
+def ask_stream(rt: Runtime, req: AskRequest) -> AskStream:
+    """Like `ask`, streamed; bad input and an unreachable engine raise here, before any piece.
+
+    A remote engine is asked for its first piece before this returns, so that the local
+    fallback (the seed's rule) can still take over.
+    """
+    p = _prepare(rt, req)
+    sel, fallback = p.sel, None
+    try:
+        pieces, engine = _open(p, p.engine, sel)
+    except EngineUnavailable as exc:
+        if not _fallback_allowed(rt, sel):
+            raise
+        sel, fallback = _falling_back(rt, exc)
+        assert rt.local is not None
+        pieces, engine = _open(p, rt.local, sel)
+    out = AskStream(
+        source_documents=sources_of(p.chunks),
+        model_used=sel.model_used,
+        engine=sel.engine,
+        adapter=sel.adapter,
+        fallback=fallback,
+        assistant=p.req.assistant,
+        pieces=iter(()),
+    )
+
+    def counted() -> Iterator[str]:
+        text: list[str] = []
+        for piece in pieces:
+            text.append(piece)
+            yield piece
+        completion = getattr(pieces, "completion_tokens", None)
+        if completion is None:  # an engine that streams text only: measured again
+            completion = engine.count_tokens("".join(text))
+        prompt = getattr(pieces, "prompt_tokens", 0) or sum(
+            engine.count_tokens(m["content"]) for m in p.messages
+        )
+        out.usage = {"prompt_tokens": int(prompt), "completion_tokens": int(completion)}
+        out.processing_time = round(time.perf_counter() - p.started, 3)
+
+    out.pieces = _Closing(counted(), pieces)
+    return out
+
+
+def _open(p: _Prepared, engine: Any, sel: Selection) -> tuple[Iterator[str], Any]:
+    pieces = engine.stream(p.messages, p.params, adapter=sel.adapter)
+    if is_remote(sel.engine):
+        pieces = CountedPieces(pieces, p.params.max_new_tokens).prime()
+    return pieces, engine
+
+
+class _Closing:
+    """An iterator whose close() also stops the engine's stream it reads from."""
+
+    def __init__(self, it: Iterator[str], source: Any) -> None:
+        self._it, self._source = it, source
+
+    def __iter__(self) -> Iterator[str]:
+        return self._it
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
 
 
 def apply_assistant(rt: Runtime, req: AskRequest) -> AskRequest:
