@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loraflow.hardware import cpu_info
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 PACKAGES = ("loraflow", "torch", "transformers", "peft", "trl", "faiss-cpu", "llama-cpp-python")
@@ -32,6 +34,21 @@ PACKAGES = ("loraflow", "torch", "transformers", "peft", "trl", "faiss-cpu", "ll
 # machine was across the whole run, not only at its end.
 _STARTED = time.time()
 _LOAD_AT_START = os.getloadavg()
+
+
+def capability() -> dict[str, Any]:
+    """The CPU's capability (ISA level, bf16/VNNI/AMX flags, threads) as loraflow reads it."""
+    return cpu_info()
+
+
+def capability_line(info: dict[str, Any] | None = None) -> str:
+    """One line naming what the figures depend on: speed ratios differ across CPU kinds."""
+    info = info or capability()
+    flags = " ".join(info["flags"]) or "none of note"
+    return (
+        f"host: {info['cpu']}, {info['isa']} (flags: {flags}), {info['threads']} torch "
+        f"threads of {info['cores']} cores, torch {info['torch']}"
+    )
 
 
 def cpu_model() -> str:
@@ -86,6 +103,7 @@ def machine() -> dict[str, Any]:
     """The machine and software the run used, including the load average now and at start."""
     return {
         "cpu": cpu_model(),
+        "capability": capability(),
         "cores": os.cpu_count(),
         "ram_gib": round(ram_gib(), 1),
         "platform": platform.platform(),
@@ -140,7 +158,11 @@ def write_results(
 
 
 def add_json_flag(parser: Any) -> None:
-    """The `--json FILE` option every bench script takes."""
+    """The `--json FILE` option every bench script takes; also prints the host's capability.
+
+    Every bench builds its parser first, so the capability heads every run's output.
+    """
+    print(capability_line(), flush=True)
     parser.add_argument(
         "--json",
         type=Path,

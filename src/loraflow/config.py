@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         description="Device for fine-tuning jobs: auto, cuda or cpu; unset or empty: DEVICE "
         "when that is set, else auto (CUDA with 4-bit QLoRA when there is a GPU).",
     )
+    training_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        validation_alias=AliasChoices("TRAINING_PRECISION", "training_precision"),
+        description="Precision of training jobs: auto (bf16 autocast on CUDA with bf16 and on "
+        "CPUs where this host's micro-benchmark measured bf16 faster; else fp32), fp32 or "
+        "bf16. A job's precision parameter overrides it.",
+    )
 
     max_lora_rank: int = Field(
         64,
@@ -413,6 +420,13 @@ class Settings(BaseSettings):
         le=1024,
         validation_alias=AliasChoices("LLAMACPP_THREADS", "llamacpp_threads"),
         description="CPU threads of the llama.cpp engine; 0: one per core.",
+    )
+    local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "fp32",
+        validation_alias=AliasChoices("LOCAL_PRECISION", "local_precision"),
+        description="Precision of the transformers engine's base linears on CPU: fp32, bf16, "
+        "int8 (fbgemm dynamic, LoRA stays fp32; perplexity cost, see docs/BENCHMARKS.md), or "
+        "auto (what this host's cached micro-benchmark measured faster; never int8).",
     )
 
     db_busy_timeout: float = Field(
