@@ -190,7 +190,7 @@ def speedups(bench: dict[str, float]) -> dict[str, float]:
 
 
 def host_profile(
-    data_dir: Path, *, bench: Callable[[], dict[str, float]] = micro_benchmark
+    data_dir: Path, *, bench: Callable[[], dict[str, float]] | None = None
 ) -> dict[str, Any]:
     """This host's capability and micro-benchmark, measured once and cached in `data_dir`.
 
@@ -208,7 +208,7 @@ def host_profile(
         if cached is not None:
             return cached
         started = time.perf_counter()
-        figures = bench()
+        figures = (bench or micro_benchmark)()
         profile = {
             "key": key,
             **info,
@@ -230,6 +230,28 @@ def _read(path: Path, key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("key") == key else None
+
+
+def bf16_ruled_out(info: dict[str, Any]) -> bool:
+    """An x86 CPU without AVX512_BF16 or AMX emulates bf16 products (the ~40x trap).
+
+    There no measurement is needed to know fp32 wins, so `auto` skips the micro-benchmark.
+    """
+    return info["arch"] in ("x86_64", "AMD64", "i686") and not info["bf16_native"]
+
+
+def auto_training_precision(profile_dir: Path) -> str:
+    """What TRAINING_PRECISION=auto means on this host's CPU (measuring once if needed)."""
+    if bf16_ruled_out(cpu_info()):
+        return "fp32"
+    return training_precision("auto", host_profile(profile_dir))
+
+
+def auto_serving_precision(profile_dir: Path) -> str:
+    """What LOCAL_PRECISION=auto means on this host's CPU (measuring once if needed)."""
+    if all(kind == "bf16" for kind in AUTO_SERVING) and bf16_ruled_out(cpu_info()):
+        return "fp32"
+    return serving_precision("auto", host_profile(profile_dir))
 
 
 def training_precision(setting: str, profile: dict[str, Any]) -> str:

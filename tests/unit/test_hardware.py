@@ -26,6 +26,16 @@ def _profile(bench: dict[str, float]) -> dict:
     return {"speedup": hardware.speedups(bench)}
 
 
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, bench: dict[str, float], bf16: bool) -> None:
+    """Pretend to run on an x86 CPU with (or without) native bf16, measuring `bench`."""
+    real = hardware.cpu_info()
+    flags = ["avx2", "avx512_bf16", "avx512f"] if bf16 else ["avx2"]
+    info = {**real, "arch": "x86_64", "isa": "AVX512" if bf16 else "AVX2", "flags": flags,
+            "bf16_native": bf16, "cpu": f"fake {bf16}"}  # fmt: skip
+    monkeypatch.setattr(hardware, "cpu_info", lambda: info)
+    monkeypatch.setattr(hardware, "micro_benchmark", lambda: bench)
+
+
 def test_cpu_info_names_the_capability() -> None:
     info = hardware.cpu_info()
     assert info["isa"] in {"DEFAULT", "VSX", "Z VECTOR", "NEON", "SVE256", "AVX2", "AVX512"}
@@ -67,6 +77,24 @@ def test_auto_picks_bf16_where_measured_faster() -> None:
     assert hardware.training_precision("auto", _profile(AVX512_BF16)) == "bf16"
     # int8 is faster still, but its quality cost is not something a timing sees.
     assert hardware.serving_precision("auto", _profile(AVX512_BF16)) == "bf16"
+
+
+def test_auto_on_x86_without_bf16_needs_no_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=False)
+    assert hardware.auto_training_precision(tmp_path) == "fp32"
+    assert hardware.auto_serving_precision(tmp_path) == "fp32"
+    assert not (tmp_path / hardware.PROFILE_FILE).exists()
+
+
+def test_auto_measures_where_bf16_may_be_native(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
+    assert hardware.auto_training_precision(tmp_path) == "bf16"
+    assert hardware.auto_serving_precision(tmp_path) == "bf16"
+    assert (tmp_path / hardware.PROFILE_FILE).exists()
 
 
 def test_settings_override_auto() -> None:

@@ -13,7 +13,7 @@ from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.peft_adapters import attach_adapter, detach_adapter
 from loraflow.engines.stops import StopFilter, truncate_at_stop
 from loraflow.errors import InvalidInput, LoraflowError, NotFound
-from loraflow.hardware import host_profile, serving_precision
+from loraflow.hardware import auto_serving_precision, serving_precision
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import resolve_base_model
@@ -410,5 +410,5 @@ def load_local_engine(
 def local_precision(setting: str, profile_dir: Path) -> str:
     """LOCAL_PRECISION made concrete: `auto` reads (or first measures) this host's profile."""
     if setting == "auto":
-        return serving_precision(setting, host_profile(profile_dir))
+        return auto_serving_precision(profile_dir)
     return serving_precision(setting, {})

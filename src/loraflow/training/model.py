@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from loraflow.hardware import host_profile, training_precision
+from loraflow.hardware import auto_training_precision, training_precision
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import ResolvedModel
 from loraflow.training.params import TrainParams
@@ -75,10 +75,9 @@ def cpu_bf16(setting: str, profile_dir: Path | None) -> bool:
     bf16 on an AVX2-only CPU is emulated and made a step ~40x slower (DESIGN.md), while an
     AVX-512 BF16 host ran it 2.2x faster: only a measurement on this host can tell.
     """
-    if setting == "auto" and profile_dir is None:
-        return False
-    profile = host_profile(profile_dir) if setting == "auto" and profile_dir else {}
-    return training_precision(setting, profile) == "bf16"
+    if setting == "auto":
+        return profile_dir is not None and auto_training_precision(profile_dir) == "bf16"
+    return training_precision(setting, {}) == "bf16"
 
 
 def _cuda_bf16(setting: str) -> bool:

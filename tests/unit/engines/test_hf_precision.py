@@ -92,36 +92,16 @@ def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: P
     assert engine.precision == "fp32"
 
 
-def test_local_precision_auto_reads_the_profile(tmp_path: Path, monkeypatch) -> None:
-    from loraflow import hardware
+def test_local_precision_auto_reads_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_hardware import AVX2, AVX512_BF16, fake_cpu
 
-    def fake(_: Path) -> dict:
-        return {
-            "speedup": {
-                "serving_bf16_b1": 2.0,
-                "serving_bf16_b32": 0.3,
-                "serving_int8_b1": 4.0,
-                "serving_int8_b32": 2.0,
-            }
-        }
-
-    monkeypatch.setattr("loraflow.engines.hf.host_profile", fake)
-    # bf16 slower at batch 32 (AVX2) and int8 never automatic: fp32.
-    assert local_precision("auto", tmp_path) == "fp32"
+    # bf16 slower at batch 32 (as on AVX2) and int8 never automatic: fp32.
+    fake_cpu(monkeypatch, AVX2, bf16=True)
+    assert local_precision("auto", tmp_path / "a") == "fp32"
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
+    assert local_precision("auto", tmp_path / "b") == "bf16"
     assert local_precision("int8", tmp_path) == "int8"
     with pytest.raises(ConfigError, match="LOCAL_PRECISION"):
         local_precision("fp16", tmp_path)
-    assert (
-        hardware.serving_precision(
-            "auto",
-            {
-                "speedup": {
-                    "serving_bf16_b1": 3.0,
-                    "serving_bf16_b32": 4.0,
-                    "serving_int8_b1": 8.0,
-                    "serving_int8_b32": 7.0,
-                }
-            },
-        )
-        == "bf16"
-    )

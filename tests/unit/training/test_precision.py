@@ -8,31 +8,32 @@ from pathlib import Path
 
 import pytest
 
-from loraflow import hardware
 from loraflow.errors import InvalidInput
 from loraflow.training.model import plan_device
 from loraflow.training.params import TrainParams
 from loraflow.training.trainer import TrainSpec, run_training
-from tests.unit.test_hardware import AVX2, AVX512_BF16
+from tests.unit.test_hardware import AVX2, AVX512_BF16, fake_cpu
 
 CPU = {"device": "cpu"}
 
 
-def test_auto_follows_the_measured_host(tmp_path: Path) -> None:
-    avx2, avx512 = tmp_path / "avx2", tmp_path / "avx512"
-    hardware.host_profile(avx2, bench=lambda: AVX2)
-    hardware.host_profile(avx512, bench=lambda: AVX512_BF16)
+def test_auto_follows_the_measured_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     auto = TrainParams.from_dict(CPU)
-    assert plan_device(auto, profile_dir=avx2)["precision"] == "fp32"
-    plan = plan_device(auto, profile_dir=avx512)
+    # A bf16-capable CPU where bf16 measured slower still trains in fp32.
+    fake_cpu(monkeypatch, AVX2, bf16=True)
+    assert plan_device(auto, profile_dir=tmp_path / "a")["precision"] == "fp32"
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
+    plan = plan_device(auto, profile_dir=tmp_path / "b")
     assert plan["precision"] == "bf16" and plan["bf16"] is True
     assert "bf16" in plan["label"]
     # Without a profile to read, auto on CPU stays fp32 (nothing is measured).
     assert plan_device(auto)["precision"] == "fp32"
 
 
-def test_the_setting_overrides_the_measurement(tmp_path: Path) -> None:
-    hardware.host_profile(tmp_path, bench=lambda: AVX512_BF16)
+def test_the_setting_overrides_the_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
     fp32 = TrainParams.from_dict({**CPU, "precision": "fp32"})
     assert plan_device(fp32, profile_dir=tmp_path)["bf16"] is False
     bf16 = TrainParams.from_dict({**CPU, "precision": "bf16"})
