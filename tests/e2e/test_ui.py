@@ -215,9 +215,22 @@ def test_ask_shows_sources_and_the_history_survives_a_reload(
 
     choose(page, "ask-model", "Base model (no adapter)")
     fill(page, "ask-question", "What water temperature do zebrafish need?")
+    # Records every state the chat shows while the answer streams in.
+    page.evaluate(
+        """() => {
+            window.__askStates = [];
+            const chat = document.querySelector('#ask-chat');
+            new MutationObserver(() => window.__askStates.push(chat.innerText))
+                .observe(chat, {childList: true, subtree: true, characterData: true});
+        }"""
+    )
     page.locator("#ask-send").click()
     chat = page.locator("#ask-chat")
     expect(chat).to_contain_text("Sources", timeout=SLOW)
+    states = page.evaluate("() => window.__askStates")
+    # The chat said "Answering…" before the first words came (no final answer shows it).
+    assert any("Answering…" in s for s in states)
+    assert "Answering…" not in chat.inner_text()
     expect(chat).to_contain_text("zebrafish.md")
     expect(chat).to_contain_text("28 degrees Celsius")  # the quoted sentence
     expect(chat).to_contain_text("answered by base")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,7 @@ from loraflow.errors import NotFound
 from loraflow.rag.collections import DEFAULT
 from loraflow.services.catalog import assistants
 from loraflow.services.know import documents, knowledge
-from loraflow.services.know.ask import AskRequest, ask
+from loraflow.services.know.ask import AskRequest, ask_stream
 from loraflow.services.runtime import Runtime
 from loraflow.ui import knowledge_bases
 from loraflow.ui.context import UIContext, action, cell, model_choices, model_request, whole
@@ -22,6 +23,8 @@ from loraflow.ui.context import UIContext, action, cell, model_choices, model_re
 # The chat is kept in the database, so a reload or a second browser shows the same history.
 HISTORY_KEY = "ui.ask_history"
 MAX_HISTORY = 200
+# How often a streamed answer is redrawn while it is generated (seconds).
+STREAM_REFRESH_S = 0.15
 
 
 def load_history(rt: Runtime) -> list[dict[str, str]]:
@@ -157,14 +160,26 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         # whichever knowledge base and count are picked here.
         mine = "assistant" not in fields
         coll, top_k = (_collection(name), whole(k)) if mine else (None, None)
-        result = ask(rt, AskRequest(query=q, top_k=top_k, collection=coll, **fields))
-        used = result.model_used + (f" ({result.adapter})" if result.adapter else "")
-        if result.assistant:
-            used += f" · {t('assistant')} {result.assistant}"
-        note = f"\n\n_{t('answered_by')} {used} · {result.processing_time:.1f} s_"
-        if result.fallback:
-            note += f"\n\n_{result.fallback}_"
-        body = f"{result.answer}{note}\n\n{sources_markdown(ctx, result.source_documents)}"
+        answer = ask_stream(rt, AskRequest(query=q, top_k=top_k, collection=coll, **fields))
+        sources = sources_markdown(ctx, answer.source_documents)
+        # Shown at once, before the first token: who answers, then the text as it comes.
+        yield [*pending, {"role": "assistant", "content": f"_{t('answering')}_"}], ""
+        text, shown = "", time.monotonic()
+        try:
+            for piece in answer.pieces:
+                text += piece
+                if time.monotonic() - shown >= STREAM_REFRESH_S:
+                    shown = time.monotonic()
+                    yield [*pending, {"role": "assistant", "content": text + " ▍"}], ""
+        finally:
+            answer.close()
+        used = answer.model_used + (f" ({answer.adapter})" if answer.adapter else "")
+        if answer.assistant:
+            used += f" · {t('assistant')} {answer.assistant}"
+        note = f"\n\n_{t('answered_by')} {used} · {answer.processing_time:.1f} s_"
+        if answer.fallback:
+            note += f"\n\n_{answer.fallback}_"
+        body = f"{text.strip()}{note}\n\n{sources}"
         # Re-read: another browser may have asked something meanwhile.
         messages = [*load_history(rt), pending[-1], {"role": "assistant", "content": body}]
         _save_history(rt, messages)
