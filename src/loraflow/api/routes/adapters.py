@@ -12,6 +12,7 @@ from loraflow.api.json_body import json_router
 from loraflow.errors import Conflict
 from loraflow.services.manage import deployments, workflows
 from loraflow.services.registry import adapters as adapter_svc
+from loraflow.services.registry import attach
 
 router = json_router(prefix="/api/adapters", tags=["adapters"])
 
@@ -299,7 +300,7 @@ def update_adapter(ref: str, body: UpdateBody, rt: RuntimeDep) -> dict[str, Any]
 @router.delete("/{ref}", summary="Forget an adapter (its files stay on disk)")
 def remove_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.get_adapter(rt, ref)
-    target = deployments.in_use(rt, rec.ref)
+    target = attach.in_use(rt, rec.ref)
     if target is not None:
         raise Conflict(
             f"adapter {rec.ref} is used by deployment {target!r} (serving, standby or "
