@@ -53,7 +53,7 @@ class LowPrecisionLinear(nn.Linear):
                 self._packed = (
                     self.weight.detach().to(torch.bfloat16)
                     if self.precision == "bf16"
-                    else _int8_linear(self.weight.detach(), self.bias)
+                    else _int8_linear(self.weight.detach())
                 )
             self._packed_version = version
         return self._packed
@@ -77,22 +77,26 @@ def _int8_rows(x: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch
 
     The kernel takes one activation range for the whole input; rows of a batch would share
     it, so one loud row would coarsen the others and a batched answer would differ from the
-    same request alone. Each row is scaled to a largest magnitude of 1 and given two extra
-    inputs, +1 and -1 (their weight columns are zero): every row then spans exactly [-1, 1],
-    the shared range is each row's own, and the row's scale is multiplied back after.
+    same request alone. Each row is mapped onto [0, 1] by its own minimum and span, and given
+    two extra inputs, 0 and 1 (their weight columns are zero): every input then spans exactly
+    [0, 1], so the shared range is each row's own. Since W x = span * W x' + lo * W 1, the
+    row's span scales the product back and its minimum adds the weight's row sums.
     """
+    weights, row_sums = packed
     flat = x.reshape(-1, x.shape[-1]).float()
-    peak = flat.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    ends = torch.tensor([[1.0, -1.0]]).expand(flat.shape[0], 2)
-    out = torch.ops.quantized.linear_dynamic(torch.cat([flat / peak, ends], 1), packed, True)
-    out = out * peak
+    lo = flat.amin(dim=1, keepdim=True)
+    span = (flat.amax(dim=1, keepdim=True) - lo).clamp_min(torch.finfo(torch.float32).tiny)
+    ends = torch.tensor([[0.0, 1.0]]).expand(flat.shape[0], 2)
+    unit = torch.cat([(flat - lo) / span, ends], 1)
+    out = torch.ops.quantized.linear_dynamic(unit, weights, True) * span + lo * row_sums
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
 
 
-def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
-    """fbgemm's packed int8 weight (per output channel) with two zero columns appended."""
+def _int8_linear(weight: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """fbgemm's packed int8 weight (per output channel, two zero columns appended) and the
+    fp32 weight's row sums."""
     with warnings.catch_warnings():
         # torch says its quantized tensors move to torchao; the fbgemm kernels still run.
         warnings.simplefilter("ignore")
@@ -101,7 +105,7 @@ def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(q, None)
+        return torch.ops.quantized.linear_prepack(q, None), weight.float().sum(dim=1)
 
 
 def apply_cpu_precision(model: nn.Module, precision: str) -> int:
