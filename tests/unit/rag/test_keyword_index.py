@@ -58,7 +58,7 @@ def test_a_save_publishes_the_keyword_index_beside_the_vectors(tmp_path: Path) -
     folder = current_version(tmp_path / "vs")
     assert folder is not None
     names = {p.name for p in folder.iterdir()}
-    assert {"index.faiss", "meta.json", KEYWORD_META, "bm25.data.npy", "bm25.vocab.json"} <= names
+    assert {"index.faiss", "meta.json", KEYWORD_META, "bm25.data.npy", "bm25.vocab.bytes"} <= names
 
 
 def test_a_reader_maps_the_saved_index_and_scores_exactly_as_a_fresh_build(
@@ -69,7 +69,7 @@ def test_a_reader_maps_the_saved_index_and_scores_exactly_as_a_fresh_build(
     _refuse_builds(monkeypatch)
     reader = FaissStore.open(tmp_path / "vs", "test", DIM)
     loaded = reader.keyword_index()
-    assert isinstance(loaded._retriever.scores["data"], np.memmap)
+    assert loaded.mapped
     assert reader.keyword_index() is loaded  # kept until the store changes
     for q in QUERIES:
         assert _hits(loaded, q) == _hits(fresh, q)
@@ -103,7 +103,7 @@ def test_an_older_version_without_a_keyword_index_is_built_lazily_then_saved(
         p.unlink()
     reader = FaissStore.open(tmp_path / "vs", "test", DIM)
     built = reader.keyword_index()
-    assert not isinstance(built._retriever.scores["data"], np.memmap)
+    assert not built.mapped
     assert [h.chunk.source for h in built.search("E4711", 3)] == ["codes.md"]
     with reader.write_lock():
         reader.save()  # the next writer publishes one
@@ -146,3 +146,43 @@ def test_hybrid_results_are_the_same_with_the_published_index(
             a = search(q, minilm, reader, reader.keyword_index(), k=4, mode=mode)
             b = search(q, minilm, writer, fresh, k=4, mode=mode)
             assert a == b
+
+
+def test_scores_equal_bm25s_own_and_the_mapped_vocabulary_finds_every_term(
+    tmp_path: Path,
+) -> None:
+    from loraflow.rag.bm25 import SortedVocab, tokenize
+
+    chunks = _written(tmp_path / "vs").chunks()
+    retriever = bm25s.BM25()
+    retriever.index([tokenize(c.text) or ["\u2205"] for c in chunks], show_progress=False)
+    folder = current_version(tmp_path / "vs")
+    assert folder is not None
+    loaded = BM25Index.load(folder, chunks)
+    assert loaded is not None and loaded.mapped
+    for q in [*QUERIES, "cat cat purrs", "unknownword cat"]:
+        want = retriever.get_scores(tokenize(q))
+        got = {h.chunk.chunk_id: h.score for h in loaded.search(q, len(chunks))}
+        assert got == {c.chunk_id: float(s) for c, s in zip(chunks, want, strict=True) if s > 0}
+    vocab = SortedVocab.load(folder)
+    for token, term in retriever.vocab_dict.items():
+        assert vocab.get(token) == term
+    assert vocab.get("zzz-not-a-term") is None
+
+
+def test_a_version_saved_in_bm25s_own_layout_still_loads_mapped(tmp_path: Path) -> None:
+    from loraflow.rag.bm25 import _BM25S_FILES, TOKENIZER, tokenize
+
+    chunks = _written(tmp_path / "vs").chunks()
+    folder = tmp_path / "old"
+    folder.mkdir()
+    retriever = bm25s.BM25()
+    retriever.index([tokenize(c.text) or ["\u2205"] for c in chunks], show_progress=False)
+    retriever.save(folder, show_progress=False, **_BM25S_FILES)
+    meta = {"tokenizer": TOKENIZER, "n_chunks": len(chunks)}
+    (folder / KEYWORD_META).write_text(json.dumps(meta))
+    loaded = BM25Index.load(folder, chunks)
+    assert loaded is not None and loaded.mapped
+    fresh = BM25Index(chunks)
+    for q in QUERIES:
+        assert _hits(loaded, q) == _hits(fresh, q)
