@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # 2: the index may be an approximate (HNSW) one, described by meta["ann"]; 1 is always flat.
-FORMAT_VERSION = 2
+# 3: the chunk records lie in chunks.npy + chunks.text (rag/chunk_table.py), not meta.json.
+FORMAT_VERSION = 3
 INDEX_FILE = "index.faiss"
 WRITE_LOCK_FILE = ".write.lock"
 META_FILE = "meta.json"
+# Saves with more chunks than this keep their records in the mapped table files (format 3),
+# so opening them reads no record; smaller ones stay in meta.json, readable by older releases.
+INLINE_CHUNKS_MAX = 10_000
+# Readers check the index file's size and a digest of its first and last bytes; the full
+# sha256 is checked by verify(), which every writer runs on the version it starts from.
+_SAMPLE_BYTES = 1 << 20
 
 
 @dataclass
@@ -127,7 +134,8 @@ class FaissStore:
         self.ann: dict[str, Any] | None = None
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         self._docs: dict[str, DocumentInfo] = {}
-        self._chunks: dict[int, ChunkRecord] = {}
+        # A dict, or for a version saved with a records table, a ChunkTable read on demand.
+        self._chunks: MutableMapping[int, ChunkRecord] = {}
         self._next_id = 0
         # Name of the saved version this memory state came from (None: never saved).
         self._version: str | None = None
@@ -139,6 +147,8 @@ class FaissStore:
         self._generation = 0
         self._keyword: tuple[int, BM25Index] | None = None
         self._keyword_lock = threading.Lock()
+        # The saved version whose full checksums verify() last confirmed.
+        self._verified: str | None = None
 
     @classmethod
     def open(cls, path: Path, embedding_name: str, dim: int, ann_threshold: int = 0) -> FaissStore:
@@ -168,7 +178,38 @@ class FaissStore:
         """
         with self._write_lock, file_lock(self.path / WRITE_LOCK_FILE):
             self.refresh()
+            if self._version is not None and self._verified != self._version:
+                self.verify()
             yield
+
+    def verify(self) -> None:
+        """Check the saved version in use against the full checksums its writer recorded.
+
+        Opening a version checks sizes, a digest of the index file's ends and that the files
+        agree; this reads every byte, so damage inside a file is found too. StoreError names
+        the damaged file. Writers run it before changing a version.
+        """
+        from loraflow.rag.chunk_table import file_digest
+
+        with self._lock:
+            version = self._version
+        if version is None:
+            return
+        folder = self.path / version
+        try:
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            want = {INDEX_FILE: meta["index_sha256"], **meta.get("records", {}).get("sha256", {})}
+            bad = [name for name, digest in want.items() if file_digest(folder / name) != digest]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"Vector store version {str(folder)!r} is unreadable: {exc}") from exc
+        if bad:
+            raise StoreError(
+                f"Vector store file {str(folder / bad[0])!r} is damaged: its checksum does not "
+                f"match {META_FILE}",
+                hint="restore the data dir from a backup, or re-ingest into a new "
+                "VECTOR_STORE_PATH",
+            )
+        self._verified = version
 
     def refresh(self) -> bool:
         """Reload if another process saved a newer version since; True when reloaded.
@@ -192,6 +233,8 @@ class FaissStore:
         return False
 
     def _load(self, folder: Path) -> None:
+        from loraflow.rag.chunk_table import ChunkTable
+
         meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -215,25 +258,21 @@ class FaissStore:
         ann = meta.get("ann")
         try:
             docs = [DocumentInfo(**d) for d in meta["documents"]]
-            chunks = [ChunkRecord(**c) for c in meta["chunks"]]
-            next_id, want_sha = int(meta["next_chunk_id"]), meta["index_sha256"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"Vector store file {str(meta_path)!r} is damaged: {exc}") from exc
-        try:
-            data = index_path.read_bytes()
-        except OSError as exc:
-            raise StoreError(f"Vector store file {str(index_path)!r} is unreadable: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != want_sha:
-            raise StoreError(
-                f"Vector store file {str(index_path)!r} is damaged: its checksum does not "
-                f"match {META_FILE}"
-            )
-        try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise StoreError(f"Vector store file {str(index_path)!r} is damaged: {exc}") from exc
-        ids = set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
-        if index.d != self.dim or ids != {c.chunk_id for c in chunks}:
+            next_id = int(meta["next_chunk_id"])
+            chunks: MutableMapping[int, ChunkRecord]
+            if "chunks" in meta:
+                chunks = {c["chunk_id"]: ChunkRecord(**c) for c in meta["chunks"]}
+                saved_ids = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
+            else:
+                rec = meta["records"]
+                pairs = [(d.doc_id, d.source) for d in docs]
+                chunks = ChunkTable(folder, pairs, int(rec["n_chunks"]), int(rec["text_bytes"]))
+                saved_ids = chunks.saved_ids
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"Vector store files in {str(folder)!r} are damaged: {exc}") from exc
+        index = _read_index(index_path, meta)
+        ids = faiss.vector_to_array(index.id_map) if index.ntotal else np.zeros(0, np.int64)
+        if index.d != self.dim or not np.array_equal(np.sort(ids), np.sort(saved_ids)):
             raise StoreError(
                 f"Vector store files in {str(folder)!r} disagree: {INDEX_FILE} has "
                 f"{index.ntotal} vectors of dim {index.d}, {META_FILE} lists {len(chunks)} chunks"
@@ -241,7 +280,8 @@ class FaissStore:
         from loraflow.rag.bm25 import BM25Index
 
         # Saved by the writer beside the vectors (older versions have none: built on demand).
-        keyword = BM25Index.load(folder, chunks)
+        rows = chunks.rows() if isinstance(chunks, ChunkTable) else list(chunks.values())
+        keyword = BM25Index.load(folder, rows)
         if not is_approximate(index):
             ann = None
         elif ann is not None:
@@ -249,8 +289,8 @@ class FaissStore:
         self._index = index
         self.ann = ann
         self._docs = {d.doc_id: d for d in docs}
-        self._chunks = {c.chunk_id: c for c in chunks}
-        self._next_id = max(next_id, max(self._chunks, default=-1) + 1)
+        self._chunks = chunks
+        self._next_id = max(next_id, _max_id(chunks) + 1)
         self._generation += 1
         self._keyword = (self._generation, keyword) if keyword is not None else None
 
@@ -295,7 +335,7 @@ class FaissStore:
                     "document(s)",
                     hint="list the documents to see their ids",
                 )
-            ids = [cid for cid, c in self._chunks.items() if c.doc_id == doc_id]
+            ids = _ids_of(self._chunks, doc_id)
             if ids:
                 self._editable().remove_ids(np.asarray(ids, dtype=np.int64))
             for cid in ids:
@@ -373,7 +413,7 @@ class FaissStore:
     def document_chunks(self, doc_id: str) -> list[ChunkRecord]:
         """The chunks of one document, in position order."""
         with self._lock:
-            found = [c for c in self._chunks.values() if c.doc_id == doc_id]
+            found = [self._chunks[cid] for cid in _ids_of(self._chunks, doc_id)]
         return sorted(found, key=lambda c: c.position)
 
     def search(self, query: np.ndarray, k: int) -> list[SearchHit]:
@@ -411,10 +451,10 @@ class FaissStore:
                 else:
                     to_save, ann = built
                 index_bytes = faiss.serialize_index(to_save).tobytes()
-                meta = self._meta(hashlib.sha256(index_bytes).hexdigest(), ann)
                 gen, cached = self._generation, self._keyword
                 chunks = list(self._chunks.values())
-            meta_bytes = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+                meta, files = self._meta(index_bytes, ann, chunks)
+            files[META_FILE] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
             # The writer builds the keyword index once and publishes it with the vectors, so
             # readers and other workers map it instead of each rebuilding it from all chunks.
             keyword = (
@@ -423,11 +463,7 @@ class FaissStore:
                 else self._build_keyword(gen, chunks)
             )
             try:
-                final = write_version(
-                    self.path,
-                    {INDEX_FILE: index_bytes, META_FILE: meta_bytes},
-                    extra=keyword.save,
-                )
+                final = write_version(self.path, files, extra=keyword.save)
             except OSError as exc:
                 # Memory holds changes the disk does not (disk full, say): go back to the
                 # saved state, so what is served is what a restart would serve.
@@ -440,7 +476,7 @@ class FaissStore:
                     hint="the previously saved state is unchanged and still served; "
                     "free disk space and run the ingest again",
                 ) from exc
-            self._version = final.name
+            self._version = self._verified = final.name
             if built is not None:
                 with self._lock:
                     if self._generation == gen:
@@ -459,16 +495,93 @@ class FaissStore:
                 self._load(folder)
             self._version = folder.name if folder else None
 
-    def _meta(self, index_sha: str, ann: dict[str, Any] | None = None) -> dict[str, Any]:
-        extra = {} if ann is None else {"ann": ann}
-        return {
-            # Flat versions stay readable by releases that only know format 1.
-            "format_version": FORMAT_VERSION if ann is not None else 1,
-            **extra,
+    def _meta(
+        self, index_bytes: bytes, ann: dict[str, Any] | None, chunks: list[ChunkRecord]
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """meta.json's content and the version's files; called with self._lock held."""
+        from loraflow.rag.chunk_table import TEXT_FILE, table_files
+
+        files = {INDEX_FILE: index_bytes}
+        meta: dict[str, Any] = {
+            # Small flat versions stay readable by releases that only know format 1.
+            "format_version": 1 if ann is None else 2,
+            **({} if ann is None else {"ann": ann}),
             "embedding_name": self.embedding_name,
             "dim": self.dim,
             "next_chunk_id": self._next_id,
-            "index_sha256": index_sha,
+            "index_sha256": hashlib.sha256(index_bytes).hexdigest(),
+            "index_size": len(index_bytes),
+            "index_ends_sha256": _ends_digest(index_bytes),
             "documents": [dataclasses.asdict(d) for d in self._docs.values()],
-            "chunks": [dataclasses.asdict(c) for c in self._chunks.values()],
         }
+        if len(chunks) <= INLINE_CHUNKS_MAX:
+            meta["chunks"] = [dataclasses.asdict(c) for c in chunks]
+            return meta, files
+        doc_index = {doc_id: i for i, doc_id in enumerate(self._docs)}
+        table = table_files(chunks, doc_index)
+        files.update(table)
+        meta["format_version"] = FORMAT_VERSION
+        meta["records"] = {
+            "n_chunks": len(chunks),
+            "text_bytes": len(table[TEXT_FILE]),
+            "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in table.items()},
+        }
+        return meta, files
+
+
+def _ends_digest(data: bytes | bytearray | memoryview) -> str:
+    """sha256 of a file's first and last _SAMPLE_BYTES (all of it when smaller)."""
+    head = bytes(data[:_SAMPLE_BYTES])
+    tail = bytes(data[max(_SAMPLE_BYTES, len(data) - _SAMPLE_BYTES) :])
+    return hashlib.sha256(head + tail).hexdigest()
+
+
+def _read_index(path: Path, meta: dict[str, Any]) -> faiss.IndexIDMap2:
+    """The FAISS index file of a version, checked against meta.json before it is parsed.
+
+    Versions written by this loraflow record the file's size and a digest of its ends: a
+    truncated, swapped or half-copied file fails here at once, without hashing every byte
+    (verify() does that, for writers). Older versions record only the full sha256.
+    """
+    damaged = f"Vector store file {str(path)!r} is damaged: its checksum does not match {META_FILE}"
+    try:
+        if "index_size" in meta:
+            size = path.stat().st_size
+            if size != int(meta["index_size"]):
+                raise StoreError(
+                    f"Vector store file {str(path)!r} is damaged: it holds {size} bytes, "
+                    f"{META_FILE} says {meta['index_size']}"
+                )
+            with open(path, "rb") as fh:
+                head = fh.read(_SAMPLE_BYTES)
+                fh.seek(max(_SAMPLE_BYTES, size - _SAMPLE_BYTES))
+                if _ends_digest(head + fh.read()) != meta["index_ends_sha256"]:
+                    raise StoreError(damaged)
+            return faiss.read_index(str(path))
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != meta["index_sha256"]:
+            raise StoreError(damaged)
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except StoreError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"Vector store file {str(path)!r} is unreadable: {exc}") from exc
+    except RuntimeError as exc:
+        raise StoreError(f"Vector store file {str(path)!r} is damaged: {exc}") from exc
+
+
+def _max_id(chunks: MutableMapping[int, ChunkRecord]) -> int:
+    from loraflow.rag.chunk_table import ChunkTable
+
+    if isinstance(chunks, ChunkTable):
+        return chunks.max_id()
+    return max(chunks, default=-1)
+
+
+def _ids_of(chunks: MutableMapping[int, ChunkRecord], doc_id: str) -> list[int]:
+    """The ids of one document's chunks (a ChunkTable finds them without reading texts)."""
+    from loraflow.rag.chunk_table import ChunkTable
+
+    if isinstance(chunks, ChunkTable):
+        return chunks.ids_of(doc_id)
+    return [cid for cid, c in chunks.items() if c.doc_id == doc_id]
