@@ -105,3 +105,8 @@ def test_ef_search_is_raised_until_the_recall_target_is_met(
     _, params = build_hnsw(np.arange(4000, dtype=np.int64), vecs)
     assert params["m"] == 4 and params["ef_search"] > ann.EF_SEARCH_STEPS[0]
     assert params["recall_lower_bound"] >= RECALL_TARGET
+    # One step of headroom past the first efSearch that met the target, both recorded.
+    met = params["ef_search_target_met"]
+    steps = ann.EF_SEARCH_STEPS
+    assert params["ef_search"] == steps[min(steps.index(met) + 1, len(steps) - 1)]
+    assert params["recall_at_10"] >= params["recall_at_10_target_met"] - 0.01
