@@ -136,6 +136,24 @@ def kb_reembed(
     )
 
 
+@kb_app.command("migrate-sparse")
+def kb_migrate_sparse(name: str, data_dir: DataDir = None) -> None:
+    """Add keyword vectors to a Qdrant collection made before them; resumable, with progress."""
+    from rich.progress import Progress
+
+    from loraflow.services.know.knowledge import migrate_sparse
+
+    try:
+        rt = runtime_for(data_dir)
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"adding keyword vectors to {name}", total=None)
+            n = migrate_sparse(rt, name, lambda d, t: bar.update(task, completed=d, total=t))
+    except LoraflowError as exc:
+        fail(exc)
+        return
+    console.print(f"{name}: {n} chunks have keyword vectors" if n else f"{name}: nothing to do")
+
+
 @kb_app.command("search")
 def kb_search(
     query: str,

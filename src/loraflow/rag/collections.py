@@ -64,23 +64,30 @@ class Handle:
 
         A FAISS store publishes its own with each version (built by the writer, mapped by
         readers); None when the database ranks keywords itself (Qdrant with keyword
-        vectors); other stores get one built here from all their chunks.
+        vectors); other stores get one built here from all their chunks. A Qdrant collection
+        made before keyword vectors were stored is refused (building one here would read
+        every chunk into this worker), naming the command that migrates it.
         """
         if getattr(self.store, "hybrid_native", False):
             return None
+        check = getattr(self.store, "check_keyword_vectors", None)
+        if check is not None:
+            if check():  # migrated by another process since this one opened it
+                return None
+            from loraflow.rag.qdrant_store import migrate_command
+
+            raise StoreError(
+                f"knowledge base {self.info.name!r} is a Qdrant collection without keyword "
+                "vectors, so hybrid and bm25 retrieval cannot run in Qdrant",
+                hint=f"run `{migrate_command(self.info.name)}` once (resumable, shows "
+                "progress); until then use retrieval mode 'vector'",
+            )
         own = getattr(self.store, "keyword_index", None)
         if own is not None:
             return own()
         with self._bm25_lock:
             rev = self.store.revision
             if self._bm25 is None or rev != self._bm25_rev:
-                if getattr(self.store, "hybrid_native", None) is False:
-                    log.warning(
-                        "collection %r has no keyword vectors in Qdrant: this worker reads "
-                        "all its chunks to build a BM25 index; re-ingest its documents into "
-                        "a new collection to run hybrid retrieval in Qdrant",
-                        self.info.name,
-                    )
                 self._bm25, self._bm25_rev = BM25Index(self.store.chunks()), rev
             return self._bm25
 

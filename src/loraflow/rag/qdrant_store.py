@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,15 @@ _PAGE = 1024
 # The named sparse vector holding each chunk's keyword terms (Qdrant applies the IDF).
 SPARSE = "keywords"
 _BATCH = 256
+# Where migrate_sparse() copies a dense-only collection's points with their keyword vectors.
+MIGRATION_SUFFIX = "-sparse-migration"
+# meta.json-like record key holding that migration's progress (phase, scroll offset, count).
+_MIGRATION_KEY = "sparse_migration"
+
+
+def migrate_command(name: str) -> str:
+    """The command that adds keyword vectors to the Qdrant collection of knowledge base `name`."""
+    return f"loraflow kb migrate-sparse {name}"
 
 
 def _require() -> Any:
@@ -131,6 +141,7 @@ class QdrantStore(ExternalStore):
 
         self._m = models
         self.hybrid_native = False
+        self._indexed = False
 
     @classmethod
     def open(
@@ -146,14 +157,15 @@ class QdrantStore(ExternalStore):
     ) -> QdrantStore:
         """Open (or create) the index `name` in a local Qdrant folder or on a Qdrant server."""
         store = cls(name, embedding_name, dim, lock_path, _connect(path, url, api_key))
+        store._indexed = url is not None
         with store._guard():
             store._ensure_collections(indexed=url is not None)
         store._attach()
         with store._guard(), store._io:
             params = store._client.get_collection(name).config.params
         size = params.vectors.size
-        # Collections made before keyword vectors were stored fall back to an in-process
-        # BM25 index (which reads every chunk); re-ingest them to get hybrid in Qdrant.
+        # Collections made before keyword vectors were stored serve vector search only, until
+        # migrate_sparse() adds them (collections.Handle.bm25 names the command).
         store.hybrid_native = SPARSE in (params.sparse_vectors or {})
         if size != store.dim:
             raise StoreError(
@@ -197,6 +209,119 @@ class QdrantStore(ExternalStore):
                     self._client.create_payload_index(
                         coll, key, field_schema=m.PayloadSchemaType.KEYWORD
                     )
+
+    def check_keyword_vectors(self) -> bool:
+        """Read the collection's config again (one call, no scroll): True once migrated."""
+        if not self.hybrid_native:
+            with self._guard(), self._io:
+                params = self._client.get_collection(self.name).config.params
+            self.hybrid_native = SPARSE in (params.sparse_vectors or {})
+        return self.hybrid_native
+
+    def migrate_sparse(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Give a collection made before keyword vectors were stored its keyword vectors.
+
+        Qdrant cannot add a vector name to an existing collection, so the points are copied
+        (dense vector, payload, new keyword vector) into `<name>-sparse-migration`, the
+        collection is recreated with both vector kinds and the points are copied back. Progress
+        is recorded after every page, so a run that was stopped resumes where it stopped.
+        Holds the write lock throughout (ingests wait); queries fail while the collection is
+        recreated. Returns the number of chunks in the migrated collection (0: nothing to do).
+        """
+        tmp = self.name + MIGRATION_SUFFIX
+        with self.write_lock(), self._guard():
+            meta = self._get_meta() or {}
+            state = meta.get(_MIGRATION_KEY)
+            if state is None and self.check_keyword_vectors():
+                return 0
+            if state is None:
+                with self._io:
+                    if self._client.collection_exists(tmp):  # left before any progress was saved
+                        self._client.delete_collection(tmp)
+                self._create_chunk_collection(tmp)
+                state = {"phase": "copy", "offset": None, "done": 0}
+            total = self._count_chunks() if state["phase"] == "copy" else self._count_in(tmp)
+            if state["phase"] == "copy":
+                state = self._copy_pages(self.name, tmp, state, total, progress, add_sparse=True)
+                state = {"phase": "back", "offset": None, "done": 0}
+                self._save_migration(state)
+            with self._io:
+                exists = self._client.collection_exists(self.name)
+                params = self._client.get_collection(self.name).config.params if exists else None
+            if params is None or SPARSE not in (params.sparse_vectors or {}):
+                with self._io:
+                    if exists:
+                        self._client.delete_collection(self.name)
+                self._create_chunk_collection(self.name)
+            self._copy_pages(tmp, self.name, state, total, progress, add_sparse=False)
+            with self._io:
+                self._client.delete_collection(tmp)
+            self._save_migration(None)
+            self.hybrid_native = True
+            return self._count_chunks()
+
+    def _create_chunk_collection(self, coll: str) -> None:
+        m = self._m
+        with self._io:
+            self._client.create_collection(
+                coll,
+                vectors_config=m.VectorParams(size=self.dim, distance=m.Distance.DOT),
+                sparse_vectors_config={SPARSE: m.SparseVectorParams(modifier=m.Modifier.IDF)},
+            )
+            if self._indexed:
+                self._client.create_payload_index(
+                    coll, "doc_id", field_schema=m.PayloadSchemaType.KEYWORD
+                )
+
+    def _count_in(self, coll: str) -> int:
+        with self._io:
+            return int(self._client.count(coll, exact=True).count)
+
+    def _save_migration(self, state: dict[str, Any] | None) -> None:
+        meta = self._get_meta() or {}
+        if state is None:
+            meta.pop(_MIGRATION_KEY, None)
+        else:
+            meta[_MIGRATION_KEY] = state
+        self._put_meta(meta)
+
+    def _copy_pages(
+        self,
+        source: str,
+        target: str,
+        state: dict[str, Any],
+        total: int,
+        progress: Callable[[int, int], None] | None,
+        add_sparse: bool,
+    ) -> dict[str, Any]:
+        offset, done = state["offset"], int(state["done"])
+        while True:
+            if progress is not None:
+                progress(done, total)
+            with self._io:
+                points, offset = self._client.scroll(
+                    source, limit=_PAGE, offset=offset, with_payload=True, with_vectors=True
+                )
+            if points:
+                batch = []
+                for p in points:
+                    vec = p.vector
+                    dense = vec.get("", vec) if isinstance(vec, dict) else vec
+                    vectors: dict[str, Any] = {"": dense}
+                    if add_sparse:
+                        vectors[SPARSE] = self._sparse(str((p.payload or {}).get("text", "")))
+                    elif isinstance(vec, dict) and SPARSE in vec:
+                        vectors[SPARSE] = vec[SPARSE]
+                    batch.append(self._m.PointStruct(id=p.id, vector=vectors, payload=p.payload))
+                with self._io:
+                    self._client.upsert(target, points=batch, wait=True)
+                done += len(points)
+            state = {**state, "offset": offset, "done": done}
+            if offset is None:
+                if progress is not None:
+                    progress(done, total)
+                return state
+            self._save_migration(state)
 
     def _match(self, **values: Any) -> Any:
         m = self._m

@@ -11,8 +11,10 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from loraflow.config import Settings
+from loraflow.errors import StoreError
+from loraflow.rag import qdrant_store
 from loraflow.rag.backends import close_clients, index_name, open_index, qdrant_folder
-from loraflow.rag.bm25 import BM25Index, sparse_terms
+from loraflow.rag.bm25 import sparse_terms
 from loraflow.rag.collections import CollectionInfo, Handle
 from loraflow.rag.embed import Embedder
 from loraflow.rag.hybrid import search
@@ -95,9 +97,8 @@ def test_a_new_worker_runs_hybrid_as_one_rrf_query_without_scrolling(
     assert search("feline naps", minilm, store, None, k=2, mode="bm25")
 
 
-def test_a_collection_without_keyword_vectors_falls_back_to_an_in_process_index(
-    settings: Settings, minilm: Embedder, caplog: pytest.LogCaptureFixture
-) -> None:
+def _dense_only(settings: Settings, minilm: Embedder) -> QdrantStore:
+    """A collection as releases before keyword vectors made it, with the sample documents."""
     name = index_name(settings, settings.vector_store_dir)
     conn = _connect(qdrant_folder(settings), None, None)
     with conn.io:
@@ -107,12 +108,86 @@ def test_a_collection_without_keyword_vectors_falls_back_to_an_in_process_index(
         )
     store = _open(settings, minilm)
     assert not store.hybrid_native
-    ingest_texts(DOCS, minilm, store, chunk_size=400, overlap=40)
-    keyword = _handle(store, minilm).bm25()
-    assert isinstance(keyword, BM25Index)
-    assert "re-ingest" in caplog.text
-    hits = search("E4711", minilm, store, keyword, k=1, mode="bm25")
+    ingest_texts(DOCS, minilm, store, chunk_size=60, overlap=0)
+    return store
+
+
+def _no_scroll(store: QdrantStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: Any, **k: Any) -> Any:
+        pytest.fail("the collection was scrolled")
+
+    monkeypatch.setattr(store._client, "scroll", refuse)
+
+
+def test_a_collection_without_keyword_vectors_refuses_hybrid_naming_the_migration(
+    settings: Settings, minilm: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _dense_only(settings, minilm)
+    _no_scroll(store, monkeypatch)
+    with pytest.raises(StoreError, match="without keyword vectors") as caught:
+        _handle(store, minilm).bm25()
+    assert "loraflow kb migrate-sparse default" in (caught.value.hint or "")
+    # Vector search goes on meanwhile, still without reading the whole collection.
+    assert search("E4711 checksum", minilm, store, None, k=1, mode="vector")[0].source == (
+        "codes.md"
+    )
+
+
+def test_migrate_sparse_adds_keyword_vectors_in_place_and_resumes_after_a_stop(
+    settings: Settings, minilm: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _dense_only(settings, minilm)
+    before = {
+        p.id: (p.payload, p.vector)
+        for p in store._client.scroll(store.name, limit=100, with_vectors=True)[0]
+    }
+    assert len(before) > 4
+    monkeypatch.setattr(qdrant_store, "_PAGE", 2)
+    real_upsert, calls = store._client.upsert, []
+
+    def stop_on_third_page(coll: str, *a: Any, **k: Any) -> Any:
+        calls.append(coll)
+        if calls.count(coll) == 3 and coll.endswith(qdrant_store.MIGRATION_SUFFIX):
+            raise RuntimeError("killed")
+        return real_upsert(coll, *a, **k)
+
+    monkeypatch.setattr(store._client, "upsert", stop_on_third_page)
+    with pytest.raises(StoreError, match="killed"):
+        store.migrate_sparse()
+    monkeypatch.setattr(store._client, "upsert", real_upsert)
+    seen: list[tuple[int, int]] = []
+    assert store.migrate_sparse(lambda d, t: seen.append((d, t))) == len(before)
+    # Resumed at the third page of the copy (2 pages done), then the copy back from 0.
+    copy_total = len(before)
+    assert seen[0] == (4, copy_total) and seen[-1] == (copy_total, copy_total)
+    assert (0, copy_total) in seen
+    assert store.hybrid_native
+    assert not store._client.collection_exists(store.name + qdrant_store.MIGRATION_SUFFIX)
+    params = store._client.get_collection(store.name).config.params
+    assert params.sparse_vectors[SPARSE].modifier == models.Modifier.IDF
+    after = store._client.scroll(store.name, limit=100, with_vectors=True)[0]
+    assert len(after) == len(before)
+    for p in after:
+        payload, dense = before[p.id]
+        assert p.payload == payload and p.vector[""] == dense
+        ids, values = sparse_terms(p.payload["text"])
+        assert p.vector[SPARSE].indices == ids and p.vector[SPARSE].values == values
+    assert store.migrate_sparse() == 0  # nothing left to do
+    _no_scroll(store, monkeypatch)
+    assert _handle(store, minilm).bm25() is None
+    hits = search("E4711", minilm, store, None, k=1, mode="bm25")
     assert hits[0].source == "codes.md"
+    assert search("数据目录", minilm, store, None, k=1, mode="hybrid")[0].source == "zh.md"
+
+
+def test_another_worker_notices_the_migration_without_reopening(
+    settings: Settings, minilm: Embedder
+) -> None:
+    store = _dense_only(settings, minilm)
+    other = QdrantStore(store.name, minilm.name, minilm.dim, None, store._conn)
+    assert not other.hybrid_native
+    store.migrate_sparse()
+    assert _handle(other, minilm).bm25() is None and other.hybrid_native
 
 
 def test_keyword_term_ids_are_stable_and_follow_the_bm25_tokenizer() -> None:

@@ -204,6 +204,22 @@ def reembed_collection(
     return reembed(kbs(rt), name, model, progress=progress)
 
 
+def migrate_sparse(
+    rt: Runtime, name: str, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Add keyword vectors to a Qdrant collection made without them; resumable.
+
+    Returns the chunks migrated (0: it already had them).
+    """
+    store = kbs(rt).handle(name).store
+    migrate = getattr(store, "migrate_sparse", None)
+    if migrate is None:
+        raise InvalidInput(
+            f"collection {name!r} is not in Qdrant; only Qdrant collections hold keyword vectors"
+        )
+    return int(migrate(progress))
+
+
 def start_reembed(rt: Runtime, name: str, model: str) -> dict[str, Any]:
     """Start a re-embed in the background; progress shows in the collection's `reembed` field."""
     info = kbs(rt).get(name)
