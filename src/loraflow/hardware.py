@@ -285,21 +285,31 @@ def _check(setting: str, allowed: tuple[str, ...], name: str) -> None:
 
 
 def hardware_summary(data_dir: Path) -> dict[str, Any]:
-    """A plain dict for display (config-check, status): capability, speed-ups and picks."""
-    profile = host_profile(data_dir)
-    return {
-        "cpu": profile["cpu"],
-        "isa": profile["isa"],
-        "flags": " ".join(profile["flags"]) or "-",
-        "cores": profile["cores"],
-        "threads": profile["threads"],
-        "bf16 training speed-up": profile["speedup"]["training_bf16"],
-        "int8 serving speed-up (batch 1 / 32)": (
-            f"{profile['speedup']['serving_int8_b1']} / {profile['speedup']['serving_int8_b32']}"
-        ),
-        "bf16 serving speed-up (batch 1 / 32)": (
-            f"{profile['speedup']['serving_bf16_b1']} / {profile['speedup']['serving_bf16_b32']}"
-        ),
-        "auto training precision": training_precision("auto", profile),
-        "auto serving precision": serving_precision("auto", profile),
+    """A plain dict for display (config-check, status): capability, speed-ups and picks.
+
+    Never measures: it shows the cached micro-benchmark when one exists for this host, and
+    otherwise what `auto` already knows from the CPU flags.
+    """
+    info = cpu_info()
+    profile = _read(Path(data_dir) / PROFILE_FILE, profile_key(info))
+    out: dict[str, Any] = {
+        "cpu": info["cpu"],
+        "isa": info["isa"],
+        "flags": " ".join(info["flags"]) or "-",
+        "cores": info["cores"],
+        "threads": info["threads"],
     }
+    if profile is not None:
+        speed = profile["speedup"]
+        out["bf16 training speed-up"] = speed["training_bf16"]
+        for kind in ("int8", "bf16"):
+            out[f"{kind} serving speed-up (batch 1 / 32)"] = (
+                f"{speed[f'serving_{kind}_b1']} / {speed[f'serving_{kind}_b32']}"
+            )
+        out["auto training precision"] = training_precision("auto", profile)
+        out["auto serving precision"] = serving_precision("auto", profile)
+    elif bf16_ruled_out(info):
+        out["auto training precision"] = out["auto serving precision"] = "fp32 (no native bf16)"
+    else:
+        out["auto training precision"] = out["auto serving precision"] = "measured on first use"
+    return out

@@ -118,3 +118,15 @@ def test_this_machine_measured_for_real(tmp_path: Path) -> None:
     summary = hardware.hardware_summary(tmp_path)
     assert summary["isa"] == profile["isa"]
     assert summary["auto training precision"] == expected
+
+
+def test_summary_never_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
+    assert hardware.hardware_summary(tmp_path)["auto serving precision"] == "measured on first use"
+    assert not (tmp_path / hardware.PROFILE_FILE).exists()
+    hardware.host_profile(tmp_path)
+    summary = hardware.hardware_summary(tmp_path)
+    assert summary["auto training precision"] == "bf16"
+    assert summary["int8 serving speed-up (batch 1 / 32)"] == "9.0 / 6.5"
+    fake_cpu(monkeypatch, AVX2, bf16=False)
+    assert hardware.hardware_summary(tmp_path)["auto training precision"].startswith("fp32")

@@ -245,6 +245,11 @@ def status(
             )
     else:
         console.print(f"server   {srv['url']} not answering ({srv['error']})")
+    host = st["host"]
+    console.print(
+        f"host     {host['cpu']}, {host['isa']} ({host['flags']}); auto precision: training "
+        f"{host['auto training precision']}, serving {host['auto serving precision']}"
+    )
     for d in st["deployments"]:
         shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in d["variants"])
         console.print(f"deployed {d['target']} ({d['strategy']}, v{d['version']}): {shares}")

@@ -184,4 +184,6 @@ def load_local(
         max_batch=s.max_batch_size if s.continuous_batching and batching else 0,
         half=s.enable_fp16,
         memory_fraction=s.cuda_memory_fraction,
+        precision=s.local_precision,
+        profile_dir=s.data_path,
     )

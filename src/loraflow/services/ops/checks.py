@@ -10,6 +10,7 @@ from loraflow import db
 from loraflow.config import Settings
 from loraflow.engines.remote import make_remote_engine
 from loraflow.errors import LoraflowError
+from loraflow.hardware import hardware_summary
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.resolve import describe_base_model
 from loraflow.rag.backends import index_name, open_index
@@ -121,6 +122,9 @@ def settings_rows(settings: Settings) -> list[tuple[str, str]]:
     else:
         source = "default: CUDA with 4-bit QLoRA when torch sees a GPU, else CPU"
     rows.append(("(resolved) TRAINING_DEVICE", f"{settings.training_device_used} ({source})"))
+    # What the CPU offers and what TRAINING_PRECISION / LOCAL_PRECISION=auto pick on it.
+    for key, value in hardware_summary(settings.data_path).items():
+        rows.append((f"(host) {key}", str(value)))
     # The seed's names that mean another setting.
     rows.append(("(seed name) BATCH_SIZE", f"read as MAX_BATCH_SIZE={settings.max_batch_size}"))
     if settings.verbose:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from loraflow import db
 from loraflow.config import Settings
+from loraflow.hardware import hardware_summary
 from loraflow.services.ops.alerts import list_alerts
 from loraflow.services.train.jobs import TrainingContext, list_tasks
 
@@ -67,4 +68,6 @@ def instance_status(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
         "deployments": deployed,
         "alerts": alerts,
         "data_dir": str(settings.data_path),
+        # The CPU's capability and the precisions `auto` picks on it (never measures here).
+        "host": hardware_summary(settings.data_path),
     }

@@ -74,7 +74,8 @@ def submit(
     path = local_dataset.resolve() if local_dataset else dataset_path(rt, dataset)
     if not path.is_file():
         raise NotFound(f"dataset file {str(path)!r} does not exist")
-    train_params = TrainParams.from_dict({"device": s.training_device_used, **(params or {})})
+    defaults = {"device": s.training_device_used, "precision": s.training_precision}
+    train_params = TrainParams.from_dict({**defaults, **(params or {})})
     # A launcher that is missing or more processes than GPUs: refused now, not as a failed job.
     launch = check_launch(train_params)
     if accelerate_config is not None:
