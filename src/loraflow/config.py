@@ -62,6 +62,23 @@ class Settings(BaseSettings):
     temperature: float = Field(
         0.7, ge=0.0, le=5.0, validation_alias=AliasChoices("TEMPERATURE", "temperature")
     )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        le=2.0,
+        validation_alias=AliasChoices("REPETITION_PENALTY", "repetition_penalty"),
+        description="Penalty on tokens already in the answer, for /ask, the Ask tab and the "
+        "writing studio when a request sets none (1.0 = off). The OpenAI and Ollama APIs keep "
+        "their own default of 1.0.",
+    )
+    ask_max_new_tokens: int = Field(
+        512,
+        ge=1,
+        le=32768,
+        validation_alias=AliasChoices("ASK_MAX_NEW_TOKENS", "ask_max_new_tokens"),
+        description="Answer length of /ask and the Ask tab when a request sets none "
+        "(MAX_NEW_TOKENS stays the default of the other APIs).",
+    )
     top_p: float = Field(0.9, gt=0.0, le=1.0, validation_alias=AliasChoices("TOP_P", "top_p"))
     top_k: int = Field(50, ge=0, validation_alias=AliasChoices("TOP_K", "top_k"))
     api_host: str = Field("127.0.0.1", validation_alias=AliasChoices("API_HOST", "api_host"))

@@ -97,3 +97,22 @@ def _skip_space(text: str, i: int) -> int:
     while i < n and text[i].isspace():
         i += 1
     return i
+
+
+# A word, or one CJK character (Chinese and Japanese run words together).
+_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def repeated_ngram(text: str, n: int = 8) -> bool:
+    """Whether any run of `n` words (CJK: characters) occurs twice: how a looping answer shows.
+
+    Answers, generated chapters and the validator's probes are judged by this one measure.
+    """
+    units = _UNIT.findall(text.lower())
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(units) - n + 1):
+        gram = tuple(units[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False

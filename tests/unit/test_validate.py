@@ -28,6 +28,7 @@ from loraflow.adapters.validate import (
 )
 from loraflow.adapters.validation_report import Check, Dimension, combine
 from loraflow.errors import InvalidInput, NotFound
+from loraflow.text import repeated_ngram
 from tests.unit.models.tiny import build_tiny_model
 
 QUESTIONS = [
@@ -134,6 +135,9 @@ def test_quick_report_is_complete_json_with_weighted_score(tiny_lora: Path, tiny
         assert all({"name", "passed"} <= set(d) for d in dim["details"])
     basic = {d["name"]: d for d in dims["basic"]["details"]}
     assert basic["loads"]["passed"] and basic["tokenizer_fits_model"]["passed"]
+    # The smoke answer is judged for loops by the same measure as the generation bench.
+    loop = basic["does_not_loop"]
+    assert loop["passed"] is not repeated_ngram(loop["output"])
     assert basic["tokenizer_matches_adapter"]["passed"]
     round_trips = _details(report, "basic", "tokenizer_round_trip")
     assert any("你好" in d["text"] for d in round_trips) and all(d["passed"] for d in round_trips)

@@ -47,6 +47,7 @@ from loraflow.adapters.validation_runs import (
 )
 from loraflow.errors import InvalidInput
 from loraflow.models.adapters import ADAPTER_WEIGHTS, check_adapter_folder
+from loraflow.text import repeated_ngram
 
 __all__ = [
     "MODES",
@@ -267,11 +268,15 @@ def _basic(subject: ModelUnderTest | None, load: Check, plan: ModePlan) -> Dimen
     text, n_tokens, _ = subject.generate(SMOKE_PROMPT, plan.max_new_tokens)
     data = {"prompt": SMOKE_PROMPT, "output": text, "new_tokens": n_tokens}
     dim.checks.append(Check("generates_text", bool(text.strip()), data))
+    # An adapter that has learnt to loop still generates text: the same 8-gram measure that
+    # bench/generation_defaults.py applies to answers catches it.
+    looping = bool(text.strip()) and repeated_ngram(text)
+    dim.checks.append(Check("does_not_loop", not looping, {"output": text, "ngram": 8}))
     dim.checks += _tokenizer_checks(subject)
     logits = subject.logits_finite(SMOKE_PROMPT)
     dim.checks.append(Check("finite_logits", logits["nan"] == logits["inf"] == 0, logits))
     # Loading and generating count most; the tokenizer checks share a fixed part.
-    weights = {"loads": 3.0, "generates_text": 3.0, "finite_logits": 2.0}
+    weights = {"loads": 3.0, "generates_text": 3.0, "finite_logits": 2.0, "does_not_loop": 2.0}
     got = sum(weights[c.name] for c in dim.checks if c.passed and c.name in weights)
     tokenizer = [c.passed for c in dim.checks if c.name not in weights]
     got += 2.0 * sum(tokenizer) / len(tokenizer)

@@ -95,7 +95,13 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
                 label=t("max_tokens"),
                 elem_id="create-max-tokens",
             )
-            repetition = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label=t("repetition_penalty"))
+            repetition = gr.Slider(
+                1.0,
+                2.0,
+                value=ctx.settings.repetition_penalty,
+                step=0.05,
+                label=t("repetition_penalty"),
+            )
             seed = gr.Textbox(label=t("seed"), placeholder=t("optional"))
             budget = gr.Number(
                 value=s.memory_token_budget, precision=0, minimum=0, label=t("memory_budget")

@@ -34,6 +34,9 @@ class AskBody(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, description="Stop strings (not empty).")
     seed: int | None = None
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=10.0, description="Default: REPETITION_PENALTY (1.0 = off)."
+    )
     collection: str | None = Field(None, description="Knowledge base to search; default 'default'.")
     assistant: str | None = Field(None, description="Answer as this assistant.")
     retrieval_mode: Literal["hybrid", "vector", "bm25"] | None = Field(

@@ -33,7 +33,9 @@ class WriteBody(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=10.0, description="Default: REPETITION_PENALTY (1.0 = off)."
+    )
     stop: list[str] = Field(default_factory=list, description="Stop strings; not empty.")
     seed: int | None = None
     memory_budget: int | None = Field(None, ge=0, description="Override MEMORY_TOKEN_BUDGET.")

@@ -17,10 +17,11 @@ def request_params(
     top_k: int | None = None,
     stop: Sequence[str] = (),
     seed: int | None = None,
-    repetition_penalty: float = 1.0,
+    repetition_penalty: float | None = None,
     ignore_eos: bool = False,
 ) -> GenerationParams:
-    """Validated parameters; None means MAX_NEW_TOKENS / TEMPERATURE / TOP_P / TOP_K."""
+    """Validated parameters; None means MAX_NEW_TOKENS / TEMPERATURE / TOP_P / TOP_K /
+    REPETITION_PENALTY."""
     return GenerationParams(
         max_new_tokens=settings.max_new_tokens if max_tokens is None else max_tokens,
         temperature=settings.temperature if temperature is None else temperature,
@@ -28,6 +29,8 @@ def request_params(
         top_k=settings.top_k if top_k is None else top_k,
         stop=list(stop),
         seed=seed,
-        repetition_penalty=repetition_penalty,
+        repetition_penalty=(
+            settings.repetition_penalty if repetition_penalty is None else repetition_penalty
+        ),
         ignore_eos=ignore_eos,
     ).validate()

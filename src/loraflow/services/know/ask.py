@@ -38,6 +38,7 @@ class AskRequest:
     top_k_sampling: int | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    repetition_penalty: float | None = None
     collection: str | None = None
     assistant: str | None = None
     retrieval_mode: str | None = None
@@ -78,12 +79,13 @@ def _engine_for(rt: Runtime, sel: Selection) -> Engine:
 def _params(rt: Runtime, req: AskRequest) -> GenerationParams:
     return request_params(
         rt.settings,
-        max_tokens=req.max_new_tokens,
+        max_tokens=req.max_new_tokens or rt.settings.ask_max_new_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k_sampling,
         stop=req.stop,
         seed=req.seed,
+        repetition_penalty=req.repetition_penalty,
     )
 
 

@@ -83,6 +83,8 @@ def params_of(rt: Runtime, req: ChatRequest) -> GenerationParams:
         stop=req.stop,
         seed=req.seed,
         ignore_eos=req.ignore_eos,
+        # The OpenAI and Ollama APIs' own default, whatever REPETITION_PENALTY says.
+        repetition_penalty=1.0,
     )
 
 

@@ -55,7 +55,7 @@ class WriteRequest:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     memory_budget: int | None = None
