@@ -105,7 +105,10 @@ def _int8_linear(weight: torch.Tensor) -> tuple[Any, torch.Tensor]:
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
         zero = torch.zeros(w.shape[0], dtype=torch.long)
         q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-        return torch.ops.quantized.linear_prepack(q, None), weight.float().sum(dim=1)
+        # The row sums of the *quantized* weight: W_q x' span + lo W_q 1 is then W_q x_q, plain
+        # asymmetric quantization. The fp32 sums would leave W_q's rounding error times each
+        # row's minimum uncorrected, which the outlier channels of LLM activations make large.
+        return torch.ops.quantized.linear_prepack(q, None), q.dequantize().sum(dim=1).float()
 
 
 def apply_cpu_precision(model: nn.Module, precision: str) -> int:
