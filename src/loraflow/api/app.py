@@ -76,8 +76,10 @@ def register_adapters(rt: Runtime) -> None:
         for path, why in found.skipped.items():
             log.warning("adapter folder %s not registered: %s", path, why)
         for rec in found.changed:
+            if rt.local is None:
+                break
             # Attached from disk at start, but no longer what was registered: not served.
-            for name, folder in (rt.local.adapter_paths() if rt.local else {}).items():
+            for name, folder in rt.local.adapter_paths().items():
                 if str(folder.resolve()) == rec.path:
                     rt.local.unload_adapter(name)
                     log.warning(

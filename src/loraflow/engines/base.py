@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from loraflow.errors import InvalidInput
@@ -94,4 +95,68 @@ class Engine(Protocol):
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters this engine can apply."""
+        ...
+
+
+class LocalEngine(Engine, Protocol):
+    """The engine of this process (HFEngine, LlamaCppEngine): raw prompts, adapters by folder.
+
+    The services hold it as `Runtime.local`; the remote engines offer only `Engine`.
+    """
+
+    # Told the adapter name when a request with an adapter reaches the engine (None: no one).
+    on_request: Callable[[str], None] | None
+
+    @property
+    def device(self) -> str:
+        """Where the model runs ("cpu", "cuda:0"...)."""
+        ...
+
+    @property
+    def batching(self) -> bool:
+        """Whether concurrent requests decode together in one batch."""
+        ...
+
+    def generate_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> GenerationResult:
+        """Continue the raw `prompt` (no chat template) in one piece."""
+        ...
+
+    def stream_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> Iterator[str]:
+        """Continue the raw `prompt` as text pieces; bad input raises before the first piece."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes for this model."""
+        ...
+
+    def logits_finite(self, text: str, adapter: str | None = None) -> bool:
+        """Whether one forward pass over `text` (with `adapter`) gives finite logits."""
+        ...
+
+    def adapter_paths(self) -> dict[str, Path]:
+        """Attached adapters and the folders they were loaded from."""
+        ...
+
+    def load_adapter(self, name: str, path: Path, *, replace: bool = False) -> None:
+        """Attach the PEFT adapter in folder `path` under `name`; `replace` swaps it in place."""
+        ...
+
+    def unload_adapter(self, name: str) -> None:
+        """Detach adapter `name`; the base model and other adapters stay loaded."""
+        ...
+
+    def adapters_in_use(self) -> set[str]:
+        """Attached adapters that a queued or running request uses (not to be detached)."""
+        ...
+
+    def queue_depth(self) -> tuple[int, int]:
+        """(requests running now, requests waiting for their turn)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model (and any scheduler thread)."""
         ...

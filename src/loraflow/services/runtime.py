@@ -14,6 +14,7 @@ from sqlalchemy import Engine as DBEngine
 from loraflow import db
 from loraflow.adapters.deploy import TrafficStats
 from loraflow.config import Settings
+from loraflow.engines.base import LocalEngine
 from loraflow.engines.remote import RemoteEngine, make_remote_engine
 from loraflow.errors import ConfigError, EngineUnavailable, LoraflowError
 from loraflow.memory.index import MemoryIndexes
@@ -26,8 +27,6 @@ from loraflow.services.infra.adapter_cache import AttachedAdapters
 from loraflow.services.infra.usage import TokenUsage
 
 if TYPE_CHECKING:
-    from loraflow.engines.hf import HFEngine
-    from loraflow.engines.llamacpp import LlamaCppEngine
     from loraflow.training.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,8 @@ class Runtime:
     store: VectorStore
     # The second engine, Ollama or an OpenAI-compatible server (REMOTE_BACKEND).
     remote: RemoteEngine
-    local: HFEngine | LlamaCppEngine | None = None
+    # The local engine (LOCAL_ENGINE: HFEngine or LlamaCppEngine); None when it did not load.
+    local: LocalEngine | None = None
     local_error: str | None = None
     warnings: list[str] = field(default_factory=list)
     # Ingest and delete are read-modify-write on the store: one at a time per process.
@@ -72,7 +72,7 @@ class Runtime:
     workflow_threads: dict[str, threading.Thread] = field(default_factory=dict)
 
 
-def local_engine(rt: Runtime) -> HFEngine | LlamaCppEngine:
+def local_engine(rt: Runtime) -> LocalEngine:
     """The local engine, or EngineUnavailable saying why it is not loaded."""
     if rt.local is None:
         raise EngineUnavailable(
@@ -151,7 +151,7 @@ def load_local_engine_into(rt: Runtime) -> None:
 
 def load_local(
     s: Settings, *, batching: bool = True, adapters: Path | None = None, attach: bool = True
-) -> tuple[HFEngine | LlamaCppEngine, list[str]]:
+) -> tuple[LocalEngine, list[str]]:
     """The LOCAL_ENGINE engine with every adapter in LORA_MODEL_PATH attached; warnings.
 
     `adapters` attaches what is under that folder instead (an adapter folder itself works);

@@ -28,7 +28,7 @@ def model_info(rt: Runtime) -> dict[str, Any]:
         "adapter": sel.adapter,
         "model_used": sel.model_used,
         "adapters": known_adapters(rt),
-        "device": getattr(rt.local, "device", None),
+        "device": rt.local.device if rt.local is not None else None,
         "local_model_loaded": rt.local is not None,
         "local_model_error": rt.local_error,
         "ollama_base_url": s.ollama_base_url,

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
 from loraflow import db
 from loraflow.adapters.registry import AdapterRecord
+from loraflow.engines.base import LocalEngine
 from loraflow.errors import EngineUnavailable
+from loraflow.services.context import Context
 from loraflow.services.registry.adapters import registry
+from loraflow.services.runtime import Runtime, local_engine
 
 log = logging.getLogger(__name__)
 
 
-def in_use(rt: Any, ref: str) -> str | None:
+def in_use(rt: Context, ref: str) -> str | None:
     """The deployment that serves, keeps on standby or could roll back to `ref`, if any."""
     with rt.db.connect() as conn:
         rows = conn.execute(
@@ -33,7 +35,7 @@ def in_use(rt: Any, ref: str) -> str | None:
     return None
 
 
-def served_name(rec: AdapterRecord, engine: Any) -> str:
+def served_name(rec: AdapterRecord, engine: LocalEngine) -> str:
     """The engine name of a registered adapter: its name, or name@vN when that is taken."""
     paths = engine.adapter_paths()
     loaded = paths.get(rec.name)
@@ -42,7 +44,7 @@ def served_name(rec: AdapterRecord, engine: Any) -> str:
     return rec.ref
 
 
-def ensure_served(rt: Any, ref: str) -> str:
+def ensure_served(rt: Runtime, ref: str) -> str:
     """The engine name of a registered adapter, attaching it first (checksum verified).
 
     Attaching past MAX_LOADED_ADAPTERS first detaches the least recently used adapter that
@@ -70,28 +72,28 @@ def ensure_served(rt: Any, ref: str) -> str:
         return _hand_out(rt, engine, name)
 
 
-def _hand_out(rt: Any, engine: Any, name: str) -> str:
+def _hand_out(rt: Runtime, engine: LocalEngine, name: str) -> str:
     """Mark `name` used and, until the request reaches the engine, not to be detached."""
     rt.attached.touch(name)
     if name in rt.attached:
-        if getattr(engine, "on_request", None) is None:
+        if engine.on_request is None:
             engine.on_request = rt.attached.arrived  # the engine says when requests arrive
         rt.attached.hand_out(name)
     return name
 
 
-def make_room(rt: Any, keep_at_most: int) -> list[str]:
+def make_room(rt: Runtime, keep_at_most: int) -> list[str]:
     """Detach on-demand adapters (least recently used first) until `keep_at_most` remain.
 
     Adapters a deployment uses, a request in the batch decodes with, or one handed to a
     request still on its way to the engine are skipped.
     """
-    engine = rt.local
+    engine = local_engine(rt)
     attached = set(engine.adapters())
     for name, _ in rt.attached.oldest_first():
         if name not in attached:  # unloaded through /v1/unload_lora_adapter or a failed deploy
             rt.attached.discard(name)
-    busy = engine.adapters_in_use() if hasattr(engine, "adapters_in_use") else set()
+    busy = engine.adapters_in_use()
     busy |= rt.attached.handed_out()  # handed to requests still on their way to the engine
     detached: list[str] = []
     for name, ref in rt.attached.oldest_first():
@@ -113,12 +115,12 @@ def make_room(rt: Any, keep_at_most: int) -> list[str]:
     return detached
 
 
-def _attached(engine: Any, name: str, rec: AdapterRecord) -> bool:
+def _attached(engine: LocalEngine, name: str, rec: AdapterRecord) -> bool:
     path = engine.adapter_paths().get(name)
     return path is not None and Path(path).resolve() == Path(rec.path).resolve()
 
 
-def lookup_servable(rt: Any, name: str) -> str | None:
+def lookup_servable(rt: Runtime, name: str) -> str | None:
     """The engine name for `name` when it is a registered adapter that can be served."""
     rec = registry(rt).find(name)
     if rec is None:

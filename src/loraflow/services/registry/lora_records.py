@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from loraflow import db
 from loraflow.services.registry.adapters import inside_allowed
 from loraflow.services.registry.attach import make_room
-from loraflow.services.runtime import Runtime
+from loraflow.services.runtime import Runtime, local_engine
 
 log = logging.getLogger(__name__)
 PREFIX = "loaded_lora:"
@@ -65,7 +65,7 @@ def sync(rt: Runtime) -> None:
 
 
 def _apply(rt: Runtime, name: str, path: str | None) -> None:
-    engine = rt.local
+    engine = local_engine(rt)
     attached = name in engine.adapters()
     if path is None:
         if attached:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -129,7 +129,8 @@ def _chat(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ChatResult:
     if req.rag or target.assistant:
         return _rag_chat(rt, target, req, params)
     engine = _engine(rt, target, req)
-    if not getattr(engine, "batching", False):
+    # The remote engines answer one request at a time; the local one may batch them.
+    if target.kind == "remote" or not local_engine(rt).batching:
         results = [_generate(engine, target, req, _nth(params, i)) for i in range(req.n)]
         choices = [Choice(i, r.text, r.finish_reason) for i, r in enumerate(results)]
         completion = sum(r.completion_tokens for r in results)
@@ -209,7 +210,7 @@ def _rag_chat(
 class AnswerStream:
     """Text pieces of one answer; finish reason and token counts are known once it ends."""
 
-    def __init__(self, pieces: Iterator[str], engine: Any, max_tokens: int, prompt_tokens: int):
+    def __init__(self, pieces: Iterable[str], engine: Any, max_tokens: int, prompt_tokens: int):
         self._pieces = pieces
         self._engine = engine
         self._max = max_tokens
@@ -289,14 +290,14 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
     if req.rag or target.assistant:
         # Retrieval and the cited answer come from /ask, which answers in one piece.
         result = _rag_chat(rt, target, req, params)
-        events = [
+        answered = [
             e
             for c in result.choices
             for e in (StreamEvent(c.index, c.text), StreamEvent(c.index, None, c.finish_reason))
         ]
         usage = {"prompt_tokens": result.prompt_tokens}
         usage["completion_tokens"] = result.completion_tokens
-        return ChatStream(target.name, iter(events), result.sources, usage)
+        return ChatStream(target.name, iter(answered), result.sources, usage)
     started = time.perf_counter()
     try:
         first = _open(rt, target, req, params)
