@@ -15,15 +15,19 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from loraflow import db
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, NotFound
+from loraflow.services.context import Context
 from loraflow.services.infra.owners import owner, owner_alive
 from loraflow.services.manage import integration
 from loraflow.services.registry import adapters as adapter_svc
+
+if TYPE_CHECKING:
+    from loraflow.services.runtime import Runtime
 
 KINDS = ("merge", "validate", "export", "workflow", "integrate")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -53,7 +57,7 @@ def _view(row: Any) -> dict[str, Any]:
     return d
 
 
-def get_workflow(ctx: Any, wf_id: str) -> dict[str, Any]:
+def get_workflow(ctx: Context, wf_id: str) -> dict[str, Any]:
     with ctx.db.connect() as conn:
         row = conn.execute(
             select(db.adapter_workflows).where(db.adapter_workflows.c.id == wf_id)
@@ -63,7 +67,7 @@ def get_workflow(ctx: Any, wf_id: str) -> dict[str, Any]:
     return _view(row)
 
 
-def list_workflows(ctx: Any, *, status: str | None = None, limit: int = 100) -> list[dict]:
+def list_workflows(ctx: Context, *, status: str | None = None, limit: int = 100) -> list[dict]:
     t = db.adapter_workflows
     q = select(t).order_by(t.c.created_at.desc()).limit(limit)
     if status is not None:
@@ -72,7 +76,7 @@ def list_workflows(ctx: Any, *, status: str | None = None, limit: int = 100) -> 
         return [_view(r) for r in conn.execute(q)]
 
 
-def _update(ctx: Any, wf_id: str, **values: Any) -> None:
+def _update(ctx: Context, wf_id: str, **values: Any) -> None:
     values["updated_at"] = _now()
     with ctx.db.begin() as conn:
         conn.execute(
@@ -80,7 +84,7 @@ def _update(ctx: Any, wf_id: str, **values: Any) -> None:
         )
 
 
-def cancel(ctx: Any, wf_id: str) -> dict[str, Any]:
+def cancel(ctx: Context, wf_id: str) -> dict[str, Any]:
     wf = get_workflow(ctx, wf_id)
     if wf["status"] in FINISHED:
         raise Conflict(f"workflow {wf_id} already ended ({wf['status']}); nothing to cancel")
@@ -91,7 +95,7 @@ def cancel(ctx: Any, wf_id: str) -> dict[str, Any]:
     return get_workflow(ctx, wf_id)
 
 
-def recover(ctx: Any) -> int:
+def recover(ctx: Context) -> int:
     """Mark workflows whose process stopped while they were pending or running as interrupted."""
     t = db.adapter_workflows
     with ctx.db.connect() as conn:
@@ -114,7 +118,7 @@ def recover(ctx: Any) -> int:
 
 
 # --- submitting ------------------------------------------------------------------------------
-def create(ctx: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+def create(ctx: Context, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Check a spec and store it as a pending workflow (run it with `run` or `start`)."""
     if kind not in KINDS:
         raise InvalidInput(f"unknown workflow kind {kind!r}; allowed: {', '.join(KINDS)}")
@@ -137,7 +141,7 @@ def create(ctx: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     return get_workflow(ctx, wf_id)
 
 
-def start(rt: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+def start(rt: Runtime, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Create a workflow and run it in a background thread of the service."""
     wf = create(rt, kind, spec)
     thread = threading.Thread(
@@ -148,7 +152,7 @@ def start(rt: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     return wf
 
 
-def wait(rt: Any, wf_id: str, timeout: float | None = None) -> dict[str, Any]:
+def wait(rt: Runtime, wf_id: str, timeout: float | None = None) -> dict[str, Any]:
     thread = rt.workflow_threads.get(wf_id)
     if thread is not None:
         thread.join(timeout)
@@ -168,7 +172,7 @@ def planned_steps(kind: str, spec: dict[str, Any]) -> list[str]:
     return steps
 
 
-def check_spec(ctx: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+def check_spec(ctx: Context, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Catch bad input before anything runs (unknown adapters, methods, strategies)."""
     from loraflow.adapters.deploy import check_strategy
 
@@ -245,7 +249,7 @@ def _check_method(method: str, n: int) -> None:
 
 
 # --- running ---------------------------------------------------------------------------------
-def run(ctx: Any, wf_id: str, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict:
+def run(ctx: Context, wf_id: str, on_step: Callable[[dict[str, Any]], None] | None = None) -> dict:
     """Run a pending workflow to its end here; the final record (never raises for a step)."""
     wf = get_workflow(ctx, wf_id)
     if wf["status"] != "pending":
@@ -294,7 +298,7 @@ def _unexpected(exc: Exception) -> str:
     return f"unexpected error: {last}"
 
 
-def _merge_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
+def _merge_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     from loraflow.adapters.merge import merge_adapters
 
     m = spec if kind == "merge" else spec["merge"]
@@ -345,7 +349,7 @@ def _merge_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable
     return detail
 
 
-def _validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
+def _validate_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     from loraflow.adapters.validate import validate_adapter
 
     v = spec if kind == "validate" else (spec.get("validate") or {})
@@ -376,7 +380,7 @@ def _validate_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Calla
     }
 
 
-def _own_val_file(rec: Any) -> Path | None:
+def _own_val_file(rec: adapter_svc.AdapterRecord) -> Path | None:
     """The validation split a training run left beside its adapter, if any."""
     folder = Path(rec.path)
     for name in ("val.jsonl", "val.json", "validation.jsonl"):
@@ -386,18 +390,20 @@ def _own_val_file(rec: Any) -> Path | None:
     return None
 
 
-def _inside_data(ctx: Any, raw: str) -> Path:
+def _inside_data(ctx: Context, raw: str) -> Path:
     """A validation split uploaded like a training dataset (a generated upload name)."""
     from loraflow.services.train.datasets import dataset_path
 
     return dataset_path(ctx, raw)
 
 
-def _deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
+def _deploy_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     from loraflow.adapters.deploy import SETTINGS
     from loraflow.services.manage import deployments
+    from loraflow.services.runtime import Runtime
 
-    if getattr(ctx, "local", None) is None:
+    # The CLI runs workflows with settings and a database only: no engine to deploy to.
+    if not isinstance(ctx, Runtime) or ctx.local is None:
         raise InvalidInput(
             "deploying needs the running service with its local model loaded",
             hint="run the workflow through the server (loraflow adapters workflow --url ...)",
@@ -421,7 +427,7 @@ def _deploy_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callabl
     return {"target": result["target"], "version": result["version"], "steps": result["steps"]}
 
 
-def _export_step(ctx: Any, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
+def _export_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Callable) -> dict:
     from loraflow.adapters import export as exporter
     from loraflow.adapters.gguf import export_gguf_adapter
     from loraflow.adapters.ollama_deploy import deploy_to_ollama, write_modelfile
