@@ -11,6 +11,7 @@ import gradio as gr
 from loraflow import __version__
 from loraflow.errors import InvalidInput
 from loraflow.services.ops import alert_rules, alerts
+from loraflow.services.ops import health as ops_health
 from loraflow.services.ops.alert_rules import INSTANCE, KINDS
 from loraflow.services.ops.checks import settings_rows
 from loraflow.ui.context import UIContext, action, cell, optional_decimal
@@ -143,7 +144,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     @action
     def refresh() -> tuple[Any, ...]:
         rt = ctx.rt()
-        h = health.health(rt)
+        h = ops_health.health(rt)
         d = h["details"]
         detail = {
             "rag_handler": d["vector_store"],

@@ -11,6 +11,7 @@ from loraflow import db
 from loraflow.adapters import deploy as strategies
 from loraflow.errors import InvalidInput
 from loraflow.services.manage import deployments
+from loraflow.services.registry import attach
 from loraflow.services.runtime import Runtime
 
 
@@ -132,3 +133,12 @@ def test_an_ab_test_b_did_not_win_keeps_a() -> None:
     assert verdict["winner"] == "A" and "error rate" in verdict["reason"]
     too_few = strategies.ab_verdict(state, stats, max_latency_ratio=1.2, min_requests=10)
     assert too_few["winner"] == "A" and "served 3 of the 10" in too_few["reason"]
+
+
+def test_in_use_names_the_deployment_that_serves_an_adapter(base_rt: Runtime) -> None:
+    # What DELETE /api/adapters/{ref} asks before it forgets an adapter.
+    state = _canary(None)
+    state["variants"][1]["adapter"] = "only-here@v3"
+    _put(base_rt, "uses-only-here", state)
+    assert attach.in_use(base_rt, "only-here@v3") == "uses-only-here"
+    assert attach.in_use(base_rt, "never-deployed@v1") is None

@@ -273,7 +273,7 @@ def deploy(
         steps.append({"step": "health_check", **health})
         if not health["ok"]:
             if served not in loaded_before and not attach.in_use(rt, rec.ref):
-                rt.local.unload_adapter(served)
+                local_engine(rt).unload_adapter(served)
             last = health["attempts"][-1].get("error", "failed")
             raise InvalidInput(
                 f"adapter {rec.ref} failed its health check "
