@@ -8,6 +8,7 @@ number is never given twice, even after the newest version was forgotten.
 
 from __future__ import annotations
 
+import builtins
 import re
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -181,7 +182,7 @@ class Registry:
         *,
         name: str | None = None,
         description: str = "",
-        tags: list[str] | None = None,
+        tags: builtins.list[str] | None = None,
         source: str = "registered",
         base_dir: Path | None = None,
     ) -> AdapterRecord:
@@ -201,7 +202,12 @@ class Registry:
         return self._insert(facts, name, description, tags or [], source)
 
     def _insert(
-        self, facts: AdapterFacts, name: str, description: str, tags: list[str], source: str
+        self,
+        facts: AdapterFacts,
+        name: str,
+        description: str,
+        tags: builtins.list[str],
+        source: str,
     ) -> AdapterRecord:
         if source not in SOURCES:
             raise InvalidInput(f"unknown adapter source {source!r}; allowed: {', '.join(SOURCES)}")
@@ -246,7 +252,7 @@ class Registry:
         raise Conflict(f"could not register {facts.path} as {name!r}: concurrent registrations")
 
     def update(
-        self, ref: str, *, description: str | None = None, tags: list[str] | None = None
+        self, ref: str, *, description: str | None = None, tags: builtins.list[str] | None = None
     ) -> AdapterRecord:
         rec = self.get(ref)
         values: dict[str, Any] = {"updated_at": _now()}
@@ -293,7 +299,7 @@ class Registry:
             )
 
     # --- scanning and verifying ----------------------------------------------------------
-    def scan(self, roots: list[Path]) -> ScanResult:
+    def scan(self, roots: builtins.list[Path]) -> ScanResult:
         """Register new adapter folders under `roots`; flag changed and vanished ones."""
         result = ScanResult()
         seen: set[str] = set()

@@ -49,9 +49,10 @@ class ModelUnderTest:
         max_len = args.get("max_len")
         # Same window as training, so the loss is comparable with the one it logged.
         self.max_len = max_len if isinstance(max_len, int) and max_len > 0 else DEFAULT_MAX_LEN
-        self.adapter_tokenizer, self.adapter_tokenizer_error = (
+        own: tuple[Any, str | None] = (
             _adapter_tokenizer(adapter_dir) if adapter_dir else (None, None)
         )
+        self.adapter_tokenizer, self.adapter_tokenizer_error = own
 
     def use(self, adapter: bool = True) -> contextlib.AbstractContextManager:
         """A context in which the model runs with (True) or without (False) the adapter."""

@@ -15,7 +15,7 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from loraflow.api.security import ASGIApp, Message, Receive, Scope, Send
@@ -81,7 +81,7 @@ class RuntimeCollector:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         rt = getattr(self.app.state, "runtime", None)
         if rt is None:
             return

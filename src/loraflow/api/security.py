@@ -29,7 +29,7 @@ async def _reject(
 ) -> None:
     # The OpenAI and Ollama routes are refused in their own error shape, the rest as FastAPI does.
     render = renderer_for(scope.get("path", ""))
-    body = render(status, detail).body if render else json.dumps({"detail": detail}).encode()
+    body = render(status, detail, None).body if render else json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",

@@ -92,7 +92,7 @@ def _relations(text: str, names: list[str]) -> list[tuple[str, str, str, str]]:
     alt = _alt(names)
     en = re.compile(rf"({alt}) (?:is|was|became) ({alt})'s ({_EN_REL})\b", re.IGNORECASE)
     zh = re.compile(rf"({alt})(?:是|成了|成为)({alt})的({_ZH_REL})")
-    out = []
+    out: list[tuple[str, str, str, str]] = []
     for s in _sentences(text):
         for pat in (en, zh):
             out.extend((m.group(1), m.group(2), m.group(3).lower(), s) for m in pat.finditer(s))
@@ -106,7 +106,7 @@ def _places(text: str, names: list[str]) -> list[tuple[str, str, str]]:
     alt = _alt(names)
     en = re.compile(rf"({alt}) (?:lives|lived|live) in ((?:the )?[A-Z][\w-]*(?: [A-Z][\w-]*)*)")
     zh = re.compile(rf"({alt})(?:住在|居住在|生活在)([^，。！？、\s]{{2,8}})")
-    out = []
+    out: list[tuple[str, str, str]] = []
     for s in _sentences(text):
         for pat in (en, zh):
             out.extend((m.group(1), m.group(2), s) for m in pat.finditer(s))

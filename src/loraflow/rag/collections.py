@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import shutil
@@ -196,7 +197,7 @@ class KnowledgeBases:
             rows = conn.execute(select(T).order_by(T.c.name)).all()
         return [self._default_info(), *(self._row_info(r) for r in rows)]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         return [c.name for c in self.list()]
 
     def get(self, name: str) -> CollectionInfo:

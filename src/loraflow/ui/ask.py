@@ -241,7 +241,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
 
     outputs = [model, collection, chat, docs, doc_pick, note, top_k]
     demo.load(refresh, [collection, model], outputs, show_progress="hidden")
-    ask_event = {"fn": on_ask, "inputs": [question, model, collection, top_k]}
+    ask_event: dict[str, Any] = {"fn": on_ask, "inputs": [question, model, collection, top_k]}
     send.click(**ask_event, outputs=[chat, question], api_name="ask", concurrency_limit=8)
     question.submit(**ask_event, outputs=[chat, question], concurrency_limit=8)
     clear.click(on_clear, None, chat, api_name="ask_clear")

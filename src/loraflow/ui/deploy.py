@@ -154,7 +154,7 @@ def deploy_section(parts: TabParts) -> None:
         delay: str,
         duration: str,
         progress: gr.Progress = gr.Progress(),
-    ) -> tuple[str, int]:
+    ) -> tuple[str, Any]:
         if not ref:
             raise gr.Error(t("pick_adapter"))
         if not (name or "").strip():

@@ -122,7 +122,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab, collection: gr.Dropdown)
     collection.change(on_collection, collection, info, show_progress="hidden")
     # Progress and failures show on the status line only: an error overlay on the dropdown,
     # the name or the force box would keep them from being changed for the next try.
-    on_status = {"show_progress_on": status}
+    on_status: dict[str, Any] = {"show_progress_on": status}
     create.click(
         on_create,
         [new_name, model, size, overlap],

@@ -234,18 +234,21 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     @ctx.in_status(status, "save_entry")
     def on_save(ref: str | None, entry_id: str | None, *values: Any) -> tuple[Any, ...]:
         rt = ctx.rt()
-        e = memory.update_entry(rt, _need(ref), _need_entry(entry_id), _values(*values))
+        project = _need(ref)
+        e = memory.update_entry(rt, project, _need_entry(entry_id), _values(*values))
         message = f"{t('saved')}: {e['title']}"
-        return (message, *_view(rt, ref, e["entry_id"]), _history(rt, ref, e["entry_id"]))
+        return (message, *_view(rt, project, e["entry_id"]), _history(rt, project, e["entry_id"]))
 
     @ctx.in_status(status, "supersede")
     def on_supersede(
         ref: str | None, entry_id: str | None, why: str, *values: Any
     ) -> tuple[Any, ...]:
         rt = ctx.rt()
-        e = memory.supersede_entry(rt, _need(ref), _need_entry(entry_id), _values(*values), why)
+        project = _need(ref)
+        e = memory.supersede_entry(rt, project, _need_entry(entry_id), _values(*values), why)
         message = f"{t('superseded')}: {e['title']} (v{e['version']})"
-        return (message, *_view(rt, ref, e["entry_id"]), _history(rt, ref, e["entry_id"]), "")
+        history = _history(rt, project, e["entry_id"])
+        return (message, *_view(rt, project, e["entry_id"]), history, "")
 
     @ctx.in_status(status, "delete")
     def on_delete(ref: str | None, entry_id: str | None) -> tuple[Any, ...]:

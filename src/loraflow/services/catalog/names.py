@@ -22,6 +22,7 @@ from loraflow.services.catalog.selection import (
     Selection,
     current_selection,
     known_adapters,
+    remote_name,
     remote_selection,
 )
 from loraflow.services.manage import deployments
@@ -168,7 +169,7 @@ def switch_model(
         engine = "local" if (use_lora or adapter is not None) else "remote"
     if remote_engine.is_remote(engine):
         # A remote adapter (vLLM LoRA module) must be listed by the server now.
-        sel = Selection(rt.remote.name, remote.require_remote_adapter(rt, adapter))
+        sel = Selection(remote_name(rt), remote.require_remote_adapter(rt, adapter))
     else:
         if rt.local is None:
             raise EngineUnavailable(

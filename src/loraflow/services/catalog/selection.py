@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from loraflow import db
 from loraflow.engines import remote as remote_engine
@@ -34,6 +34,11 @@ class Selection:
     @property
     def using_lora(self) -> bool:
         return self.adapter is not None
+
+
+def remote_name(rt: Runtime) -> EngineName:
+    """The remote engine's name as a selection stores it: "ollama" or "openai"."""
+    return cast(EngineName, rt.remote.name)
 
 
 def known_adapters(rt: Runtime) -> list[str]:
@@ -76,7 +81,7 @@ def current_selection(rt: Runtime) -> Selection:
     engine = raw.get("engine", "local")
     if remote_engine.is_remote(engine):
         # Stored under the backend of the time; REMOTE_BACKEND may have changed since.
-        return Selection(rt.remote.name, adapter if rt.remote.name == engine else None)
+        return Selection(remote_name(rt), adapter if rt.remote.name == engine else None)
     # An adapter removed since the switch is not silently used: fall back to the base.
     if adapter is not None and adapter not in known_adapters(rt):
         adapter = _servable_or_none(rt, adapter)
@@ -85,7 +90,7 @@ def current_selection(rt: Runtime) -> Selection:
 
 def remote_selection(rt: Runtime, adapter: str | None = None) -> Selection:
     """The remote engine (REMOTE_BACKEND), with one of its server's adapters or none."""
-    return Selection(rt.remote.name, remote.remote_adapter(rt, adapter))
+    return Selection(remote_name(rt), remote.remote_adapter(rt, adapter))
 
 
 def _servable_or_none(rt: Runtime, name: str) -> str | None:

@@ -191,8 +191,8 @@ def _write_archive(
                     if progress:
                         progress(rel, done, len(files))
         _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1).encode())
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    with open(tmp, "rb") as written:
+        os.fsync(written.fileno())
     return manifest
 
 

@@ -77,11 +77,12 @@ def run_checks(settings: Settings) -> list[Check]:
         embedder = load_embedder(settings.embedding_model, device="cpu", settings=settings)
         checks.append(Check("embedding model", True, f"{embedder.name} ({embedder.dim}-d)"))
         try:
-            where = settings.vector_store_dir
-            store = open_index(settings, where, embedder.name, embedder.dim)
+            folder = settings.vector_store_dir
+            store = open_index(settings, folder, embedder.name, embedder.dim)
             n = len(store.list_documents())
+            where = str(folder)
             if settings.vector_store != "faiss":
-                where = f"{settings.vector_store} collection {index_name(settings, where)}"
+                where = f"{settings.vector_store} collection {index_name(settings, folder)}"
             checks.append(Check("vector store", True, f"{where} ({n} documents)"))
         except LoraflowError as exc:
             checks.append(Check("vector store", False, str(exc)))

@@ -159,7 +159,9 @@ def store_validation(
 ) -> str:
     """Keep a validation report (as JSON) of a registered adapter's current files; its id."""
     vid = str(report.get("id") or uuid.uuid4().hex)
-    overall = report.get("overall") if isinstance(report.get("overall"), dict) else {}
+    overall = report.get("overall")
+    if not isinstance(overall, dict):
+        overall = {}
     score = float(report.get("overall_score", overall.get("score", 0.0)) or 0.0)
     grade = str(report.get("grade", overall.get("grade", "poor")))
     with ctx.db.begin() as conn:
