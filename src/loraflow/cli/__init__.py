@@ -22,7 +22,7 @@ from loraflow.cli import (
     training,  # noqa: F401
     writing,  # noqa: F401
 )
-from loraflow.cli.common import app, command_settings, console, err
+from loraflow.cli.common import app, command_settings, console, print_error
 from loraflow.errors import DiskFull, EngineUnavailable, LoraflowError, is_disk_full
 
 __all__ = ["app", "main"]
@@ -38,16 +38,13 @@ def main() -> None:
     """Entry point of the `loraflow` script."""
     try:
         app()
-    except LoraflowError as exc:
-        err.print(f"error: {exc}")
-        sys.exit(exc.exit_code)
     except Exception as exc:
-        known = _operational(exc)
+        # The commands' own errors are printed by the app (common.fail); what reaches here is
+        # one raised outside a command, or a database outage or full disk met on the way.
+        known = exc if isinstance(exc, LoraflowError) else _operational(exc)
         if known is None:
             raise
-        err.print(f"[red]error:[/red] {known.message}")
-        if known.hint:
-            err.print(f"[yellow]hint:[/yellow] {known.hint}")
+        print_error(known)
         sys.exit(known.exit_code)
 
 

@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from loraflow.cli.adapters import adapters_app
-from loraflow.cli.common import AsJson, DataDir, console, fail, print_json, runtime_for
-from loraflow.errors import LoraflowError
+from loraflow.cli.common import AsJson, DataDir, console, print_json, runtime_for
 
 
 @adapters_app.command("benchmark")
@@ -32,13 +31,9 @@ def benchmark_cmd(
     """
     from loraflow.services.manage.benchmark import benchmark
 
-    try:
-        rt = runtime_for(data_dir, load_local=True)
-        with console.status(f"benchmarking {ref} against the base model"):
-            out = benchmark(rt, ref, requests=requests, max_new_tokens=max_tokens)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = runtime_for(data_dir, load_local=True)
+    with console.status(f"benchmarking {ref} against the base model"):
+        out = benchmark(rt, ref, requests=requests, max_new_tokens=max_tokens)
     if as_json:
         print_json(out)
         return

@@ -14,8 +14,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
-from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.cli.common import AsJson, DataDir, app, console, make_settings, print_json
+from loraflow.errors import InvalidInput
 from loraflow.safe_json import loads as bounded_loads
 
 adapters_app = typer.Typer(
@@ -130,11 +130,7 @@ def list_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List registered adapters (run `scan` first to pick up new folders)."""
     from loraflow.services.registry import adapters as svc
 
-    try:
-        items = [r.to_dict() for r in svc.list_adapters(ctx_for(data_dir))]
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    items = [r.to_dict() for r in svc.list_adapters(ctx_for(data_dir))]
     if as_json:
         print_json(items)
         return
@@ -158,11 +154,7 @@ def scan_cmd(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """Register new adapter folders in LORA_MODEL_PATH and TRAINING_OUTPUT_DIR."""
     from loraflow.services.registry import adapters as svc
 
-    try:
-        result = svc.scan(ctx_for(data_dir)).to_dict()
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    result = svc.scan(ctx_for(data_dir)).to_dict()
     if as_json:
         print_json(result)
         return
@@ -190,11 +182,7 @@ def register_cmd(
     """Register one adapter folder (checked against the base model)."""
     from loraflow.services.registry import adapters as svc
 
-    try:
-        rec = svc.register(ctx_for(data_dir), path, name=name, description=description, tags=tag)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rec = svc.register(ctx_for(data_dir), path, name=name, description=description, tags=tag)
     console.print(f"registered {rec.ref} (id {rec.id}, rank {rec.rank})")
 
 
@@ -211,18 +199,14 @@ def show_cmd(
     from loraflow.services.registry import adapters as svc
 
     ctx = ctx_for(data_dir)
-    try:
-        rec = svc.verify_adapter(ctx, ref) if verify else svc.get_adapter(ctx, ref)
-        out = {
-            **rec.to_dict(),
-            "compatibility": svc.compatibility(ctx, rec.id),
-            "latest_validation": svc.latest_validation(ctx, rec),
-            # `loraflow adapters benchmark`: latency and tokens/s against the base model.
-            "benchmark": rec.metrics.get("benchmark"),
-        }
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rec = svc.verify_adapter(ctx, ref) if verify else svc.get_adapter(ctx, ref)
+    out = {
+        **rec.to_dict(),
+        "compatibility": svc.compatibility(ctx, rec.id),
+        "latest_validation": svc.latest_validation(ctx, rec),
+        # `loraflow adapters benchmark`: latency and tokens/s against the base model.
+        "benchmark": rec.metrics.get("benchmark"),
+    }
     print_json(out)
 
 
@@ -290,12 +274,7 @@ def merge_cmd(
         "name": name,
         "seed": seed,
     }
-    try:
-        _run_here(
-            ctx_for(data_dir), "merge", {k: v for k, v in spec.items() if v is not None}, as_json
-        )
-    except LoraflowError as exc:
-        fail(exc)
+    _run_here(ctx_for(data_dir), "merge", {k: v for k, v in spec.items() if v is not None}, as_json)
 
 
 @adapters_app.command("export")
@@ -321,12 +300,9 @@ def export_cmd(
         "quantization": quantization,
         "ollama_model": ollama_model,
     }
-    try:
-        _run_here(
-            ctx_for(data_dir), "export", {k: v for k, v in spec.items() if v is not None}, as_json
-        )
-    except LoraflowError as exc:
-        fail(exc)
+    _run_here(
+        ctx_for(data_dir), "export", {k: v for k, v in spec.items() if v is not None}, as_json
+    )
 
 
 @adapters_app.command("validate")
@@ -349,12 +325,9 @@ def validate_cmd(
     spec: dict[str, Any] = {"adapter": ref, "mode": mode}
     if val_file:
         spec["val_file"] = val_file
-    try:
-        if questions is not None:
-            try:
-                spec["questions"] = bounded_loads(questions.read_bytes(), where=str(questions))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise InvalidInput(f"--questions {questions}: {exc}") from exc
-        _run_here(ctx_for(data_dir), "validate", spec, as_json)
-    except LoraflowError as exc:
-        fail(exc)
+    if questions is not None:
+        try:
+            spec["questions"] = bounded_loads(questions.read_bytes(), where=str(questions))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"--questions {questions}: {exc}") from exc
+    _run_here(ctx_for(data_dir), "validate", spec, as_json)

@@ -15,8 +15,8 @@ import typer
 from rich.table import Table
 
 from loraflow import db
-from loraflow.cli.common import AsJson, DataDir, app, console, fail, make_settings, print_json
-from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.cli.common import AsJson, DataDir, app, console, make_settings, print_json
+from loraflow.errors import InvalidInput
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -105,15 +105,11 @@ def rules_cmd(
     from loraflow.services.ops import alert_rules
 
     with _database(data_dir) as (settings, engine):
-        try:
-            if set_ or reset:
-                changes = _parse(set_ or [])
-                view = alert_rules.update(settings, engine, target, changes, replace=reset)
-            else:
-                view = alert_rules.view(settings, engine, target)
-        except LoraflowError as exc:
-            fail(exc)
-            return
+        if set_ or reset:
+            changes = _parse(set_ or [])
+            view = alert_rules.update(settings, engine, target, changes, replace=reset)
+        else:
+            view = alert_rules.view(settings, engine, target)
     if as_json:
         print_json(view)
         return

@@ -13,11 +13,9 @@ from loraflow.cli.common import (
     DataDir,
     app,
     console,
-    fail,
     print_json,
     runtime_for,
 )
-from loraflow.errors import LoraflowError
 
 assistant_app = typer.Typer(
     help="Assistants: prompt + model or adapter + knowledge bases.", no_args_is_help=True
@@ -55,11 +53,7 @@ def assistant_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List assistants."""
     from loraflow.services.catalog.assistants import list_assistants
 
-    try:
-        items = [asdict(a) for a in list_assistants(runtime_for(data_dir))]
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    items = [asdict(a) for a in list_assistants(runtime_for(data_dir))]
     if as_json:
         print_json(items)
         return
@@ -98,11 +92,7 @@ def assistant_create(
         "generation": _generation(max_new_tokens, temperature),
         "retrieval": {"top_k": top_k} if top_k else {},
     }
-    try:
-        a = create_assistant(runtime_for(data_dir), spec)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    a = create_assistant(runtime_for(data_dir), spec)
     console.print(f"created assistant {a.name}")
 
 
@@ -128,35 +118,31 @@ def assistant_update(
     from loraflow.errors import InvalidInput
     from loraflow.services.catalog.assistants import get_assistant, update_assistant
 
-    try:
-        if (adapter and no_adapter) or (collection and no_collections):
-            raise InvalidInput("--adapter/--no-adapter and --collection/--no-collections clash")
-        rt = runtime_for(data_dir)
-        current = get_assistant(rt, name)
-        changes: dict[str, Any] = {
-            "name": rename,
-            "system_prompt": system_prompt,
-            "engine": engine,
-            "adapter": adapter,
-            "description": description,
-            "collections": list(collection) if collection else None,
-        }
-        changes = {k: v for k, v in changes.items() if v is not None}
-        if no_adapter:
-            changes["adapter"] = None
-        if no_collections:
-            changes["collections"] = []
-        if gen := _generation(max_new_tokens, temperature):
-            changes["generation"] = {**current.generation, **gen}
-        if top_k:
-            kept = {k: v for k, v in current.retrieval.items() if k != "notices"}
-            changes["retrieval"] = {**kept, "top_k": top_k}
-        if not changes:
-            raise InvalidInput("nothing to change", hint="see `loraflow assistant update --help`")
-        a = update_assistant(rt, name, changes)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    if (adapter and no_adapter) or (collection and no_collections):
+        raise InvalidInput("--adapter/--no-adapter and --collection/--no-collections clash")
+    rt = runtime_for(data_dir)
+    current = get_assistant(rt, name)
+    changes: dict[str, Any] = {
+        "name": rename,
+        "system_prompt": system_prompt,
+        "engine": engine,
+        "adapter": adapter,
+        "description": description,
+        "collections": list(collection) if collection else None,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if no_adapter:
+        changes["adapter"] = None
+    if no_collections:
+        changes["collections"] = []
+    if gen := _generation(max_new_tokens, temperature):
+        changes["generation"] = {**current.generation, **gen}
+    if top_k:
+        kept = {k: v for k, v in current.retrieval.items() if k != "notices"}
+        changes["retrieval"] = {**kept, "top_k": top_k}
+    if not changes:
+        raise InvalidInput("nothing to change", hint="see `loraflow assistant update --help`")
+    a = update_assistant(rt, name, changes)
     console.print(f"updated assistant {a.name}")
 
 
@@ -165,10 +151,7 @@ def assistant_show(name: str, data_dir: DataDir = None) -> None:
     """Print one assistant as JSON."""
     from loraflow.services.catalog.assistants import get_assistant
 
-    try:
-        print_json(asdict(get_assistant(runtime_for(data_dir), name)))
-    except LoraflowError as exc:
-        fail(exc)
+    print_json(asdict(get_assistant(runtime_for(data_dir), name)))
 
 
 @assistant_app.command("delete")
@@ -176,9 +159,5 @@ def assistant_delete(name: str, data_dir: DataDir = None) -> None:
     """Delete an assistant."""
     from loraflow.services.catalog.assistants import delete_assistant
 
-    try:
-        delete_assistant(runtime_for(data_dir), name)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    delete_assistant(runtime_for(data_dir), name)
     console.print(f"deleted assistant {name}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from loraflow.config import Settings
 from loraflow.errors import ConfigError, LoraflowError
@@ -16,8 +17,21 @@ from loraflow.errors import ConfigError, LoraflowError
 if TYPE_CHECKING:
     from loraflow.services.runtime import Runtime
 
+
+class _Commands(TyperGroup):
+    """The root command: a LoraflowError from any command is printed here, once, with its
+    exit code; commands just raise."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's click Context
+        try:
+            return super().invoke(ctx)
+        except LoraflowError as exc:
+            fail(exc)
+
+
 app = typer.Typer(
     name="loraflow",
+    cls=_Commands,
     help="loraflow: LoRA adapters from raw data to production; RAG answers, switchable models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -82,8 +96,13 @@ def setup_logging(level: str) -> None:
     )
 
 
-def fail(exc: LoraflowError) -> None:
+def print_error(exc: LoraflowError) -> None:
+    """The one rendering of a user's error: its message, then its hint, on stderr."""
     err.print(f"[red]error:[/red] {exc.message}")
     if exc.hint:
         err.print(f"[yellow]hint:[/yellow] {exc.hint}")
+
+
+def fail(exc: LoraflowError) -> NoReturn:
+    print_error(exc)
     raise typer.Exit(exc.exit_code)

@@ -13,8 +13,8 @@ import httpx
 import typer
 
 from loraflow.cli.adapters import Url, adapters_app, ctx_for, float_list, report_workflow
-from loraflow.cli.common import AsJson, DataDir, console, fail, make_settings, print_json
-from loraflow.errors import EngineUnavailable, InvalidInput, LoraflowError
+from loraflow.cli.common import AsJson, DataDir, console, make_settings, print_json
+from loraflow.errors import EngineUnavailable, InvalidInput
 
 
 def _server(url: str | None, data_dir: Path | None) -> tuple[str, dict[str, str]]:
@@ -104,17 +104,13 @@ def deploy_cmd(
         "switch_delay": switch_delay,
         "ab_duration": ab_duration,
     }
-    try:
-        out = _call(
-            "POST",
-            url,
-            data_dir,
-            "/api/adapters/deploy",
-            {k: v for k, v in body.items() if v is not None},
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    out = _call(
+        "POST",
+        url,
+        data_dir,
+        "/api/adapters/deploy",
+        {k: v for k, v in body.items() if v is not None},
+    )
     for step in out.get("steps", []):
         console.print(f"  {step['step']:<17} {'ok' if step.get('ok', True) else 'failed'}")
     shares = ", ".join(
@@ -140,11 +136,7 @@ def settings_text(state: dict[str, Any]) -> str:
 @adapters_app.command("rollback")
 def rollback_cmd(target: str, url: Url = None, data_dir: DataDir = None) -> None:
     """Restore what the last deploy of a target replaced."""
-    try:
-        out = _call("POST", url, data_dir, f"/api/adapters/deployments/{target}/rollback")
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    out = _call("POST", url, data_dir, f"/api/adapters/deployments/{target}/rollback")
     shares = ", ".join(f"{v['adapter']} {v['weight']:g}%" for v in out["state"]["variants"])
     console.print(f"rolled back {target}: {shares}")
 
@@ -157,17 +149,13 @@ def promote_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Give a canary or A/B variant all of a target's traffic."""
-    try:
-        out = _call(
-            "POST",
-            url,
-            data_dir,
-            f"/api/adapters/deployments/{target}/promote",
-            {"variant": variant},
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    out = _call(
+        "POST",
+        url,
+        data_dir,
+        f"/api/adapters/deployments/{target}/promote",
+        {"variant": variant},
+    )
     console.print(f"promoted {target}: {out['state']['variants'][0]['adapter']}")
 
 
@@ -207,11 +195,7 @@ def workflow_cmd(
         body["validate"] = {"mode": mode}
     if target:
         body["deploy"] = {"target": target, "strategy": strategy, "force": force}
-    try:
-        wf = _call("POST", url, data_dir, "/api/adapters/workflows", body)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    wf = _call("POST", url, data_dir, "/api/adapters/workflows", body)
     report_workflow(wf, as_json)
 
 
@@ -227,15 +211,11 @@ def status_cmd(
     from loraflow.services.manage import workflows
 
     ctx = ctx_for(data_dir)
-    try:
-        if workflow_id:
-            report_workflow(workflows.get_workflow(ctx, workflow_id), as_json)
-            return
-        flows = workflows.list_workflows(ctx, limit=20)
-        deps = _deployments(ctx)
-    except LoraflowError as exc:
-        fail(exc)
+    if workflow_id:
+        report_workflow(workflows.get_workflow(ctx, workflow_id), as_json)
         return
+    flows = workflows.list_workflows(ctx, limit=20)
+    deps = _deployments(ctx)
     if as_json:
         print_json({"workflows": flows, "deployments": deps})
         return

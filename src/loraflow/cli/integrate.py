@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from loraflow.cli.adapters import _run_here, ctx_for, report_workflow
-from loraflow.cli.common import AsJson, DataDir, app, console, fail, print_json
-from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.cli.common import AsJson, DataDir, app, console, print_json
+from loraflow.errors import InvalidInput
 
 ACTIONS = ("workflow", "merge", "validate", "status")
 
@@ -54,44 +54,41 @@ def integrate_cmd(
     as_json: AsJson = False,
 ) -> None:
     """Merge an adapter folder into its base model, validate the result, deploy it."""
-    try:
-        if action not in ACTIONS:
-            raise InvalidInput(f"unknown --action {action!r}; allowed: {', '.join(ACTIONS)}")
-        ctx = ctx_for(data_dir)
-        if action == "status":
-            _status(ctx, workflow_id, as_json)
-            return
-        spec: dict[str, Any] = {
-            "adapter_name": adapter_name,
-            "adapter_type": adapter_type,
-            "base_model_path": str(base_model_path) if base_model_path else None,
+    if action not in ACTIONS:
+        raise InvalidInput(f"unknown --action {action!r}; allowed: {', '.join(ACTIONS)}")
+    ctx = ctx_for(data_dir)
+    if action == "status":
+        _status(ctx, workflow_id, as_json)
+        return
+    spec: dict[str, Any] = {
+        "adapter_name": adapter_name,
+        "adapter_type": adapter_type,
+        "base_model_path": str(base_model_path) if base_model_path else None,
+    }
+    if action in ("workflow", "merge"):
+        if adapter_path is None:
+            raise InvalidInput(f"--action {action} needs --adapter-path")
+        spec["adapter_path"] = str(adapter_path)
+        spec["merge"] = {
+            "strategy": merge_strategy,
+            "output_path": str(output_path) if output_path else None,
+            "quantization": quantization,
+            "quantization_bits": quantization_bits,
         }
-        if action in ("workflow", "merge"):
-            if adapter_path is None:
-                raise InvalidInput(f"--action {action} needs --adapter-path")
-            spec["adapter_path"] = str(adapter_path)
-            spec["merge"] = {
-                "strategy": merge_strategy,
-                "output_path": str(output_path) if output_path else None,
-                "quantization": quantization,
-                "quantization_bits": quantization_bits,
-            }
-        if action in ("workflow", "validate"):
-            spec["validate"] = {"mode": validation_mode}
-        if action == "validate":
-            if output_path is None:
-                raise InvalidInput("--action validate needs --output-path (the model folder)")
-            spec["model_path"] = str(output_path)
-        if action == "workflow" and target_env:
-            spec["deploy"] = {
-                "target": target_env,
-                "strategy": deployment_strategy,
-                "serve_with": serve_with,
-                "force": force,
-            }
-        _run_here(ctx, "integrate", {k: v for k, v in spec.items() if v is not None}, as_json)
-    except LoraflowError as exc:
-        fail(exc)
+    if action in ("workflow", "validate"):
+        spec["validate"] = {"mode": validation_mode}
+    if action == "validate":
+        if output_path is None:
+            raise InvalidInput("--action validate needs --output-path (the model folder)")
+        spec["model_path"] = str(output_path)
+    if action == "workflow" and target_env:
+        spec["deploy"] = {
+            "target": target_env,
+            "strategy": deployment_strategy,
+            "serve_with": serve_with,
+            "force": force,
+        }
+    _run_here(ctx, "integrate", {k: v for k, v in spec.items() if v is not None}, as_json)
 
 
 def _status(ctx: Any, workflow_id: str | None, as_json: bool) -> None:

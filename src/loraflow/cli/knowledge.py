@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, err, fail, make_settings, parse_bool
-from loraflow.errors import LoraflowError
+from loraflow.cli.common import DataDir, app, console, err, make_settings, parse_bool
 
 Collection = Annotated[
     str | None, typer.Option("--collection", help="Knowledge base (default: default).")
@@ -33,18 +32,14 @@ def ingest(
     from loraflow.services.know.knowledge import ingest as ingest_docs
     from loraflow.services.runtime import build_runtime
 
-    try:
-        rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("ingesting", total=None)
+    rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("ingesting", total=None)
 
-            def progress(name: str, done: int, total: int) -> None:
-                bar.update(task, description=f"ingesting {name}", completed=done, total=total)
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, description=f"ingesting {name}", completed=done, total=total)
 
-            report = ingest_docs(rt, collection, paths, progress=progress)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+        report = ingest_docs(rt, collection, paths, progress=progress)
     for d in report.added:
         console.print(f"[green]added[/green]     {d.source} ({d.n_chunks} chunks, id {d.doc_id})")
     for s in report.replaced:
@@ -63,12 +58,8 @@ def documents_list(collection: Collection = None, data_dir: DataDir = None) -> N
     from loraflow.services.know.knowledge import list_documents
     from loraflow.services.runtime import build_runtime
 
-    try:
-        rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
-        docs = list_documents(rt, collection)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
+    docs = list_documents(rt, collection)
     table = Table()
     for col in ("doc_id", "source", "chunks", "chars", "added_at"):
         table.add_column(col)
@@ -83,12 +74,8 @@ def documents_delete(doc_id: str, collection: Collection = None, data_dir: DataD
     from loraflow.services.know.knowledge import delete_document
     from loraflow.services.runtime import build_runtime
 
-    try:
-        rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
-        info = delete_document(rt, collection, doc_id)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = build_runtime(make_settings(data_dir=data_dir), load_local=False)
+    info = delete_document(rt, collection, doc_id)
     console.print(f"deleted {info['source']} ({info['doc_id']})")
 
 
@@ -113,25 +100,21 @@ def ask(
     from loraflow.services.runtime import build_runtime
 
     flag = parse_bool(use_lora, "--use-lora")
-    try:
-        settings = make_settings(data_dir=data_dir)
-        rt = build_runtime(settings, load_local=flag is not False)
-        initialise_selection(rt, flag)
-        ingest_sample_if_empty(rt)
-        result = ask_service(
-            rt,
-            AskRequest(
-                query=query,
-                use_lora=flag,
-                adapter=adapter,
-                max_new_tokens=max_new_tokens,
-                collection=collection,
-                assistant=assistant,
-            ),
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    settings = make_settings(data_dir=data_dir)
+    rt = build_runtime(settings, load_local=flag is not False)
+    initialise_selection(rt, flag)
+    ingest_sample_if_empty(rt)
+    result = ask_service(
+        rt,
+        AskRequest(
+            query=query,
+            use_lora=flag,
+            adapter=adapter,
+            max_new_tokens=max_new_tokens,
+            collection=collection,
+            assistant=assistant,
+        ),
+    )
     if as_json:
         console.print_json(json.dumps(asdict(result), ensure_ascii=False))
         return

@@ -14,11 +14,10 @@ from loraflow.cli.common import (
     DataDir,
     app,
     console,
-    fail,
     print_json,
     runtime_for,
 )
-from loraflow.errors import Conflict, LoraflowError
+from loraflow.errors import Conflict
 
 kb_app = typer.Typer(help="Knowledge bases (collections): create, list, rename, delete, re-embed.")
 app.add_typer(kb_app, name="kb")
@@ -29,11 +28,7 @@ def kb_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
     """List knowledge bases with their model, size and any re-embed in progress."""
     from loraflow.services.know.knowledge import list_collections
 
-    try:
-        items = list_collections(runtime_for(data_dir))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    items = list_collections(runtime_for(data_dir))
     if as_json:
         print_json(items)
         return
@@ -64,13 +59,7 @@ def kb_create(
     """Create an empty knowledge base."""
     from loraflow.services.know.knowledge import create_collection
 
-    try:
-        c = create_collection(
-            runtime_for(data_dir), name, embedding_model, chunk_size, chunk_overlap
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    c = create_collection(runtime_for(data_dir), name, embedding_model, chunk_size, chunk_overlap)
     console.print(f"created {c['name']} ({c['embedding_model']})")
 
 
@@ -79,11 +68,7 @@ def kb_rename(name: str, new_name: str, data_dir: DataDir = None) -> None:
     """Rename a knowledge base (assistants follow the new name)."""
     from loraflow.services.know.knowledge import rename_collection
 
-    try:
-        rename_collection(runtime_for(data_dir), name, new_name)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rename_collection(runtime_for(data_dir), name, new_name)
     console.print(f"renamed {name} to {new_name}")
 
 
@@ -99,11 +84,9 @@ def kb_delete(
     try:
         out = delete_collection(runtime_for(data_dir), name, force=force)
     except Conflict as exc:  # in use by assistants: the service's hint names the API's flag
-        fail(Conflict(exc.message, hint="remove it from those assistants first, or pass --force"))
-        return
-    except LoraflowError as exc:
-        fail(exc)
-        return
+        raise Conflict(
+            exc.message, hint="remove it from those assistants first, or pass --force"
+        ) from exc
     console.print(f"deleted {name}")
     for a in out["detached_assistants"]:
         console.print(f"[yellow]assistant {a} no longer uses it[/yellow]")
@@ -120,16 +103,12 @@ def kb_reembed(
 
     from loraflow.services.know.knowledge import reembed_collection
 
-    try:
-        rt = runtime_for(data_dir)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"re-embedding {name}", total=None)
-            report = reembed_collection(
-                rt, name, embedding_model, lambda d, t: bar.update(task, completed=d, total=t)
-            )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = runtime_for(data_dir)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"re-embedding {name}", total=None)
+        report = reembed_collection(
+            rt, name, embedding_model, lambda d, t: bar.update(task, completed=d, total=t)
+        )
     console.print(
         f"{name}: {report.old_model} -> {report.new_model}, {report.documents} documents, "
         f"{report.chunks} chunks ({report.resumed_documents} resumed) in {report.seconds}s"
@@ -143,14 +122,10 @@ def kb_migrate_sparse(name: str, data_dir: DataDir = None) -> None:
 
     from loraflow.services.know.knowledge import migrate_sparse
 
-    try:
-        rt = runtime_for(data_dir)
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"adding keyword vectors to {name}", total=None)
-            n = migrate_sparse(rt, name, lambda d, t: bar.update(task, completed=d, total=t))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = runtime_for(data_dir)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"adding keyword vectors to {name}", total=None)
+        n = migrate_sparse(rt, name, lambda d, t: bar.update(task, completed=d, total=t))
     console.print(f"{name}: {n} chunks have keyword vectors" if n else f"{name}: nothing to do")
 
 
@@ -166,11 +141,7 @@ def kb_search(
     """Show the chunks a question retrieves, with scores and quoted spans."""
     from loraflow.services.know.knowledge import search
 
-    try:
-        hits = search(runtime_for(data_dir), collection, query, k, mode)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    hits = search(runtime_for(data_dir), collection, query, k, mode)
     if as_json:
         print_json([asdict(h) for h in hits])
         return
@@ -195,14 +166,10 @@ def eval_retrieval(
     """Recall@k and MRR of vector, BM25 and hybrid retrieval side by side."""
     from loraflow.services.know import knowledge
 
-    try:
-        rt = runtime_for(data_dir)
-        scores = knowledge.eval_retrieval(
-            rt, collection, qa or knowledge.sample_qa_path(), k or [1, 3, 5], lang
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rt = runtime_for(data_dir)
+    scores = knowledge.eval_retrieval(
+        rt, collection, qa or knowledge.sample_qa_path(), k or [1, 3, 5], lang
+    )
     if as_json:
         print_json([asdict(s) for s in scores])
         return

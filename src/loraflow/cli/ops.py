@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from loraflow.cli.common import DataDir, app, console, fail, make_settings
-from loraflow.errors import LoraflowError
+from loraflow.cli.common import DataDir, app, console, make_settings
 
 
 @app.command()
@@ -32,13 +31,9 @@ def backup(
             waiting.append(True)
             console.print("waiting for a running ingest or delete to finish…")
 
-    try:
-        settings = make_settings(data_dir=data_dir)
-        engine = db.make_engine(settings.db_url)
-        report = create_backup(settings, engine, to, on_wait=on_wait)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    settings = make_settings(data_dir=data_dir)
+    engine = db.make_engine(settings.db_url)
+    report = create_backup(settings, engine, to, on_wait=on_wait)
     rows = sum(report.tables.values())
     console.print(
         f"backup written: {report.path}\n"
@@ -61,11 +56,7 @@ def restore(
     """
     from loraflow.services.ops.backup import restore_backup
 
-    try:
-        report = restore_backup(archive, make_settings(data_dir=data_dir), force=force)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    report = restore_backup(archive, make_settings(data_dir=data_dir), force=force)
     console.print(
         f"restored {report.files} files and {sum(report.tables.values())} database rows "
         f"into {report.data_dir} (backup of {report.created_at}, loraflow {report.source_version})"

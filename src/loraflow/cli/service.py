@@ -15,13 +15,12 @@ from loraflow.cli.common import (
     app,
     console,
     err,
-    fail,
     make_settings,
     parse_bool,
     setup_logging,
 )
 from loraflow.config import Settings
-from loraflow.errors import ConfigError, LoraflowError
+from loraflow.errors import ConfigError
 
 
 def _print_checks(settings: Settings) -> bool:
@@ -48,11 +47,7 @@ def _print_checks(settings: Settings) -> bool:
 @app.command("config-check")
 def config_check(data_dir: DataDir = None) -> None:
     """Print every setting and check each model, path and service; exit 1 when one cannot work."""
-    try:
-        ok = _print_checks(make_settings(data_dir=data_dir))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    ok = _print_checks(make_settings(data_dir=data_dir))
     if not ok:
         err.print("[red]configuration check failed[/red]: fix the FAIL lines above")
         raise typer.Exit(1)
@@ -78,17 +73,13 @@ def serve(
 ) -> None:
     """Start the API service (ingests the sample knowledge base on an empty data dir)."""
     flag = parse_bool(use_lora, "--use-lora")
-    try:
-        settings = make_settings(
-            api_host=host,
-            api_port=port,
-            data_dir=data_dir,
-            use_lora_default=flag,
-            log_level="DEBUG" if verbose else None,
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    settings = make_settings(
+        api_host=host,
+        api_port=port,
+        data_dir=data_dir,
+        use_lora_default=flag,
+        log_level="DEBUG" if verbose else None,
+    )
     if config_check_only:
         raise typer.Exit(0 if _print_checks(settings) else 1)
     setup_logging(settings.log_level)
@@ -144,24 +135,20 @@ def webui(
     data_dir: DataDir = None,
 ) -> None:
     """Start the service with its web UI (the same server as serve) and print the UI's address."""
-    try:
-        if lora is not None and not lora.exists():
-            raise ConfigError(
-                f"--lora {str(lora)!r} does not exist",
-                hint="give a PEFT adapter folder or a folder of adapter folders",
-            )
-        settings = make_settings(
-            api_host=host,
-            api_port=port,
-            data_dir=data_dir,
-            lora_model_path=lora.resolve() if lora is not None else None,
-            use_lora_default=True if lora is not None else None,
-            enable_ui=True,
-            log_level="DEBUG" if verbose else None,
+    if lora is not None and not lora.exists():
+        raise ConfigError(
+            f"--lora {str(lora)!r} does not exist",
+            hint="give a PEFT adapter folder or a folder of adapter folders",
         )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    settings = make_settings(
+        api_host=host,
+        api_port=port,
+        data_dir=data_dir,
+        lora_model_path=lora.resolve() if lora is not None else None,
+        use_lora_default=True if lora is not None else None,
+        enable_ui=True,
+        log_level="DEBUG" if verbose else None,
+    )
     setup_logging(settings.log_level)
     import uvicorn
 
@@ -193,18 +180,14 @@ def inference(
     """Quick test of the local model (LOCAL_ENGINE): prompt in, text out (no server, no RAG)."""
     from loraflow.services.catalog.inference import quick_generate
 
-    try:
-        settings = make_settings(data_dir=data_dir)
-        result, warnings = quick_generate(
-            settings,
-            prompt,
-            adapter=adapter,
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    settings = make_settings(data_dir=data_dir)
+    result, warnings = quick_generate(
+        settings,
+        prompt,
+        adapter=adapter,
+        max_tokens=max_new_tokens,
+        temperature=temperature,
+    )
     for w in warnings:
         err.print(f"[yellow]warning:[/yellow] {w}")
     console.print(result.text)
@@ -224,11 +207,7 @@ def status(
 
     from loraflow.services.ops.status import instance_status
 
-    try:
-        st = instance_status(make_settings(data_dir=data_dir))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    st = instance_status(make_settings(data_dir=data_dir))
     if as_json:
         console.print_json(json.dumps(st, default=str, ensure_ascii=False))
         return

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from loraflow.cli.common import DataDir, app, console, err, fail, make_settings
-from loraflow.errors import InvalidInput, LoraflowError
+from loraflow.cli.common import DataDir, app, console, err, make_settings
+from loraflow.errors import InvalidInput
 from loraflow.training.params import canonical_names
 
 tasks_app = typer.Typer(help="List, show, cancel and resume training tasks.", no_args_is_help=True)
@@ -41,19 +41,15 @@ def prepare(
     """Turn datasets or raw novels into train.jsonl / val.jsonl and print statistics."""
     from loraflow.services.train.datasets import prepare_dataset
 
-    try:
-        report, warning = prepare_dataset(
-            make_settings(data_dir=data_dir),
-            inputs,
-            out,
-            sample=sample,
-            dataset_type=dataset_type,
-            chunk_size=chunk_size,
-            val_split=val_split,
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    report, warning = prepare_dataset(
+        make_settings(data_dir=data_dir),
+        inputs,
+        out,
+        sample=sample,
+        dataset_type=dataset_type,
+        chunk_size=chunk_size,
+        val_split=val_split,
+    )
     for name, kind in report.files.items():
         console.print(f"read {name} ({kind})")
     console.print(f"train: {report.n_train} examples -> {report.train_path}")
@@ -175,33 +171,29 @@ def train(
         "launcher": launcher,
         "num_processes": num_processes,
     }
-    try:
-        ctx = _context(data_dir)
-        name = task_name or f"{data.stem}-{_stamp()}"
-        base = base_model or ctx.settings.base_model_name
-        params = {k: v for k, v in params.items() if v is not None}
-        for item in param or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise InvalidInput(f"--param {item!r} is not NAME=VALUE")
-            for field, given in canonical_names({key.strip(): value.strip()}).items():
-                if field in params:
-                    raise InvalidInput(f"{field} is given twice: by its option and by -p {item!r}")
-                params[field] = given
-        task = training.submit(
-            ctx,
-            name,
-            base,
-            "",
-            dataset_type,
-            params,
-            local_dataset=data,
-            local_val=val_data,
-            accelerate_config=accelerate_config,
-        )
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    ctx = _context(data_dir)
+    name = task_name or f"{data.stem}-{_stamp()}"
+    base = base_model or ctx.settings.base_model_name
+    params = {k: v for k, v in params.items() if v is not None}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--param {item!r} is not NAME=VALUE")
+        for field, given in canonical_names({key.strip(): value.strip()}).items():
+            if field in params:
+                raise InvalidInput(f"{field} is given twice: by its option and by -p {item!r}")
+            params[field] = given
+    task = training.submit(
+        ctx,
+        name,
+        base,
+        "",
+        dataset_type,
+        params,
+        local_dataset=data,
+        local_val=val_data,
+        accelerate_config=accelerate_config,
+    )
     tid = task["task_id"]
     console.print(f"task {tid} ({task['task_name']}) -> {task['output_path']}")
     if task["training_params"].get("launcher", "none") != "none":
@@ -257,11 +249,7 @@ def tasks_list(data_dir: DataDir = None) -> None:
     """List training tasks, newest first."""
     from loraflow.services.train.jobs import list_tasks
 
-    try:
-        rows = list_tasks(_context(data_dir))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    rows = list_tasks(_context(data_dir))
     table = Table()
     for col in ("id", "name", "status", "progress", "epoch", "loss", "message"):
         table.add_column(col)
@@ -286,10 +274,7 @@ def tasks_show(task_id: int, data_dir: DataDir = None) -> None:
 
     from loraflow.services.train.jobs import get_task
 
-    try:
-        console.print_json(json.dumps(get_task(_context(data_dir), task_id)))
-    except LoraflowError as exc:
-        fail(exc)
+    console.print_json(json.dumps(get_task(_context(data_dir), task_id)))
 
 
 @tasks_app.command("cancel")
@@ -297,10 +282,7 @@ def tasks_cancel(task_id: int, data_dir: DataDir = None) -> None:
     """Cancel a task; a running one stops within seconds and keeps its checkpoint."""
     from loraflow.services.train.jobs import cancel
 
-    try:
-        console.print(cancel(_context(data_dir), task_id)["message"])
-    except LoraflowError as exc:
-        fail(exc)
+    console.print(cancel(_context(data_dir), task_id)["message"])
 
 
 @tasks_app.command("resume")
@@ -312,11 +294,7 @@ def tasks_resume(
     """Continue a cancelled or failed task from its last checkpoint."""
     from loraflow.services.train.jobs import resume
 
-    try:
-        ctx = _context(data_dir)
-        console.print(resume(ctx, task_id)["message"])
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    ctx = _context(data_dir)
+    console.print(resume(ctx, task_id)["message"])
     if not detach:
         _follow(ctx, task_id)

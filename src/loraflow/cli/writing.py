@@ -13,11 +13,9 @@ from loraflow.cli.common import (
     DataDir,
     app,
     console,
-    fail,
     print_json,
     runtime_for,
 )
-from loraflow.errors import LoraflowError
 from loraflow.safe_json import loads as bounded_loads
 
 memory_app = typer.Typer(help="Story memory: projects, entries, export and import.")
@@ -29,11 +27,7 @@ def projects(data_dir: DataDir = None) -> None:
     """List story projects with their entry counts."""
     from loraflow.services.write import memory
 
-    try:
-        items = memory.list_projects(runtime_for(data_dir))
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    items = memory.list_projects(runtime_for(data_dir))
     table = Table()
     for col in ("id", "name", "entries", "passages", "pending suggestions"):
         table.add_column(col)
@@ -48,11 +42,7 @@ def create(name: str, description: str = "", data_dir: DataDir = None) -> None:
     """Create a story project."""
     from loraflow.services.write import memory
 
-    try:
-        p = memory.create_project(runtime_for(data_dir), name, description)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    p = memory.create_project(runtime_for(data_dir), name, description)
     console.print(f"created {p['name']} ({p['id']})")
 
 
@@ -80,11 +70,7 @@ def add(
         "always_on": always_on,
         "chapter": chapter,
     }
-    try:
-        e = memory.add_entry(runtime_for(data_dir), project, fields)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    e = memory.add_entry(runtime_for(data_dir), project, fields)
     console.print(f"added {e['kind']} {e['title']!r} ({e['entry_id']})")
 
 
@@ -93,11 +79,7 @@ def list_entries(project: str, data_dir: DataDir = None) -> None:
     """List a project's current entries."""
     from loraflow.services.write import memory
 
-    try:
-        items = memory.list_entries(runtime_for(data_dir), project)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    items = memory.list_entries(runtime_for(data_dir), project)
     table = Table()
     for col in ("entry", "kind", "title", "importance", "always on", "v", "keywords"):
         table.add_column(col)
@@ -116,11 +98,7 @@ def export(
     """Export a project's memory as JSON."""
     from loraflow.services.write import memory
 
-    try:
-        doc = memory.export_project(runtime_for(data_dir), project)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    doc = memory.export_project(runtime_for(data_dir), project)
     text = json.dumps(doc, ensure_ascii=False, indent=2)
     if out is None:
         console.print(text, markup=False, highlight=False)
@@ -142,14 +120,10 @@ def import_(
     from loraflow.services.write import memory
 
     try:
-        try:
-            doc = bounded_loads(file.read_bytes(), where=str(file))
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(f"cannot read {str(file)!r} as JSON: {exc}") from exc
-        p = memory.import_project(runtime_for(data_dir), doc, name)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+        doc = bounded_loads(file.read_bytes(), where=str(file))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read {str(file)!r} as JSON: {exc}") from exc
+    p = memory.import_project(runtime_for(data_dir), doc, name)
     console.print(f"imported {p['entries']} entries into {p['name']} ({p['id']})")
 
 
@@ -179,11 +153,7 @@ def write(
         max_tokens=max_tokens,
         temperature=temperature,
     )
-    try:
-        out = run_write(runtime_for(data_dir, load_local=True), req)
-    except LoraflowError as exc:
-        fail(exc)
-        return
+    out = run_write(runtime_for(data_dir, load_local=True), req)
     if as_json:
         print_json(out)
         return
