@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from loraflow.cli.common import DataDir, app, console, err, make_settings
 from loraflow.errors import InvalidInput
-from loraflow.training.params import canonical_names
+from loraflow.training.params import PARAMS, Param, canonical_names
 
 tasks_app = typer.Typer(help="List, show, cancel and resume training tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
@@ -76,47 +77,6 @@ def train(
         str | None, typer.Option(help="Unique name (default: from --data).")
     ] = None,
     val_data: Annotated[Path | None, typer.Option(help="Validation file.")] = None,
-    val_split: Annotated[
-        float | None,
-        typer.Option(help="Share of --data held out for eval loss without --val-data (0.1)."),
-    ] = None,
-    epochs: Annotated[
-        float | None, typer.Option("--epochs", "--num-train-epochs", help="Epochs (3).")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", "--per-device-train-batch-size", help="Micro-batch size (4)."),
-    ] = None,
-    grad_accum: Annotated[
-        int | None,
-        typer.Option(
-            "--grad-accum", "--gradient-accumulation-steps", help="Gradient accumulation (4)."
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option("--lr", "--learning-rate", help="Learning rate (2e-4).")
-    ] = None,
-    rank: Annotated[
-        int | None, typer.Option("--rank", "--lora-rank", "--lora-r", help="LoRA rank (16).")
-    ] = None,
-    alpha: Annotated[
-        int | None, typer.Option("--alpha", "--lora-alpha", help="LoRA alpha (32).")
-    ] = None,
-    dropout: Annotated[
-        float | None, typer.Option("--dropout", "--lora-dropout", help="LoRA dropout (0.05).")
-    ] = None,
-    max_len: Annotated[
-        int | None,
-        typer.Option(
-            "--max-len", "--cutoff-len", "--max-length", help="Max sequence tokens (512)."
-        ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu | cuda | auto (default: TRAINING_DEVICE).")
-    ] = None,
-    quantization: Annotated[
-        str | None, typer.Option(help="auto (4-bit on CUDA with bitsandbytes) | 4bit | none.")
-    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -127,54 +87,21 @@ def train(
             "An unknown name is refused with the list of accepted ones.",
         ),
     ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps (0: all).")] = None,
-    target_modules: Annotated[str | None, typer.Option(help="q,v | all-linear | names.")] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Early stopping: evaluations without improvement (0: off).")
-    ] = None,
-    min_delta: Annotated[
-        float | None, typer.Option(help="Early stopping: smallest eval-loss drop that counts.")
-    ] = None,
-    launcher: Annotated[
-        str | None,
-        typer.Option(help="none | accelerate | torchrun: train in num-processes DDP processes."),
-    ] = None,
-    num_processes: Annotated[
-        int | None, typer.Option(help="Processes (one per GPU; on CPU only for testing).")
-    ] = None,
     accelerate_config: Annotated[
         Path | None,
         typer.Option(help="accelerate config file (FSDP, DeepSpeed; see examples/accelerate/)."),
     ] = None,
     detach: Annotated[bool, typer.Option(help="Queue it for the service and return.")] = False,
     data_dir: DataDir = None,
+    **options: Any,
 ) -> None:
     """Fine-tune a LoRA adapter; Ctrl-C leaves the job running in the background."""
     from loraflow.services.train import jobs as training
 
-    params = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lr": lr,
-        "rank": rank,
-        "alpha": alpha,
-        "dropout": dropout,
-        "max_len": max_len,
-        "device": device,
-        "quantization": quantization,
-        "max_steps": max_steps,
-        "target_modules": target_modules,
-        "val_split": val_split,
-        "early_stopping_patience": patience,
-        "early_stopping_min_delta": min_delta,
-        "launcher": launcher,
-        "num_processes": num_processes,
-    }
+    params = {k: v for k, v in options.items() if v is not None}
     ctx = _context(data_dir)
     name = task_name or f"{data.stem}-{_stamp()}"
     base = base_model or ctx.settings.base_model_name
-    params = {k: v for k, v in params.items() if v is not None}
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -202,6 +129,59 @@ def train(
         console.print("queued; the service runs it. Follow it with `loraflow tasks show ID`.")
         return
     _follow(ctx, tid)
+
+
+def _option(p: Param) -> inspect.Parameter:
+    assert p.cli is not None, f"{p.name} has no CLI option"
+    return inspect.Parameter(
+        p.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[p.kind | None, typer.Option(*p.cli.flags, help=p.cli.help)],
+    )
+
+
+# The training parameters as options of `train` (rendered from PARAMS), in the order --help
+# lists them: the common ones before --param, the rest after it.
+_BEFORE_PARAM = (
+    "val_split",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "rank",
+    "alpha",
+    "dropout",
+    "max_len",
+    "device",
+    "quantization",
+)
+_AFTER_PARAM = (
+    "max_steps",
+    "target_modules",
+    "early_stopping_patience",
+    "early_stopping_min_delta",
+    "launcher",
+    "num_processes",
+)
+
+
+def _declare_options() -> None:
+    """Typer reads `train`'s options from its signature when the app runs: give it them all."""
+    groups = {
+        "param": [_option(PARAMS[n]) for n in _BEFORE_PARAM],
+        "accelerate_config": [_option(PARAMS[n]) for n in _AFTER_PARAM],
+    }
+    signature = inspect.signature(train, eval_str=True)
+    declared: list[inspect.Parameter] = []
+    for given in signature.parameters.values():
+        if given.kind is not inspect.Parameter.VAR_KEYWORD:
+            declared.extend(groups.get(given.name, []))
+            declared.append(given.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    train.__signature__ = signature.replace(parameters=declared)  # type: ignore[attr-defined]
+
+
+_declare_options()
 
 
 def _follow(ctx: Any, tid: int) -> None:

@@ -15,7 +15,7 @@ from loraflow.datasets.formats import DATASET_TYPES
 from loraflow.services.runtime import Runtime
 from loraflow.services.train import datasets
 from loraflow.services.train import jobs as training
-from loraflow.training.params import TARGET_PRESETS, TrainParams
+from loraflow.training.params import PARAMS, Param
 from loraflow.ui.context import UIContext, action, cell, decimal, whole
 
 # How often the task list and loss curve are re-read while the page is open (seconds).
@@ -80,6 +80,42 @@ def loss_frame(rt: Runtime, task_id: int | None) -> pd.DataFrame:
     return frame.astype({"step": "float64", "value": "float64", "series": "str"})
 
 
+# The training parameters of the form (rendered from PARAMS), row by row.
+FORM_ROWS = (
+    ("rank", "alpha", "dropout"),
+    ("epochs", "batch_size", "grad_accum"),
+    ("lr", "max_len", "max_steps"),
+    ("target_modules", "device", "quantization", "val_split"),
+)
+FORM_PARAMS = tuple(name for row in FORM_ROWS for name in row)
+
+
+def _field(t: Any, p: Param) -> gr.components.Component:
+    """A training parameter's field, showing its default (the SPEC B preset)."""
+    assert p.ui is not None, f"{p.name} has no UI field"
+    ui = p.ui
+    label = t(ui.label) if t.has(ui.label) else ui.label
+    if p.choices and ui.unset is not None:
+        choices: list[Any] = [(t(ui.unset), ""), *(ui.choices or p.choices)]
+        return gr.Dropdown(choices, value="", label=label, elem_id=ui.elem_id)
+    if p.choices or p.presets:
+        return gr.Dropdown(
+            list(ui.choices or p.choices or p.presets),
+            value=p.default,
+            allow_custom_value=bool(p.presets),
+            label=label,
+            elem_id=ui.elem_id,
+        )
+    return gr.Number(
+        p.default,
+        precision=0 if p.kind is int else None,
+        minimum=ui.minimum,
+        maximum=ui.maximum,
+        label=label,
+        elem_id=ui.elem_id,
+    )
+
+
 def _task_choices(tasks: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return [(f"#{x['task_id']} {x['task_name']}", x["task_id"]) for x in tasks]
 
@@ -87,7 +123,6 @@ def _task_choices(tasks: list[dict[str, Any]]) -> list[tuple[str, int]]:
 def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     """Lay out the Training tab and wire its events (call inside a gr.Tab)."""
     t = ctx.t
-    d = TrainParams()  # the SPEC B defaults, shown in the form
     with gr.Row():
         with gr.Column():
             gr.Markdown(f"### {t('dataset')}")
@@ -110,70 +145,10 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             base = gr.Dropdown(label=t("base_model"), elem_id="train-base-model")
             name = gr.Textbox(label=t("task_name"), elem_id="train-name")
             with gr.Accordion(t("parameters"), open=True):
-                with gr.Row():
-                    rank = gr.Number(d.rank, precision=0, minimum=1, label="LoRA r")
-                    alpha = gr.Number(d.alpha, precision=0, minimum=1, label="LoRA alpha")
-                    dropout = gr.Number(d.dropout, minimum=0, maximum=0.99, label="dropout")
-                with gr.Row():
-                    epochs = gr.Number(
-                        d.epochs, minimum=0.01, label=t("epochs"), elem_id="train-epochs"
-                    )
-                    batch = gr.Number(
-                        d.batch_size,
-                        precision=0,
-                        minimum=1,
-                        label=t("batch_size"),
-                        elem_id="train-batch-size",
-                    )
-                    accum = gr.Number(
-                        d.grad_accum,
-                        precision=0,
-                        minimum=1,
-                        label=t("grad_accum"),
-                        elem_id="train-grad-accum",
-                    )
-                with gr.Row():
-                    lr = gr.Number(d.lr, minimum=0, label=t("learning_rate"))
-                    max_len = gr.Number(
-                        d.max_len,
-                        precision=0,
-                        minimum=16,
-                        label=t("max_length"),
-                        elem_id="train-max-len",
-                    )
-                    max_steps = gr.Number(
-                        d.max_steps,
-                        precision=0,
-                        minimum=0,
-                        label=t("max_steps"),
-                        elem_id="train-max-steps",
-                    )
-                with gr.Row():
-                    targets = gr.Dropdown(
-                        list(TARGET_PRESETS),
-                        value=d.target_modules,
-                        allow_custom_value=True,
-                        label=t("target_modules"),
-                    )
-                    device = gr.Dropdown(
-                        [(t("device_from_settings"), ""), "auto", "cuda", "cpu"],
-                        value="",
-                        label=t("training_device"),
-                        elem_id="train-device",
-                    )
-                    quant = gr.Dropdown(
-                        ["auto", "4bit", "none"],
-                        value=d.quantization,
-                        label=t("quantization"),
-                        elem_id="train-quantization",
-                    )
-                    val_split = gr.Number(
-                        d.val_split,
-                        minimum=0,
-                        maximum=0.9,
-                        label=t("val_split"),
-                        elem_id="train-val-split",
-                    )
+                fields: list[gr.components.Component] = []
+                for row in FORM_ROWS:
+                    with gr.Row():
+                        fields += [_field(t, PARAMS[name]) for name in row]
             start = gr.Button(t("start"), variant="primary", elem_id="train-start")
             start_status = gr.Markdown(elem_id="train-start-status")
     gr.Markdown(f"### {t('tasks')}")
@@ -252,24 +227,15 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             raise gr.Error(t("upload_first"))
         if not base_model:
             raise gr.Error(t("pick_base_model"))
-        r, a, drop, ep, bs, ga, rate, ml, steps, tm, dev, q, vs = values
-        params = {
-            "rank": whole(r),
-            "alpha": whole(a),
-            "dropout": decimal(drop),
-            "epochs": decimal(ep),
-            "batch_size": whole(bs),
-            "grad_accum": whole(ga),
-            "lr": decimal(rate),
-            "max_len": whole(ml),
-            "max_steps": whole(steps),
-            "target_modules": tm,
-            "quantization": q,
-            "val_split": decimal(vs),
-        }
-        if dev:
-            # Empty: the service's TRAINING_DEVICE (DEVICE when unset, else auto).
-            params["device"] = dev
+        params: dict[str, Any] = {}
+        for name, value in zip(FORM_PARAMS, values, strict=True):
+            p = PARAMS[name]
+            if p.ui is not None and p.ui.unset is not None and not value:
+                # Empty: not set (the device: the service's TRAINING_DEVICE, DEVICE when unset,
+                # else auto).
+                continue
+            convert = {int: whole, float: decimal}.get(p.kind)
+            params[name] = convert(value) if convert else value
         task = training.submit(rt, task_name, base_model, stored, dataset_type, params)
         message = f"{t('queued')}: #{task['task_id']} {task['task_name']} → {task['output_path']}"
         found = training.list_tasks(rt)
@@ -297,13 +263,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     tab.select(refresh, [pick, shown], live, show_progress="hidden")
     timer.tick(refresh, [pick, shown], live, show_progress="hidden")
     upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset")
-    params = [
-        *(rank, alpha, dropout, epochs, batch, accum, lr, max_len, max_steps, targets),
-        *(device, quant),
-    ]
     start.click(
         on_start,
-        [dataset, kind, base, name, *params, val_split],
+        [dataset, kind, base, name, *fields],
         [start_status, tasks, pick],
         api_name="train",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from loraflow.errors import InvalidInput
 from loraflow.safe_json import loads as bounded_loads
 from loraflow.services.train import datasets
 from loraflow.services.train import jobs as training
-from loraflow.training.params import ALIASES, TrainParams, canonical_names
+from loraflow.training.params import ALIASES, PARAMS, FormField, TrainParams, canonical_names
 
 router = json_router(prefix="/api/simple-lora", tags=["training"])
 
@@ -55,6 +56,50 @@ async def _form_params(request: Request) -> dict[str, Any]:
     return {k: v for k, v in form.items() if k not in _JOB_FIELDS and isinstance(v, str)}
 
 
+# The training parameters declared as typed, documented form fields of /train, in the form's
+# order (rendered from PARAMS); any other one is taken as a form field too (_form_params).
+FORM_PARAMS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "rank",
+    "alpha",
+    "max_len",
+    "max_steps",
+    "target_modules",
+    "launcher",
+    "num_processes",
+    "device",
+    "quantization",
+)
+
+
+def _declared_params(**fields: Any) -> dict[str, Any]:
+    """The declared parameter fields by their form names, and training_params (a JSON text)."""
+    return fields
+
+
+def _form_field(name: str, annotation: Any, description: str | None) -> inspect.Parameter:
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=Form(None, description=description),
+        annotation=annotation,
+    )
+
+
+_declared_params.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        *(
+            _form_field(f.name or p.name, p.kind | None, f.description)
+            for p in (PARAMS[name] for name in FORM_PARAMS)
+            for f in [p.form or FormField()]
+        ),
+        _form_field("training_params", str | None, "JSON object of any other parameter"),
+    ]
+)
+
+
 @router.post(
     "/train",
     summary="Queue a LoRA fine-tuning task",
@@ -68,6 +113,7 @@ async def _form_params(request: Request) -> dict[str, Any]:
 def train(
     rt: RuntimeDep,
     form_params: Annotated[dict[str, Any], Depends(_form_params)],
+    declared: Annotated[dict[str, Any], Depends(_declared_params)],
     task_name: str = Form(...),
     base_model: str = Form(...),
     dataset_filename: str = Form(...),
@@ -75,24 +121,9 @@ def train(
     val_filename: str | None = Form(
         None, description="an uploaded dataset to evaluate on, instead of a val_split share"
     ),
-    epochs: float | None = Form(None, description="alias: num_train_epochs"),
-    batch_size: int | None = Form(None, description="alias: per_device_train_batch_size"),
-    learning_rate: float | None = Form(None, description="alias: lr"),
-    lora_r: int | None = Form(None, description="aliases: rank, lora_rank"),
-    lora_alpha: int | None = Form(None),
-    max_length: int | None = Form(None, description="aliases: max_len, cutoff_len"),
-    max_steps: int | None = Form(None),
-    target_modules: str | None = Form(None),
-    launcher: str | None = Form(None, description="none, accelerate or torchrun"),
-    num_processes: int | None = Form(None, description="DDP processes (one per GPU)"),
-    device: str | None = Form(
-        None, description="auto (CUDA when there is a GPU), cuda or cpu; default TRAINING_DEVICE"
-    ),
-    quantization: str | None = Form(
-        None, description="auto (4-bit QLoRA on CUDA with bitsandbytes), 4bit or none"
-    ),
-    training_params: str | None = Form(None, description="JSON object of any other parameter"),
 ) -> dict[str, Any]:
+    typed = dict(declared)
+    training_params = typed.pop("training_params")
     extra: dict[str, Any] = {}
     if training_params:
         try:
@@ -104,20 +135,6 @@ def train(
         if not isinstance(extra, dict):
             raise InvalidInput("training_params must be a JSON object")
     # The declared fields arrive typed; the others as the strings the form carried.
-    typed = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "max_length": max_length,
-        "max_steps": max_steps,
-        "target_modules": target_modules,
-        "launcher": launcher,
-        "num_processes": num_processes,
-        "device": device,
-        "quantization": quantization,
-    }
     form = {k: v for k, v in form_params.items() if k not in typed}
     form.update({k: v for k, v in typed.items() if v is not None})
     params = {**canonical_names(extra), **canonical_names(form)}
