@@ -147,6 +147,13 @@ class ChunkTable(MutableMapping[int, ChunkRecord]):
     def __len__(self) -> int:
         return len(self._ids) - len(self._removed) + len(self._added)
 
+    def values(self) -> list[ChunkRecord]:  # type: ignore[override]
+        """Every record in insertion order, read row by row (no per-id lookup)."""
+        saved = [
+            self.row(i) for i, cid in enumerate(self._ids.tolist()) if cid not in self._removed
+        ]
+        return saved + list(self._added.values())
+
     def max_id(self) -> int:
         saved = int(self._ids[-1]) if len(self._ids) else -1
         return max([saved, *self._added])
