@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -175,7 +175,12 @@ def alert_metrics(rt: Any) -> Iterator[GaugeMetricFamily]:
 router = APIRouter(tags=["system"])
 
 
-@router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=True)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics of this process",
+    include_in_schema=True,
+)
 def metrics(request: Request) -> Response:
     registry: CollectorRegistry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas.common import SourceDocument
 from loraflow.api.streaming import stream_response
 from loraflow.errors import LoraflowError
 from loraflow.services.know.ask import AskRequest, AskStream, ask, ask_stream
@@ -50,23 +51,6 @@ class AskBody(BaseModel):
         '"processing_time": ...}; an error after the first line arrives as '
         '{"type": "error", "detail": ...}.',
     )
-
-
-class SourceDocument(BaseModel):
-    index: int
-    source: str
-    doc_id: str
-    chunk: int
-    start: int
-    end: int
-    score: float
-    content: str
-    collection: str | None = None
-    quote: str | None = Field(None, description="The sentence of the chunk that best matches.")
-    quote_start: int | None = None
-    quote_end: int | None = None
-    vector_score: float | None = None
-    bm25_score: float | None = None
 
 
 class AskResponse(BaseModel):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas.system import Health, ModelInfo
 from loraflow.engines.remote import is_remote, label
 from loraflow.services.catalog import names as catalog
 from loraflow.services.ops import health as health_report
@@ -38,13 +39,18 @@ class SwitchModelResponse(BaseModel):
     model_used: str
 
 
-@router.get("/health", summary="Each component checked for real")
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Nothing can answer a question."}},
+    summary="Each component checked for real",
+)
 def health(rt: RuntimeDep) -> JSONResponse:
     body = health_report.health(rt)
     return JSONResponse(body, status_code=503 if body["status"] == "unhealthy" else 200)
 
 
-@router.get("/model_info", summary="Configured and loaded models")
+@router.get("/model_info", response_model=ModelInfo, summary="Configured and loaded models")
 def model_info(rt: RuntimeDep) -> dict[str, Any]:
     return health_report.model_info(rt)
 

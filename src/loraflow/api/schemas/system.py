@@ -1,0 +1,67 @@
+"""/health and /model_info."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class HealthComponents(BaseModel):
+    rag_handler: bool = Field(description="The knowledge base and some engine can answer.")
+    vector_store: bool
+    lora_model: bool = Field(description="At least one adapter is loaded.")
+    ollama_service: bool = Field(description="The remote engine (REMOTE_BACKEND) answers.")
+
+
+class SelectionSummary(BaseModel):
+    base_model: str
+    using_lora: bool
+    engine: str
+    adapter: str | None
+
+
+class HealthDetails(BaseModel):
+    model_info: SelectionSummary
+    local_model: str | None = Field(description="'loaded', or why the local model is not.")
+    lora_model: str
+    ollama_service: str = Field(description="The remote engine's state, whichever backend.")
+    remote_backend: Literal["ollama", "openai"]
+    remote_base_url: str
+    remote_model: str
+    vector_store: str
+    database: str
+    documents: int
+    chunks: int
+    warnings: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"] = Field(
+        description="unhealthy (answered with 503): nothing can answer a question."
+    )
+    components: HealthComponents
+    details: HealthDetails
+
+
+class ModelInfo(BaseModel):
+    base_model: str
+    lora_model_path: str
+    lora_exists: bool
+    using_lora: bool
+    cache_dir: str
+    vector_store_path: str
+    embedding_model: str
+    engine: str
+    adapter: str | None
+    model_used: str
+    adapters: list[str] = Field(description="Names of the loaded adapters.")
+    device: str | None
+    local_model_loaded: bool
+    local_model_error: str | None
+    ollama_base_url: str
+    ollama_model: str
+    remote_backend: Literal["ollama", "openai"]
+    remote_base_url: str
+    remote_model: str
+    worker_pid: int = Field(description="The server process that answered.")
