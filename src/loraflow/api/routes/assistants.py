@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import assistants as S
 from loraflow.services.catalog import assistants
 
 router = json_router(prefix="/api/assistants", tags=["assistants"])
@@ -61,27 +62,50 @@ class AssistantUpdate(AssistantFields):
     name: str | None = Field(None, description="A new name.")
 
 
-@router.get("", summary="List assistants")
+@router.get(
+    "", response_model=S.AssistantList, response_model_exclude_unset=True, summary="List assistants"
+)
 def list_all(rt: RuntimeDep) -> dict[str, Any]:
     items = [asdict(a) for a in assistants.list_assistants(rt)]
     return {"assistants": items, "count": len(items)}
 
 
-@router.post("", status_code=201, summary="Create an assistant")
+@router.post(
+    "",
+    response_model=S.Assistant,
+    response_model_exclude_unset=True,
+    status_code=201,
+    summary="Create an assistant",
+)
 def create(body: AssistantCreate, rt: RuntimeDep) -> dict[str, Any]:
     return asdict(assistants.create_assistant(rt, body.changes()))
 
 
-@router.get("/{name}", summary="One assistant")
+@router.get(
+    "/{name}",
+    response_model=S.Assistant,
+    response_model_exclude_unset=True,
+    summary="One assistant",
+)
 def get(name: str, rt: RuntimeDep) -> dict[str, Any]:
     return asdict(assistants.get_assistant(rt, name))
 
 
-@router.patch("/{name}", summary="Change some fields of an assistant")
+@router.patch(
+    "/{name}",
+    response_model=S.Assistant,
+    response_model_exclude_unset=True,
+    summary="Change some fields of an assistant",
+)
 def update(name: str, body: AssistantUpdate, rt: RuntimeDep) -> dict[str, Any]:
     return asdict(assistants.update_assistant(rt, name, body.changes()))
 
 
-@router.delete("/{name}", summary="Delete an assistant")
+@router.delete(
+    "/{name}",
+    response_model=S.DeletedAssistant,
+    response_model_exclude_unset=True,
+    summary="Delete an assistant",
+)
 def delete(name: str, rt: RuntimeDep) -> dict[str, Any]:
     return {"deleted": asdict(assistants.delete_assistant(rt, name))}

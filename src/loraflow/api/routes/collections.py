@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import knowledge as S
 from loraflow.config import CHUNK_SIZE_RANGE
 from loraflow.services.know import documents, knowledge
 
@@ -41,59 +42,84 @@ class ReembedBody(BaseModel):
     embedding_model: str = Field(..., description="The model to re-embed every chunk with.")
 
 
-@router.get("", summary="List knowledge bases")
+@router.get("", response_model=S.CollectionList, summary="List knowledge bases")
 def list_collections(rt: RuntimeDep) -> dict[str, Any]:
     items = knowledge.list_collections(rt)
     return {"collections": items, "count": len(items)}
 
 
-@router.post("", status_code=201, summary="Create an empty knowledge base")
+@router.post(
+    "", response_model=S.Collection, status_code=201, summary="Create an empty knowledge base"
+)
 def create(body: CollectionCreate, rt: RuntimeDep) -> dict[str, Any]:
     return knowledge.create_collection(
         rt, body.name, body.embedding_model, body.chunk_size, body.chunk_overlap
     )
 
 
-@router.get("/{name}", summary="One knowledge base, with any re-embed progress")
+@router.get(
+    "/{name}", response_model=S.Collection, summary="One knowledge base, with any re-embed progress"
+)
 def get(name: str, rt: RuntimeDep) -> dict[str, Any]:
     return knowledge.get_collection(rt, name)
 
 
-@router.patch("/{name}", summary="Rename a knowledge base")
+@router.patch("/{name}", response_model=S.Collection, summary="Rename a knowledge base")
 def rename(name: str, body: CollectionRename, rt: RuntimeDep) -> dict[str, Any]:
     return knowledge.rename_collection(rt, name, body.name)
 
 
-@router.delete("/{name}", summary="Delete a knowledge base (force: even if assistants use it)")
+@router.delete(
+    "/{name}",
+    response_model=S.DeletedCollection,
+    summary="Delete a knowledge base (force: even if assistants use it)",
+)
 def delete(name: str, rt: RuntimeDep, force: bool = False) -> dict[str, Any]:
     return knowledge.delete_collection(rt, name, force=force)
 
 
-@router.post("/{name}/documents", summary="Upload files into this knowledge base")
+@router.post(
+    "/{name}/documents",
+    response_model=S.IngestReport,
+    summary="Upload files into this knowledge base",
+)
 def upload(name: str, rt: RuntimeDep, files: list[UploadFile] = File(...)) -> dict[str, Any]:
     report = knowledge.ingest_uploads(rt, name, ((f.filename or "", f.file) for f in files))
     return documents.report_dict(report)
 
 
-@router.get("/{name}/documents", summary="Documents of this knowledge base")
+@router.get(
+    "/{name}/documents", response_model=S.DocumentList, summary="Documents of this knowledge base"
+)
 def list_docs(name: str, rt: RuntimeDep) -> dict[str, Any]:
     docs = knowledge.list_documents(rt, name)
     return {"documents": docs, "count": len(docs)}
 
 
-@router.delete("/{name}/documents/{doc_id}", summary="Delete a document and its chunks")
+@router.delete(
+    "/{name}/documents/{doc_id}",
+    response_model=S.DeletedDocument,
+    summary="Delete a document and its chunks",
+)
 def delete_doc(name: str, doc_id: str, rt: RuntimeDep) -> dict[str, Any]:
     return {"deleted": knowledge.delete_document(rt, name, doc_id)}
 
 
-@router.post("/{name}/search", summary="Retrieve chunks (hybrid, vector or bm25) with quotes")
+@router.post(
+    "/{name}/search",
+    response_model=S.SearchResults,
+    summary="Retrieve chunks (hybrid, vector or bm25) with quotes",
+)
 def search(name: str, body: SearchBody, rt: RuntimeDep) -> dict[str, Any]:
     hits = knowledge.search(rt, name, body.query, body.k, body.mode)
     return {"results": [asdict(h) for h in hits], "count": len(hits)}
 
 
 @router.post(
-    "/{name}/reembed", status_code=202, summary="Re-embed with another model, in the background"
+    "/{name}/reembed",
+    response_model=S.Collection,
+    status_code=202,
+    summary="Re-embed with another model, in the background",
 )
 def reembed(name: str, body: ReembedBody, rt: RuntimeDep) -> dict[str, Any]:
     return knowledge.start_reembed(rt, name, body.embedding_model)
