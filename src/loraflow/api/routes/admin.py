@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import admin as S
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.services.ops.backup import create_backup, verify_backup
 
@@ -33,6 +34,7 @@ def _named(rt: Any, name: str) -> Path:
 
 @router.post(
     "/backup",
+    response_model=S.BackupReport,
     summary="Write a consistent backup archive under DATA_DIR/backups",
     description="Waits for a running ingest or delete of any knowledge base (in any worker) "
     "to finish and holds off new ones while it takes its snapshot, not while it writes the "
@@ -46,7 +48,7 @@ async def backup(rt: RuntimeDep) -> dict[str, Any]:
     return body
 
 
-@router.get("/backups", summary="List backup archives")
+@router.get("/backups", response_model=S.BackupList, summary="List backup archives")
 def list_backups(rt: RuntimeDep) -> dict[str, Any]:
     items = [
         {"name": p.name, "bytes": p.stat().st_size}
@@ -55,13 +57,22 @@ def list_backups(rt: RuntimeDep) -> dict[str, Any]:
     return {"backups": items, "count": len(items)}
 
 
-@router.get("/backups/{name}", summary="Download a backup archive")
+@router.get(
+    "/backups/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The archive."}},
+    summary="Download a backup archive",
+)
 def download_backup(name: str, rt: RuntimeDep) -> FileResponse:
     path = _named(rt, name)
     return FileResponse(path, media_type="application/gzip", filename=path.name)
 
 
-@router.post("/backups/{name}/verify", summary="Verify every checksum of a backup archive")
+@router.post(
+    "/backups/{name}/verify",
+    response_model=S.BackupCheck,
+    summary="Verify every checksum of a backup archive",
+)
 def verify(name: str, rt: RuntimeDep) -> dict[str, Any]:
     manifest = verify_backup(_named(rt, name))
     return {"ok": True, "members": len(manifest["members"]), "created_at": manifest["created_at"]}

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import memory as S
 from loraflow.memory.entries import KINDS
 from loraflow.services.write import memory
 
@@ -60,33 +61,49 @@ class TextBody(BaseModel):
     memory_budget: int | None = Field(None, ge=0, description="Override MEMORY_TOKEN_BUDGET.")
 
 
-@router.get("/projects", summary="List story projects")
+@router.get("/projects", response_model=S.ProjectList, summary="List story projects")
 def list_projects(rt: RuntimeDep) -> dict[str, Any]:
     items = memory.list_projects(rt)
     return {"projects": items, "count": len(items)}
 
 
-@router.post("/projects", status_code=201, summary="Create a story project")
+@router.post(
+    "/projects", response_model=S.ProjectInfo, status_code=201, summary="Create a story project"
+)
 def create_project(body: ProjectCreate, rt: RuntimeDep) -> dict[str, Any]:
     return memory.create_project(rt, body.name, body.description)
 
 
-@router.get("/projects/{project}", summary="One project (by id or name) with counts")
+@router.get(
+    "/projects/{project}",
+    response_model=S.ProjectInfo,
+    summary="One project (by id or name) with counts",
+)
 def get_project(project: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.project_info(rt, project)
 
 
-@router.patch("/projects/{project}", summary="Rename a project or change its description")
+@router.patch(
+    "/projects/{project}",
+    response_model=S.ProjectInfo,
+    summary="Rename a project or change its description",
+)
 def update_project(project: str, body: ProjectUpdate, rt: RuntimeDep) -> dict[str, Any]:
     return memory.update_project(rt, project, body.name, body.description)
 
 
-@router.delete("/projects/{project}", summary="Delete a project with its memory and story")
+@router.delete(
+    "/projects/{project}",
+    response_model=S.Project,
+    summary="Delete a project with its memory and story",
+)
 def delete_project(project: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.delete_project(rt, project)
 
 
-@router.get("/projects/{project}/entries", summary="List memory entries")
+@router.get(
+    "/projects/{project}/entries", response_model=S.EntryList, summary="List memory entries"
+)
 def list_entries(
     project: str,
     rt: RuntimeDep,
@@ -97,23 +114,37 @@ def list_entries(
     return {"entries": items, "count": len(items)}
 
 
-@router.post("/projects/{project}/entries", status_code=201, summary="Add a memory entry")
+@router.post(
+    "/projects/{project}/entries",
+    response_model=S.MemoryEntry,
+    status_code=201,
+    summary="Add a memory entry",
+)
 def add_entry(project: str, body: EntryCreate, rt: RuntimeDep) -> dict[str, Any]:
     return memory.add_entry(rt, project, body.model_dump())
 
 
-@router.get("/projects/{project}/entries/{entry_id}", summary="An entry with its history")
+@router.get(
+    "/projects/{project}/entries/{entry_id}",
+    response_model=S.MemoryEntryWithHistory,
+    summary="An entry with its history",
+)
 def get_entry(project: str, entry_id: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.get_entry(rt, project, entry_id)
 
 
-@router.patch("/projects/{project}/entries/{entry_id}", summary="Correct an entry in place")
+@router.patch(
+    "/projects/{project}/entries/{entry_id}",
+    response_model=S.MemoryEntry,
+    summary="Correct an entry in place",
+)
 def update_entry(project: str, entry_id: str, body: EntryChange, rt: RuntimeDep) -> dict[str, Any]:
     return memory.update_entry(rt, project, entry_id, body.model_dump(exclude_unset=True))
 
 
 @router.post(
     "/projects/{project}/entries/{entry_id}/supersede",
+    response_model=S.MemoryEntryWithHistory,
     summary="Record a changed fact: a new version; only it is injected from now on",
 )
 def supersede_entry(
@@ -124,17 +155,30 @@ def supersede_entry(
     return memory.supersede_entry(rt, project, entry_id, changes, note)
 
 
-@router.delete("/projects/{project}/entries/{entry_id}", summary="Delete an entry and history")
+@router.delete(
+    "/projects/{project}/entries/{entry_id}",
+    response_model=S.MemoryEntry,
+    summary="Delete an entry and history",
+)
 def delete_entry(project: str, entry_id: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.delete_entry(rt, project, entry_id)
 
 
-@router.post("/projects/{project}/activate", summary="Which entries a generation would use")
+@router.post(
+    "/projects/{project}/activate",
+    response_model=S.ActivationPreview,
+    response_model_exclude_unset=True,
+    summary="Which entries a generation would use",
+)
 def activate(project: str, body: TextBody, rt: RuntimeDep) -> dict[str, Any]:
     return memory.preview_activation(rt, project, body.text, body.memory_budget)
 
 
-@router.get("/projects/{project}/suggestions", summary="List memory suggestions")
+@router.get(
+    "/projects/{project}/suggestions",
+    response_model=S.SuggestionList,
+    summary="List memory suggestions",
+)
 def list_suggestions(
     project: str, rt: RuntimeDep, status: str | None = Query(None, description="pending...")
 ) -> dict[str, Any]:
@@ -142,7 +186,11 @@ def list_suggestions(
     return {"suggestions": items, "count": len(items)}
 
 
-@router.post("/projects/{project}/suggestions", summary="Extract suggestions from a text")
+@router.post(
+    "/projects/{project}/suggestions",
+    response_model=S.SuggestionList,
+    summary="Extract suggestions from a text",
+)
 def extract_suggestions(project: str, body: TextBody, rt: RuntimeDep) -> dict[str, Any]:
     items = memory.extract_suggestions(rt, project, body.text)
     return {"suggestions": items, "count": len(items)}
@@ -150,6 +198,7 @@ def extract_suggestions(project: str, body: TextBody, rt: RuntimeDep) -> dict[st
 
 @router.post(
     "/projects/{project}/suggestions/{sid}/accept",
+    response_model=S.AcceptedSuggestion,
     status_code=201,
     summary="Accept a suggestion (optionally edited) as a memory entry",
 )
@@ -160,33 +209,58 @@ def accept_suggestion(
     return memory.accept_suggestion(rt, project, sid, overrides)
 
 
-@router.post("/projects/{project}/suggestions/{sid}/reject", summary="Reject a suggestion")
+@router.post(
+    "/projects/{project}/suggestions/{sid}/reject",
+    response_model=S.Suggestion,
+    summary="Reject a suggestion",
+)
 def reject_suggestion(project: str, sid: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.reject_suggestion(rt, project, sid)
 
 
-@router.post("/projects/{project}/continuity", summary="Flag text that contradicts memory")
+@router.post(
+    "/projects/{project}/continuity",
+    response_model=S.ContinuityReport,
+    summary="Flag text that contradicts memory",
+)
 def continuity(project: str, body: TextBody, rt: RuntimeDep) -> dict[str, Any]:
     flags = memory.check_continuity(rt, project, body.text)
     return {"flags": flags, "count": len(flags)}
 
 
-@router.get("/projects/{project}/story", summary="The project's story text and passages")
+@router.get(
+    "/projects/{project}/story",
+    response_model=S.Story,
+    summary="The project's story text and passages",
+)
 def get_story(project: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.get_story(rt, project)
 
 
-@router.delete("/projects/{project}/story", summary="Clear the story text (memory stays)")
+@router.delete(
+    "/projects/{project}/story",
+    response_model=S.DeletedStory,
+    summary="Clear the story text (memory stays)",
+)
 def delete_story(project: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.delete_story(rt, project)
 
 
-@router.get("/projects/{project}/export", summary="The project's memory as JSON")
+@router.get(
+    "/projects/{project}/export",
+    response_model=S.ProjectExport,
+    summary="The project's memory as JSON",
+)
 def export_project(project: str, rt: RuntimeDep) -> dict[str, Any]:
     return memory.export_project(rt, project)
 
 
-@router.post("/import", status_code=201, summary="Create a project from an export")
+@router.post(
+    "/import",
+    response_model=S.ProjectInfo,
+    status_code=201,
+    summary="Create a project from an export",
+)
 def import_project(
     rt: RuntimeDep,
     document: dict[str, Any] = Body(..., description="A document from .../export."),

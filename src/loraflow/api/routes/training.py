@@ -10,6 +10,7 @@ from fastapi import Depends, File, Form, Request, UploadFile
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import training as S
 from loraflow.errors import InvalidInput
 from loraflow.safe_json import loads as bounded_loads
 from loraflow.services.train import datasets
@@ -19,13 +20,19 @@ from loraflow.training.params import ALIASES, PARAMS, FormField, TrainParams, ca
 router = json_router(prefix="/api/simple-lora", tags=["training"])
 
 
-@router.get("/models", summary="Base models available for fine-tuning")
+@router.get(
+    "/models", response_model=S.BaseModelList, summary="Base models available for fine-tuning"
+)
 def models(rt: RuntimeDep) -> dict[str, Any]:
     found = datasets.available_models(rt)
     return {"models": found, "count": len(found)}
 
 
-@router.post("/upload-dataset", summary="Upload an Alpaca, ShareGPT or raw-text dataset")
+@router.post(
+    "/upload-dataset",
+    response_model=S.DatasetUpload,
+    summary="Upload an Alpaca, ShareGPT or raw-text dataset",
+)
 def upload_dataset(
     rt: RuntimeDep,
     file: UploadFile = File(...),
@@ -102,6 +109,7 @@ _declared_params.__signature__ = inspect.Signature(  # type: ignore[attr-defined
 
 @router.post(
     "/train",
+    response_model=S.QueuedTask,
     summary="Queue a LoRA fine-tuning task",
     description="Training parameters may be sent as form fields or in `training_params` (a "
     "JSON object), under loraflow's names ("
@@ -152,27 +160,39 @@ def train(
     }
 
 
-@router.get("/tasks", summary="All training tasks, newest first")
+@router.get("/tasks", response_model=S.TaskList, summary="All training tasks, newest first")
 def tasks(rt: RuntimeDep) -> dict[str, Any]:
     found = training.list_tasks(rt)
     return {"tasks": found, "count": len(found)}
 
 
-@router.get("/tasks/{task_id}", summary="One task's status and progress")
+@router.get(
+    "/tasks/{task_id}", response_model=S.TrainingTask, summary="One task's status and progress"
+)
 def task(task_id: int, rt: RuntimeDep) -> dict[str, Any]:
     return training.get_task(rt, task_id)
 
 
-@router.post("/tasks/{task_id}/cancel", summary="Cancel a task (its checkpoints are kept)")
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=S.TrainingTask,
+    summary="Cancel a task (its checkpoints are kept)",
+)
 def cancel(task_id: int, rt: RuntimeDep) -> dict[str, Any]:
     return training.cancel(rt, task_id)
 
 
-@router.post("/tasks/{task_id}/resume", summary="Resume a cancelled or failed task")
+@router.post(
+    "/tasks/{task_id}/resume",
+    response_model=S.TrainingTask,
+    summary="Resume a cancelled or failed task",
+)
 def resume(task_id: int, rt: RuntimeDep) -> dict[str, Any]:
     return training.resume(rt, task_id)
 
 
-@router.get("/tasks/{task_id}/metrics", summary="Loss curve of a task")
+@router.get(
+    "/tasks/{task_id}/metrics", response_model=S.TaskMetrics, summary="Loss curve of a task"
+)
 def metrics(task_id: int, rt: RuntimeDep) -> dict[str, Any]:
     return training.metrics(rt, task_id)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas.memory import WriteResult
 from loraflow.api.streaming import stream_response
 from loraflow.errors import LoraflowError
 from loraflow.services.write.writing import WriteRequest, write, write_stream
@@ -43,13 +44,19 @@ class WriteBody(BaseModel):
     suggest: bool = Field(True, description="Extract memory suggestions from the text.")
 
 
-@router.post("", summary="Write: generate story text with memory")
+@router.post(
+    "",
+    response_model=WriteResult,
+    response_model_exclude_unset=True,
+    summary="Write: generate story text with memory",
+)
 def write_route(body: WriteBody, rt: RuntimeDep) -> dict[str, Any]:
     return write(rt, WriteRequest(**body.model_dump()))
 
 
 @router.post(
     "/stream",
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "NDJSON events."}},
     summary="Write, streamed as NDJSON events: memory, text..., done (or error)",
     response_class=StreamingResponse,
 )

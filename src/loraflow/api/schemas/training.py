@@ -1,0 +1,76 @@
+"""Training: base models, dataset uploads, tasks and their loss curves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class BaseModelFile(BaseModel):
+    name: str
+    kind: str = Field(description="bundled, hf_cache or hf_dir.")
+    path: str
+    size_mb: float
+
+
+class BaseModelList(BaseModel):
+    models: list[BaseModelFile]
+    count: int
+
+
+class DatasetUpload(BaseModel):
+    filename: str = Field(description="The stored name; pass it as dataset_filename to /train.")
+    path: str
+    size_mb: float
+    message: str
+    original_filename: str
+    dataset_type: str
+    examples: int
+
+
+class QueuedTask(BaseModel):
+    task_id: int
+    task_name: str
+    status: str
+    message: str
+
+
+class TrainingTask(BaseModel):
+    task_id: int
+    task_name: str
+    status: str = Field(description="pending, running, completed, failed or cancelled.")
+    progress: float = Field(description="Percent done.")
+    current_epoch: int
+    message: str | None
+    created_at: str | None
+    completed_at: str | None
+    started_at: str | None
+    base_model: str
+    dataset_file: str
+    dataset_type: str
+    output_path: str
+    step: int
+    total_steps: int
+    loss: float | None
+    eval_loss: float | None
+    eta_seconds: float | None
+    error: str | None
+    resumable: bool
+    val_file: str | None = Field(description="The validation dataset's file name, if any.")
+    training_params: dict[str, Any] = Field(description="The task's resolved parameters.")
+
+
+class TaskList(BaseModel):
+    tasks: list[TrainingTask]
+    count: int
+
+
+class TaskMetrics(BaseModel):
+    task_id: int
+    status: str
+    history: list[dict[str, Any]] = Field(
+        description="The trainer's log lines (step, epoch, loss, learning_rate, ...)."
+    )
+    loss: list[dict[str, Any]] = Field(description="The lines with a training loss.")
+    eval_loss: list[dict[str, Any]] = Field(description="The lines with an evaluation loss.")
