@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
+from loraflow.api.schemas import adapters as S
 from loraflow.errors import Conflict
 from loraflow.services.manage import deployments, workflows
 from loraflow.services.registry import adapters as adapter_svc
@@ -17,6 +18,10 @@ from loraflow.services.registry import attach
 router = json_router(prefix="/api/adapters", tags=["adapters"])
 
 WAIT_SECONDS = 3600.0
+# Workflow routes answer 202 with the new workflow, or 200 with the finished one (wait).
+STARTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": S.Workflow, "description": "Started; poll GET /api/adapters/workflows/{id}."}
+}
 
 
 class RegisterBody(BaseModel):
@@ -172,18 +177,27 @@ def _submit(rt: RuntimeDep, kind: str, spec: dict[str, Any], wait: bool, respons
 
 
 # --- registry --------------------------------------------------------------------------------
-@router.get("", summary="List registered adapters")
+@router.get("", response_model=S.AdapterList, summary="List registered adapters")
 def list_adapters(rt: RuntimeDep, name: str | None = None) -> dict[str, Any]:
     items = [r.to_dict() for r in adapter_svc.list_adapters(rt, name=name)]
     return {"adapters": items, "count": len(items)}
 
 
-@router.post("/scan", summary="Register new adapter folders; flag changed or missing ones")
+@router.post(
+    "/scan",
+    response_model=S.ScanReport,
+    summary="Register new adapter folders; flag changed or missing ones",
+)
 def scan(rt: RuntimeDep) -> dict[str, Any]:
     return adapter_svc.scan(rt).to_dict()
 
 
-@router.post("/register", status_code=201, summary="Register one adapter folder")
+@router.post(
+    "/register",
+    response_model=S.AdapterRecord,
+    status_code=201,
+    summary="Register one adapter folder",
+)
 def register(body: RegisterBody, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.register(
         rt, body.path, name=body.name, description=body.description, tags=body.tags
@@ -191,7 +205,13 @@ def register(body: RegisterBody, rt: RuntimeDep) -> dict[str, Any]:
     return rec.to_dict()
 
 
-@router.post("/merge", summary="Merge adapters (a background workflow)")
+@router.post(
+    "/merge",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    responses=STARTED,
+    summary="Merge adapters (a background workflow)",
+)
 def merge(body: MergeBody, rt: RuntimeDep, response: Response) -> dict[str, Any]:
     spec = body.spec()
     wait = spec.pop("wait", False)
@@ -199,7 +219,13 @@ def merge(body: MergeBody, rt: RuntimeDep, response: Response) -> dict[str, Any]
 
 
 # --- workflows -------------------------------------------------------------------------------
-@router.post("/workflows", summary="Run merge -> validate -> deploy as one workflow")
+@router.post(
+    "/workflows",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    responses=STARTED,
+    summary="Run merge -> validate -> deploy as one workflow",
+)
 def create_workflow(body: WorkflowBody, rt: RuntimeDep, response: Response) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if body.merge is not None:
@@ -213,24 +239,44 @@ def create_workflow(body: WorkflowBody, rt: RuntimeDep, response: Response) -> d
     return _submit(rt, "workflow", spec, body.wait, response)
 
 
-@router.get("/workflows", summary="List workflows, newest first")
+@router.get(
+    "/workflows",
+    response_model=S.WorkflowList,
+    response_model_exclude_unset=True,
+    summary="List workflows, newest first",
+)
 def list_workflows(rt: RuntimeDep, status: str | None = None) -> dict[str, Any]:
     items = workflows.list_workflows(rt, status=status)
     return {"workflows": items, "count": len(items)}
 
 
-@router.get("/workflows/{workflow_id}", summary="One workflow with its steps")
+@router.get(
+    "/workflows/{workflow_id}",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    summary="One workflow with its steps",
+)
 def get_workflow(workflow_id: str, rt: RuntimeDep) -> dict[str, Any]:
     return workflows.get_workflow(rt, workflow_id)
 
 
-@router.post("/workflows/{workflow_id}/cancel", summary="Cancel a workflow between steps")
+@router.post(
+    "/workflows/{workflow_id}/cancel",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    summary="Cancel a workflow between steps",
+)
 def cancel_workflow(workflow_id: str, rt: RuntimeDep) -> dict[str, Any]:
     return workflows.cancel(rt, workflow_id)
 
 
 # --- deployments -----------------------------------------------------------------------------
-@router.post("/deploy", summary="Deploy an adapter behind a target name with a strategy")
+@router.post(
+    "/deploy",
+    response_model=S.Deployment,
+    response_model_exclude_unset=True,
+    summary="Deploy an adapter behind a target name with a strategy",
+)
 def deploy(body: DeployBody, rt: RuntimeDep) -> dict[str, Any]:
     return deployments.deploy(
         rt,
@@ -246,40 +292,72 @@ def deploy(body: DeployBody, rt: RuntimeDep) -> dict[str, Any]:
     )
 
 
-@router.get("/deployments", summary="Every deployment target and its variants")
+@router.get(
+    "/deployments",
+    response_model=S.DeploymentList,
+    response_model_exclude_unset=True,
+    summary="Every deployment target and its variants",
+)
 def list_deployments(rt: RuntimeDep) -> dict[str, Any]:
     items = deployments.list_deployments(rt)
     return {"deployments": items, "count": len(items)}
 
 
-@router.get("/deployments/{target}", summary="A target's variants and live per-variant numbers")
+@router.get(
+    "/deployments/{target}",
+    response_model=S.Deployment,
+    response_model_exclude_unset=True,
+    summary="A target's variants and live per-variant numbers",
+)
 def get_deployment(target: str, rt: RuntimeDep) -> dict[str, Any]:
     return deployments.get_deployment(rt, target)
 
 
-@router.get("/deployments/{target}/history", summary="Deploys, steps and rollbacks of a target")
+@router.get(
+    "/deployments/{target}/history",
+    response_model=S.DeploymentHistory,
+    summary="Deploys, steps and rollbacks of a target",
+)
 def deployment_history(target: str, rt: RuntimeDep) -> dict[str, Any]:
     items = deployments.history(rt, target)
     return {"events": items, "count": len(items)}
 
 
-@router.post("/deployments/{target}/rollback", summary="Restore what the last change replaced")
+@router.post(
+    "/deployments/{target}/rollback",
+    response_model=S.Deployment,
+    response_model_exclude_unset=True,
+    summary="Restore what the last change replaced",
+)
 def rollback(target: str, rt: RuntimeDep) -> dict[str, Any]:
     return deployments.rollback(rt, target)
 
 
-@router.post("/deployments/{target}/promote", summary="Give one variant all traffic")
+@router.post(
+    "/deployments/{target}/promote",
+    response_model=S.Deployment,
+    response_model_exclude_unset=True,
+    summary="Give one variant all traffic",
+)
 def promote(target: str, body: PromoteBody, rt: RuntimeDep) -> dict[str, Any]:
     return deployments.promote(rt, target, body.variant)
 
 
-@router.delete("/deployments/{target}", summary="Remove a deployment target")
+@router.delete(
+    "/deployments/{target}",
+    response_model=S.RemovedDeployment,
+    summary="Remove a deployment target",
+)
 def remove_deployment(target: str, rt: RuntimeDep) -> dict[str, Any]:
     return deployments.remove(rt, target)
 
 
 # --- one adapter (declared last: its path captures any name) ---------------------------------
-@router.get("/{ref}", summary="One adapter: record, compatibility, latest validation")
+@router.get(
+    "/{ref}",
+    response_model=S.AdapterDetail,
+    summary="One adapter: record, compatibility, latest validation",
+)
 def get_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.get_adapter(rt, ref)
     latest = adapter_svc.latest_validation(rt, rec)
@@ -290,14 +368,18 @@ def get_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.patch("/{ref}", summary="Change an adapter's description or tags")
+@router.patch(
+    "/{ref}", response_model=S.AdapterRecord, summary="Change an adapter's description or tags"
+)
 def update_adapter(ref: str, body: UpdateBody, rt: RuntimeDep) -> dict[str, Any]:
     return (
         adapter_svc.registry(rt).update(ref, description=body.description, tags=body.tags).to_dict()
     )
 
 
-@router.delete("/{ref}", summary="Forget an adapter (its files stay on disk)")
+@router.delete(
+    "/{ref}", response_model=S.RemovedAdapter, summary="Forget an adapter (its files stay on disk)"
+)
 def remove_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.get_adapter(rt, ref)
     target = attach.in_use(rt, rec.ref)
@@ -309,20 +391,36 @@ def remove_adapter(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     return {"removed": adapter_svc.registry(rt).remove(rec.id).to_dict()}
 
 
-@router.post("/{ref}/validate", summary="Validate an adapter (a background workflow)")
+@router.post(
+    "/{ref}/validate",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    responses=STARTED,
+    summary="Validate an adapter (a background workflow)",
+)
 def validate(ref: str, body: ValidateBody, rt: RuntimeDep, response: Response) -> dict[str, Any]:
     spec = {"adapter": ref, **body.model_dump(exclude_none=True, exclude={"wait"})}
     return _submit(rt, "validate", spec, body.wait, response)
 
 
-@router.get("/{ref}/validations", summary="Stored validation reports of an adapter")
+@router.get(
+    "/{ref}/validations",
+    response_model=S.ValidationList,
+    summary="Stored validation reports of an adapter",
+)
 def list_validations(ref: str, rt: RuntimeDep) -> dict[str, Any]:
     rec = adapter_svc.get_adapter(rt, ref)
     items = adapter_svc.validations(rt, rec.id)
     return {"validations": items, "count": len(items)}
 
 
-@router.post("/{ref}/export", summary="Export: merged model, llama.cpp GGUF, or into Ollama")
+@router.post(
+    "/{ref}/export",
+    response_model=S.Workflow,
+    response_model_exclude_unset=True,
+    responses=STARTED,
+    summary="Export: merged model, llama.cpp GGUF, or into Ollama",
+)
 def export(ref: str, body: ExportBody, rt: RuntimeDep, response: Response) -> dict[str, Any]:
     spec = {"adapter": ref, **body.model_dump(exclude_none=True, exclude={"wait"})}
     return _submit(rt, "export", spec, body.wait, response)
