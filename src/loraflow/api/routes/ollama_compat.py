@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loraflow import __version__
 from loraflow.api.compat import ollama_error, route_class
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.schemas import ollama as S
 from loraflow.api.streaming import stream_response
 from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.services.catalog import names as catalog
@@ -27,6 +28,14 @@ from loraflow.services.serve.chat import ChatRequest
 from loraflow.services.serve.embeddings import embed
 
 router = APIRouter(prefix="/api", tags=["ollama"], route_class=route_class(ollama_error))
+# /api/chat and /api/generate: one JSON object with stream: false, else NDJSON lines.
+STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/x-ndjson": {}},
+        "description": "With stream (the default), NDJSON lines of this shape; the last has "
+        "done: true.",
+    }
+}
 
 
 class _Open(BaseModel):
@@ -155,7 +164,13 @@ def _answer(rt: Any, req: ChatRequest, stream: bool, chat: bool) -> Any:
     return stream_response(lines(), opened.close, "application/x-ndjson")
 
 
-@router.post("/chat", summary="Chat (NDJSON stream by default)")
+@router.post(
+    "/chat",
+    response_model=S.ChatResponse,
+    response_model_exclude_unset=True,
+    responses=STREAMED,
+    summary="Chat (NDJSON stream by default)",
+)
 def chat(body: ChatBody, rt: RuntimeDep) -> Any:
     for i, m in enumerate(body.messages):
         if m.role not in ("system", "user", "assistant"):
@@ -164,7 +179,13 @@ def chat(body: ChatBody, rt: RuntimeDep) -> Any:
     return _answer(rt, body.request(messages=messages), body.stream, chat=True)
 
 
-@router.post("/generate", summary="Complete a prompt (NDJSON stream by default)")
+@router.post(
+    "/generate",
+    response_model=S.GenerateResponse,
+    response_model_exclude_unset=True,
+    responses=STREAMED,
+    summary="Complete a prompt (NDJSON stream by default)",
+)
 def generate(body: GenerateBody, rt: RuntimeDep) -> Any:
     target = catalog.resolve(rt, body.model)
     if not body.prompt:
@@ -189,7 +210,7 @@ def _details(parent: str | None) -> dict[str, Any]:
     }
 
 
-@router.get("/tags", summary="The models this server answers with")
+@router.get("/tags", response_model=S.TagList, summary="The models this server answers with")
 def tags(rt: RuntimeDep) -> dict[str, Any]:
     modified = datetime.fromtimestamp(rt.started_at, UTC).isoformat().replace("+00:00", "Z")
     return {
@@ -207,7 +228,7 @@ def tags(rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.post("/show", summary="Details of one model")
+@router.post("/show", response_model=S.ShowResponse, summary="Details of one model")
 def show(body: ShowBody, rt: RuntimeDep) -> dict[str, Any]:
     target = catalog.resolve(rt, body.model or body.name)
     rows = {m["id"]: m for m in catalog.list_models(rt)}
@@ -229,7 +250,7 @@ def show(body: ShowBody, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.post("/embed", summary="Embed texts")
+@router.post("/embed", response_model=S.EmbedResponse, summary="Embed texts")
 def embed_route(body: EmbedBody, rt: RuntimeDep) -> dict[str, Any]:
     started = time.perf_counter()
     result = embed(rt, body.model, body.input)
@@ -242,11 +263,15 @@ def embed_route(body: EmbedBody, rt: RuntimeDep) -> dict[str, Any]:
     }
 
 
-@router.post("/embeddings", summary="Embed one text (Ollama's older endpoint)")
+@router.post(
+    "/embeddings",
+    response_model=S.LegacyEmbedResponse,
+    summary="Embed one text (Ollama's older endpoint)",
+)
 def legacy_embeddings(body: LegacyEmbedBody, rt: RuntimeDep) -> dict[str, Any]:
     return {"embedding": embed(rt, body.model, body.prompt).vectors[0].tolist()}
 
 
-@router.get("/version", summary="Server version")
+@router.get("/version", response_model=S.Version, summary="Server version")
 def version() -> dict[str, str]:
     return {"version": __version__}

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.api.compat import openai_error, route_class
 from loraflow.api.deps import RuntimeDep
+from loraflow.api.schemas import openai as S
 from loraflow.api.streaming import stream_response
 from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.services.catalog import names as catalog
@@ -29,6 +30,12 @@ from loraflow.services.serve.embeddings import embed
 from loraflow.services.serve.lora_serving import load_lora, unload_lora
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=route_class(openai_error))
+
+
+def _streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
+    """Docs of a route that answers JSON, or with stream: true server-sent events."""
+    what = f"With stream: true, {chunk} chunks as server-sent events, then data: [DONE]."
+    return {200: {"content": {"text/event-stream": {}}, "description": what}}
 
 
 class _Open(BaseModel):
@@ -133,7 +140,12 @@ def _envelope(kind: str, prefix: str, model: str) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="The base model, every loaded adapter, the embedding model")
+@router.get(
+    "/models",
+    response_model=S.ModelList,
+    response_model_exclude_unset=True,
+    summary="The base model, every loaded adapter, the embedding model",
+)
 def list_models(rt: RuntimeDep) -> dict[str, Any]:
     created = int(rt.started_at)
     data = [
@@ -162,7 +174,12 @@ def list_models(rt: RuntimeDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/models/{model:path}", summary="One model by name")
+@router.get(
+    "/models/{model:path}",
+    response_model=S.Model,
+    response_model_exclude_unset=True,
+    summary="One model by name",
+)
 def get_model(model: str, rt: RuntimeDep) -> dict[str, Any]:
     for m in list_models(rt)["data"]:
         if m["id"] == model:
@@ -171,7 +188,13 @@ def get_model(model: str, rt: RuntimeDep) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": int(rt.started_at), "owned_by": "loraflow"}
 
 
-@router.post("/chat/completions", summary="Chat with the base model or an adapter")
+@router.post(
+    "/chat/completions",
+    response_model=S.ChatCompletion,
+    response_model_exclude_unset=True,
+    responses=_streamed("chat.completion.chunk"),
+    summary="Chat with the base model or an adapter",
+)
 def chat_completions(body: ChatCompletionBody, rt: RuntimeDep) -> Any:
     req = body.request(messages=_messages(body))
     if body.stream:
@@ -191,7 +214,13 @@ def chat_completions(body: ChatCompletionBody, rt: RuntimeDep) -> Any:
     return _finish(out, result)
 
 
-@router.post("/completions", summary="Continue a raw prompt (no chat template)")
+@router.post(
+    "/completions",
+    response_model=S.Completion,
+    response_model_exclude_unset=True,
+    responses=_streamed("text_completion"),
+    summary="Continue a raw prompt (no chat template)",
+)
 def completions(body: CompletionBody, rt: RuntimeDep) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
@@ -271,7 +300,11 @@ def _sse(stream: ChatStream, kind: str, include_usage: bool) -> Response:
     return stream_response(lines(), stream.close, "text/event-stream")
 
 
-@router.post("/embeddings", summary="Embed texts with the runtime's embedding model")
+@router.post(
+    "/embeddings",
+    response_model=S.EmbeddingList,
+    summary="Embed texts with the runtime's embedding model",
+)
 def embeddings(body: EmbeddingBody, rt: RuntimeDep) -> dict[str, Any]:
     result = embed(rt, body.model, body.input)
     data = []
@@ -285,18 +318,26 @@ def embeddings(body: EmbeddingBody, rt: RuntimeDep) -> dict[str, Any]:
     return {"object": "list", "data": data, "model": result.model, "usage": usage}
 
 
-@router.post("/load_lora_adapter", summary="Load (or with load_inplace, reload) an adapter")
+@router.post(
+    "/load_lora_adapter",
+    response_class=PlainTextResponse,
+    summary="Load (or with load_inplace, reload) an adapter",
+)
 def load_lora_adapter(body: LoadLoraBody, rt: RuntimeDep) -> PlainTextResponse:
     load_lora(rt, body.lora_name, body.lora_path, replace=body.load_inplace)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
-@router.post("/unload_lora_adapter", summary="Unload an adapter")
+@router.post("/unload_lora_adapter", response_class=PlainTextResponse, summary="Unload an adapter")
 def unload_lora_adapter(body: UnloadLoraBody, rt: RuntimeDep) -> PlainTextResponse:
     unload_lora(rt, body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
-@router.get("/batch", summary="Requests decoding now and waiting (loraflow extension)")
+@router.get(
+    "/batch",
+    response_model=S.BatchStats,
+    summary="Requests decoding now and waiting (loraflow extension)",
+)
 def batch(rt: RuntimeDep) -> dict[str, Any]:
     return chat_service.batch_stats(rt)
