@@ -1,11 +1,13 @@
-"""One request's generation settings: what it gives, the instance's defaults for the rest."""
+"""One request's generation settings (its own, the instance's defaults for the rest) and the
+stream of its answer's pieces, counted."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 from loraflow.config import Settings
-from loraflow.engines.base import GenerationParams
+from loraflow.engines.base import FinishReason, GenerationParams
 
 
 def request_params(
@@ -34,3 +36,38 @@ def request_params(
         ),
         ignore_eos=ignore_eos,
     ).validate()
+
+
+class AnswerStream:
+    """Text pieces of one answer; finish reason and token counts are known once it ends."""
+
+    def __init__(
+        self, pieces: Iterable[str], engine: Any, max_tokens: int, prompt_tokens: int
+    ) -> None:
+        self._pieces = pieces
+        self._engine = engine
+        self._max = max_tokens
+        self._text: list[str] = []
+        self.prompt_tokens = getattr(pieces, "prompt_tokens", prompt_tokens)
+        self.completion_tokens = 0
+        self.finish_reason: FinishReason = "stop"
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self._text.append(piece)
+            yield piece
+        exact = getattr(self._pieces, "finish_reason", None)
+        if exact is not None:
+            self.finish_reason = exact
+            # A stream that knows its finish reason counted its tokens too.
+            self.completion_tokens = cast(Any, self._pieces).completion_tokens
+        else:
+            # The unbatched engine streams text only; its token count is re-measured.
+            self.completion_tokens = self._engine.count_tokens("".join(self._text))
+            self.finish_reason = "length" if self.completion_tokens >= self._max else "stop"
+
+    def close(self) -> None:
+        """Stop generating (the client went away)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()

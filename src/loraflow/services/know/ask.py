@@ -14,7 +14,7 @@ from loraflow.errors import EngineUnavailable, InvalidInput
 from loraflow.rag.prompt import DEFAULT_SYSTEM_PROMPT, build_rag_messages
 from loraflow.rag.retrieve import RetrievedChunk
 from loraflow.services.catalog import assistants
-from loraflow.services.catalog.generation import request_params
+from loraflow.services.catalog.generation import AnswerStream, request_params
 from loraflow.services.catalog.names import choose, local_fallback
 from loraflow.services.catalog.remote import CountedPieces
 from loraflow.services.catalog.selection import Selection
@@ -214,12 +214,13 @@ class AskStream:
     pieces: Iterator[str]
     usage: dict[str, int] = field(default_factory=dict)
     processing_time: float = 0.0
+    # The engine's stream the pieces are read from.
+    source: AnswerStream | None = None
 
     def close(self) -> None:
         """Stop generating (the client went away)."""
-        close = getattr(self.pieces, "close", None)
-        if close is not None:
-            close()
+        if self.source is not None:
+            self.source.close()
 
 
 def ask_stream(rt: Runtime, req: AskRequest) -> AskStream:
@@ -230,14 +231,16 @@ def ask_stream(rt: Runtime, req: AskRequest) -> AskStream:
     """
     p = _prepare(rt, req)
     sel, fallback = p.sel, None
+    engine: Any = p.engine
     try:
-        pieces, engine = _open(p, p.engine, sel)
+        stream = _open(p, engine, sel)
     except EngineUnavailable as exc:
         if not _fallback_allowed(rt, sel):
             raise
         sel, fallback = _falling_back(rt, exc)
         assert rt.local is not None
-        pieces, engine = _open(p, rt.local, sel)
+        engine = rt.local
+        stream = _open(p, engine, sel)
     out = AskStream(
         source_documents=sources_of(p.chunks),
         model_used=sel.model_used,
@@ -249,46 +252,20 @@ def ask_stream(rt: Runtime, req: AskRequest) -> AskStream:
     )
 
     def counted() -> Iterator[str]:
-        text: list[str] = []
-        for piece in pieces:
-            text.append(piece)
-            yield piece
-        completion = getattr(pieces, "completion_tokens", None)
-        if completion is None:  # an engine that streams text only: measured again
-            completion = engine.count_tokens("".join(text))
-        prompt = getattr(pieces, "prompt_tokens", 0) or sum(
-            engine.count_tokens(m["content"]) for m in p.messages
-        )
-        out.usage = {"prompt_tokens": int(prompt), "completion_tokens": int(completion)}
+        yield from stream
+        prompt = stream.prompt_tokens or sum(engine.count_tokens(m["content"]) for m in p.messages)
+        out.usage = {"prompt_tokens": int(prompt), "completion_tokens": stream.completion_tokens}
         out.processing_time = round(time.perf_counter() - p.started, 3)
 
-    out.pieces = _Closing(counted(), pieces)
+    out.pieces, out.source = counted(), stream
     return out
 
 
-def _open(p: _Prepared, engine: Any, sel: Selection) -> tuple[Iterator[str], Any]:
+def _open(p: _Prepared, engine: Any, sel: Selection) -> AnswerStream:
     pieces = engine.stream(p.messages, p.params, adapter=sel.adapter)
     if is_remote(sel.engine):
         pieces = CountedPieces(pieces, p.params.max_new_tokens).prime()
-    return pieces, engine
-
-
-class _Closing:
-    """An iterator whose close() also stops the engine's stream it reads from."""
-
-    def __init__(self, it: Iterator[str], source: Any) -> None:
-        self._it, self._source = it, source
-
-    def __iter__(self) -> Iterator[str]:
-        return self._it
-
-    def __next__(self) -> str:
-        return next(self._it)
-
-    def close(self) -> None:
-        close = getattr(self._source, "close", None)
-        if close is not None:
-            close()
+    return AnswerStream(pieces, engine, p.params.max_new_tokens, 0)
 
 
 def apply_assistant(rt: Runtime, req: AskRequest) -> AskRequest:

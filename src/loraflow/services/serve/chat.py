@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
 from loraflow.errors import InvalidInput
 from loraflow.services.catalog import assistants, remote
-from loraflow.services.catalog.generation import request_params
+from loraflow.services.catalog.generation import AnswerStream, request_params
 from loraflow.services.catalog.names import ModelTarget, resolve
 from loraflow.services.know.ask import AskRequest, ask
 from loraflow.services.manage import deployments
@@ -205,38 +205,6 @@ def _rag_chat(
         prompt = result.usage.get("prompt_tokens", 0)
         sources = result.source_documents
     return ChatResult(target.name, choices, prompt, completion, sources)
-
-
-class AnswerStream:
-    """Text pieces of one answer; finish reason and token counts are known once it ends."""
-
-    def __init__(self, pieces: Iterable[str], engine: Any, max_tokens: int, prompt_tokens: int):
-        self._pieces = pieces
-        self._engine = engine
-        self._max = max_tokens
-        self._text: list[str] = []
-        self.prompt_tokens = getattr(pieces, "prompt_tokens", prompt_tokens)
-        self.completion_tokens = 0
-        self.finish_reason: FinishReason = "stop"
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self._text.append(piece)
-            yield piece
-        exact = getattr(self._pieces, "finish_reason", None)
-        if exact is not None:
-            self.finish_reason = exact
-            self.completion_tokens = self._pieces.completion_tokens
-        else:
-            # The unbatched engine streams text only; its token count is re-measured.
-            self.completion_tokens = self._engine.count_tokens("".join(self._text))
-            self.finish_reason = "length" if self.completion_tokens >= self._max else "stop"
-
-    def close(self) -> None:
-        """Stop generating (the client went away)."""
-        close = getattr(self._pieces, "close", None)
-        if close is not None:
-            close()
 
 
 def _open(
