@@ -21,6 +21,7 @@ from loraflow.services.catalog.selection import (
     EngineName,
     Selection,
     current_selection,
+    default_selection,
     known_adapters,
     remote_name,
     remote_selection,
@@ -141,8 +142,7 @@ def choose(
         return current if remote_engine.is_remote(current.engine) else remote_selection(rt)
     if current.engine == "local" and current.adapter:
         return current
-    names = rt.local.adapters() if rt.local is not None else []
-    return Selection("local", names[0] if names else None)
+    return default_selection(rt, True)
 
 
 def local_fallback(rt: Runtime) -> Selection:
