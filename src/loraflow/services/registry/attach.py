@@ -18,21 +18,28 @@ from loraflow.services.runtime import Runtime, local_engine
 log = logging.getLogger(__name__)
 
 
-def in_use(rt: Context, ref: str) -> str | None:
-    """The deployment that serves, keeps on standby or could roll back to `ref`, if any."""
+def deployed_refs(rt: Context) -> dict[str, str]:
+    """Each adapter ref a deployment serves, keeps on standby or could roll back to, with the
+    first such deployment (by target name)."""
     with rt.db.connect() as conn:
         rows = conn.execute(
             select(
                 db.deployments.c.target, db.deployments.c.state, db.deployments.c.previous
             ).order_by(db.deployments.c.target)
         ).all()
+    found: dict[str, str] = {}
     for target, state, previous in rows:
         for st in (state, previous or {}):
             refs = [v["adapter"] for v in st.get("variants", [])]
             refs += [st["standby"]["adapter"]] if st.get("standby") else []
-            if ref in refs:
-                return str(target)
-    return None
+            for ref in refs:
+                found.setdefault(ref, str(target))
+    return found
+
+
+def in_use(rt: Context, ref: str) -> str | None:
+    """The deployment that serves, keeps on standby or could roll back to `ref`, if any."""
+    return deployed_refs(rt).get(ref)
 
 
 def served_name(rec: AdapterRecord, engine: LocalEngine) -> str:
@@ -95,11 +102,13 @@ def make_room(rt: Runtime, keep_at_most: int) -> list[str]:
             rt.attached.discard(name)
     busy = engine.adapters_in_use()
     busy |= rt.attached.handed_out()  # handed to requests still on their way to the engine
+    # Read once, and only when something must go.
+    pinned = deployed_refs(rt) if len(engine.adapters()) > keep_at_most else {}
     detached: list[str] = []
     for name, ref in rt.attached.oldest_first():
         if len(engine.adapters()) <= keep_at_most:
             break
-        if name in busy or in_use(rt, ref) is not None:
+        if name in busy or ref in pinned:
             continue
         engine.unload_adapter(name)
         rt.attached.discard(name)
