@@ -47,8 +47,12 @@ def sqlite_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -
 
 @contextlib.contextmanager
 def exclusive_lock(db_file: Path) -> Iterator[sqlite3.Connection]:
-    """Another process's connection holding the write lock (as a backup or a shell would)."""
-    conn = sqlite3.connect(db_file, timeout=0, isolation_level=None, check_same_thread=False)
+    """Another process's connection holding the write lock (as a backup or a shell would).
+
+    It waits its turn to take the lock: the server's own background writes (alert state,
+    usage) may hold it for a moment, and taking it must not race them.
+    """
+    conn = sqlite3.connect(db_file, timeout=30, isolation_level=None, check_same_thread=False)
     conn.execute("BEGIN EXCLUSIVE")
     try:
         yield conn
