@@ -234,3 +234,20 @@ def test_client_disconnect_stops_generation(client: httpx.Client, server: Server
         "running": 0,
         "waiting": 0,
     }
+
+
+def test_a_registered_adapter_is_listed_before_its_first_use(
+    client: httpx.Client, server: Server
+) -> None:
+    src = server.data_dir / "lora_adapters" / ADAPTER_NAME
+    fresh = shutil.copytree(src, server.data_dir / "incoming" / "fresh-bot")
+    r = client.post("/api/adapters/register", json={"path": str(fresh)})
+    assert r.status_code == 201, r.text
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert "fresh-bot" in listed, (r.text, listed)
+    assert listed["fresh-bot"]["kind"] == "adapter" and listed["fresh-bot"]["attached"] is False
+    assert listed["fresh-bot"]["parent"] == BASE
+    assert "fresh-bot" in [m["name"] for m in client.get("/api/tags").json()["models"]]
+    assert _chat(client, model="fresh-bot", max_tokens=2).status_code == 200
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed["fresh-bot"]["attached"] is True

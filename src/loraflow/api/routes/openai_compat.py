@@ -157,6 +157,7 @@ def list_models(rt: RuntimeDep) -> dict[str, Any]:
             "root": m["id"] if m["kind"] == "base" else m["path"],
             "parent": m["parent"],
             "kind": m["kind"],
+            **({"attached": m["attached"]} if m["kind"] == "adapter" else {}),
         }
         for m in catalog.list_models(rt)
     ]

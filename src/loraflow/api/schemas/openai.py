@@ -18,6 +18,11 @@ class Model(BaseModel):
     root: str | None = Field(None, description="The base model, or the adapter's folder.")
     parent: str | None = Field(None, description="The model an adapter or assistant builds on.")
     kind: str | None = Field(None, description="base, adapter, assistant, remote or embedding.")
+    attached: bool | None = Field(
+        None,
+        description="Adapters: held by the local engine now; a registered one that is not "
+        "is attached on its first request.",
+    )
 
 
 class ModelList(BaseModel):

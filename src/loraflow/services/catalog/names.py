@@ -15,6 +15,7 @@ from typing import Any, Literal
 from loraflow import db
 from loraflow.engines import remote as remote_engine
 from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
+from loraflow.models.bundled import BUNDLED_MODELS
 from loraflow.services.catalog import assistants, remote
 from loraflow.services.catalog.selection import (
     SELECTION_KEY,
@@ -239,12 +240,15 @@ def _made_for(recorded: str, base: str) -> bool:
     def last(s: str) -> str:
         return s.rstrip("/").rsplit("/", 1)[-1].lower()
 
-    return not recorded or recorded == base or last(recorded) == last(base)
+    # A bundled base is recorded by the folder it was converted into.
+    names = {last(base), last(BUNDLED_MODELS.get(base.strip().lower(), base))}
+    return not recorded or recorded == base or last(recorded) in names
 
 
 def list_models(rt: Runtime) -> list[dict[str, Any]]:
-    """The API listing: the base model, the attached adapters, assistants and remote models."""
+    """The API listing: the base model, the adapters (attached, then registered for this base
+    and attached on first use), assistants and remote models."""
     return [
-        {"id": e.name, "kind": e.kind, "parent": e.parent, "path": e.path}
-        for e in entries(rt, registered=False)
+        {"id": e.name, "kind": e.kind, "parent": e.parent, "path": e.path, "attached": e.attached}
+        for e in entries(rt)
     ]
