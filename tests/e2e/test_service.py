@@ -72,6 +72,10 @@ def test_health_reports_each_component_and_degrades_without_ollama(client: httpx
         "ollama_service": False,
     }
     assert "unreachable" in body["details"]["ollama_service"].lower()
+    # The local model answers now: the absent Ollama is optional, and said so.
+    optional = body["details"]["optional"]
+    assert "only needed for use_lora=false" in optional["ollama_service"]
+    assert "lora_model" not in optional
 
 
 def test_model_info_has_the_seed_fields(client: httpx.Client, server) -> None:

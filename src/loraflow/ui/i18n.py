@@ -358,6 +358,11 @@ EN: dict[str, str] = {
     "status_healthy": "healthy",
     "status_degraded": "degraded",
     "status_unhealthy": "unhealthy",
+    "status_ready": "ready (optional components not running)",
+    "optional_ollama_service": "{remote}: not running — only needed for use_lora=false "
+    "(the remote engine); the local model answers",
+    "optional_lora_model": "no adapter yet — the base model answers; train or register one "
+    "to answer with it",
 }
 
 ZH: dict[str, str] = {
@@ -701,6 +706,10 @@ ZH: dict[str, str] = {
     "status_healthy": "健康",
     "status_degraded": "降级",
     "status_unhealthy": "不可用",
+    "status_ready": "可用（可选组件未运行）",
+    "optional_ollama_service": "{remote}：未运行 —— 仅在 use_lora=false（远程引擎）时需要；"
+    "现由本地模型回答",
+    "optional_lora_model": "尚无适配器 —— 现由基座模型回答；训练或注册一个后即可使用",
 }
 
 LABELS: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}

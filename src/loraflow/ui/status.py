@@ -152,13 +152,24 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             "lora_model": d["lora_model"],
             "ollama_service": d["ollama_service"],
         }
-        rows = [
-            [name, "✓" if ok else "✗", cell(detail.get(name, ""), 160)]
-            for name, ok in h["components"].items()
-        ]
+        optional = d["optional"]
+        remote_kind = "Ollama" if d["remote_backend"] == "ollama" else "OpenAI-compatible server"
+
+        def row(name: str, ok: bool) -> list[str]:
+            if not ok and name in optional:
+                # Down, but the current selection does not need it: a note, not a fault.
+                why = t("optional_" + name).format(remote=remote_kind)
+                return [name, "–", cell(why, 160)]
+            return [name, "✓" if ok else "✗", cell(detail.get(name, ""), 160)]
+
+        rows = [row(name, ok) for name, ok in h["components"].items()]
         rows.append(["local_model", "✓" if rt.local is not None else "✗", cell(d["local_model"])])
         rows += [["warning", "!", cell(w, 160)] for w in d["warnings"]]
-        head = f"## {t('overall')}: {t('status_' + h['status'])}"
+        down = {name for name, ok in h["components"].items() if not ok}
+        state = h["status"]
+        if state == "degraded" and down <= set(optional):
+            state = "ready"  # only optional parts missing, as on a fresh install
+        head = f"## {t('overall')}: {t('status_' + state)}"
         settings_table = [[k, v] for k, v in settings_rows(rt.settings)]
         return head, rows, settings_table, alert_rows(rt)
 

@@ -262,3 +262,34 @@ def test_a_load_the_database_cannot_record_is_undone(
         impatient.db.dispose()
     assert rt.local is not None and "unrecorded" not in rt.local.adapters()
     assert "unrecorded" not in known_adapters(rt)
+
+
+def test_a_fresh_install_reports_its_missing_adapter_and_remote_engine_as_optional(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    from loraflow.services.ops.health import health
+    from tests.e2e.server import free_port
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        load_local_model=False,
+        ollama_base_url=f"http://127.0.0.1:{free_port()}",
+        ollama_timeout=3,
+    )
+    runtime = build_runtime(settings, load_local=False)
+    runtime.local = _engine(tiny["base"], tmp_path / "cache")
+    try:
+        h = health(runtime)
+        assert h["components"]["lora_model"] is False
+        assert h["components"]["ollama_service"] is False
+        optional = h["details"]["optional"]
+        assert "the base model answers now" in optional["lora_model"]
+        assert "Ollama is not running" in optional["ollama_service"]
+        # Switched to the remote engine, Ollama is needed: no longer optional.
+        remote_first = settings.model_copy(update={"use_lora_default": False})
+        h = health(dataclasses.replace(runtime, settings=remote_first))
+        assert h["details"]["model_info"]["engine"] in ("ollama", "remote")
+        assert h["details"]["optional"] == {}
+    finally:
+        runtime.local.close()
+        runtime.db.dispose()

@@ -34,6 +34,10 @@ class HealthDetails(BaseModel):
     documents: int
     chunks: int
     warnings: list[str]
+    optional: dict[str, str] = Field(
+        description="Components that are down but not needed by the current selection, and "
+        "why (e.g. no Ollama while the local model answers).",
+    )
 
 
 class Health(BaseModel):

@@ -61,6 +61,7 @@ def health(rt: Runtime) -> dict[str, Any]:
     sel = current_selection(rt) if db_ok else default_selection(rt, rt.settings.use_lora_default)
     can_answer = store_ok and ((sel.engine == "local" and local_ok) or ollama.ok or local_ok)
     can_answer = can_answer and db_ok  # every request reads the shared state
+    optional = _optional(rt, components, sel.engine, sel.adapter, local_ok)
     if all(components.values()) and db_ok:
         status = "healthy"
     elif can_answer:
@@ -91,5 +92,29 @@ def health(rt: Runtime) -> dict[str, Any]:
             "documents": n_docs,
             "chunks": n_chunks,
             "warnings": list(rt.warnings),
+            "optional": optional,
         },
     }
+
+
+def _optional(
+    rt: Runtime, components: dict[str, bool], engine: str, adapter: str | None, local_ok: bool
+) -> dict[str, str]:
+    """The components that are down but that the current selection does not need, and why
+    (a fresh install has no adapter and, usually, no Ollama: that is not a fault)."""
+    out: dict[str, str] = {}
+    if not local_ok or remote_engine.is_remote(engine):
+        return out
+    if not components["ollama_service"]:
+        backend = remote_engine.describe(rt.settings)["remote_backend"]
+        kind = "Ollama" if backend == "ollama" else "the OpenAI-compatible server"
+        out["ollama_service"] = (
+            f"{kind} is not running: only needed for use_lora=false (the remote engine); "
+            "the local model answers now"
+        )
+    if not components["lora_model"] and adapter is None:
+        out["lora_model"] = (
+            "no adapter yet: only needed to answer with one; the base model answers now "
+            "(train or register an adapter in Models)"
+        )
+    return out
