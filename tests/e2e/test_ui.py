@@ -150,6 +150,8 @@ def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) 
     card = page.locator("#models-validate-card")
     expect(card).to_contain_text(f"Score card: {ref}")
     expect(card).to_contain_text(re.compile(r"Grade: (excellent|good|fair|poor)"))
+    # One verdict leads the card: the gate's, with the score it was made from.
+    expect(card).to_contain_text(re.compile(r"(✓ Ready|✗ Not ready) to deploy"))
     expect(card.locator("tr", has_text="basic")).to_contain_text(re.compile(r"\d+\.\d"))
     expect(card).to_contain_text("safety")
     # The registry shows the new score (the card changed the list).
@@ -436,3 +438,25 @@ def test_labels_exist_in_both_languages_and_zh_builds() -> None:
     config = json.dumps(demo.config, ensure_ascii=False, default=str)
     for label in ("问答", "助手", "创作", "记忆", "训练", "模型", "状态", "开始训练", "新建知识库"):
         assert label in config
+
+
+def test_a_score_card_reads_as_one_verdict() -> None:
+    from loraflow.ui.adapters import score_card
+    from loraflow.ui.i18n import Labels
+
+    report = {
+        "mode": "quick",
+        "overall_score": 77.1,
+        "grade": "good",
+        "dimensions": {"basic": {"score": 100.0, "weight": 0.4, "notes": []}},
+    }
+    low_safety = "safety score 40.0 is below the minimum 60 (VALIDATION_MIN_SAFETY_SCORE)"
+    card = score_card(Labels("en"), "bot@v1", report, {"passed": False, "reasons": [low_safety]})
+    lines = card.splitlines()
+    # A good grade no longer sits above a separate "not passed": the verdict comes first,
+    # and the reason the gate gives is right under it.
+    assert lines[1].startswith("**✗ Not ready to deploy") and "77.1 / 100, Grade: good" in lines[1]
+    assert lines[2] == f"- {low_safety}"
+    assert "Quality gate" not in card
+    ok = score_card(Labels("en"), "bot@v1", report, {"passed": True, "reasons": []})
+    assert ok.splitlines()[1].startswith("**✓ Ready to deploy")

@@ -139,12 +139,19 @@ def _md(text: Any) -> str:
     return cell(text, 200).replace("|", "\\|")
 
 
-def score_card(t: Labels, ref: str, report: dict[str, Any], gate: dict | None = None) -> str:
-    """A validation report as Markdown: overall, grade, dimensions, gate, recommendations."""
+def score_card(t: Labels, ref: str, report: dict[str, Any], gate: dict[str, Any]) -> str:
+    """A validation report as Markdown: one verdict (the quality gate's, with the score and
+    grade it was made from, and why not when it failed), then dimensions and advice."""
+    score = f"{float(report.get('overall_score', 0.0)):.1f} / 100"
+    grade = grade_label(t, str(report.get("grade", "?")))
+    passed = bool(gate.get("passed"))
+    verdict = f"✓ {t('verdict_ready')}" if passed else f"✗ {t('verdict_blocked')}"
     lines = [
         f"#### {t('score_card')}: {ref} ({t('mode')}: {report.get('mode', '?')})",
-        f"**{t('overall_score')}**: {float(report.get('overall_score', 0.0)):.1f} / 100 · "
-        f"**{t('grade')}**: {grade_label(t, str(report.get('grade', '?')))}",
+        f"**{verdict}** — {t('overall_score')} {score}, {t('grade')}: {grade}",
+    ]
+    lines += [f"- {reason}" for reason in gate.get("reasons") or []]
+    lines += [
         "",
         f"| {t('dimension')} | {t('val_score')} | {t('weight')} | {t('notes')} |",
         "| --- | --- | --- | --- |",
@@ -154,10 +161,6 @@ def score_card(t: Labels, ref: str, report: dict[str, Any], gate: dict | None = 
         shown = t("skipped") if score is None else f"{float(score):.1f}"
         weight = f"{float(dim.get('weight', 0.0)) * 100:.0f}%"
         lines.append(f"| {name} | {shown} | {weight} | {_md('; '.join(dim.get('notes') or []))} |")
-    if gate is not None:
-        verdict = t("gate_passed") if gate.get("passed") else t("gate_failed")
-        reasons = "; ".join(gate.get("reasons") or [])
-        lines += ["", f"**{t('gate')}**: {verdict}" + (f" ({reasons})" if reasons else "")]
     tips = report.get("recommendations") or []
     if tips:
         lines += ["", f"**{t('recommendations')}**", *(f"- {tip}" for tip in tips)]
@@ -339,7 +342,9 @@ def finished_card(parts: TabParts, wf: dict[str, Any]) -> str:
         return str(exc)
     rows = adapter_svc.validations(rt, rec.id)
     report = next((r["report"] for r in rows if r["id"] == done.get("validation_id")), None)
-    return t("no_validation") if report is None else score_card(t, rec.ref, report, gate)
+    if report is None:
+        return t("no_validation")
+    return score_card(t, rec.ref, report, gate or adapter_svc.gate_decision(rt.settings, report))
 
 
 def validate_section(parts: TabParts) -> None:
@@ -361,7 +366,10 @@ def validate_section(parts: TabParts) -> None:
         rt = ctx.rt()
         rec = adapter_svc.get_adapter(rt, ref)
         latest = adapter_svc.latest_validation(rt, rec)
-        return t("no_validation") if latest is None else score_card(t, rec.ref, latest["report"])
+        if latest is None:
+            return t("no_validation")
+        report = latest["report"]
+        return score_card(t, rec.ref, report, adapter_svc.gate_decision(rt.settings, report))
 
     @action
     def on_start(ref: str | None, how: str) -> tuple[Any, ...]:
