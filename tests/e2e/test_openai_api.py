@@ -251,3 +251,37 @@ def test_a_registered_adapter_is_listed_before_its_first_use(
     assert _chat(client, model="fresh-bot", max_tokens=2).status_code == 200
     listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert listed["fresh-bot"]["attached"] is True
+
+
+def test_compare_answers_with_the_base_and_adapters_side_by_side(client: httpx.Client) -> None:
+    body = {"prompt": "Say hello.", "adapters": [ADAPTER_NAME], "temperature": 0, "max_tokens": 8}
+    r = client.post("/api/compare", json=body)
+    assert r.status_code == 200, r.text
+    answers = r.json()["answers"]
+    assert [(a["model"], a["kind"]) for a in answers] == [(BASE, "base"), (ADAPTER_NAME, "adapter")]
+    # Each answer is the one that model gives alone to the same request.
+    for a in answers:
+        alone = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": a["model"],
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "temperature": 0,
+                "max_tokens": 8,
+            },
+        ).json()
+        assert a["text"] == alone["choices"][0]["message"]["content"]
+        assert a["completion_tokens"] == alone["usage"]["completion_tokens"] > 0
+        assert a["seconds"] > 0 and a["error"] is None
+    assert answers[0]["text"] != answers[1]["text"]
+    assert r.json()["seconds"] == max(a["seconds"] for a in answers)
+
+    # Refused before anything is generated, with the reason.
+    unknown = client.post("/api/compare", json={"prompt": "x", "adapters": ["nope"]})
+    assert unknown.status_code == 404 and "'nope'" in unknown.json()["detail"]
+    four = client.post("/api/compare", json={"prompt": "x", "adapters": ["a", "b", "c", "d"]})
+    assert four.status_code == 422
+    both = client.post("/api/compare", json={"prompt": "x", "messages": [HELLO[0]]})
+    assert both.status_code == 422 and "either" in both.json()["detail"]
+    alone = client.post("/api/compare", json={"prompt": "x", "include_base": False})
+    assert alone.status_code == 422 and "nothing to compare" in alone.json()["detail"]

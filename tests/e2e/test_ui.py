@@ -400,11 +400,54 @@ def test_a_character_added_in_memory_is_used_by_create(page: Any, ui_server: Ser
     no_error_toast(page)
 
 
+def test_chat_streams_an_adapter_and_compare_sets_answers_side_by_side(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Chat")
+    choose(page, "chat-model", f"LoRA: {ADAPTER}")
+    fill(page, "chat-message", "Tell me a short story about a fox.")
+    page.evaluate(
+        """() => {
+            window.__chatStates = [];
+            const chat = document.querySelector('#chat-chat');
+            new MutationObserver(() => window.__chatStates.push(chat.innerText))
+                .observe(chat, {childList: true, subtree: true, characterData: true});
+        }"""
+    )
+    page.locator("#chat-send").click()
+    status = page.locator("#chat-status")
+    expect(status).to_contain_text(
+        re.compile(rf"{ADAPTER} · [\d.]+ s · [1-9]\d* tokens"), timeout=SLOW
+    )
+    assert any("Answering…" in s for s in page.evaluate("() => window.__chatStates"))
+    chat = page.locator("#chat-chat")
+    expect(chat).to_contain_text("Tell me a short story about a fox.")
+    assert "Answering…" not in chat.inner_text()
+
+    # An empty compare is refused in its own status line, not in a pop-up.
+    page.locator("#compare-run").click()
+    expect(page.locator("#compare-status")).to_contain_text("Type a message first.")
+    fill(page, "compare-prompt", "Tell me a short story about a fox.")
+    choose(page, "compare-adapters", ADAPTER)
+    page.locator("#compare-run").click()
+    cards = page.locator("#compare-answers .lf-card")
+    expect(cards).to_have_count(2, timeout=SLOW)
+    expect(page.locator("#compare-status")).to_contain_text("2 answers in")
+    expect(cards.nth(0)).to_contain_text("Base model")
+    expect(cards.nth(1)).to_contain_text(f"LoRA: {ADAPTER}")
+    for i in range(2):
+        expect(cards.nth(i).locator(".lf-meta")).to_contain_text(
+            re.compile(r"[\d.]+ s · \d+ tokens")
+        )
+    no_error_toast(page)
+
+
 def test_every_tab_renders_and_is_saved_as_a_screenshot(page: Any) -> None:
     from playwright.sync_api import expect
 
     ready = {
         "Ask": "#ask-model input",
+        "Chat": "#chat-model input",
         "Assistants": "#assistants-pick input",
         "Create": "#create-model input",
         "Memory": "#memory-project input",
@@ -436,7 +479,19 @@ def test_labels_exist_in_both_languages_and_zh_builds() -> None:
     assert set(EN) == set(ZH)
     demo = build_ui(lambda: None, Settings(ui_language="zh"))
     config = json.dumps(demo.config, ensure_ascii=False, default=str)
-    for label in ("问答", "助手", "创作", "记忆", "训练", "模型", "状态", "开始训练", "新建知识库"):
+    for label in (
+        "问答",
+        "对话",
+        "对比",
+        "助手",
+        "创作",
+        "记忆",
+        "训练",
+        "模型",
+        "状态",
+        "开始训练",
+        "新建知识库",
+    ):
         assert label in config
 
 

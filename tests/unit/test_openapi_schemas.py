@@ -235,6 +235,10 @@ def test_system_and_compatible_api_answers_keep_every_key(api: Any) -> None:
     assert chat["system_fingerprint"] is None and "sources" not in chat
     assert chat["choices"][0]["logprobs"] is None
     call(api, "POST", "/v1/chat/completions", json={"model": "alpha", "messages": messages})
+    compared = call(
+        api, "POST", "/api/compare", json={"prompt": "Hi", "adapters": ["alpha"], "max_tokens": 2}
+    )
+    assert [a["kind"] for a in compared["answers"]] == ["base", "adapter"]
     call(api, "POST", "/v1/completions", json={"model": base, "prompt": ["a", "b"], "echo": True})
     embedder = rt.embedder.name
     call(api, "POST", "/v1/embeddings", json={"model": embedder, "input": ["a", "b"]})

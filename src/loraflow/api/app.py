@@ -18,7 +18,7 @@ from loraflow import __version__
 from loraflow.api.compat import renderer_for
 from loraflow.api.metrics import install_metrics
 from loraflow.api.routes import adapters as adapter_routes
-from loraflow.api.routes import admin, ask, documents, ollama_compat, openai_compat, system
+from loraflow.api.routes import admin, ask, compare, documents, ollama_compat, openai_compat, system
 from loraflow.api.routes import alerts as alert_routes
 from loraflow.api.routes import assistants as assistant_routes
 from loraflow.api.routes import collections as collection_routes
@@ -217,6 +217,7 @@ def create_app(
     app.include_router(system.router)
     app.include_router(alert_routes.router)
     app.include_router(ask.router)
+    app.include_router(compare.router)
     app.include_router(documents.router)
     app.include_router(training_routes.router)
     app.include_router(adapter_routes.router)

@@ -13,7 +13,7 @@ from starlette.routing import Mount
 
 from loraflow.config import Settings
 from loraflow.services.runtime import Runtime
-from loraflow.ui import ask, assistants, create, memory, models, status, training
+from loraflow.ui import ask, assistants, chat, create, memory, models, status, training
 from loraflow.ui.context import UIContext
 from loraflow.ui.i18n import Labels
 
@@ -23,6 +23,7 @@ UI_PATH = "/ui"
 # (label key, module with build(ctx, demo, tab)), in the order the tabs appear.
 TABS = (
     ("tab_ask", ask),
+    ("tab_chat", chat),
     ("tab_assistants", assistants),
     ("tab_create", create),
     ("tab_memory", memory),
@@ -37,6 +38,11 @@ CSS = """
 .lf-bar { display: inline-block; width: 120px; height: 10px; margin-right: 6px;
   background: var(--neutral-200); border-radius: 5px; overflow: hidden; vertical-align: middle; }
 .lf-bar > div { height: 100%; background: var(--color-accent); }
+.lf-compare { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr));
+  gap: 12px; }
+.lf-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px; }
+.lf-card h4 { margin: 0 0 6px 0; } .lf-answer { white-space: pre-wrap; }
+.lf-meta { color: var(--body-text-color-subdued); font-size: 0.85em; margin: 6px 0 0 0; }
 .lf-completed { color: #15803d; } .lf-failed { color: #b91c1c; } .lf-running { color: #1d4ed8; }
 """
 
