@@ -370,10 +370,25 @@ def test_a_character_added_in_memory_is_used_by_create(page: Any, ui_server: Ser
     expect(page.locator("#memory-status")).to_contain_text("Lighthouse")
     fill(page, "memory-title", "Mirela")
     fill(page, "memory-keywords", "Mirela, keeper")
-    fill(page, "memory-content", "Mirela is the lighthouse keeper; she has one silver eye.")
+    fill(
+        page,
+        "memory-content",
+        "Mirela is the lighthouse keeper; she has one silver eye. "
+        + "She keeps the lamp lit through every storm and writes each ship's name in a log. " * 4,
+    )
     page.locator("#memory-add").click()
     expect(page.locator("#memory-entries")).to_contain_text("Mirela")
     expect(page.locator("#memory-entries")).to_contain_text("character")
+    # At 1400 px every column of the entries table is in view, each header on one line.
+    heads = page.evaluate(
+        """() => [...document.querySelectorAll('#memory-entries thead th')]
+            .map(th => { const r = th.getBoundingClientRect();
+                         return {text: th.innerText.trim(), right: r.right, height: r.height}; })
+            .filter(h => h.text)"""
+    )
+    assert [h["text"] for h in heads][:5] == ["Kind", "Title", "Content", "Keywords", "Importance"]
+    for h in heads:
+        assert h["right"] <= 1400 and h["height"] <= 60, heads
 
     tab(page, "Create")
     expect(page.locator("#create-project input")).to_have_value("Lighthouse")

@@ -52,7 +52,7 @@ def _entry_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
             "✓" if e["always_on"] else "",
             e["chapter"] if e["chapter"] is not None else "",
             e["version"],
-            e["entry_id"],
+            e["entry_id"][:8],  # enough to tell entries apart; the picker below holds the id
         ]
         for e in entries
     ]
@@ -83,10 +83,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             t("always_on"),
             t("chapter"),
             t("version"),
-            "entry_id",
+            "id",
         ],
         interactive=False,
         wrap=True,
+        # Fixed shares keep all nine columns in view at 1400 px, each header on one line.
+        column_widths=["9%", "11%", "32%", "14%", "10%", "8%", "6%", "5%", "5%"],
         elem_id="memory-entries",
     )
     with gr.Group():
