@@ -134,10 +134,12 @@ def model_choices(
         if e.kind == "adapter"
     ]
     named = [(e.name, e.name) for e in listed if e.kind == "assistant"] if with_assistants else []
+    # Still offered when its server is down (it may come back), but marked.
+    down = "" if rt.remote.health().ok else f" ({t('unreachable')})"
     return [
         (f"{t('model_current')}: {now}", CURRENT),
         (t("model_base"), BASE),
-        (remote_label(rt), OLLAMA),
+        (remote_label(rt) + down, OLLAMA),
         *adapters,
         *named,
     ]
