@@ -165,3 +165,26 @@ def test_failed_creates_are_told_in_place_and_leave_other_tabs_usable(page: Any)
     expect(status).to_contain_text("Created: Harbour")
     expect(page.locator("#memory-project input")).to_have_value("Harbour")
     no_error_toast(page)
+
+
+def test_ask_and_create_failures_are_told_under_their_own_form(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Ask")
+    page.locator("#ask-upload-go").click()  # no file chosen
+    expect(page.locator("#ask-upload-status")).to_contain_text("Upload and ingest failed: ")
+    page.locator("#ask-send").click()  # an empty question
+    status = page.locator("#ask-status")
+    expect(status).to_contain_text("Ask failed: ")
+    # The chat is left as it was: no unanswered question was added.
+    assert "Answering" not in page.locator("#ask-chat").inner_text()
+    no_error_toast(page)
+
+    tab(page, "Create")
+    page.locator("#tab-create").get_by_text("Parameters", exact=True).click()
+    page.locator("#tab-create").get_by_label("Seed").fill("twelve")
+    fill(page, "create-prompt", "The ship left at dawn.")
+    page.locator("#create-go").click()
+    expect(page.locator("#create-after")).to_contain_text("Generate failed: ")
+    expect(page.locator("#create-after")).to_contain_text("'twelve' is not a whole number")
+    no_error_toast(page)

@@ -18,7 +18,15 @@ from loraflow.services.know import documents, knowledge
 from loraflow.services.know.ask import AskRequest, ask_stream
 from loraflow.services.runtime import Runtime
 from loraflow.ui import knowledge_bases
-from loraflow.ui.context import UIContext, action, cell, model_choices, model_request, whole
+from loraflow.ui.context import (
+    UIContext,
+    action,
+    cell,
+    failure,
+    model_choices,
+    model_request,
+    whole,
+)
 
 # The chat is kept in the database, so a reload or a second browser shows the same history.
 HISTORY_KEY = "ui.ask_history"
@@ -97,6 +105,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             label=t("question"), placeholder=t("question_hint"), elem_id="ask-question", scale=5
         )
         send = gr.Button(t("ask"), variant="primary", elem_id="ask-send", scale=1)
+    ask_status = gr.Markdown(elem_id="ask-status")
     clear = gr.Button(t("clear_history"), size="sm", elem_id="ask-clear")
     with gr.Accordion(t("documents"), open=True):
         files = gr.File(
@@ -147,14 +156,28 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             *_model_view(rt, picked),
         )
 
-    @action
     def on_ask(
         q: str, choice: str | None, name: str | None, k: float | None
-    ) -> Iterator[tuple[Any, str]]:
-        rt = ctx.rt()
-        history = load_history(rt)
+    ) -> Iterator[tuple[Any, str, str]]:
+        history: list[dict[str, str]] = []
+        try:
+            rt = ctx.rt()
+            history = load_history(rt)
+            yield from _answer(rt, history, q, choice, name, k)
+        except Exception as exc:  # said under the question; the chat and question stay
+            heading = t("action_failed").format(action=t("ask"))
+            yield history, q, f"✗ **{heading}**: {failure(exc)}"
+
+    def _answer(
+        rt: Runtime,
+        history: list[dict[str, str]],
+        q: str,
+        choice: str | None,
+        name: str | None,
+        k: float | None,
+    ) -> Iterator[tuple[Any, str, str]]:
         pending = [*history, {"role": "user", "content": q}]
-        yield pending, ""
+        yield pending, "", ""
         fields = model_request(choice)
         # An assistant answers from its own knowledge bases with its own chunk count,
         # whichever knowledge base and count are picked here.
@@ -163,14 +186,14 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         answer = ask_stream(rt, AskRequest(query=q, top_k=top_k, collection=coll, **fields))
         sources = sources_markdown(ctx, answer.source_documents)
         # Shown at once, before the first token: who answers, then the text as it comes.
-        yield [*pending, {"role": "assistant", "content": f"_{t('answering')}_"}], ""
+        yield [*pending, {"role": "assistant", "content": f"_{t('answering')}_"}], "", ""
         text, shown = "", time.monotonic()
         try:
             for piece in answer.pieces:
                 text += piece
                 if time.monotonic() - shown >= STREAM_REFRESH_S:
                     shown = time.monotonic()
-                    yield [*pending, {"role": "assistant", "content": text + " ▍"}], ""
+                    yield [*pending, {"role": "assistant", "content": text + " ▍"}], "", ""
         finally:
             answer.close()
         used = answer.model_used + (f" ({answer.adapter})" if answer.adapter else "")
@@ -183,14 +206,14 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         # Re-read: another browser may have asked something meanwhile.
         messages = [*load_history(rt), pending[-1], {"role": "assistant", "content": body}]
         _save_history(rt, messages)
-        yield messages, ""
+        yield messages, "", ""
 
     @action
     def on_clear() -> list[dict[str, str]]:
         _save_history(ctx.rt(), [])
         return []
 
-    @action
+    @ctx.in_status(upload_status, "upload_ingest")
     def on_upload(paths: list[str] | None, name: str | None, progress=gr.Progress()) -> tuple:
         rt = ctx.rt()
         if not paths:
@@ -222,7 +245,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         rows, pick = _docs(rt, name)
         return "  \n".join(parts), rows, pick, None
 
-    @action
+    @ctx.in_status(upload_status, "delete_document")
     def on_delete(doc_id: str | None, name: str | None) -> tuple:
         rt = ctx.rt()
         if not doc_id:
@@ -242,8 +265,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     outputs = [model, collection, chat, docs, doc_pick, note, top_k]
     demo.load(refresh, [collection, model], outputs, show_progress="hidden")
     ask_event: dict[str, Any] = {"fn": on_ask, "inputs": [question, model, collection, top_k]}
-    send.click(**ask_event, outputs=[chat, question], api_name="ask", concurrency_limit=8)
-    question.submit(**ask_event, outputs=[chat, question], concurrency_limit=8)
+    asked = [chat, question, ask_status]
+    send.click(**ask_event, outputs=asked, api_name="ask", concurrency_limit=8)
+    question.submit(**ask_event, outputs=asked, concurrency_limit=8)
     clear.click(on_clear, None, chat, api_name="ask_clear")
     # The chat's own trash button clears the saved history too.
     chat.clear(on_clear, None, chat)

@@ -54,6 +54,17 @@ class UIContext:
         heading = self.t("action_failed").format(action=self.t(button))
 
         def wrap(fn: F) -> F:
+            if inspect.isgeneratorfunction(fn):
+                # A streamed handler: what it showed so far stays, the failure is added.
+                @functools.wraps(fn)
+                def stream(*args: Any, **kwargs: Any) -> Any:
+                    try:
+                        yield from fn(*args, **kwargs)
+                    except Exception as exc:
+                        yield {status: f"✗ **{heading}**: {failure(exc)}"}
+
+                return stream  # type: ignore[return-value]
+
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:
                 try:

@@ -137,7 +137,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             _story(rt, ref),
         )
 
-    @action
+    @ctx.in_status(after_md, "generate")
     def on_generate(
         ref: str | None,
         how: str,
@@ -192,12 +192,12 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     def on_project(ref: str | None) -> str:
         return _story(ctx.rt(), ref)
 
-    @action
-    def on_clear_story(ref: str | None) -> str:
+    @ctx.in_status(after_md, "clear_story")
+    def on_clear_story(ref: str | None) -> tuple[str, str]:
         if not ref:
             raise gr.Error(t("pick_project"))
         memory.delete_story(ctx.rt(), ref)
-        return ""
+        return "", ""
 
     inputs = [project, model]
     demo.load(refresh, inputs, [project, model, story], show_progress="hidden")
@@ -226,4 +226,4 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     )
     stop.click(None, None, None, cancels=[event])
     project.change(on_project, project, story, show_progress="hidden")
-    clear_story.click(on_clear_story, project, story)
+    clear_story.click(on_clear_story, project, [story, after_md])
