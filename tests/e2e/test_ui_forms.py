@@ -188,3 +188,36 @@ def test_ask_and_create_failures_are_told_under_their_own_form(page: Any) -> Non
     expect(page.locator("#create-after")).to_contain_text("Generate failed: ")
     expect(page.locator("#create-after")).to_contain_text("'twelve' is not a whole number")
     no_error_toast(page)
+
+
+def test_the_chinese_ui_speaks_chinese_gradio_strings_included(
+    browser: Any, tmp_path: Path, model_cache: Path, stopped_port: int
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.e2e.ui_browser import SCREENSHOTS
+
+    env = {
+        **UI_ENV,
+        "CACHE_DIR": str(model_cache),
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{stopped_port}",
+        "UI_LANGUAGE": "zh",
+        "LOAD_LOCAL_MODEL": "false",
+    }
+    with start_server(tmp_path / "zh", env, ("webui",)) as srv:
+        # An English browser: the page follows UI_LANGUAGE, not the browser's language.
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
+        try:
+            page = context.new_page()
+            page.goto(f"{srv.url}/ui/")
+            expect(page.get_by_role("tab", name="问答")).to_be_visible(timeout=60_000)
+            expect(page.locator("footer")).to_contain_text("通过 API 使用")  # Gradio's own
+            page.get_by_role("tab", name="状态").click()
+            expect(page.locator("#status-overall")).to_contain_text("总体")
+            health = page.locator("#status-health")
+            expect(health).to_contain_text("个文档")
+            expect(health).to_contain_text("无法连接 http://127.0.0.1:")
+            assert "documents" not in health.inner_text()
+            page.screenshot(path=str(SCREENSHOTS / "status-zh.png"), full_page=True)
+        finally:
+            context.close()

@@ -6,6 +6,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
@@ -45,6 +46,62 @@ CSS = """
 .lf-meta { color: var(--body-text-color-subdued); font-size: 0.85em; margin: 6px 0 0 0; }
 .lf-completed { color: #15803d; } .lf-failed { color: #b91c1c; } .lf-running { color: #1d4ed8; }
 """
+
+
+# Gradio translates its own strings (buttons, "Use via API", upload hints) into the browser's
+# language; this makes them follow UI_LANGUAGE instead.
+BROWSER_LOCALE = {"zh": "zh-CN"}
+
+
+def language_script(language: str) -> bytes:
+    """A <script> that makes the page report `language` as the browser's (empty for English)."""
+    locale = BROWSER_LOCALE.get(language)
+    if locale is None:
+        return b""
+    return (
+        "<script>(() => { for (const [key, value] of "
+        f"[['language', '{locale}'], ['languages', ['{locale}']]]) "
+        "Object.defineProperty(navigator, key, {get: () => value, configurable: true}); "
+        f"document.documentElement.lang = '{locale}'; }})();</script>"
+    ).encode()
+
+
+class HeadScript:
+    """ASGI wrapper of the UI: puts `script` first in the <head> of the UI's page, so it runs
+    before Gradio's own (deferred) scripts read the browser's language."""
+
+    def __init__(self, app: Any, script: bytes) -> None:
+        self.app, self.script = app, script
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        page = scope["type"] == "http" and scope["path"].rstrip("/") == UI_PATH
+        if not page or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        body = bytearray()
+
+        async def held(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body" or not start:
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            given = {k.lower(): v for k, v in start.get("headers", [])}
+            headers = [h for h in start.get("headers", []) if h[0].lower() != b"content-length"]
+            kind, encoded = given.get(b"content-type", b""), given.get(b"content-encoding")
+            out = bytes(body)
+            if kind.startswith(b"text/html") and not encoded and b"<head>" in out:
+                out = out.replace(b"<head>", b"<head>" + self.script, 1)
+            headers.append((b"content-length", str(len(out)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": out})
+
+        await self.app(scope, receive, held)
 
 
 def build_ui(runtime: Callable[[], Runtime | None], settings: Settings) -> gr.Blocks:
@@ -113,6 +170,9 @@ async def serve_ui(app: FastAPI, runtime: Callable[[], Runtime | None]) -> Async
         r for r in reversed(app.router.routes) if isinstance(r, Mount) and r.path == UI_PATH
     )
     sub = route.app
+    script = language_script(settings.ui_language)
+    if script:
+        route.app = HeadScript(sub, script)
     try:
         async with sub.router.lifespan_context(sub):
             demo.run_startup_events()

@@ -375,6 +375,10 @@ EN: dict[str, str] = {
     "status_degraded": "degraded",
     "status_unhealthy": "unhealthy",
     "status_ready": "ready (optional components not running)",
+    "store_detail": "{documents} documents, {chunks} chunks",
+    "adapters_detail": "adapters: {names}",
+    "no_adapters_detail": "no adapter found in {path}",
+    "remote_unreachable": "unreachable at {url}",
     "optional_ollama_service": "{remote}: not running — only needed for use_lora=false "
     "(the remote engine); the local model answers",
     "optional_lora_model": "no adapter yet — the base model answers; train or register one "
@@ -739,6 +743,10 @@ ZH: dict[str, str] = {
     "status_degraded": "降级",
     "status_unhealthy": "不可用",
     "status_ready": "可用（可选组件未运行）",
+    "store_detail": "{documents} 个文档，{chunks} 个分块",
+    "adapters_detail": "适配器：{names}",
+    "no_adapters_detail": "{path} 中没有适配器",
+    "remote_unreachable": "无法连接 {url}",
     "optional_ollama_service": "{remote}：未运行 —— 仅在 use_lora=false（远程引擎）时需要；"
     "现由本地模型回答",
     "optional_lora_model": "尚无适配器 —— 现由基座模型回答；训练或注册一个后即可使用",

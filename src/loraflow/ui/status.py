@@ -10,6 +10,7 @@ import gradio as gr
 
 from loraflow import __version__
 from loraflow.errors import InvalidInput
+from loraflow.services.catalog.selection import known_adapters
 from loraflow.services.ops import alert_rules, alerts
 from loraflow.services.ops import health as ops_health
 from loraflow.services.ops.alert_rules import INSTANCE, KINDS
@@ -146,11 +147,25 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         rt = ctx.rt()
         h = ops_health.health(rt)
         d = h["details"]
+        store_ok = h["components"]["vector_store"]
+        store = (
+            t("store_detail").format(documents=d["documents"], chunks=d["chunks"])
+            if store_ok
+            else d["vector_store"]
+        )
+        remote_up = h["components"]["ollama_service"]
         detail = {
-            "rag_handler": d["vector_store"],
-            "vector_store": d["vector_store"],
-            "lora_model": d["lora_model"],
-            "ollama_service": d["ollama_service"],
+            "rag_handler": store,
+            "vector_store": store,
+            "lora_model": (
+                t("adapters_detail").format(names=", ".join(known_adapters(rt)))
+                if h["components"]["lora_model"]
+                else t("no_adapters_detail").format(path=rt.settings.lora_path)
+            ),
+            # The server's own sentence when it answers (its model, or what is missing).
+            "ollama_service": d["ollama_service"]
+            if remote_up or "unreachable" not in d["ollama_service"]
+            else t("remote_unreachable").format(url=d["remote_base_url"]),
         }
         optional = d["optional"]
         remote_kind = "Ollama" if d["remote_backend"] == "ollama" else "OpenAI-compatible server"
@@ -163,7 +178,8 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             return [name, "✓" if ok else "✗", cell(detail.get(name, ""), 160)]
 
         rows = [row(name, ok) for name, ok in h["components"].items()]
-        rows.append(["local_model", "✓" if rt.local is not None else "✗", cell(d["local_model"])])
+        local = t("loaded") if rt.local is not None else cell(d["local_model"])
+        rows.append(["local_model", "✓" if rt.local is not None else "✗", local])
         rows += [["warning", "!", cell(w, 160)] for w in d["warnings"]]
         down = {name for name, ok in h["components"].items() if not ok}
         state = h["status"]
