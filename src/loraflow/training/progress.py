@@ -25,11 +25,18 @@ class ProgressCallback(TrainerCallback):
         self._step0 = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = 0.0  # set when the first step starts (see on_step_begin)
         self._step0 = state.global_step
         # A resumed run carries the checkpoint's log; keep the whole curve, not just the rest.
         self.history = [e for e in map(_entry, state.log_history) if len(e) > 2]
         self._send(state, message=f"training on {self.device}: step {state.global_step}")
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        # The ETA is timed from here, not from on_train_begin: a resumed run first skips the
+        # batches it has already trained on, and loading and that skip are not step time.
+        if not self._t0:
+            self._t0 = time.monotonic()
+            self._step0 = state.global_step
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._check_cancel(args, control)
@@ -68,7 +75,7 @@ class ProgressCallback(TrainerCallback):
         total = max(state.max_steps, 1)
         done = state.global_step - self._step0
         eta = None
-        if done > 0:
+        if done > 0 and self._t0:
             per_step = (time.monotonic() - self._t0) / done
             eta = round(per_step * (state.max_steps - state.global_step), 1)
         last_loss = next((h["loss"] for h in reversed(self.history) if "loss" in h), None)
