@@ -75,8 +75,11 @@ def test_training_from_upload_to_a_loaded_adapter(
     bad.write_text('[{"instruction": "a"}]')
     page.locator("#train-file input[type=file]").set_input_files(str(bad))
     page.locator("#train-upload").click()
-    expect(page.locator(".toast-body.error")).to_contain_text("missing field 'output'")
+    refused = page.locator("#train-upload-status")
+    expect(refused).to_contain_text("Upload and validate failed: ")
+    expect(refused).to_contain_text("missing field 'output'")
     assert page.locator("#train-dataset textarea").input_value() == ""
+    no_error_toast(page)
 
     good = tmp_path / "secret.json"
     good.write_text(json.dumps(SECRET))
@@ -99,11 +102,14 @@ def test_training_from_upload_to_a_loaded_adapter(
     expect(done).to_have_count(1, timeout=SLOW)
     expect(done).to_contain_text("100.0%")
     expect(done).to_contain_text("2/2")
+    # The line under Start follows the job: it no longer says "queued".
+    expect(page.locator("#train-start-status")).to_contain_text("✓ #1 ui-job: completed")
     # The loss curve is drawn (the plot renders once it is scrolled into view).
     plot = page.locator("#train-loss")
     plot.scroll_into_view_if_needed()
     expect(plot.locator(".mark-line path").first).to_be_visible()
     expect(plot).to_contain_text("eval_loss")
+    expect(plot).to_contain_text("loss (smoothed)")
     page.screenshot(path=str(SCREENSHOTS / "training-done.png"), full_page=True)
 
     # State lives in the server: another browser sees the same finished job and its curve.

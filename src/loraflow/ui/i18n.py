@@ -11,6 +11,11 @@ EN: dict[str, str] = {
     "login_hint": "Log in with any user name and one of the service's API keys as the password.",
     "tab_ask": "Ask",
     "tab_chat": "Chat",
+    "loss_note": "Training loss is each step's batch (and its smoothed trend); eval loss is "
+    "the whole validation split, measured at the end of each epoch without dropout. "
+    "Eval loss below the training loss is normal early on: dropout is on while training, "
+    "and short or templated examples are easier to predict. An eval loss that rises while "
+    "the training loss falls is over-fitting.",
     "message_hint": "Say something to the model (no knowledge base: plain chat)",
     "send": "Send",
     "new_chat": "New chat",
@@ -391,6 +396,10 @@ ZH: dict[str, str] = {
     "login_hint": "用户名任意，密码填写服务的某个 API 密钥。",
     "tab_ask": "问答",
     "tab_chat": "对话",
+    "loss_note": "训练损失是每一步批次的损失（及其平滑趋势）；评估损失在每个 epoch 结束时、关闭 "
+    "dropout 后于整个验证集上测得。训练早期评估损失低于训练损失是正常的："
+    "训练时开启了 dropout，且较短或模板化的样本更容易预测。"
+    "若训练损失下降而评估损失上升，即为过拟合。",
     "message_hint": "直接与模型对话（不检索知识库）",
     "send": "发送",
     "new_chat": "新对话",

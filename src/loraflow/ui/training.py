@@ -21,7 +21,9 @@ from loraflow.ui.context import UIContext, action, cell, decimal, whole
 # How often the task list and loss curve are re-read while the page is open (seconds).
 POLL_SECONDS = 2.0
 DATASET_SUFFIXES = [".json", ".jsonl", ".txt"]
-SERIES = ("loss", "eval_loss")
+SERIES = ("loss", "loss (smoothed)", "eval_loss")
+# Weight of the newest step in the smoothed training loss (an exponential moving average).
+SMOOTHING = 0.3
 
 
 def tasks_html(ctx: UIContext, tasks: list[dict[str, Any]]) -> str:
@@ -69,15 +71,51 @@ def loss_frame(rt: Runtime, task_id: int | None) -> pd.DataFrame:
     ]
     if task_id is not None:
         curve = training.metrics(rt, task_id)
-        for name in SERIES:
+        for name in ("loss", "eval_loss"):
             points += [
                 {"step": h["step"], "value": h[name], "series": name}
                 for h in curve[name]
                 if h.get("step") is not None
             ]
+        points += smoothed(
+            [(h["step"], h["loss"]) for h in curve["loss"] if h.get("step") is not None]
+        )
     frame = pd.DataFrame(points, columns=["step", "value", "series"])
     # Numbers, even when empty, so the plot draws continuous axes rather than categories.
     return frame.astype({"step": "float64", "value": "float64", "series": "str"})
+
+
+def smoothed(losses: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """The training loss as an exponential moving average: per-step losses jump with each
+    batch's examples, the average shows the trend."""
+    out, level = [], None
+    for step, value in losses:
+        level = value if level is None else SMOOTHING * value + (1 - SMOOTHING) * level
+        out.append({"step": step, "value": level, "series": "loss (smoothed)"})
+    return out
+
+
+def step_range(frame: pd.DataFrame) -> list[float] | None:
+    """The plot's step axis: at least 10 steps wide, so its ticks fall on whole steps (a
+    narrower range gets ticks at 0.5 or 0.2 steps)."""
+    steps = frame["step"].dropna()
+    if steps.empty:
+        return None
+    low, high = float(steps.min()), float(steps.max())
+    return [low, max(high, low + 10)]
+
+
+def followed_line(ctx: UIContext, tasks: list[dict[str, Any]], task_id: int | None) -> str:
+    """The status line under Start for the task the page last started, cancelled or resumed:
+    its state now, so it never says "queued" or "cancelling" after the job moved on."""
+    task = next((x for x in tasks if x["task_id"] == task_id), None)
+    if task is None:
+        return ""
+    t, status = ctx.t, task["status"]
+    label = t("status_" + status) if t.has("status_" + status) else status
+    mark = {"completed": "✓ ", "failed": "✗ "}.get(status, "")
+    detail = task["error"] or task["message"] or ""
+    return f"{mark}#{task_id} {task['task_name']}: **{label}**" + (f" — {detail}" if detail else "")
 
 
 # The training parameters of the form (rendered from PARAMS), row by row.
@@ -164,16 +202,22 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         title=t("loss_curve"),
         x_title=t("step"),
         y_title=t("loss"),
+        x_axis_format="d",  # steps are whole numbers
         elem_id="train-loss",
         height=300,
     )
+    gr.Markdown(t("loss_note"), elem_id="train-loss-note")
     # What this page shows now; a poll re-sends only what changed, so the dropdown stays open
     # and the plot does not flicker.
     shown = gr.State({})
+    # The task the status line under Start speaks of; the poll keeps that line current.
+    followed = gr.State(None)
     timer = gr.Timer(POLL_SECONDS)
 
     @action
-    def refresh(selected: int | None, seen: dict[str, Any]) -> tuple[Any, ...]:
+    def refresh(
+        selected: int | None, seen: dict[str, Any], task_id: int | None = None
+    ) -> tuple[Any, ...]:
         rt = ctx.rt()
         found = training.list_tasks(rt)
         valid = {x["task_id"] for x in found}
@@ -184,6 +228,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             "ids": [x["task_id"] for x in found],
             "table": table,
             "plot": f"{chosen}:{len(frame)}:{frame['value'].sum()}",
+            "line": followed_line(ctx, found, task_id),
         }
         same = {k: (seen or {}).get(k) == v for k, v in now.items()}
         menu = (
@@ -194,8 +239,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         return (
             gr.update() if same["table"] else table,
             menu,
-            gr.update() if same["plot"] else frame,
+            gr.update() if same["plot"] else gr.update(value=frame, x_lim=step_range(frame)),
             now,
+            gr.update() if same["line"] or not now["line"] else now["line"],
         )
 
     @action
@@ -205,7 +251,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         value = "bundled:smollm2" if "bundled:smollm2" in models else (models or [None])[0]
         return (gr.update(choices=models, value=value), *refresh(selected, seen))
 
-    @action
+    @ctx.in_status(upload_status, "upload_validate")
     def on_upload(path: str | None, dataset_type: str, progress=gr.Progress()) -> tuple[str, str]:
         if not path:
             raise gr.Error(t("no_file_chosen"))
@@ -240,7 +286,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         message = f"{t('queued')}: #{task['task_id']} {task['task_name']} → {task['output_path']}"
         found = training.list_tasks(rt)
         menu = gr.update(choices=_task_choices(found), value=task["task_id"])
-        return message, tasks_html(ctx, found), menu
+        return message, tasks_html(ctx, found), menu, task["task_id"]
 
     def on_task(
         do: Callable[[Runtime, int], dict[str, Any]], button: str
@@ -254,21 +300,23 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
                 raise gr.Error(t("pick_task"))
             task = do(rt, int(task_id))
             message = f"#{task['task_id']}: {task['message']}"
-            return message, tasks_html(ctx, training.list_tasks(rt))
+            return message, tasks_html(ctx, training.list_tasks(rt)), task["task_id"]
 
         return handler
 
-    live = [tasks, pick, plot, shown]
+    live = [tasks, pick, plot, shown, start_status]
+    watched = [pick, shown, followed]
     demo.load(load, [pick, shown], [base, *live], show_progress="hidden")
-    tab.select(refresh, [pick, shown], live, show_progress="hidden")
-    timer.tick(refresh, [pick, shown], live, show_progress="hidden")
+    tab.select(refresh, watched, live, show_progress="hidden")
+    timer.tick(refresh, watched, live, show_progress="hidden")
     upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset")
     start.click(
         on_start,
         [dataset, kind, base, name, *fields],
-        [start_status, tasks, pick],
+        [start_status, tasks, pick, followed],
         api_name="train",
     )
-    cancel.click(on_task(training.cancel, "cancel"), pick, [start_status, tasks])
-    resume.click(on_task(training.resume, "resume"), pick, [start_status, tasks])
-    pick.input(refresh, [pick, shown], live, show_progress="hidden")
+    acted = [start_status, tasks, followed]
+    cancel.click(on_task(training.cancel, "cancel"), pick, acted)
+    resume.click(on_task(training.resume, "resume"), pick, acted)
+    pick.input(refresh, watched, live, show_progress="hidden")
