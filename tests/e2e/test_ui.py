@@ -87,6 +87,11 @@ def test_training_from_upload_to_a_loaded_adapter(
     page.locator("#train-file input[type=file]").set_input_files(str(good))
     page.locator("#train-upload").click()
     expect(page.locator("#train-upload-status")).to_contain_text("10 alpaca examples")
+    # The preview shows the first rows as the model reads them, the answer marked as trained.
+    preview = page.locator("#train-preview")
+    expect(preview.locator("pre.lf-row").first).to_contain_text("What is the secret word 0?")
+    expect(preview.locator("pre.lf-row mark").first).to_contain_text("It is pineapple.")
+    expect(preview).to_contain_text("0 of 10 sequences are longer than the max length 512")
     expect(page.locator("#train-base-model input")).to_have_value("bundled:smollm2")
     # The form starts with the SPEC B defaults.
     expect(page.locator("#train-batch-size input")).to_have_value("4")

@@ -362,6 +362,13 @@ def test_training_and_admin_answers_keep_every_key(api: Any) -> None:
         files={"file": ("d.json", rows)},
         data={"dataset_type": "alpaca"},
     )
+    shown = call(
+        api,
+        "POST",
+        f"{t}/datasets/{up['filename']}/preview",
+        json={"dataset_type": "alpaca", "max_len": 16, "rows": 1},
+    )
+    assert shown["histogram"][-1]["from"] == 17 and shown["rows"][0]["segments"]
     form = {
         "task_name": "t1",
         "base_model": api[2].settings.base_model_name,

@@ -44,6 +44,10 @@ CSS = """
 .lf-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 12px; }
 .lf-card h4 { margin: 0 0 6px 0; } .lf-answer { white-space: pre-wrap; }
 .lf-meta { color: var(--body-text-color-subdued); font-size: 0.85em; margin: 6px 0 0 0; }
+.lf-row { white-space: pre-wrap; font-size: 0.85em; max-height: 220px; overflow: auto;
+  padding: 6px; border: 1px solid var(--border-color-primary); border-radius: 6px; }
+.lf-row mark { background: #fde68a; }
+.lf-hist td { padding: 1px 6px; font-size: 0.85em; }
 .lf-completed { color: #15803d; } .lf-failed { color: #b91c1c; } .lf-running { color: #1d4ed8; }
 """
 

@@ -11,6 +11,13 @@ EN: dict[str, str] = {
     "login_hint": "Log in with any user name and one of the service's API keys as the password.",
     "tab_ask": "Ask",
     "tab_chat": "Chat",
+    "preview_title": "How the model reads it (highlighted: trained on)",
+    "preview_cut": "longer than the max length: cut",
+    "preview_trained": "trained on",
+    "preview_lengths": "Sequence lengths in tokens",
+    "preview_over": "{over} of {total} sequences are longer than the max length {max_len}; "
+    "training sees their first {max_len} tokens.",
+    "no_preview": "No preview",
     "loss_note": "Training loss is each step's batch (and its smoothed trend); eval loss is "
     "the whole validation split, measured at the end of each epoch without dropout. "
     "Eval loss below the training loss is normal early on: dropout is on while training, "
@@ -396,6 +403,13 @@ ZH: dict[str, str] = {
     "login_hint": "用户名任意，密码填写服务的某个 API 密钥。",
     "tab_ask": "问答",
     "tab_chat": "对话",
+    "preview_title": "模型看到的样子（高亮部分参与训练）",
+    "preview_cut": "超过最大长度：会被截断",
+    "preview_trained": "个词元参与训练",
+    "preview_lengths": "序列长度（词元）",
+    "preview_over": "{total} 条序列中有 {over} 条超过最大长度 {max_len}；"
+    "训练只使用其前 {max_len} 个词元。",
+    "no_preview": "无预览",
     "loss_note": "训练损失是每一步批次的损失（及其平滑趋势）；评估损失在每个 epoch 结束时、关闭 "
     "dropout 后于整个验证集上测得。训练早期评估损失低于训练损失是正常的："
     "训练时开启了 dropout，且较短或模板化的样本更容易预测。"

@@ -16,7 +16,7 @@ from loraflow.services.runtime import Runtime
 from loraflow.services.train import datasets
 from loraflow.services.train import jobs as training
 from loraflow.training.params import PARAMS, Param
-from loraflow.ui.context import UIContext, action, cell, decimal, whole
+from loraflow.ui.context import UIContext, action, cell, decimal, failure, whole
 
 # How often the task list and loss curve are re-read while the page is open (seconds).
 POLL_SECONDS = 2.0
@@ -93,6 +93,45 @@ def smoothed(losses: list[tuple[int, float]]) -> list[dict[str, Any]]:
         level = value if level is None else SMOOTHING * value + (1 - SMOOTHING) * level
         out.append({"step": step, "value": level, "series": "loss (smoothed)"})
     return out
+
+
+def preview_html(ctx: UIContext, shown: dict[str, Any]) -> str:
+    """A dataset preview: the first rows as the model reads them (trained tokens marked),
+    a histogram of lengths in tokens, and how many rows max_len cuts."""
+    t = ctx.t
+    parts = [f"<div class='lf-preview'><h4>{html.escape(t('preview_title'))}</h4>"]
+    for row in shown["rows"]:
+        text = "".join(
+            f"<mark>{html.escape(seg['text'])}</mark>"
+            if seg["trained"]
+            else html.escape(seg["text"])
+            for seg in row["segments"]
+        )
+        cut = f" · {t('preview_cut')}" if row["cut"] else ""
+        parts.append(
+            f"<pre class='lf-row'>{text}</pre><p class='lf-meta'>{row['tokens']} "
+            f"{t('tokens')} · {row['trained_tokens']} {t('preview_trained')}{cut}</p>"
+        )
+    bins = shown["histogram"]
+    top = max((b["count"] for b in bins), default=0) or 1
+    bars = []
+    for b in bins:
+        span = f"{b['from']}–{b['to']}" if b["to"] is not None else f"> {shown['max_len']}"
+        width = 100.0 * b["count"] / top
+        bars.append(
+            f"<tr><td>{span}</td><td><div class='lf-bar'><div style='width:{width:.0f}%'></div>"
+            f"</div></td><td>{b['count']}</td></tr>"
+        )
+    over = int(shown["tokens"].get("over_max_len", 0))
+    parts.append(
+        f"<p>{html.escape(t('preview_lengths'))}</p><table class='lf-hist'>{''.join(bars)}</table>"
+        f"<p class='lf-over'>"
+        + html.escape(
+            t("preview_over").format(over=over, total=shown["sequences"], max_len=shown["max_len"])
+        )
+        + "</p></div>"
+    )
+    return "".join(parts)
 
 
 def step_range(frame: pd.DataFrame) -> list[float] | None:
@@ -178,6 +217,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             dataset = gr.Textbox(
                 label=t("uploaded_dataset"), interactive=False, elem_id="train-dataset"
             )
+            preview = gr.HTML(elem_id="train-preview")
         with gr.Column():
             gr.Markdown(f"### {t('job')}")
             base = gr.Dropdown(label=t("base_model"), elem_id="train-base-model")
@@ -260,6 +300,24 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             info = datasets.save_dataset_upload(ctx.rt(), Path(path).name, stream, dataset_type)
         return f"✓ {info['message']} ({info['size_mb']} MB)", info["filename"]
 
+    def on_preview(stored: str, dataset_type: str, base_model: str | None, limit: Any) -> str:
+        """The preview of the dataset just uploaded, or why there is none (never an error:
+        the upload itself succeeded)."""
+        if not stored:
+            return ""
+        try:
+            shown = datasets.preview_dataset(
+                ctx.rt(),
+                stored,
+                dataset_type,
+                base_model=base_model or None,
+                max_len=whole(limit) or 512,
+            )
+        except Exception as exc:
+            why = f"{t('no_preview')}: {failure(exc)}"
+            return f"<p class='lf-meta'>{html.escape(why)}</p>"
+        return preview_html(ctx, shown)
+
     @ctx.in_status(start_status, "start")
     def on_start(
         stored: str,
@@ -309,7 +367,10 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     demo.load(load, [pick, shown], [base, *live], show_progress="hidden")
     tab.select(refresh, watched, live, show_progress="hidden")
     timer.tick(refresh, watched, live, show_progress="hidden")
-    upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset")
+    max_len_field = fields[FORM_PARAMS.index("max_len")]
+    upload.click(on_upload, [file, kind], [upload_status, dataset], api_name="upload_dataset").then(
+        on_preview, [dataset, kind, base, max_len_field], preview, show_progress="hidden"
+    )
     start.click(
         on_start,
         [dataset, kind, base, name, *fields],

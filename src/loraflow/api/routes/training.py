@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
 
 from loraflow.api.deps import RuntimeDep
 from loraflow.api.json_body import json_router
@@ -39,6 +40,32 @@ def upload_dataset(
     dataset_type: str = Form("alpaca"),
 ) -> dict[str, Any]:
     return datasets.save_dataset_upload(rt, file.filename or "", file.file, dataset_type)
+
+
+class PreviewBody(BaseModel):
+    dataset_type: str = Field("alpaca", description="alpaca, sharegpt or raw.")
+    base_model: str | None = Field(
+        None, description="Whose tokenizer and chat template to apply; default BASE_MODEL_NAME."
+    )
+    max_len: int = Field(512, ge=1, le=32768, description="The job's max sequence length.")
+    rows: int = Field(3, ge=0, le=20, description="How many rows to show.")
+
+
+@router.post(
+    "/datasets/{filename}/preview",
+    response_model=S.DatasetPreview,
+    response_model_by_alias=True,
+    summary="An uploaded dataset as the model will see it: rows, trained tokens, lengths",
+)
+def preview_dataset(filename: str, body: PreviewBody, rt: RuntimeDep) -> dict[str, Any]:
+    return datasets.preview_dataset(
+        rt,
+        filename,
+        body.dataset_type,
+        base_model=body.base_model,
+        max_len=body.max_len,
+        rows=body.rows,
+    )
 
 
 # Form fields of /train that are not training parameters.

@@ -29,6 +29,37 @@ class DatasetUpload(BaseModel):
     examples: int
 
 
+class PreviewSegment(BaseModel):
+    text: str
+    trained: bool = Field(description="Whether the loss is computed on these tokens.")
+
+
+class PreviewRow(BaseModel):
+    tokens: int = Field(description="Length of the whole sequence in tokens.")
+    trained_tokens: int = Field(description="Tokens trained on, after the cut at max_len.")
+    cut: bool = Field(description="Longer than max_len: training sees its first max_len tokens.")
+    segments: list[PreviewSegment]
+
+
+class HistogramBin(BaseModel):
+    from_: int = Field(alias="from", serialization_alias="from")
+    to: int | None = Field(description="null for the bin of sequences over max_len.")
+    count: int
+
+
+class DatasetPreview(BaseModel):
+    dataset_type: str
+    base_model: str = Field(description="Whose tokenizer and chat template were applied.")
+    max_len: int
+    examples: int
+    sequences: int = Field(description="Training sequences (long raw text gives several).")
+    rows: list[PreviewRow]
+    tokens: dict[str, float] = Field(
+        description="sequences, total, mean, median, max and over_max_len."
+    )
+    histogram: list[HistogramBin]
+
+
 class QueuedTask(BaseModel):
     task_id: int
     task_name: str
