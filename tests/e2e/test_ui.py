@@ -151,6 +151,7 @@ def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) 
 
     # A quick validation runs as a workflow: its steps show progress, then a score card.
     ref = f"{ADAPTER}@v1"
+    tab(page, "Validate")
     choose(page, "models-validate-adapter", ref)
     choose(page, "models-mode", "quick")
     page.locator("#models-validate-start").click()
@@ -166,9 +167,11 @@ def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) 
     expect(card.locator("tr", has_text="basic")).to_contain_text(re.compile(r"\d+\.\d"))
     expect(card).to_contain_text("safety")
     # The registry shows the new score (the card changed the list).
+    tab(page, "Adapters")
     expect(registry).to_contain_text(re.compile(r"\b(excellent|good|fair|poor)\b"))
 
     # A refused deploy says why in place; a forced one lists its steps.
+    tab(page, "Deploy")
     choose(page, "models-deploy-adapter", ref)
     fill(page, "models-deploy-target", ADAPTER)
     page.locator("#models-deploy").click()

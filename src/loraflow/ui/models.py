@@ -1,8 +1,8 @@
 """The Models tab: which model answers, loaded and trained adapters, the adapter registry.
 
-The tab is a list of sections (SECTIONS), each a function laying out one part; the adapter
+The tab is sub-tabs of sections (SUBTABS), each a function laying out one part; the adapter
 registry's sections (scan, merge, validate, deploy, export) live in loraflow.ui.adapters and
-loraflow.ui.deploy. A new part is one more function appended there; an action that changes
+loraflow.ui.deploy. A new part is one more function added there; an action that changes
 what is loaded puts `bump(...)` into `parts.changed`, and a section showing adapters re-reads
 them with `refresh_on(parts, ...)`.
 """
@@ -105,7 +105,7 @@ def loaded_section(parts: TabParts) -> None:
             label=t("adapter_folder"), placeholder=t("adapter_folder_hint"), scale=3
         )
         replace = gr.Checkbox(label=t("replace_loaded"), scale=1)
-        load = gr.Button(t("load"), elem_id="models-load", scale=1)
+        load = gr.Button(t("load_folder"), elem_id="models-load", scale=1)
     status = gr.Markdown(elem_id="models-loaded-status")
 
     @action
@@ -143,7 +143,9 @@ def trained_section(parts: TabParts) -> None:
     with gr.Row():
         pick = gr.Dropdown(label=t("trained_adapter"), elem_id="models-trained-pick", scale=3)
         as_name = gr.Textbox(label=t("adapter_name"), placeholder=t("default_task_name"), scale=2)
-        load = gr.Button(t("load"), variant="primary", elem_id="models-trained-load", scale=1)
+        load = gr.Button(
+            t("load_trained"), variant="primary", elem_id="models-trained-load", scale=1
+        )
     status = gr.Markdown(elem_id="models-trained-status")
 
     @action
@@ -182,21 +184,25 @@ def trained_section(parts: TabParts) -> None:
     )
 
 
-SECTIONS: list[Section] = [
-    selection_section,
-    loaded_section,
-    trained_section,
-    # the adapter registry: list and scan, merge, validate, deploy, export
-    adapters.registry_section,
-    adapters.merge_section,
-    adapters.validate_section,
-    deploy.deploy_section,
-    adapters.export_section,
+# The tab's sub-tabs (label key, sections), in order: which model answers and the adapters
+# there are, then one sub-tab per registry action.
+SUBTABS: list[tuple[str, list[Section]]] = [
+    (
+        "sub_adapters",
+        [selection_section, loaded_section, trained_section, adapters.registry_section],
+    ),
+    ("sub_merge", [adapters.merge_section]),
+    ("sub_validate", [adapters.validate_section]),
+    ("sub_deploy", [deploy.deploy_section]),
+    ("sub_export", [adapters.export_section]),
 ]
 
 
 def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
-    """Lay out the Models tab from SECTIONS (call inside a gr.Tab)."""
+    """Lay out the Models tab as sub-tabs of SUBTABS' sections (call inside a gr.Tab)."""
     parts = TabParts(ctx, demo, tab, gr.State(0))
-    for section in SECTIONS:
-        section(parts)
+    with gr.Tabs(elem_id="models-subtabs"):
+        for key, sections in SUBTABS:
+            with gr.Tab(ctx.t(key), elem_id=f"models-{key.replace('_', '-')}"):
+                for section in sections:
+                    section(parts)
