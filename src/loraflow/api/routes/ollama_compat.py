@@ -50,6 +50,7 @@ class Options(_Open):
     top_k: int | None = Field(None, ge=0)
     stop: list[str] | None = None
     seed: int | None = None
+    repeat_penalty: float | None = Field(None, gt=0.0, le=2.0, description="Default 1.0 (off).")
 
 
 class _Generation(_Open):
@@ -70,6 +71,7 @@ class _Generation(_Open):
             top_k=o.top_k,
             stop=list(o.stop or []),
             seed=o.seed,
+            repetition_penalty=o.repeat_penalty,
             rag=self.rag,
             **kw,
         )

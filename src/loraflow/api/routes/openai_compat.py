@@ -61,6 +61,9 @@ class Sampling(_Open):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = Field(False, description="Generate max_tokens even past the end (vLLM).")
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=2.0, description="Penalty on tokens already generated (vLLM); 1.0 = off."
+    )
     rag: bool = Field(False, description="Answer over the knowledge base; adds `sources`.")
     rag_top_k: int | None = Field(None, ge=1, le=50)
     collection: str | None = Field(None, description="Knowledge base for rag (default one).")
@@ -76,6 +79,7 @@ class Sampling(_Open):
             stop=stop,
             seed=self.seed,
             ignore_eos=self.ignore_eos,
+            repetition_penalty=self.repetition_penalty,
             n=self.n,
             rag=self.rag,
             rag_top_k=self.rag_top_k,

@@ -54,7 +54,7 @@ class DatasetPreview(BaseModel):
     examples: int
     sequences: int = Field(description="Training sequences (long raw text gives several).")
     rows: list[PreviewRow]
-    tokens: dict[str, float] = Field(
+    tokens: dict[str, int | float] = Field(
         description="sequences, total, mean, median, max and over_max_len."
     )
     histogram: list[HistogramBin]

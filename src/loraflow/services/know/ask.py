@@ -79,7 +79,9 @@ def _engine_for(rt: Runtime, sel: Selection) -> Engine:
 def _params(rt: Runtime, req: AskRequest) -> GenerationParams:
     return request_params(
         rt.settings,
-        max_tokens=req.max_new_tokens or rt.settings.ask_max_new_tokens,
+        # MAX_NEW_TOKENS caps every answer; ASK_MAX_NEW_TOKENS is /ask's shorter default.
+        max_tokens=req.max_new_tokens
+        or min(rt.settings.ask_max_new_tokens, rt.settings.max_new_tokens),
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k_sampling,

@@ -44,6 +44,8 @@ class ChatRequest:
     seed: int | None = None
     n: int = 1
     ignore_eos: bool = False
+    # None: the APIs' own default of 1.0 (off), whatever REPETITION_PENALTY says.
+    repetition_penalty: float | None = None
     rag: bool = False
     rag_top_k: int | None = None
     collection: str | None = None
@@ -84,7 +86,7 @@ def params_of(rt: Runtime, req: ChatRequest) -> GenerationParams:
         seed=req.seed,
         ignore_eos=req.ignore_eos,
         # The OpenAI and Ollama APIs' own default, whatever REPETITION_PENALTY says.
-        repetition_penalty=1.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
     )
 
 
@@ -189,6 +191,8 @@ def _rag_chat(
                 top_k=req.rag_top_k,
                 collection=req.collection,
                 max_new_tokens=p.max_new_tokens,
+                # Unset: /ask's own default (REPETITION_PENALTY), as rag answers are /ask's.
+                repetition_penalty=req.repetition_penalty,
                 temperature=p.temperature,
                 top_p=p.top_p,
                 top_k_sampling=p.top_k,
