@@ -355,6 +355,42 @@ class Settings(BaseSettings):
         description="Bearer key of that server (vLLM --api-key); never printed.",
     )
     openai_timeout: float = Field(120.0, gt=0)
+    openai_base_urls: str = Field(
+        "",
+        description="Comma-separated APIs of several replicas of OPENAI_MODEL (a vLLM fleet); "
+        "empty: OPENAI_BASE_URL alone.",
+    )
+    fleet_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often each replica's health and model list are checked.",
+    )
+    fleet_eject_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a replica that failed gets no requests before it is tried again.",
+    )
+    remote_adapter_dir: Path = Field(
+        Path("remote_adapters"),
+        description="Adapter folder shared with the replicas, as loraflow sees it (relative: "
+        "inside the data dir); deploys with engine=remote copy adapters there.",
+    )
+    remote_adapter_root: str = Field(
+        "",
+        description="The same folder as the replicas see it (their mount path); empty: "
+        "REMOTE_ADAPTER_DIR.",
+    )
+    remote_max_lora_rank: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="The replicas' --max-lora-rank: adapters of a higher rank are refused.",
+    )
+    remote_lora_modules: str = Field(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        description="Comma-separated modules the replicas can apply LoRA to; adapters that "
+        "target others are refused.",
+    )
 
     max_loaded_adapters: int = Field(
         16,
@@ -558,6 +594,21 @@ class Settings(BaseSettings):
         if self.training_device is not None:
             return self.training_device
         return self.device if "device" in self.model_fields_set else "auto"
+
+    @property
+    def openai_urls(self) -> list[str]:
+        """The replicas' API URLs: OPENAI_BASE_URLS, else OPENAI_BASE_URL alone."""
+        urls = [u.strip().rstrip("/") for u in self.openai_base_urls.split(",") if u.strip()]
+        return urls or [self.openai_base_url]
+
+    @property
+    def remote_adapter_path(self) -> Path:
+        return self._inside(self.remote_adapter_dir)
+
+    @property
+    def remote_adapter_mount(self) -> str:
+        """REMOTE_ADAPTER_ROOT, or REMOTE_ADAPTER_DIR's full path when unset."""
+        return self.remote_adapter_root.strip().rstrip("/") or str(self.remote_adapter_path)
 
     @property
     def training_output_path(self) -> Path:

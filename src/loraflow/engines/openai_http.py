@@ -20,6 +20,13 @@ from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 HEALTH_TIMEOUT = 2.0
 LIST_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
+# Statuses a proxy or a starting / overloaded server gives before any of the answer.
+DOWN_STATUSES = (502, 503, 504)
+
+
+class ReplicaDown(EngineUnavailable):
+    """The server failed before sending any of its answer (refused, reset, 502/503/504):
+    the same request may be sent to another server of the same model."""
 
 
 class OpenAIHTTPEngine:
@@ -57,6 +64,26 @@ class OpenAIHTTPEngine:
             raise self._unreachable(exc) from exc
         self._check(response, None)
         return list(_json(response.text).get("data") or [])
+
+    def model_ids(self, timeout: float | None = None) -> list[str]:
+        """Every model id the server lists now (the base model and its loaded adapters)."""
+        return [str(m["id"]) for m in self._models(timeout) if m.get("id")]
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """vLLM's run-time LoRA API: serve the adapter folder `path` (as the server sees it)
+        as model `name`; the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."""
+        self._post_admin("/load_lora_adapter", {"lora_name": name, "lora_path": path}, name)
+
+    def unload_adapter(self, name: str) -> None:
+        """vLLM's run-time LoRA API: stop serving adapter `name`."""
+        self._post_admin("/unload_lora_adapter", {"lora_name": name}, name)
+
+    def _post_admin(self, path: str, body: dict[str, str], adapter: str) -> None:
+        try:
+            response = self._client.post(path, json=body, timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        self._check(response, adapter)
 
     def adapters(self) -> list[str]:
         """Model names the server lists besides the base model (vLLM's LoRA modules)."""
@@ -178,16 +205,20 @@ class OpenAIHTTPEngine:
             raise NotFound(f"{self.base_url} has no {what}: {message}")
         if response.status_code in (400, 422):
             raise InvalidInput(f"{self.base_url} refused the request: {message}")
-        raise EngineUnavailable(f"{self.base_url} answered HTTP {response.status_code}: {message}")
+        error = ReplicaDown if response.status_code in DOWN_STATUSES else EngineUnavailable
+        raise error(f"{self.base_url} answered HTTP {response.status_code}: {message}")
 
     def _unreachable(self, exc: httpx.TransportError) -> EngineUnavailable:
         reason = transport_reason(exc, self.timeout, "OPENAI_TIMEOUT")
         if reason == "unreachable":
-            return EngineUnavailable(
+            return ReplicaDown(
                 f"OpenAI-compatible server unreachable at {self.base_url}",
                 hint="start it (e.g. `vllm serve MODEL --enable-lora`) or fix its base URL",
             )
-        return EngineUnavailable(f"OpenAI-compatible server at {self.base_url} {reason}")
+        if isinstance(exc, httpx.TimeoutException):
+            # Slow, not gone: sending the same work elsewhere would double the load.
+            return EngineUnavailable(f"OpenAI-compatible server at {self.base_url} {reason}")
+        return ReplicaDown(f"OpenAI-compatible server at {self.base_url} {reason}")
 
 
 def _json(text: str) -> dict:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from loraflow.config import Settings
+from loraflow.engines.fleet import OpenAIFleet
 from loraflow.engines.ollama import OllamaEngine
-from loraflow.engines.openai_http import OpenAIHTTPEngine
 
-RemoteEngine = OllamaEngine | OpenAIHTTPEngine
+RemoteEngine = OllamaEngine | OpenAIFleet
 
 # Every name an API accepts for "the remote engine"; the seed called it "ollama".
 REMOTE_NAMES = ("remote", "ollama", "openai")
@@ -19,11 +19,13 @@ def make_remote_engine(settings: Settings, timeout: float | None = None) -> Remo
     """The engine REMOTE_BACKEND names, configured from its own settings."""
     if settings.remote_backend == "openai":
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        return OpenAIHTTPEngine(
-            settings.openai_base_url,
+        # One server or several replicas of one model (OPENAI_BASE_URLS): one engine.
+        return OpenAIFleet(
+            settings.openai_urls,
             settings.openai_model,
             api_key=key or None,
             timeout=timeout or settings.openai_timeout,
+            eject_seconds=settings.fleet_eject_seconds,
         )
     return OllamaEngine(
         settings.ollama_base_url, settings.ollama_model, timeout or settings.ollama_timeout
@@ -40,7 +42,7 @@ def describe(settings: Settings) -> dict[str, str]:
     if settings.remote_backend == "openai":
         return {
             "remote_backend": "openai",
-            "remote_base_url": settings.openai_base_url,
+            "remote_base_url": ", ".join(settings.openai_urls),
             "remote_model": settings.openai_model,
         }
     return {

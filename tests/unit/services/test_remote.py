@@ -11,8 +11,8 @@ import pytest
 
 from loraflow import db
 from loraflow.config import Settings
+from loraflow.engines.fleet import OpenAIFleet
 from loraflow.engines.ollama import OllamaEngine
-from loraflow.engines.openai_http import OpenAIHTTPEngine
 from loraflow.engines.remote import make_remote_engine
 from loraflow.errors import EngineUnavailable, NotFound
 from loraflow.services.catalog.assistants import create_assistant, delete_assistant
@@ -42,8 +42,17 @@ def test_remote_backend_picks_the_engine_and_hides_the_key(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-hidden-123")
     s = Settings()
     with make_remote_engine(s) as engine:
-        assert isinstance(engine, OpenAIHTTPEngine)
+        assert isinstance(engine, OpenAIFleet)
         assert (engine.base_url, engine.model) == ("http://vllm:8000/v1", s.openai_model)
+        assert [r.url for r in engine.replicas] == ["http://vllm:8000/v1"]
+    # Several replicas of one model: one engine over all of them.
+    monkeypatch.setenv("OPENAI_BASE_URLS", "http://vllm-a:8000/v1/, http://vllm-b:8000/v1")
+    with make_remote_engine(Settings()) as engine:
+        assert isinstance(engine, OpenAIFleet)
+        assert [r.url for r in engine.replicas] == [
+            "http://vllm-a:8000/v1",
+            "http://vllm-b:8000/v1",
+        ]
     printed = dict(settings_rows(s))
     assert printed["OPENAI_API_KEY"] == "**********" and "sk-hidden-123" not in str(printed)
     with make_remote_engine(Settings(REMOTE_BACKEND="ollama")) as engine:
