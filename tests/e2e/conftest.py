@@ -17,7 +17,7 @@ from tests.e2e.ui_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, open_ui
 ADAPTER_NAME = "support-bot"
 
 
-def make_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> None:
+def make_adapter(base_dir: Path, out_dir: Path, seed: int = 0, rank: int = 8) -> None:
     """A real PEFT LoRA adapter on SmolLM2 with non-zero weights, so it changes the output.
 
     Adapters made with different seeds differ (a merge refuses two copies of one adapter).
@@ -29,7 +29,7 @@ def make_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     cfg = LoraConfig(
-        r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+        r=rank, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
     peft_model = get_peft_model(model, cfg)
     peft_model.save_pretrained(out_dir)

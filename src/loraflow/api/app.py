@@ -33,6 +33,7 @@ from loraflow.errors import LoraflowError, from_os_error, is_disk_full
 from loraflow.locks import service_lock
 from loraflow.services.catalog.selection import initialise_selection
 from loraflow.services.know.documents import ingest_sample_if_empty
+from loraflow.services.manage.fleet import start as start_fleet
 from loraflow.services.ops.alerts import Monitor
 from loraflow.services.registry.lora_records import sync as sync_lora_records
 from loraflow.services.runtime import Runtime, build_runtime, prepare_data_dir
@@ -57,6 +58,8 @@ def _start(settings: Settings, use_lora: bool | None, first: bool = True) -> Run
     register_adapters(rt)
     # Adapters loaded by name through any worker, before or since a restart, are attached now.
     sync_lora_records(rt)
+    # The vLLM replicas serve what the deployments table says, checked now and then polled.
+    start_fleet(rt)
     start_training_runner(rt)
     if settings.alerts_enabled:
         rt.monitor = Monitor(settings, rt.db).start()
@@ -136,6 +139,7 @@ def create_app(
                 yield
             if app.state.runtime is not None:
                 await run_in_threadpool(stop_training_runner, app.state.runtime)
+                await run_in_threadpool(app.state.runtime.remote.close)
                 if app.state.runtime.monitor is not None:
                     await run_in_threadpool(app.state.runtime.monitor.stop)
             app.state.runtime = None

@@ -59,6 +59,9 @@ def deploy_cmd(
     step_requests: Annotated[int | None, typer.Option(help="Requests per canary step.")] = None,
     split: Annotated[str | None, typer.Option(help="A/B shares, e.g. 70,30.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Deploy despite the gate.")] = False,
+    engine: Annotated[
+        str, typer.Option(help="local, or remote: the vLLM replicas (loaded at run time).")
+    ] = "local",
     max_error_rate: Annotated[
         float | None, typer.Option(help="Error rate (0-1) that rolls the canary / B back.")
     ] = None,
@@ -96,6 +99,7 @@ def deploy_cmd(
         "step_requests": step_requests,
         "split": float_list(split, "--split"),
         "force": force,
+        "engine": engine,
         "max_error_rate": max_error_rate,
         "max_latency_ratio": max_latency_ratio,
         "min_requests": min_requests,

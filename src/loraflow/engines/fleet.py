@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult
@@ -95,14 +95,17 @@ class OpenAIFleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start_polling(self, interval: float) -> None:
-        """Poll every replica every `interval` seconds in a background thread."""
+    def start_polling(self, interval: float, before: Callable[[], None] | None = None) -> None:
+        """Poll every replica every `interval` seconds in a background thread; `before` runs
+        ahead of each poll (e.g. to read what the replicas must serve)."""
         if self._poller is not None:
             return
 
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
+                    if before is not None:
+                        before()
                     self.poll()
                 except Exception:  # a poll must never end the loop
                     log.exception("fleet poll failed")
@@ -289,6 +292,8 @@ class OpenAIFleet:
         done: list[Replica] = []
         try:
             for r in self.replicas:
+                if name in r.engine.model_ids(HEALTH_TIMEOUT * 5):
+                    continue  # loaded already (names carry the version: the same files)
                 r.engine.load_adapter(name, path)
                 done.append(r)
                 if name not in r.engine.model_ids(HEALTH_TIMEOUT * 5):

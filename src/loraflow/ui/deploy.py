@@ -84,6 +84,13 @@ def deploy_section(parts: TabParts) -> None:
         how = gr.Dropdown(
             list(STRATEGIES), value="replace", label=t("strategy"), elem_id="models-strategy"
         )
+        where = gr.Dropdown(
+            ["local", "remote"],
+            value="local",
+            label=t("deploy_engine"),
+            info=t("deploy_engine_hint"),
+            elem_id="models-deploy-engine",
+        )
     with gr.Row():
         percent = gr.Textbox(label=t("canary_percent"), placeholder="10")
         split = gr.Textbox(label=t("ab_split"), placeholder=t("ab_split_hint"))
@@ -143,6 +150,7 @@ def deploy_section(parts: TabParts) -> None:
         ref: str | None,
         name: str,
         strategy: str,
+        engine: str,
         first: str,
         shares: str,
         forced: bool,
@@ -178,6 +186,7 @@ def deploy_section(parts: TabParts) -> None:
                 split=split,
                 force=bool(forced),
                 settings=own_settings,
+                engine=engine or "local",
             )
         except LoraflowError as exc:
             # Shown in place with the steps that ran: the previous deployment keeps serving.
@@ -216,7 +225,7 @@ def deploy_section(parts: TabParts) -> None:
     refresh_on(parts, refresh, shown, listed)
     go.click(
         on_deploy,
-        [pick, target, how, percent, split, force, parts.changed, *own.values()],
+        [pick, target, how, where, percent, split, force, parts.changed, *own.values()],
         [outcome, parts.changed],
         api_name="deploy_adapter",
     )

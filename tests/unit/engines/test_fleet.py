@@ -58,6 +58,9 @@ class Replica:
                     if outer.refuse_loads:
                         self._send(422, {"error": {"message": "max_lora_rank is 8"}})
                         return
+                    if body["lora_name"] in outer.adapters:  # as vLLM answers a second load
+                        self._send(400, {"error": {"message": "already been loaded"}})
+                        return
                     outer.adapters[body["lora_name"]] = body["lora_path"]
                     self._send(200, {})
                 elif self.path.endswith("/unload_lora_adapter"):
@@ -196,6 +199,7 @@ def test_a_replica_that_lost_its_adapters_gets_them_back_before_requests_for_the
         fleet.load_everywhere("bot@v1", "/adapters/bot/v1")
         fleet.want({"bot@v1": "/adapters/bot/v1"})
         assert a.adapters == b.adapters == {"bot@v1": "/adapters/bot/v1"}
+        fleet.load_everywhere("bot@v1", "/adapters/bot/v1")  # loaded already: nothing to do
         a.adapters.clear()  # A restarted: run-time adapters are gone
         # A request for the adapter that reaches A is answered by B instead...
         assert {fleet.generate(HI, PARAMS, adapter="bot@v1").text for _ in range(3)} == {"B"}

@@ -121,6 +121,11 @@ class DeploySpec(BaseModel):
         None, min_length=2, max_length=2, description="A/B shares, e.g. [70, 30]."
     )
     force: bool = Field(False, description="Deploy even when the quality gate fails.")
+    engine: Literal["local", "remote"] = Field(
+        "local",
+        description="local: the local engine; remote: the vLLM replicas (OPENAI_BASE_URLS), "
+        "loaded there at run time as name@vN.",
+    )
     # This deployment's own settings; each left out takes the global DEPLOY_* setting.
     max_error_rate: float | None = Field(
         None, ge=0, le=1, description="Error rate of the canary / B variant that rolls it back."
@@ -289,6 +294,7 @@ def deploy(body: DeployBody, rt: RuntimeDep) -> dict[str, Any]:
         split=body.split,
         force=body.force,
         settings=body.settings(),
+        engine=body.engine,
     )
 
 

@@ -21,6 +21,17 @@ class SelectionSummary(BaseModel):
     adapter: str | None
 
 
+class Replica(BaseModel):
+    url: str
+    healthy: bool = Field(description="Answering and not ejected after a failure.")
+    outstanding: int = Field(description="Requests in flight there now.")
+    ejected_for_s: float = Field(description="Seconds until an ejected replica is tried again.")
+    error: str | None
+    missing_adapters: list[str] = Field(
+        description="Deployed adapters it does not serve yet (reloaded by the next poll)."
+    )
+
+
 class HealthDetails(BaseModel):
     model_info: SelectionSummary
     local_model: str | None = Field(description="'loaded', or why the local model is not.")
@@ -37,6 +48,9 @@ class HealthDetails(BaseModel):
     optional: dict[str, str] = Field(
         description="Components that are down but not needed by the current selection, and "
         "why (e.g. no Ollama while the local model answers).",
+    )
+    replicas: list[Replica] = Field(
+        description="REMOTE_BACKEND=openai: each replica of the fleet; otherwise empty."
     )
 
 

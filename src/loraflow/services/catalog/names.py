@@ -85,7 +85,8 @@ def resolve(rt: Runtime, name: str | None) -> ModelTarget:
     # A deployment target routes before any adapter of the same name.
     routed = deployments.route(rt, raw)
     if routed is not None:
-        return ModelTarget(raw, "adapter", routed.adapter, routed=routed)
+        kind: TargetKind = "remote" if routed.remote else "adapter"
+        return ModelTarget(raw, kind, routed.adapter, routed=routed)
     if raw in known_adapters(rt):
         rt.attached.touch(raw)  # keeps adapters in use from being detached to make room
         return ModelTarget(raw, "adapter", raw)
@@ -129,6 +130,12 @@ def choose(
     An explicit engine or adapter wins, then the seed's use_lora flag, then the selection
     every worker shares (`switch_model`).
     """
+    routed = deployments.route(rt, adapter) if adapter is not None else None
+    if routed is not None:
+        # A deployment target: the variant it routes to, on the engine it is deployed on.
+        if routed.remote:
+            return Selection(remote_name(rt), routed.adapter)
+        return Selection("local", routed.adapter)
     if remote_engine.is_remote(engine):
         # With the remote engine, `adapter` names another model of its server (Ollama, vLLM LoRA).
         return remote_selection(rt, adapter)

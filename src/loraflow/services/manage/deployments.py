@@ -8,6 +8,7 @@ a failed deploy leaves the previous deployment serving untouched.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -21,10 +22,12 @@ from loraflow import db
 from loraflow.adapters import deploy as strategies
 from loraflow.engines.base import GenerationParams
 from loraflow.errors import Conflict, EngineUnavailable, InvalidInput, LoraflowError, NotFound
+from loraflow.services.manage import fleet
 from loraflow.services.registry import adapters as adapter_svc
 from loraflow.services.registry import attach
 from loraflow.services.runtime import Runtime, local_engine
 
+log = logging.getLogger(__name__)
 _TARGET = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 HEALTH_PROMPT = "Hello! Please answer briefly: what is 2 + 2?"
 
@@ -37,6 +40,7 @@ class Routed:
     version: int
     variant: str
     adapter: str  # the engine's name for the adapter
+    remote: bool = False  # served by the remote fleet, not the local engine
 
 
 def _now() -> datetime:
@@ -233,13 +237,19 @@ def deploy(
     split: list[float] | None = None,
     force: bool = False,
     settings: dict[str, Any] | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
     """Put a registered adapter behind `target` with a strategy, after checks and gate.
 
     `settings` are this deployment's thresholds, health check, switch delay and A/B
     duration (see `strategies.SETTINGS`); unset ones take the global DEPLOY_* values.
+    `engine` remote serves it from the vLLM replicas (loaded there at run time) instead of
+    the local engine.
     """
     strategy = strategies.check_strategy(strategy)
+    engine = fleet.check_engine(engine)
+    if engine == "remote":
+        fleet.fleet(rt)  # refused before anything is checked or written
     chosen = strategies.deploy_settings(rt.settings, settings)
     current = _row(rt, target)
     if current is None:
@@ -248,10 +258,15 @@ def deploy(
     rec = None
     try:
         rec = adapter_svc.registry(rt).verify(adapter)
-        compat = adapter_svc.compatibility(rt, rec.id)
-        if not compat["compatible"]:
-            raise InvalidInput(compat["reason"])
-        steps.append({"step": "environment_check", "ok": True, "adapter": rec.ref})
+        if engine == "remote":
+            fleet.check_limits(rt, rec)  # the replicas' limits, not the local base model's
+        else:
+            compat = adapter_svc.compatibility(rt, rec.id)
+            if not compat["compatible"]:
+                raise InvalidInput(compat["reason"])
+        steps.append(
+            {"step": "environment_check", "ok": True, "adapter": rec.ref, "engine": engine}
+        )
         steps.append({"step": "quality_gate", "ok": True, **gate(rt, rec, force)})
         state = strategies.new_state(
             strategy,
@@ -263,18 +278,20 @@ def deploy(
             split=split,
         )
         state["settings"] = chosen
+        if engine == "remote":
+            state["engine"] = "remote"
         if strategy == "ab" and chosen["ab_duration"] > 0:
             ends = _now().timestamp() + chosen["ab_duration"]
             state["ab_ends_at"] = datetime.fromtimestamp(ends, UTC).isoformat()
-        loaded_before = set(rt.local.adapters()) if rt.local is not None else set()
-        served = attach.ensure_served(rt, rec.id)
-        steps.append({"step": "load", "ok": True, "engine_name": served})
-        health = health_check(rt, served, chosen["health_retries"], chosen["health_timeout"])
+        if engine == "remote":
+            served, health, undo = _load_remote(rt, rec, state, chosen)
+        else:
+            served, health, undo = _load_local(rt, rec, chosen)
+        steps.append({"step": "load", "ok": True, "engine_name": served, "engine": engine})
         steps.append({"step": "health_check", **health})
         if not health["ok"]:
-            if served not in loaded_before and not attach.in_use(rt, rec.ref):
-                local_engine(rt).unload_adapter(served)
-            last = health["attempts"][-1].get("error", "failed")
+            undo()
+            last = health.get("error") or health["attempts"][-1].get("error", "failed")
             raise InvalidInput(
                 f"adapter {rec.ref} failed its health check "
                 f"({len(health['attempts'])} attempt(s)): {last}; "
@@ -292,6 +309,8 @@ def deploy(
             current["state"] if current else None,
         )
         steps.append({"step": "switch", "ok": True, "version": version})
+        if current is not None:
+            _retire(rt, current["state"])
         steps.append(
             {
                 "step": "rollback_plan",
@@ -318,6 +337,57 @@ def deploy(
     return {**get_deployment(rt, target), "steps": steps}
 
 
+def _load_local(
+    rt: Runtime, rec: adapter_svc.AdapterRecord, chosen: dict[str, Any]
+) -> tuple[str, dict[str, Any], Any]:
+    """Attach the adapter to the local engine and check it; (name, health, undo)."""
+    loaded_before = set(rt.local.adapters()) if rt.local is not None else set()
+    served = attach.ensure_served(rt, rec.id)
+    health = health_check(rt, served, chosen["health_retries"], chosen["health_timeout"])
+
+    def undo() -> None:
+        if served not in loaded_before and not attach.in_use(rt, rec.ref):
+            local_engine(rt).unload_adapter(served)
+
+    return served, health, undo
+
+
+def _load_remote(
+    rt: Runtime, rec: adapter_svc.AdapterRecord, state: dict[str, Any], chosen: dict[str, Any]
+) -> tuple[str, dict[str, Any], Any]:
+    """Load every adapter of the new state on every replica and check the new one through
+    each replica; (name, health, undo)."""
+    before = set(fleet.fleet(rt).wanted())
+    fleet.ensure_loaded(rt, _refs(state))
+    served = fleet.served_name(rec.ref)
+    health = fleet.health_check(rt, served, chosen["health_retries"], chosen["health_timeout"])
+
+    def undo() -> None:
+        fresh = {r for r in _refs(state) if fleet.served_name(r) not in before}
+        fleet.unload_if_unused(rt, fresh, remove_files=True)
+
+    return served, health, undo
+
+
+def _refs(state: dict[str, Any] | None) -> set[str]:
+    """The adapter refs a state serves or keeps on standby."""
+    if not state:
+        return set()
+    refs = {v["adapter"] for v in state.get("variants", [])}
+    if state.get("standby"):
+        refs.add(state["standby"]["adapter"])
+    return refs
+
+
+def _retire(rt: Runtime, replaced: dict[str, Any] | None) -> None:
+    """Unload from the replicas what a change left no remote deployment using."""
+    if replaced and replaced.get("engine") == "remote":
+        try:
+            fleet.unload_if_unused(rt, _refs(replaced))
+        except LoraflowError as exc:  # the change is made; the poll keeps replicas in line
+            log.warning("retired adapters not unloaded: %s", exc)
+
+
 def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, Any]:
     """Restore what the last change replaced; Conflict when there is nothing to restore."""
     row = _row(rt, target)
@@ -327,7 +397,10 @@ def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, A
         raise Conflict(
             f"deployment {target!r} has nothing to roll back to (no earlier state is kept)"
         )
+    if row["previous"].get("engine") == "remote":
+        fleet.ensure_loaded(rt, _refs(row["previous"]))  # retired ones are loaded again first
     _swap(rt, target, row["version"], row["previous"], None)
+    _retire(rt, row["state"])
     _event(
         rt,
         target,
@@ -349,11 +422,15 @@ def promote(rt: Runtime, target: str, variant: str | None = None) -> dict[str, A
     chosen = next((v for v in state["variants"] if v["name"] == pick), None)
     if chosen is None:
         raise NotFound(f"deployment {target!r} has no variant {pick!r}; variants: {names}")
-    new = {
-        "strategy": "replace",
-        "variants": [{"name": "stable", "adapter": chosen["adapter"], "weight": 100.0}],
-    }
+    new = _keep_settings(
+        {
+            "strategy": "replace",
+            "variants": [{"name": "stable", "adapter": chosen["adapter"], "weight": 100.0}],
+        },
+        state,
+    )
     _swap(rt, target, row["version"], new, state)
+    _retire(rt, state)
     _event(rt, target, "promote", "ok", {"variant": pick, "adapter": chosen["adapter"]})
     return get_deployment(rt, target)
 
@@ -364,6 +441,7 @@ def remove(rt: Runtime, target: str) -> dict[str, Any]:
         raise NotFound(f"no deployment named {target!r}")
     with rt.db.begin() as conn:
         conn.execute(db.deployments.delete().where(db.deployments.c.target == target))
+    _retire(rt, row["state"])
     _event(rt, target, "remove", "ok", {"state": row["state"]})
     return {"target": target, "removed": True}
 
@@ -375,6 +453,10 @@ def route(rt: Runtime, name: str) -> Routed | None:
     if row is None:
         return None
     variant = strategies.pick(row["state"])
+    if row["state"].get("engine") == "remote":
+        # Loaded on every replica at deploy time; the fleet picks the replica.
+        served = fleet.served_name(variant["adapter"])
+        return Routed(name, row["version"], variant["name"], served, remote=True)
     try:
         served = attach.ensure_served(rt, variant["adapter"])
     except LoraflowError as exc:
@@ -419,6 +501,7 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
             )
             # The failed trial is not kept as something to roll back to.
             _swap(rt, routed.target, row["version"], restored, None)
+            _retire(rt, row["state"])
             _event(
                 rt,
                 routed.target,
@@ -430,6 +513,7 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
             new = _keep_settings(strategies.advance_canary(row["state"]), row["state"])
             # A rollback after a step still restores what the canary deploy replaced.
             _swap(rt, routed.target, row["version"], new, row["previous"])
+            _retire(rt, row["state"])  # at 100% the stable version is retired
             _event(rt, routed.target, "canary_step", "ok", {"state": new, "live": _live(stats)})
     except Conflict:
         pass  # another request or worker changed the target first
@@ -445,9 +529,9 @@ def settings_of(rt: Runtime, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _keep_settings(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    if "settings" in old and "settings" not in new:
-        return {**new, "settings": old["settings"]}
-    return new
+    """`new` with the deployment's settings and engine, which a state change keeps."""
+    kept: dict[str, Any] = {k: old[k] for k in ("settings", "engine") if k in old and k not in new}
+    return {**new, **kept}
 
 
 def _ab_over(state: dict[str, Any]) -> bool:
@@ -475,4 +559,5 @@ def _conclude_ab(
         row["state"],
     )
     _swap(rt, target, row["version"], new, row["state"])
+    _retire(rt, row["state"])
     _event(rt, target, "ab_concluded", "ok", {**verdict, "adapter": won["adapter"]})

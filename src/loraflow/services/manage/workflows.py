@@ -403,7 +403,8 @@ def _deploy_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Cal
     from loraflow.services.runtime import Runtime
 
     # The CLI runs workflows with settings and a database only: no engine to deploy to.
-    if not isinstance(ctx, Runtime) or ctx.local is None:
+    remote = spec["deploy"].get("engine") == "remote"
+    if not isinstance(ctx, Runtime) or (ctx.local is None and not remote):
         raise InvalidInput(
             "deploying needs the running service with its local model loaded",
             hint="run the workflow through the server (loraflow adapters workflow --url ...)",
@@ -422,6 +423,7 @@ def _deploy_step(ctx: Context, kind: str, spec: dict, carry: dict, progress: Cal
         split=d.get("split"),
         force=bool(d.get("force", False)),
         settings={k: d[k] for k in SETTINGS if d.get(k) is not None},
+        engine=d.get("engine"),
     )
     carry["deployment"] = {"target": result["target"], "version": result["version"]}
     return {"target": result["target"], "version": result["version"], "steps": result["steps"]}

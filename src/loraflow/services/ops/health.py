@@ -7,6 +7,7 @@ from typing import Any
 
 from loraflow import db
 from loraflow.engines import remote as remote_engine
+from loraflow.engines.fleet import OpenAIFleet
 from loraflow.services.catalog.selection import current_selection, default_selection, known_adapters
 from loraflow.services.runtime import Runtime
 
@@ -93,6 +94,8 @@ def health(rt: Runtime) -> dict[str, Any]:
             "chunks": n_chunks,
             "warnings": list(rt.warnings),
             "optional": optional,
+            # REMOTE_BACKEND=openai: each replica's health, load and adapters it still lacks.
+            "replicas": rt.remote.status() if isinstance(rt.remote, OpenAIFleet) else [],
         },
     }
 

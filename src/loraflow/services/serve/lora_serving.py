@@ -17,14 +17,15 @@ from loraflow.services.registry.adapters import inside_allowed
 from loraflow.services.registry.attach import make_room
 from loraflow.services.runtime import Runtime, local_engine
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# '@' too: a fleet gateway loads registered versions as `<name>@v<N>`.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def check_name(rt: Runtime, name: str) -> str:
     """A usable adapter name: letters, digits, '.', '_' or '-'; not the base model's name."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInput(
-            f"lora_name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            f"lora_name {name!r} must be 1-64 letters, digits, '.', '_', '@' or '-', "
             "starting with a letter or digit"
         )
     if name in (base_model_id(rt), "base", rt.embedder.name):
