@@ -121,6 +121,11 @@ def test_compose_vllm_service_serves_lora_on_a_gpu() -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     args = vllm["command"]
     assert "--enable-lora" in args
+    assert int(args[args.index("--max-loras") + 1]) >= 2, "blue and green side by side"
+    # loraflow loads deployed adapters on it at run time.
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    shared = Settings(LORAFLOW_DATA_DIR="/data").remote_adapter_mount
+    assert shared == "/data/remote_adapters" and "loraflow-data:/data:ro" in vllm["volumes"]
     rank = int(args[args.index("--max-lora-rank") + 1])
     assert rank >= Settings().max_lora_rank, "vLLM would refuse adapters the registry accepts"
     # Port 8000 of that service is where OPENAI_BASE_URL points.
