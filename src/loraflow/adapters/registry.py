@@ -419,4 +419,10 @@ def _final_metrics(path: Path) -> dict[str, Any]:
         for key in ("loss", "eval_loss"):
             if isinstance(last.get(key), int | float):
                 out[f"final_{key}"] = last[key]
+    # A preference run's held-out accuracy (chosen answer more likely), before and after.
+    accuracy = data.get("preference_accuracy")
+    if isinstance(accuracy, dict):
+        for key in ("before", "after"):
+            if isinstance(accuracy.get(key), int | float):
+                out[f"preference_accuracy_{key}"] = accuracy[key]
     return out

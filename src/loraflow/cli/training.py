@@ -34,7 +34,8 @@ def prepare(
     chunk_size: Annotated[int, typer.Option(help="Characters per raw-text chunk.")] = 2048,
     val_split: Annotated[float, typer.Option(help="Share held out for validation.")] = 0.1,
     dataset_type: Annotated[
-        str | None, typer.Option("--type", help="alpaca|sharegpt|raw (default: detect).")
+        str | None,
+        typer.Option("--type", help="alpaca|sharegpt|raw|preference|kto (default: detect)."),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (DATA_DIR/processed).")] = None,
     data_dir: DataDir = None,
@@ -69,7 +70,12 @@ def prepare(
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="Dataset file (.json/.jsonl/.txt).")],
-    dataset_type: Annotated[str, typer.Option("--type", help="alpaca|sharegpt|raw.")] = "alpaca",
+    dataset_type: Annotated[
+        str,
+        typer.Option(
+            "--type", help="alpaca|sharegpt|raw; preference|kto for --method dpo/orpo/kto."
+        ),
+    ] = "alpaca",
     base_model: Annotated[
         str | None, typer.Option(help="Base model (default: BASE_MODEL_NAME).")
     ] = None,
@@ -144,6 +150,10 @@ def _option(p: Param) -> inspect.Parameter:
 # The training parameters as options of `train` (rendered from PARAMS), in the order --help
 # lists them: the common ones before --param, the rest after it.
 _BEFORE_PARAM = (
+    "method",
+    "beta",
+    "loss_type",
+    "init_adapter",
     "val_split",
     "epochs",
     "batch_size",

@@ -70,3 +70,41 @@ def _encode_text(text: str, tokenizer: Any, max_len: int) -> list[Encoded]:
     return [
         Encoded(ids[i : i + max_len], ids[i : i + max_len]) for i in range(0, len(ids), max_len)
     ]
+
+
+@dataclass
+class EncodedAnswers:
+    """A prompt's token ids and the ids of the answers that continue it.
+
+    Pairs have two answers (chosen, rejected); a KTO example one, plus the answer of another
+    example used to estimate the KL reference point.
+    """
+
+    prompt: list[int]
+    answers: list[list[int]]
+
+
+def encode_prompt_answers(
+    prompt: list[dict], answers: list[list[dict]], tokenizer: Any, max_len: int
+) -> EncodedAnswers | None:
+    """Encode a prompt and its answers (assistant turns); None when nothing fits `max_len`.
+
+    Answers are cut so that prompt + answer fits `max_len`; a prompt that leaves no room for
+    at least one answer token drops the example.
+    """
+    head = _ids(tokenizer, _render(tokenizer, prompt, True))
+    if len(head) + 1 > max_len:
+        return None
+    out = []
+    for answer in answers:
+        full = _ids(tokenizer, _render(tokenizer, prompt + answer, False))
+        # The template is prefix-stable: the answer is what follows the rendered prompt.
+        tail = (
+            full[len(head) :]
+            if full[: len(head)] == head
+            else _ids(tokenizer, answer[-1]["content"])
+        )
+        if not tail:
+            return None
+        out.append(tail[: max_len - len(head)])
+    return EncodedAnswers(head, out)

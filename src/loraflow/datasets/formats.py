@@ -1,7 +1,8 @@
-"""Dataset formats (Alpaca, ShareGPT, raw novels) parsed into one example shape.
+"""Dataset formats (Alpaca, ShareGPT, raw novels, preference pairs, KTO) parsed into examples.
 
 An example is `{"messages": [{"role", "content"}, ...]}` (chat; loss on assistant turns)
-or `{"text": str}` (raw text; loss on every token).
+or `{"text": str}` (raw text; loss on every token); preference types give the examples of
+datasets/preference.py.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loraflow.datasets.preference import KTO_HINT, PAIR_HINT, parse_kto, parse_pair
 from loraflow.datasets.records import Record, read_records
 from loraflow.errors import InvalidInput
 from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
 from loraflow.text import split_text
 
-DATASET_TYPES = ("alpaca", "sharegpt", "raw")
+DATASET_TYPES = ("alpaca", "sharegpt", "raw", "preference", "kto")
+# The types that hold preference data rather than text to imitate.
+PREFERENCE_TYPES = ("preference", "kto")
 Example = dict[str, Any]
 
 # ShareGPT speaker names and the OpenAI-style roles they map to.
@@ -31,6 +35,8 @@ _FIELD_HINTS = {
     "alpaca": 'Alpaca records are {"instruction", "input" (optional), "output"}',
     "sharegpt": 'ShareGPT records are {"conversations": [{"from": "human"|"gpt", "value"}]}',
     "raw": 'raw records are {"title", "content"} (or {"text"}), or a .txt file',
+    "preference": PAIR_HINT,
+    "kto": KTO_HINT,
 }
 
 
@@ -48,6 +54,10 @@ def guess_type(record: Any) -> str | None:
     """The format one record looks like, or None."""
     if not isinstance(record, dict):
         return None
+    if "chosen" in record or "rejected" in record:
+        return "preference"
+    if "completion" in record and "label" in record:
+        return "kto"
     if "conversations" in record or "messages" in record:
         return "sharegpt"
     if "instruction" in record or "output" in record:
@@ -74,6 +84,8 @@ def load_examples(
         "alpaca": _alpaca,
         "sharegpt": _sharegpt,
         "raw": lambda r: _raw(r, chunk_size),
+        "preference": parse_pair,
+        "kto": parse_kto,
     }[kind]
     examples: list[Example] = []
     for record in read_records(path, json_limits):

@@ -77,6 +77,9 @@ def segment_attention(
     """
     bounds = kwargs.pop("loraflow_segments", None)
     prefix = kwargs.pop("loraflow_prefix", 0)
+    groups = kwargs.pop("loraflow_groups", None)
+    if groups is not None and query.shape[0] == 1:
+        return _grouped_attention(module, query, key, value, groups, dropout, scaling, kwargs)
     if bounds is None or query.shape[0] != 1:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -109,6 +112,50 @@ def segment_attention(
     ]
     if prefix:
         parts[1:] = [x[:, :, prefix:] for x in parts[1:]]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _grouped_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    groups: list[list[int]],
+    dropout: float,
+    scaling: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, None]:
+    """`segment_attention` for a row of groups, each a prefix and the pieces continuing it.
+
+    `groups` holds each group's lengths in row order: its prefix (may be 0), then its pieces
+    (a preference pair: the prompt, then the chosen and the rejected answer). Every piece
+    attends causally to its group's prefix and to itself only, so the prefix is computed once
+    for all its continuations.
+    """
+    if kwargs.get("sliding_window") is not None or kwargs.get("s_aux") is not None:
+        raise RuntimeError("per-sequence attention cannot apply a sliding window or sinks")
+    p = dropout if module.training else 0.0
+    n_groups = getattr(module, "num_key_value_groups", 1)
+    gqa = n_groups > 1 and query.device.type == "cpu"
+    if n_groups > 1 and not gqa:
+        key, value = repeat_kv(key, n_groups), repeat_kv(value, n_groups)
+    lengths = [n for g in groups for n in g]
+    qs, ks, vs = (t.split(lengths, dim=2) for t in (query, key, value))
+    parts = []
+    at = 0
+    for group in groups:
+        pre = group[0]
+        for j in range(1, len(group)):
+            i = at + j
+            q, k, v = qs[i], ks[i], vs[i]
+            if pre:
+                q, k, v = (torch.cat((t[at], x), dim=2) for t, x in ((qs, q), (ks, k), (vs, v)))
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa
+            )
+            # The prefix's own rows are kept from the group's first piece only.
+            parts.append(out[:, :, pre:] if pre and j > 1 else out)
+        at += len(group)
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -114,9 +114,12 @@ def fit_max_len(max_len: int, gpu_bytes: int) -> int:
     return max_len
 
 
-def build_lora_model(resolved: ResolvedModel, p: TrainParams, plan: dict[str, Any]) -> Any:
-    """Load the base model for `plan` and wrap it with a fresh LoRA adapter."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def build_lora_model(
+    resolved: ResolvedModel, p: TrainParams, plan: dict[str, Any], init: Path | None = None
+) -> Any:
+    """Load the base model for `plan` and wrap it with a fresh LoRA adapter, or with the
+    adapter at `init` (trainable: the run continues its weights)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model, tokenizer = load_model_and_tokenizer(resolved, plan["device"], plan["quantization"])
     model.config.use_cache = False
@@ -127,6 +130,10 @@ def build_lora_model(resolved: ResolvedModel, p: TrainParams, plan: dict[str, An
     elif plan["checkpointing"]:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    if init is not None:
+        continued = PeftModel.from_pretrained(model, init, is_trainable=True)
+        continued.train()
+        return continued, tokenizer
     config = LoraConfig(
         r=p.rank,
         lora_alpha=p.alpha,

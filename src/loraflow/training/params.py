@@ -12,6 +12,18 @@ TARGET_PRESETS = {
     "all-linear": "all-linear",
 }
 LAUNCHERS = ("none", "accelerate", "torchrun")
+# sft: imitate the answers; dpo, orpo: prefer the chosen answer of a pair over the rejected
+# one; kto: answers labelled desirable or not.
+METHODS = ("sft", "dpo", "orpo", "kto")
+PREFERENCE_METHODS = ("dpo", "orpo", "kto")
+# The dataset types each method trains on (a KTO job also takes pairs, as two answers).
+METHOD_DATASETS = {
+    "sft": ("alpaca", "sharegpt", "raw"),
+    "dpo": ("preference",),
+    "orpo": ("preference",),
+    "kto": ("kto", "preference"),
+}
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 # The names Hugging Face's TrainingArguments, PEFT's LoraConfig and LLaMA-Factory use for the
 # same parameters: accepted everywhere a parameter is given (API form and training_params,
 # CLI, UI), so a user typing the name they know is never silently ignored.
@@ -125,6 +137,10 @@ class TrainParams:
     precision: str = "auto"
     launcher: str = "none"
     num_processes: int = 1
+    method: str = "sft"
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    init_adapter: str = ""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainParams:
@@ -169,6 +185,17 @@ class TrainParams:
         for p in PARAMS.values():
             if p.choices and getattr(self, p.name) not in p.choices:
                 raise InvalidInput(f"{p.name}={getattr(self, p.name)!r} is not one of {p.choices}")
+        if self.method in PREFERENCE_METHODS and self.early_stopping_patience > 0:
+            raise InvalidInput(
+                f"early_stopping_patience watches eval loss, which method={self.method!r} does "
+                "not compute; set it to 0",
+                hint="preference jobs report held-out preference accuracy before and after",
+            )
+        if self.method in PREFERENCE_METHODS and self.launcher != "none":
+            raise InvalidInput(
+                f"method={self.method!r} trains in one process; launcher={self.launcher!r} "
+                "is for sft jobs"
+            )
         if self.num_processes < 1:
             raise InvalidInput(f"num_processes={self.num_processes} must be >= 1")
         if self.num_processes > 1 and self.launcher == "none":
@@ -377,5 +404,39 @@ PARAMS = _declare(
         ge=1,
         cli=CliOption("Processes (one per GPU; on CPU only for testing)."),
         form=FormField(description="DDP processes (one per GPU)"),
+    ),
+    Param(
+        "method",
+        "'sft' (imitate the answers), 'dpo' or 'orpo' (prefer each pair's chosen answer over "
+        "its rejected one; preference datasets), 'kto' (answers labelled desirable or not; kto "
+        "or preference datasets).",
+        choices=METHODS,
+        cli=CliOption("sft | dpo | orpo | kto (preference tuning needs a preference dataset)."),
+        form=FormField(description="sft (default), dpo, orpo or kto"),
+        ui=UiField("method", "train-method"),
+    ),
+    Param(
+        "beta",
+        "Preference strength (dpo, kto: how far from the reference the policy may move, "
+        "typical 0.1-0.5; orpo: weight of the odds-ratio term, typical 0.1). Ignored by sft.",
+        gt=0,
+        cli=CliOption("Preference beta for dpo/orpo/kto (0.1)."),
+        form=FormField(description="dpo/kto: KL strength; orpo: odds-ratio weight (0.1)"),
+        ui=UiField("beta", "train-beta", minimum=0.001),
+    ),
+    Param(
+        "loss_type",
+        "DPO loss: 'sigmoid' (the DPO paper's), 'ipo' (squared, length-normalised) or 'hinge'.",
+        choices=LOSS_TYPES,
+        cli=CliOption("DPO loss: sigmoid | ipo | hinge."),
+        form=FormField(description="DPO loss: sigmoid (default), ipo or hinge"),
+    ),
+    Param(
+        "init_adapter",
+        "A registered adapter to continue (its weights are the start, and for dpo/kto the "
+        "frozen reference); empty: a fresh LoRA on the base, whose reference is the base. "
+        "rank, alpha and target_modules then come from that adapter.",
+        cli=CliOption("Registered adapter to continue (default: a fresh LoRA)."),
+        form=FormField(description="registered adapter to continue (name or id)"),
     ),
 )

@@ -116,7 +116,8 @@ def any_rank(flag: bool, device: Any) -> bool:
 def _entry(log: dict[str, Any]) -> dict[str, Any]:
     """Step, epoch and the losses of one Trainer log record."""
     entry = {"step": log.get("step", 0), "epoch": round(log.get("epoch") or 0.0, 4)}
-    for key in ("loss", "eval_loss"):
+    # A preference run's step also logs its rewards, margin and accuracy (preference.py).
+    for key in ("loss", "eval_loss", "rewards_chosen", "rewards_rejected", "margin", "accuracy"):
         if key in log:
             entry[key] = float(log[key])
     return entry

@@ -42,6 +42,8 @@ class TrainSpec:
     params: TrainParams = field(default_factory=TrainParams)
     val_path: Path | None = None
     accelerate_config: Path | None = None
+    init_adapter_path: Path | None = None
+    """The registered adapter this run continues (params.init_adapter), resolved."""
 
 
 @dataclass
@@ -142,7 +144,12 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         plan["device"] = str(args.device)
     torch.manual_seed(p.seed)
     resolved = ResolvedModel("hf_dir", spec.base_model_path, None, spec.base_model)
-    model, tokenizer = build_lora_model(resolved, p, plan)
+    model, tokenizer = build_lora_model(resolved, p, plan, spec.init_adapter_path)
+    if p.method != "sft":
+        from loraflow.training.preference_run import run_preference
+
+        args = _training_args(spec, plan, evaluate=False)
+        return run_preference(spec, plan, args, model, tokenizer, report, should_stop, resume)
     train, val = load_data(spec, tokenizer)
     if not val and p.early_stopping_patience > 0:
         # The submit check saw validation examples; none of them survived encoding.
@@ -184,7 +191,7 @@ def _run(spec: TrainSpec, report: Report, should_stop: Callable[[], bool], resum
         callback.history.append(
             {"step": trainer.state.global_step, "eval_loss": trainer.evaluate()["eval_loss"]}
         )
-    _write_output(spec, trainer, tokenizer, metrics, plan)
+    write_output(spec, trainer, tokenizer, metrics, plan)
     return TrainResult("completed", spec.output_dir, metrics, main)
 
 
@@ -233,9 +240,18 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_output(
-    spec: TrainSpec, trainer: Any, tokenizer: Any, metrics: dict, plan: dict[str, Any]
+def write_output(
+    spec: TrainSpec,
+    trainer: Any,
+    tokenizer: Any,
+    metrics: dict,
+    plan: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    """Move the adapter into the output folder and write its arguments, metrics and metadata.
+
+    `extra`: more fields for loraflow.json (a preference run's method and results).
+    """
     out = spec.output_dir
     staging = out / ".final"
     main = trainer.is_world_process_zero()
@@ -277,5 +293,7 @@ def _write_output(
             "eval_loss": next(
                 (h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None
             ),
+            "method": spec.params.method,
+            **(extra or {}),
         },
     )

@@ -88,6 +88,7 @@ def spec_from_job(job: dict[str, Any]) -> TrainSpec:
     dataset_path = Path(values.pop("dataset_path"))
     val_path = values.pop("val_path", None)
     accelerate_config = values.pop("accelerate_config", None)
+    init_adapter_path = values.pop("init_adapter_path", None)
     return TrainSpec(
         task_name=job["task_name"],
         base_model=job["base_model"],
@@ -98,6 +99,18 @@ def spec_from_job(job: dict[str, Any]) -> TrainSpec:
         params=TrainParams.from_dict(values),
         val_path=Path(val_path) if val_path else None,
         accelerate_config=Path(accelerate_config) if accelerate_config else None,
+        init_adapter_path=Path(init_adapter_path) if init_adapter_path else None,
+    )
+
+
+def _accuracy_note(metrics: dict[str, Any]) -> str:
+    """A preference job's held-out accuracy before and after, for its final message."""
+    acc = metrics.get("preference_accuracy")
+    if not acc or acc.get("after") is None:
+        return ""
+    return (
+        f"; held-out preference accuracy {acc['before']:.2f} -> {acc['after']:.2f} "
+        f"({acc['held_out_pairs']} pairs)"
     )
 
 
@@ -187,6 +200,7 @@ def run_job(
                     resumable=False,
                     pid=None,
                     message=f"adapter written to {spec.output_dir}"
+                    + _accuracy_note(result.metrics)
                     + (
                         f"; {result.metrics['stopped_early']}"
                         if "stopped_early" in result.metrics

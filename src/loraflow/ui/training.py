@@ -159,6 +159,7 @@ def followed_line(ctx: UIContext, tasks: list[dict[str, Any]], task_id: int | No
 
 # The training parameters of the form (rendered from PARAMS), row by row.
 FORM_ROWS = (
+    ("method", "beta"),
     ("rank", "alpha", "dropout"),
     ("epochs", "batch_size", "grad_accum"),
     ("lr", "max_len", "max_steps"),

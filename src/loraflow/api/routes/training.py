@@ -32,12 +32,16 @@ def models(rt: RuntimeDep) -> dict[str, Any]:
 @router.post(
     "/upload-dataset",
     response_model=S.DatasetUpload,
-    summary="Upload an Alpaca, ShareGPT or raw-text dataset",
+    summary="Upload an Alpaca, ShareGPT, raw-text, preference or KTO dataset",
 )
 def upload_dataset(
     rt: RuntimeDep,
     file: UploadFile = File(...),
-    dataset_type: str = Form("alpaca"),
+    dataset_type: str = Form(
+        "alpaca",
+        description="alpaca, sharegpt or raw (method sft); preference (chosen/rejected pairs, "
+        "for dpo, orpo and kto) or kto (prompt, completion, label)",
+    ),
 ) -> dict[str, Any]:
     return datasets.save_dataset_upload(rt, file.filename or "", file.file, dataset_type)
 
@@ -93,6 +97,10 @@ async def _form_params(request: Request) -> dict[str, Any]:
 # The training parameters declared as typed, documented form fields of /train, in the form's
 # order (rendered from PARAMS); any other one is taken as a form field too (_form_params).
 FORM_PARAMS = (
+    "method",
+    "beta",
+    "loss_type",
+    "init_adapter",
     "epochs",
     "batch_size",
     "lr",

@@ -105,3 +105,9 @@ class TaskMetrics(BaseModel):
     )
     loss: list[dict[str, Any]] = Field(description="The lines with a training loss.")
     eval_loss: list[dict[str, Any]] = Field(description="The lines with an evaluation loss.")
+    preference_accuracy: dict[str, Any] | None = Field(
+        description="Preference jobs (dpo, orpo, kto): the share of held-out pairs whose "
+        "chosen answer has the higher log-probability, 'before' and 'after' training, and "
+        "'held_out_pairs'. Their history lines also hold rewards_chosen, rewards_rejected, "
+        "margin and accuracy per step.",
+    )

@@ -22,7 +22,7 @@ from loraflow.services.runtime import Runtime
 from loraflow.services.train.datasets import available_models, dataset_path
 from loraflow.training import jobs
 from loraflow.training.launcher import check_accelerate_config, check_launch
-from loraflow.training.params import TrainParams
+from loraflow.training.params import METHOD_DATASETS, TrainParams
 from loraflow.training.runner import spawn_worker, supervise
 
 
@@ -82,6 +82,15 @@ def submit(
         accelerate_config = accelerate_config.resolve()
         check_accelerate_config(accelerate_config, train_params)
     base_path = _base_model_path(rt, base_model)
+    method_types = METHOD_DATASETS[train_params.method]
+    if kind not in method_types:
+        raise InvalidInput(
+            f"method={train_params.method!r} trains on {' or '.join(method_types)} datasets, "
+            f"not dataset_type {kind!r}",
+            hint="preference methods (dpo, orpo, kto) need dataset_type 'preference' or 'kto'; "
+            "sft needs alpaca, sharegpt or raw",
+        )
+    init_path = _init_adapter_path(rt, train_params.init_adapter, base_path)
     # Parse now, so a bad file is a clear error at submit time rather than a failed job.
     examples = load_examples(path, kind, train_params.chunk_size)
     if local_val is not None:
@@ -104,9 +113,33 @@ def submit(
             "dataset_path": str(path),
             "val_path": str(local_val.resolve()) if local_val else None,
             "accelerate_config": str(accelerate_config) if accelerate_config else None,
+            "init_adapter_path": str(init_path) if init_path else None,
         },
     )
     return {**view(job), "launch": launch}
+
+
+def _init_adapter_path(rt: Context, ref: str, base_path: Path) -> Path | None:
+    """The folder of the registered adapter a job continues; it must be on the job's base."""
+    if not ref.strip():
+        return None
+    from loraflow.services.registry.adapters import get_adapter
+
+    rec = get_adapter(rt, ref.strip())
+    if rec.type != "lora":
+        raise InvalidInput(
+            f"init_adapter {ref!r} is a {rec.type} adapter; only LoRA can be continued"
+        )
+    try:
+        adapter_base = resolve_base_model(rec.base_model, rt.settings.cache_path).path
+    except LoraflowError:
+        adapter_base = None
+    if adapter_base is None or adapter_base.resolve() != base_path.resolve():
+        raise InvalidInput(
+            f"init_adapter {ref!r} was trained on {rec.base_model!r}, not on this job's base model",
+            hint="choose the adapter's base model for the job",
+        )
+    return Path(rec.path)
 
 
 def _check_early_stopping(p: TrainParams, n_val: int) -> None:
@@ -175,7 +208,14 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "training_params": {
             k: v
             for k, v in job["training_params"].items()
-            if k not in ("base_model_path", "dataset_path", "val_path", "accelerate_config")
+            if k
+            not in (
+                "base_model_path",
+                "dataset_path",
+                "val_path",
+                "accelerate_config",
+                "init_adapter_path",
+            )
         },
     }
 
@@ -240,14 +280,18 @@ def metrics(rt: Context, task_id: int) -> dict[str, Any]:
     job = jobs.get_job(rt.db, task_id)
     path = Path(job["output_path"]) / "metrics.json"
     history: list[dict[str, Any]] = []
+    accuracy = None
     if path.is_file():
-        history = json.loads(path.read_text("utf-8")).get("history", [])
+        written = json.loads(path.read_text("utf-8"))
+        history = written.get("history", [])
+        accuracy = written.get("preference_accuracy")
     return {
         "task_id": task_id,
         "status": job["status"],
         "history": history,
         "loss": [h for h in history if "loss" in h],
         "eval_loss": [h for h in history if "eval_loss" in h],
+        "preference_accuracy": accuracy,
     }
 
 
