@@ -118,3 +118,25 @@ def test_orpo_and_kto_raise_held_out_accuracy(
     assert len(steps) == STEPS and all("accuracy" in h for h in steps)
     meta = json.loads((spec.output_dir / "loraflow.json").read_text())
     assert meta["method"] == method and meta["method_params"] == {"beta": beta}
+
+
+def test_dpo_continues_an_adapter_which_is_then_the_reference(
+    dpo: dict, tmp_path: Path, smollm2_dir: Path
+) -> None:
+    from dataclasses import replace
+
+    start = dpo["spec"].output_dir
+    spec = _spec(tmp_path, smollm2_dir, "dpo", max_steps=2, init_adapter="caps")
+    result = run_training(replace(spec, init_adapter_path=start))
+    assert result.status == "completed"
+    # It starts from the trained adapter: held-out accuracy before is that adapter's.
+    acc = result.metrics["preference_accuracy"]
+    assert acc["before"] == dpo["second"].metrics["preference_accuracy"]["after"]
+    # Against the base the trained adapter's margin was large; against itself (the frozen
+    # start) the first step's is near zero (LoRA dropout aside).
+    trained_margin = [h for h in dpo["second"].metrics["history"] if "margin" in h][-1]["margin"]
+    first = [h for h in result.metrics["history"] if "margin" in h][0]
+    assert trained_margin > 1.0
+    assert abs(first["margin"]) < trained_margin / 4
+    meta = json.loads((spec.output_dir / "loraflow.json").read_text())
+    assert meta["init_adapter"] == "caps" and meta["reference"] == "caps"
