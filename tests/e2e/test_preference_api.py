@@ -102,3 +102,14 @@ def test_dpo_job_runs_on_the_queue_and_registers_its_adapter(client: httpx.Clien
         "beta": 0.2,
         "loss_type": "sigmoid",
     }
+    # A registered adapter can be continued; an unknown one is refused at submit.
+    form["training_params"] = json.dumps({"max_steps": 1, "init_adapter": "no-such-adapter"})
+    form["task_name"] = "caps-dpo-more"
+    r = client.post(f"{API}/train", data=form)
+    assert r.status_code == 404 and "no-such-adapter" in r.json()["detail"]
+    form["training_params"] = json.dumps({"max_steps": 1, "init_adapter": "caps-dpo"})
+    r = client.post(f"{API}/train", data=form)
+    assert r.status_code == 200, r.text
+    more = client.post(f"{API}/tasks/{r.json()['task_id']}/cancel").json()
+    assert more["training_params"]["init_adapter"] == "caps-dpo"
+    assert "init_adapter_path" not in more["training_params"]
