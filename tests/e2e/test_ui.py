@@ -191,7 +191,10 @@ def test_models_tab_scans_validates_and_deploys_a_registered_adapter(page: Any) 
     # A service error is a readable message: the first deployment has nothing to roll back to.
     choose(page, "models-deploy-pick", "ui-prod")
     page.locator("#models-rollback").click()
-    expect(page.locator(".toast-body.error")).to_contain_text("nothing to roll back to")
+    refused = page.locator("#models-deployments-status")
+    expect(refused).to_contain_text("Roll back failed: ")
+    expect(refused).to_contain_text("nothing to roll back to")
+    no_error_toast(page)
 
     # Each target's open alerts show in the table (none yet); the Status tab's panel edits
     # the target's alert rules through the same functions as the API.

@@ -145,7 +145,7 @@ def deploy_section(parts: TabParts) -> None:
             variant_menu(rt, name, current),
         )
 
-    @action
+    @ctx.in_status(outcome, "deploy")
     def on_deploy(
         ref: str | None,
         name: str,
@@ -202,14 +202,14 @@ def deploy_section(parts: TabParts) -> None:
     def changed_text(word: str, name: str, now: dict[str, Any]) -> str:
         return f"**{t(word)}**: `{name}` → " + ", ".join(_variants(now["state"]))
 
-    @action
+    @ctx.in_status(status, "rollback")
     def on_rollback(name: str | None, *shown: Any) -> tuple[Any, ...]:
         if not name:
             raise gr.Error(t("pick_target"))
         now = deployments.rollback(ctx.rt(), name)
         return (changed_text("rolled_back", name, now), *refresh(*shown))
 
-    @action
+    @ctx.in_status(status, "promote")
     def on_promote(name: str | None, which: str | None, *shown: Any) -> tuple[Any, ...]:
         if not name:
             raise gr.Error(t("pick_target"))
