@@ -221,3 +221,21 @@ def test_the_chinese_ui_speaks_chinese_gradio_strings_included(
             page.screenshot(path=str(SCREENSHOTS / "status-zh.png"), full_page=True)
         finally:
             context.close()
+
+
+def test_models_failures_are_told_in_their_own_sub_tab(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab(page, "Models")
+    page.locator("#models-unload").click()  # no adapter picked
+    expect(page.locator("#models-loaded-status")).to_contain_text("Unload failed: ")
+    fill(page, "models-load-name", "x")
+    page.locator("#models-load").click()  # no folder
+    expect(page.locator("#models-loaded-status")).to_contain_text("Load folder failed: ")
+    tab(page, "Merge")
+    page.locator("#models-merge-start").click()  # fewer than two adapters
+    expect(page.locator("#models-merge-result")).to_contain_text("Start merge failed: ")
+    tab(page, "Export")
+    page.locator("#models-export-start").click()
+    expect(page.locator("#models-export-result")).to_contain_text("Start export failed: ")
+    no_error_toast(page)

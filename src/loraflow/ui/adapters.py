@@ -213,7 +213,7 @@ def registry_section(parts: TabParts) -> None:
             )
         return rows or [[t("no_adapters"), *[""] * 8]]
 
-    @action
+    @parts.ctx.in_status(status, "scan")
     def on_scan(signal: int | None) -> tuple[str, int]:
         found = adapter_svc.scan(ctx.rt())
         text = t("scan_result").format(
@@ -259,7 +259,7 @@ def merge_section(parts: TabParts) -> None:
     result = gr.Markdown(elem_id="models-merge-result")
     wf_id, timer = gr.State(None), gr.Timer(POLL_SECONDS, active=False)
 
-    @action
+    @parts.ctx.in_status(result, "start_merge")
     def on_start(
         refs: list[str] | None, how: str, w: str, d: str, r: str, n: str
     ) -> tuple[Any, ...]:
@@ -371,7 +371,7 @@ def validate_section(parts: TabParts) -> None:
         report = latest["report"]
         return score_card(t, rec.ref, report, adapter_svc.gate_decision(rt.settings, report))
 
-    @action
+    @parts.ctx.in_status(card, "start_validate")
     def on_start(ref: str | None, how: str) -> tuple[Any, ...]:
         if not ref:
             raise gr.Error(t("pick_adapter"))
@@ -412,7 +412,7 @@ def export_section(parts: TabParts) -> None:
     result = gr.Markdown(elem_id="models-export-result")
     wf_id, timer = gr.State(None), gr.Timer(POLL_SECONDS, active=False)
 
-    @action
+    @parts.ctx.in_status(result, "start_export")
     def on_start(ref: str | None, kind: str) -> tuple[Any, ...]:
         if not ref:
             raise gr.Error(t("pick_adapter"))

@@ -48,6 +48,7 @@ def selection_section(parts: TabParts) -> None:
     with gr.Row():
         choice = gr.Dropdown(label=t("model"), elem_id="models-switch-choice", scale=3)
         switch = gr.Button(t("use_as_default"), elem_id="models-switch", scale=1)
+    switch_status = gr.Markdown(elem_id="models-switch-status")
 
     def _info(rt: Runtime) -> str:
         m = health.model_info(rt)
@@ -74,8 +75,8 @@ def selection_section(parts: TabParts) -> None:
             choices=choices, value=current if current in values else default
         )
 
-    @action
-    def on_switch(picked: str | None, signal: int | None) -> tuple[str, int]:
+    @ctx.in_status(switch_status, "use_as_default")
+    def on_switch(picked: str | None, signal: int | None) -> tuple[str, int, str]:
         rt = ctx.rt()
         if picked == OLLAMA:
             catalog.switch_model(rt, engine="ollama")
@@ -83,10 +84,15 @@ def selection_section(parts: TabParts) -> None:
             catalog.switch_model(rt, engine="local")
         else:
             catalog.switch_model(rt, engine="local", adapter=picked)
-        return _info(rt), bump(signal)
+        return _info(rt), bump(signal), ""
 
     refresh_on(parts, refresh, [choice], [info, choice])
-    switch.click(on_switch, [choice, parts.changed], [info, parts.changed], api_name="switch_model")
+    switch.click(
+        on_switch,
+        [choice, parts.changed],
+        [info, parts.changed, switch_status],
+        api_name="switch_model",
+    )
 
 
 def loaded_section(parts: TabParts) -> None:
@@ -114,12 +120,12 @@ def loaded_section(parts: TabParts) -> None:
         rows = [[n, str(p)] for n, p in found.items()] or [[t("none"), ""]]
         return rows, gr.update(choices=list(found), value=None)
 
-    @action
+    @ctx.in_status(status, "load_folder")
     def on_load(n: str, path: str, swap: bool, signal: int | None) -> tuple[str, int]:
         done = load_lora(ctx.rt(), (n or "").strip(), (path or "").strip(), replace=bool(swap))
         return f"{t('loaded')}: {done['lora_name']} ← {done['lora_path']}", bump(signal)
 
-    @action
+    @ctx.in_status(status, "unload")
     def on_unload(n: str | None, signal: int | None) -> tuple[str, int]:
         if not n:
             raise gr.Error(t("pick_adapter"))
@@ -168,7 +174,7 @@ def trained_section(parts: TabParts) -> None:
         ids = [x["task_id"] for x in found]
         return rows, gr.update(choices=choices, value=current if current in ids else None)
 
-    @action
+    @ctx.in_status(status, "load_trained")
     def on_load(task_id: int | None, n: str, signal: int | None) -> tuple[str, int]:
         rt = ctx.rt()
         if task_id is None:

@@ -62,7 +62,9 @@ def tasks_html(ctx: UIContext, tasks: list[dict[str, Any]]) -> str:
     return f"<table class='lf-tasks'>{''.join(rows)}</table>"
 
 
-def loss_frame(rt: Runtime, task_id: int | None) -> pd.DataFrame:
+def loss_frame(
+    rt: Runtime, task_id: int | None, names: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Training and eval loss of one task as a long table: step, value, series."""
     # The browser's plot keeps the series it saw first and only swaps the points later, so
     # both series are there from the start as empty (NaN) points: legend and colours stay right.
@@ -81,6 +83,8 @@ def loss_frame(rt: Runtime, task_id: int | None) -> pd.DataFrame:
             [(h["step"], h["loss"]) for h in curve["loss"] if h.get("step") is not None]
         )
     frame = pd.DataFrame(points, columns=["step", "value", "series"])
+    if names:  # the legend in the page's language
+        frame["series"] = frame["series"].map(lambda key: names.get(key, key))
     # Numbers, even when empty, so the plot draws continuous axes rather than categories.
     return frame.astype({"step": "float64", "value": "float64", "series": "str"})
 
@@ -250,6 +254,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     gr.Markdown(t("loss_note"), elem_id="train-loss-note")
     # What this page shows now; a poll re-sends only what changed, so the dropdown stays open
     # and the plot does not flicker.
+    legend = {name: t("series_" + name.replace(" (smoothed)", "_smoothed")) for name in SERIES}
     shown = gr.State({})
     # The task the status line under Start speaks of; the poll keeps that line current.
     followed = gr.State(None)
@@ -264,7 +269,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         valid = {x["task_id"] for x in found}
         chosen = selected if selected in valid else (found[0]["task_id"] if found else None)
         table = tasks_html(ctx, found)
-        frame = loss_frame(rt, chosen)
+        frame = loss_frame(rt, chosen, legend)
         now = {
             "ids": [x["task_id"] for x in found],
             "table": table,
