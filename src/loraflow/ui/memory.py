@@ -131,7 +131,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
             reject = gr.Button(t("reject"), scale=1)
     with gr.Accordion(t("export_import"), open=False):
         with gr.Row():
-            export = gr.Button(t("export"))
+            export = gr.Button(t("export"), elem_id="memory-export")
             exported = gr.File(label=t("export_file"), interactive=False)
         with gr.Row():
             import_file = gr.File(label=t("import_file"), file_types=[".json"], type="filepath")
@@ -274,15 +274,15 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         done = memory.reject_suggestion(rt, _need(ref), sid)
         return (f"{t('rejected')}: {done['title']}", *_view(rt, ref))
 
-    @action
-    def on_export(ref: str | None) -> str:
+    @ctx.in_status(status, "export")
+    def on_export(ref: str | None) -> tuple[str, str]:
         doc = memory.export_project(ctx.rt(), _need(ref))
         # Gradio serves the download from its own temporary folder.
         folder = Path(tempfile.mkdtemp(prefix="loraflow-export-"))
         name = re.sub(r"[^\w.-]+", "_", str(doc.get("project", {}).get("name", "memory")))
         path = folder / f"{name or 'memory'}.json"
         path.write_text(json.dumps(doc, ensure_ascii=False, indent=2), "utf-8")
-        return str(path)
+        return str(path), ""
 
     @ctx.in_status(status, "import")
     def on_import(path: str | None) -> tuple[Any, ...]:
@@ -310,5 +310,5 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     delete.click(on_delete, [project, pick], [status, *view_outputs])
     accept.click(on_accept, [project, sug_pick], [status, *view_outputs])
     reject.click(on_reject, [project, sug_pick], [status, *view_outputs])
-    export.click(on_export, project, exported)
+    export.click(on_export, project, [exported, status])
     import_go.click(on_import, import_file, [project, status, import_file])
