@@ -13,6 +13,7 @@ from typing import Any
 
 from loraflow.datasets.preference import KTO_HINT, PAIR_HINT, parse_kto, parse_pair
 from loraflow.datasets.records import Record, read_records
+from loraflow.datasets.turns import turn_message
 from loraflow.errors import InvalidInput
 from loraflow.safe_json import DEFAULT_LIMITS, JsonLimits
 from loraflow.text import split_text
@@ -23,14 +24,6 @@ PREFERENCE_TYPES = ("preference", "kto")
 Example = dict[str, Any]
 
 # ShareGPT speaker names and the OpenAI-style roles they map to.
-_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
 _FIELD_HINTS = {
     "alpaca": 'Alpaca records are {"instruction", "input" (optional), "output"}',
     "sharegpt": 'ShareGPT records are {"conversations": [{"from": "human"|"gpt", "value"}]}',
@@ -154,21 +147,10 @@ def _sharegpt(record: Record) -> list[Example]:
         messages.append({"role": "system", "content": data["system"].strip()})
     for i, turn in enumerate(turns, 1):
         where = f"{record.where} turn {i}"
-        if not isinstance(turn, dict):
-            raise InvalidInput(f"{where}: expected an object, got {type(turn).__name__}")
-        speaker = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        role = _ROLES.get(str(speaker).strip().lower()) if speaker is not None else None
-        if role is None:
-            raise InvalidInput(
-                f"{where}: speaker {speaker!r} is not one of {', '.join(_ROLES)}",
-                hint=_FIELD_HINTS["sharegpt"],
-            )
-        if not isinstance(text, str):
-            raise InvalidInput(f"{where}: missing text ('value' or 'content' must be a string)")
-        if role == "system" and messages:
+        message = turn_message(turn, where, _FIELD_HINTS["sharegpt"])
+        if message["role"] == "system" and messages:
             raise InvalidInput(f"{where}: a system prompt must come first")
-        messages.append({"role": role, "content": text})
+        messages.append(message)
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         raise InvalidInput(
             f"{record.where}: no 'gpt'/'assistant' turn with text, so nothing to learn from"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraflow.datasets.records import Record
+from loraflow.datasets.turns import turn_message
 from loraflow.errors import InvalidInput
 
 Example = dict[str, Any]
@@ -29,15 +30,6 @@ PAIR_HINT = (
     '{"prompt", "chosen", "rejected"}'
 )
 KTO_HINT = 'KTO records are {"prompt", "completion", "label": true|false}'
-
-_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
 
 
 def _object(record: Record, hint: str) -> dict[str, Any]:
@@ -61,20 +53,9 @@ def _turns(where: str, field: str, value: Any, default_role: str) -> Messages:
             f"{where}: field {field!r} must be a string, a turn object or a non-empty list "
             f"of turns, not {value!r:.60}"
         )
-    out: Messages = []
-    for i, turn in enumerate(items, 1):
-        at = f"{where} field {field!r} turn {i}"
-        if not isinstance(turn, dict):
-            raise InvalidInput(f"{at}: expected an object, got {type(turn).__name__}")
-        speaker = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        role = _ROLES.get(str(speaker).strip().lower()) if speaker is not None else None
-        if role is None:
-            raise InvalidInput(f"{at}: speaker {speaker!r} is not one of {', '.join(_ROLES)}")
-        if not isinstance(text, str):
-            raise InvalidInput(f"{at}: missing text ('value' or 'content' must be a string)")
-        out.append({"role": role, "content": text})
-    return out
+    return [
+        turn_message(turn, f"{where} field {field!r} turn {i}") for i, turn in enumerate(items, 1)
+    ]
 
 
 def _answer(where: str, data: dict[str, Any], field: str) -> Messages:
