@@ -328,3 +328,26 @@ def test_a_restarted_gateway_reconciles_the_fleet_with_its_deployments(
         time.sleep(0.5)
     assert listed(fresh) == {"bot@v3"}
     assert answer(gw, "bot-prod")
+
+
+def test_an_ab_split_on_the_fleet_counts_each_variant_within_bounds(
+    fleet: Fleet, gw: httpx.Client
+) -> None:
+    """Last: loads two more versions on the replicas."""
+    deploy(gw, target="ab-fleet", adapter="bot@v1")
+    done = deploy(gw, target="ab-fleet", adapter="bot@v2", strategy="ab", split=[70, 30])
+    assert [(v["name"], v["weight"]) for v in done["state"]["variants"]] == [
+        ("A", 70.0),
+        ("B", 30.0),
+    ]
+    assert all({"bot@v1", "bot@v2"} <= listed(r) for r in fleet.replicas)
+    n = 60
+    with ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda _: chat(gw, "ab-fleet").status_code, range(n)))
+    assert set(codes) == {200}
+    live = gw.get("/api/adapters/deployments/ab-fleet").json()["live"]
+    assert live["A"]["requests"] + live["B"]["requests"] == n
+    # 30% of 60 = 18, binomial sd ~3.5: 3.7 sd either side (a split that ignored the
+    # weights and sent everything to one variant lands outside).
+    assert 5 <= live["B"]["requests"] <= 31, live
+    assert live["A"]["errors"] == live["B"]["errors"] == 0
