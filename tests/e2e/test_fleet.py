@@ -351,3 +351,38 @@ def test_an_ab_split_on_the_fleet_counts_each_variant_within_bounds(
     # weights and sent everything to one variant lands outside).
     assert 5 <= live["B"]["requests"] <= 31, live
     assert live["A"]["errors"] == live["B"]["errors"] == 0
+
+
+def test_a_canary_whose_replicas_answer_errors_is_rolled_back_automatically(
+    fleet: Fleet, gw: httpx.Client
+) -> None:
+    """Last: damages a version's files in the shared folder."""
+    deploy(gw, target="fragile", adapter="bot@v3")
+    deploy(
+        gw,
+        target="fragile",
+        adapter="bot@v2",
+        strategy="canary",
+        percent=50,
+        step_requests=10000,
+    )
+    # The canary's shared files are damaged and every replica drops its loaded copy (as a
+    # restart would): the replicas cannot serve it again, and the live numbers must say so.
+    weights = fleet.root / "bot" / "v2" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for r in fleet.replicas:
+        httpx.post(f"{r.url}/v1/unload_lora_adapter", json={"lora_name": "bot@v2"}, timeout=60)
+    failures = 0
+    for _ in range(150):
+        if chat(gw, "fragile").status_code != 200:
+            failures += 1
+        if gw.get("/api/adapters/deployments/fragile").json()["strategy"] == "replace":
+            break
+    final = gw.get("/api/adapters/deployments/fragile").json()
+    assert [v["adapter"] for v in final["state"]["variants"]] == ["bot@v3"], (failures, final)
+    assert failures >= 1
+    event = gw.get("/api/adapters/deployments/fragile/history").json()["events"][0]
+    assert event["action"] == "rollback" and event["status"] == "auto"
+    assert "error rate" in event["detail"]["reason"]
+    # The stable version still answers through every replica.
+    assert answer(gw, "fragile")
