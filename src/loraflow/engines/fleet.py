@@ -118,12 +118,18 @@ class OpenAIFleet:
         """The replica with the fewest requests in flight that can serve `adapter` now.
 
         Replicas ejected after a failure, or missing an adapter they must load again, are
-        skipped while another can answer; ties go round in turn.
+        skipped while another can answer; ties go round in turn. When every replica has been
+        ejected, the one whose ejection ends first is tried anyway: ejection steers requests
+        to the replicas that answer, it never refuses one untried (a fleet of one would
+        otherwise refuse everything for FLEET_EJECT_SECONDS after a single blip).
         """
         now = time.monotonic()
         with self._lock:
             candidates = [r for r in self.replicas if r not in exclude]
             ready = [r for r in candidates if r.available(now) and (adapter not in r.missing)]
+            if not ready:
+                serving = [r for r in candidates if adapter is None or adapter not in r.missing]
+                ready = sorted(serving, key=lambda r: r.ejected_until)[:1]
             if not ready:
                 reasons = "; ".join(f"{r.url}: {r.error or 'ejected'}" for r in candidates)
                 raise EngineUnavailable(
