@@ -248,9 +248,15 @@ def test_a_registered_adapter_is_listed_before_its_first_use(
     assert listed["fresh-bot"]["kind"] == "adapter" and listed["fresh-bot"]["attached"] is False
     assert listed["fresh-bot"]["parent"] == BASE
     assert "fresh-bot" in [m["name"] for m in client.get("/api/tags").json()["models"]]
-    assert _chat(client, model="fresh-bot", max_tokens=2).status_code == 200
-    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
-    assert listed["fresh-bot"]["attached"] is True
+    try:
+        assert _chat(client, model="fresh-bot", max_tokens=2).status_code == 200
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert listed["fresh-bot"]["attached"] is True
+    finally:
+        # The server is shared with later test modules: leave it with the adapters it had.
+        client.post("/v1/unload_lora_adapter", json={"lora_name": "fresh-bot"})
+        assert client.delete("/api/adapters/fresh-bot").status_code == 200
+    assert "fresh-bot" not in [m["id"] for m in client.get("/v1/models").json()["data"]]
 
 
 def test_compare_answers_with_the_base_and_adapters_side_by_side(client: httpx.Client) -> None:

@@ -173,6 +173,37 @@ def test_bad_train_requests_are_explained(client: httpx.Client) -> None:
     assert r.status_code == 422 and "rank=0" in r.json()["detail"]
 
 
+def test_a_dataset_preview_shows_what_the_model_reads_and_is_trained_on(
+    client: httpx.Client,
+) -> None:
+    rows = [
+        {"instruction": "Name the capital of France.", "input": "", "output": "Paris."},
+        {"instruction": "Summarise: " + "the tide comes in " * 40, "output": "Tides."},
+    ]
+    stored = upload(client, "preview.json", json.dumps(rows).encode()).json()["filename"]
+    r = client.post(f"{API}/datasets/{stored}/preview", json={"max_len": 64, "rows": 2})
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    assert shown["examples"] == shown["sequences"] == 2 and shown["max_len"] == 64
+    first = shown["rows"][0]
+    read = "".join(s["text"] for s in first["segments"] if not s["trained"])
+    trained = "".join(s["text"] for s in first["segments"] if s["trained"])
+    # The chat template is applied, the instruction is only read, the answer is trained on.
+    assert "<|im_start|>user" in read and "Name the capital of France." in read
+    assert trained.startswith("Paris.") and "France" not in trained
+    assert not first["cut"] and first["trained_tokens"] > 0
+    # The long row is over max_len: counted, flagged and in the histogram's last bin.
+    assert shown["rows"][1]["cut"] and shown["rows"][1]["tokens"] > 64
+    assert shown["tokens"]["over_max_len"] == 1
+    assert shown["histogram"][-1] == {"from": 65, "to": None, "count": 1}
+    assert sum(b["count"] for b in shown["histogram"]) == 2
+
+    missing = client.post(f"{API}/datasets/{'0' * 32}.json/preview", json={})
+    assert missing.status_code == 404
+    wrong = client.post(f"{API}/datasets/{stored}/preview", json={"max_len": 0})
+    assert wrong.status_code == 422
+
+
 def test_job_lifecycle_queue_cancel_resume_and_restart(
     client: httpx.Client, instance: Instance
 ) -> None:
@@ -238,34 +269,3 @@ def test_job_lifecycle_queue_cancel_resume_and_restart(
         rec = again.get("/api/adapters/secret-job").json()
         assert rec["source"] == "training" and rec["path"] == str(out)
         assert rec["compatibility"]["compatible"] is True
-
-
-def test_a_dataset_preview_shows_what_the_model_reads_and_is_trained_on(
-    client: httpx.Client,
-) -> None:
-    rows = [
-        {"instruction": "Name the capital of France.", "input": "", "output": "Paris."},
-        {"instruction": "Summarise: " + "the tide comes in " * 40, "output": "Tides."},
-    ]
-    stored = upload(client, "preview.json", json.dumps(rows).encode()).json()["filename"]
-    r = client.post(f"{API}/datasets/{stored}/preview", json={"max_len": 64, "rows": 2})
-    assert r.status_code == 200, r.text
-    shown = r.json()
-    assert shown["examples"] == shown["sequences"] == 2 and shown["max_len"] == 64
-    first = shown["rows"][0]
-    read = "".join(s["text"] for s in first["segments"] if not s["trained"])
-    trained = "".join(s["text"] for s in first["segments"] if s["trained"])
-    # The chat template is applied, the instruction is only read, the answer is trained on.
-    assert "<|im_start|>user" in read and "Name the capital of France." in read
-    assert trained.startswith("Paris.") and "France" not in trained
-    assert not first["cut"] and first["trained_tokens"] > 0
-    # The long row is over max_len: counted, flagged and in the histogram's last bin.
-    assert shown["rows"][1]["cut"] and shown["rows"][1]["tokens"] > 64
-    assert shown["tokens"]["over_max_len"] == 1
-    assert shown["histogram"][-1] == {"from": 65, "to": None, "count": 1}
-    assert sum(b["count"] for b in shown["histogram"]) == 2
-
-    missing = client.post(f"{API}/datasets/{'0' * 32}.json/preview", json={})
-    assert missing.status_code == 404
-    wrong = client.post(f"{API}/datasets/{stored}/preview", json={"max_len": 0})
-    assert wrong.status_code == 422
