@@ -139,7 +139,11 @@ def create_app(
                 yield
             if app.state.runtime is not None:
                 await run_in_threadpool(stop_training_runner, app.state.runtime)
-                await run_in_threadpool(app.state.runtime.remote.close)
+                # Stops the fleet's health polling; a runtime built without a remote engine
+                # (an embedding-only one in tests, say) has nothing to close.
+                close = getattr(app.state.runtime.remote, "close", None)
+                if close is not None:
+                    await run_in_threadpool(close)
                 if app.state.runtime.monitor is not None:
                     await run_in_threadpool(app.state.runtime.monitor.stop)
             app.state.runtime = None

@@ -216,7 +216,9 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
     demo.load(refresh, [pick, adapter, collections], listing, show_progress="hidden")
     # Opening the tab again offers adapters loaded and knowledge bases created since.
     tab.select(refresh, [pick, adapter, collections], listing, show_progress="hidden")
-    pick.change(on_pick, pick, fields, show_progress="hidden")
+    # Only a pick by the user fills the form: Create and Save set the menu themselves, and a
+    # reload of the form they just sent could land after the user's next edit and undo it.
+    pick.input(on_pick, pick, fields, show_progress="hidden")
     # Progress and errors show on the status line, not over the form being corrected.
     done = [status, table, pick]
     create.click(on_create, fields, done, api_name="assistant_create", show_progress_on=status)
