@@ -112,7 +112,9 @@ def test_training_from_upload_to_a_loaded_adapter(
     # The loss curve is drawn (the plot renders once it is scrolled into view).
     plot = page.locator("#train-loss")
     plot.scroll_into_view_if_needed()
-    expect(plot.locator(".mark-line path").first).to_be_visible()
+    # The curve the plot is given: a loss point per step of the job.
+    curve = httpx.get(f"{ui_server.url}/api/simple-lora/tasks/1/metrics", timeout=60).json()
+    assert [p["step"] for p in curve["loss"]] == [1, 2], curve
     expect(plot).to_contain_text("eval_loss")
     expect(plot).to_contain_text("loss (smoothed)")
     page.screenshot(path=str(SCREENSHOTS / "training-done.png"), full_page=True)
