@@ -112,6 +112,13 @@ def test_training_from_upload_to_a_loaded_adapter(
     # The loss curve is drawn (the plot renders once it is scrolled into view).
     plot = page.locator("#train-loss")
     plot.scroll_into_view_if_needed()
+    # Some series has drawn a line segment (a series still waiting for its points is an
+    # empty path, so the first path alone says nothing).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#train-loss .mark-line path')]
+            .some(p => (p.getAttribute('d') || '').includes('L'))""",
+        timeout=SLOW,
+    )
     # The curve the plot is given: a loss point per step of the job.
     curve = httpx.get(f"{ui_server.url}/api/simple-lora/tasks/1/metrics", timeout=60).json()
     assert [p["step"] for p in curve["loss"]] == [1, 2], curve

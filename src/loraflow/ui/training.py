@@ -138,16 +138,6 @@ def preview_html(ctx: UIContext, shown: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def step_range(frame: pd.DataFrame) -> list[float] | None:
-    """The plot's step axis: at least 10 steps wide, so its ticks fall on whole steps (a
-    narrower range gets ticks at 0.5 or 0.2 steps)."""
-    steps = frame["step"].dropna()
-    if steps.empty:
-        return None
-    low, high = float(steps.min()), float(steps.max())
-    return [low, max(high, low + 10)]
-
-
 def followed_line(ctx: UIContext, tasks: list[dict[str, Any]], task_id: int | None) -> str:
     """The status line under Start for the task the page last started, cancelled or resumed:
     its state now, so it never says "queued" or "cancelling" after the job moved on."""
@@ -247,7 +237,6 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         title=t("loss_curve"),
         x_title=t("step"),
         y_title=t("loss"),
-        x_axis_format="d",  # steps are whole numbers
         elem_id="train-loss",
         height=300,
     )
@@ -285,7 +274,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         return (
             gr.update() if same["table"] else table,
             menu,
-            gr.update() if same["plot"] else gr.update(value=frame, x_lim=step_range(frame)),
+            gr.update() if same["plot"] else frame,
             now,
             gr.update() if same["line"] or not now["line"] else now["line"],
         )
