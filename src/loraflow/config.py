@@ -405,6 +405,12 @@ class Settings(BaseSettings):
         description="Engine of the local model: transformers (PEFT, batching) or llamacpp (a "
         "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra).",
     )
+    local_decoder: Literal["lean", "transformers"] = Field(
+        "lean",
+        description="How the transformers engine's continuous batch decodes: lean (a slot KV "
+        "cache, per-row LoRA and reuse of recent prompt prefixes; Llama-shaped models with "
+        "plain LoRA adapters, others fall back) or transformers (its own forward every step).",
+    )
     llamacpp_threads: int = Field(
         0,
         ge=0,

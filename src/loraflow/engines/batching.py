@@ -1,9 +1,17 @@
 """Continuous batching: concurrent requests, each with its own adapter, share every decode step.
 
-PEFT runs a batch whose rows use different LoRA adapters (`adapter_names=[...]`, "__base__"
-for the base model); this scheduler keeps one such batch running. Each row has its own slice
-of one left-padded KV cache; new requests are prefilled alone (so their prompt pass is exactly
-what a lone `generate` does) and join between steps; finished or cancelled rows leave.
+This scheduler keeps one batch running whose rows use different LoRA adapters (or the base
+model). New requests are prefilled alone (their prompt pass is what a lone request does) and
+join between steps; finished or cancelled rows leave.
+
+Two ways to run the steps:
+- the lean decoder (`engines/decoder.py`, the default for Llama-shaped models with plain LoRA
+  adapters): a KV cache slot per row, per-row LoRA through stacked weights, and the keys and
+  values of a recently seen prompt prefix reused instead of recomputed;
+- transformers' forward (any other model or adapter kind): PEFT's `adapter_names=[...]` (or the
+  gathered-LoRA hooks) over one left-padded cache.
+A batch keeps the way it started with; if the adapters change to a kind the lean decoder cannot
+run while it decodes, its rows move over to transformers' cache and carry on.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
+from loraflow.engines.decoder import LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.gathered_lora import GatheredLoRA
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
@@ -25,6 +34,8 @@ from loraflow.errors import NotFound
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"
+# Memory for the keys and values of recent prompts kept for reuse (the lean decoder's).
+PREFIX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -92,9 +103,18 @@ class TokenStream:
 class BatchScheduler:
     """One background thread that decodes every active request together, step by step."""
 
-    def __init__(self, engine: Any, max_batch: int = 16) -> None:
+    def __init__(self, engine: Any, max_batch: int = 16, lean: bool = True) -> None:
         self._engine = engine
         self._max = max(1, max_batch)
+        # The lean decoder (None until built, or when it cannot run the model and adapters).
+        self._lean_allowed = lean
+        self._lean: LeanDecoder | None = None
+        self._lean_model: Any = None
+        self._slots: SlotCache | None = None  # the rows' cache while the batch runs lean
+        self._prefixes: PrefixStore | None = None
+        # Prompt tokens whose keys and values were computed / copied from a saved prefix.
+        self.prefill_computed = 0
+        self.prefill_reused = 0
         self._pending: deque[_Row] = deque()
         self._rows: list[_Row] = []
         self._cache: Any = None
@@ -182,7 +202,7 @@ class BatchScheduler:
                 log.exception("batch step failed")
                 for row in [*self._rows, *self._admitting]:
                     row.events.put(exc)
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask, self._slots = [], None, None, None
         for row in [*self._rows, *self._pending]:
             row.events.put(RuntimeError("the engine was shut down"))
 
@@ -193,6 +213,9 @@ class BatchScheduler:
             while room > 0 and self._pending:
                 self._admitting.append(self._pending.popleft())
                 room -= 1
+        lean = self._lean_decoder() if self._admitting or self._slots is not None else None
+        if self._slots is not None and lean is None:
+            self._leave_lean()
         for row in self._admitting:
             if row.cancel.is_set():
                 continue
@@ -200,14 +223,24 @@ class BatchScheduler:
                 row.events.put(row.error)
                 continue
             try:
-                self._prefill(row)
+                if lean is not None and (self._slots is not None or not self._rows):
+                    self._prefill_lean(lean, row)
+                else:
+                    self._prefill(row)
             except Exception as exc:  # one bad prompt fails its own request, not the batch
                 log.exception("prefill failed")
                 row.events.put(exc)
         self._admitting = []
         # A row can finish on its first token (EOS, max_new_tokens=1): it leaves before decoding.
         self._evict([r for r in self._rows if r.cancel.is_set()])
-        if self._rows:
+        if self._rows and self._slots is not None:
+            lean = self._lean_decoder()
+            if lean is None:
+                self._leave_lean()
+                self._decode()
+            else:
+                self._decode_lean(lean)
+        elif self._rows:
             self._decode()
 
     def _call(self, rows: list[_Row], **kwargs: Any) -> Any:
@@ -265,6 +298,85 @@ class BatchScheduler:
             self._accept(row, token)
         self._evict([r for r in rows if r.cancel.is_set()])
 
+    # --- the lean decoder --------------------------------------------------------------
+    def _lean_decoder(self) -> LeanDecoder | None:
+        """The lean decoder for the model and adapters attached now (rebuilt on change)."""
+        if not self._lean_allowed or self._engine.device != "cpu":
+            return None
+        model = self._engine.model_for_step()
+        if self._lean is not None and self._lean.current(model):
+            return self._lean
+        if self._lean_model is model and self._lean is None and _same_adapters(model, self):
+            return None  # this model and adapter set was already found unsupported
+        self._lean = LeanDecoder.build(model, self._engine._base)
+        self._lean_model = model
+        self._lean_names = _adapter_names(model)
+        if self._lean is not None and self._prefixes is None:
+            per_token = self._lean.cache_bytes_per_token()
+            self._prefixes = PrefixStore(budget=max(64, PREFIX_BYTES // per_token))
+        if self._prefixes is not None:
+            # Saved prefixes of adapters that are gone (or reloaded under a new name) are useless.
+            self._prefixes.keep(set(self._lean.slots) if self._lean is not None else set())
+        return self._lean
+
+    def _slot_of(self, lean: LeanDecoder, row: _Row) -> int:
+        return 0 if row.adapter is None else lean.slots[row.adapter]
+
+    def _prefill_lean(self, lean: LeanDecoder, row: _Row) -> None:
+        if self._slots is None:
+            self._slots = SlotCache(
+                len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device
+            )
+        assert self._prefixes is not None
+        slot, adapter = len(self._rows), self._slot_of(lean, row)
+        shared, saved = self._prefixes.lookup(row.adapter, row.prompt)
+        self._slots.ensure(slot + 1, len(row.prompt))
+        if saved is not None:
+            self._slots.put(slot, saved, shared)
+        logits = lean.prefill(self._slots, slot, row.prompt[shared:], shared, adapter)
+        self.prefill_reused += shared
+        self.prefill_computed += len(row.prompt) - shared
+        self._prefixes.save(row.adapter, row.prompt, self._slots, slot)
+        self._rows.append(row)
+        self._accept(row, next_tokens(logits.unsqueeze(0), [row])[0])
+
+    def _decode_lean(self, lean: LeanDecoder) -> None:
+        assert self._slots is not None
+        rows = list(self._rows)
+        logits = lean.decode(
+            self._slots,
+            [r.generated[-1] for r in rows],
+            [r.position for r in rows],
+            [self._slot_of(lean, r) for r in rows],
+        )
+        for row, token in zip(rows, next_tokens(logits, rows), strict=True):
+            self._accept(row, token)
+        self._evict([r for r in rows if r.cancel.is_set()])
+
+    def _leave_lean(self) -> None:
+        """Hand the rows' keys and values to a transformers cache (left-padded) and go on there."""
+        assert self._slots is not None
+        slots, self._slots = self._slots, None
+        if not self._rows:
+            return
+        import torch
+        from transformers import DynamicCache
+
+        lengths = [r.position for r in self._rows]
+        width = max(lengths)
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(zip(slots.k, slots.v, strict=True)):
+            keys = k.new_zeros((len(self._rows), k.shape[1], width, k.shape[3]))
+            values = torch.zeros_like(keys)
+            for j, n in enumerate(lengths):
+                keys[j, :, width - n :] = k[j, :, :n]
+                values[j, :, width - n :] = v[j, :, :n]
+            cache.update(keys, values, i)
+        mask = keys.new_zeros((len(self._rows), width), dtype=torch.long)
+        for j, n in enumerate(lengths):
+            mask[j, width - n :] = 1
+        self._cache, self._mask = cache, mask
+
     def _accept(self, row: _Row, token: int) -> None:
         """Record one new token; emit text; finish the row on EOS, a stop string or the limit."""
         row.generated.append(token)
@@ -317,7 +429,15 @@ class BatchScheduler:
             return
         keep = [i for i, r in enumerate(self._rows) if r not in gone]
         if not keep:
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._cache, self._mask, self._slots = [], None, None, None
+            _notify(gone)
+            return
+        if self._slots is not None:
+            # Rows keep their order; each moves down into the first free slot.
+            for new, old in enumerate(keep):
+                if new != old:
+                    self._slots.move(old, new, self._rows[old].position)
+            self._rows = [self._rows[i] for i in keep]
             _notify(gone)
             return
         import torch
@@ -331,6 +451,14 @@ class BatchScheduler:
         self._mask = mask[:, start:]
         self._rows = [self._rows[i] for i in keep]
         _notify(gone)
+
+
+def _adapter_names(model: Any) -> tuple[str, ...]:
+    return tuple(sorted(getattr(model, "peft_config", {}) or {}))
+
+
+def _same_adapters(model: Any, scheduler: BatchScheduler) -> bool:
+    return getattr(scheduler, "_lean_names", None) == _adapter_names(model)
 
 
 def _notify(gone: list[_Row]) -> None:

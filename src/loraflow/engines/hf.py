@@ -46,12 +46,16 @@ class HFEngine:
         # Told the adapter name when a request with an adapter reaches the engine.
         self.on_request: Callable[[str], None] | None = None
 
-    def enable_batching(self, max_batch: int = 16) -> None:
-        """Serve concurrent requests (any mix of adapters) through one continuous batch."""
+    def enable_batching(self, max_batch: int = 16, *, lean: bool = True) -> None:
+        """Serve concurrent requests (any mix of adapters) through one continuous batch.
+
+        `lean` runs the batch on the lean decoder where the model and adapters allow it
+        (LOCAL_DECODER=lean); False keeps transformers' forward for every step.
+        """
         from loraflow.engines.batching import BatchScheduler
 
         if self._scheduler is None:
-            self._scheduler = BatchScheduler(self, max_batch)
+            self._scheduler = BatchScheduler(self, max_batch, lean=lean)
 
     def close(self) -> None:
         """Stop the batch scheduler thread, if any."""
@@ -89,22 +93,26 @@ class HFEngine:
             raise InvalidInput(f"adapter name {name!r} is empty")
         check_adapter_folder(path)
         with self._lock:
-            old = self._adapters.get(name)
-            if old is not None and not replace:
-                raise InvalidInput(
-                    f"an adapter named {name!r} is already loaded from "
-                    f"{self._adapters[name][1]}; unload it first or pick another name"
-                )
-            # PEFT module keys cannot hold arbitrary folder names (dots break them).
-            internal = f"lf_adapter_{self._counter}"
-            self._counter += 1
-            self._peft = attach_adapter(
-                self._base, self._peft, internal, path, name, self.base_model_name
+            self._load_locked(name, path, replace)
+
+    def _load_locked(self, name: str, path: Path, replace: bool = False) -> None:
+        """`load_adapter` with the engine lock already held (between two batch steps)."""
+        old = self._adapters.get(name)
+        if old is not None and not replace:
+            raise InvalidInput(
+                f"an adapter named {name!r} is already loaded from "
+                f"{self._adapters[name][1]}; unload it first or pick another name"
             )
-            # The new version is live before the old one goes, so the name never disappears.
-            self._adapters[name] = (internal, path)
-            if old is not None:
-                self._drop_internal(old[0])
+        # PEFT module keys cannot hold arbitrary folder names (dots break them).
+        internal = f"lf_adapter_{self._counter}"
+        self._counter += 1
+        self._peft = attach_adapter(
+            self._base, self._peft, internal, path, name, self.base_model_name
+        )
+        # The new version is live before the old one goes, so the name never disappears.
+        self._adapters[name] = (internal, path)
+        if old is not None:
+            self._drop_internal(old[0])
 
     def _drop_internal(self, internal: str) -> None:
         """Detach a PEFT adapter; rows still decoding with it fail. The caller holds the lock."""
@@ -374,6 +382,7 @@ def load_local_engine(
     adapters_root: Path | None,
     max_batch: int = 0,
     *,
+    lean: bool = True,
     half: bool = True,
     memory_fraction: float = 1.0,
     precision: str = "fp32",
@@ -381,7 +390,8 @@ def load_local_engine(
 ) -> tuple[HFEngine, list[str]]:
     """Resolve and load the base model, attach every adapter found; warnings for failures.
 
-    `max_batch` > 0 serves requests through the continuous-batching scheduler; `half` and
+    `max_batch` > 0 serves requests through the continuous-batching scheduler (on the lean
+    decoder where it can run the model, unless `lean` is False); `half` and
     `memory_fraction` are ENABLE_FP16 and CUDA_MEMORY_FRACTION (CUDA only). `precision` is
     LOCAL_PRECISION (CPU only): fp32, bf16, int8, or auto (what this host's cached
     micro-benchmark in `profile_dir`, default `cache_dir`, measured faster).
@@ -403,7 +413,7 @@ def load_local_engine(
         except LoraflowError as exc:
             warnings.append(f"adapter {name!r} was not attached: {exc}")
     if max_batch > 0:
-        engine.enable_batching(max_batch)
+        engine.enable_batching(max_batch, lean=lean)
     return engine, warnings
 
 

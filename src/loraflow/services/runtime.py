@@ -182,6 +182,7 @@ def load_local(
         s.quantization_type if s.enable_quantization else None,
         root,
         max_batch=s.max_batch_size if s.continuous_batching and batching else 0,
+        lean=s.local_decoder == "lean",
         half=s.enable_fp16,
         memory_fraction=s.cuda_memory_fraction,
         precision=s.local_precision,

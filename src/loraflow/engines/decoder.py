@@ -1,0 +1,439 @@
+"""A lean decode path for Llama-family models: slot KV cache, per-row LoRA, few ops a step.
+
+transformers' forward is general: per call it builds masks, walks cache objects, routes every
+LoRA layer through PEFT's per-adapter loop and pads rows to the longest one. For a 135M model
+on a CPU that bookkeeping costs more than the arithmetic. This module runs the same weights
+(the loaded model's own tensors, the LoRA weights PEFT loaded) with a fixed sequence of
+tensor ops:
+
+- the KV cache is one tensor per layer, a slot per row; a row's tokens sit at positions
+  0..n-1 of its slot (no left padding), a decode step writes each row's new key and value at
+  its own position and attends over the longest row's length with a per-row mask;
+- each adapter's A and B of every LoRA layer are stacked (rank zero-padded, scaling folded
+  in); rows of one adapter use two plain matmuls, a mixed batch gathers each row's slot and
+  runs two batched matmuls (the Punica/S-LoRA idea), the base rows add nothing;
+- base linears run as the model's own modules, so LOCAL_PRECISION (bf16/int8) applies here
+  too;
+- a prompt's prefix whose keys and values are already known (a shared system prompt or a RAG
+  preamble, seen in a recent request) is copied, not recomputed.
+
+Only what it can run exactly is taken: plain LoRA on the attention and MLP linears of a
+Llama-shaped decoder (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query
+attention, SiLU-gated MLP). Anything else (other architectures, DoRA, LoRA on embeddings,
+modules_to_save) returns None from `LeanDecoder.build` and the scheduler keeps transformers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ARCHITECTURES = ("llama", "mistral", "qwen2")
+_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+# The KV cache grows in steps of this many positions (fewer reallocations).
+_GROW = 256
+
+
+@dataclass
+class _Lora:
+    """One LoRA layer's adapters side by side: slot 0 is the base model (no delta)."""
+
+    a: torch.Tensor  # [slots, r_max, in]
+    b: torch.Tensor  # [slots, out, r_max], scaling folded in
+    present: frozenset[int]  # slots that have weights in this layer
+
+
+@dataclass
+class _Linear:
+    base: Any  # the base nn.Linear (or LowPrecisionLinear): called as a module
+    lora: _Lora | None = None
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    eps1: float
+    eps2: float
+    lin: dict[str, _Linear] = field(default_factory=dict)
+
+
+class LeanDecoder:
+    """Prefill and decode steps of a Llama-shaped model over rows that each own a cache slot."""
+
+    def __init__(self, peft_or_base: Any, base: Any, slots: dict[str, int]) -> None:
+        self._model = peft_or_base
+        inner = base.model
+        cfg = base.config
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+        self.slots = slots  # adapter (PEFT name) -> slot; the base model is slot 0
+        self._embed = inner.embed_tokens
+        self._rotary = inner.rotary_emb
+        self._norm = inner.norm
+        self._lm_head = base.lm_head
+        self.layers: list[_Layer] = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            item = _Layer(
+                layer.input_layernorm.weight,
+                layer.post_attention_layernorm.weight,
+                float(layer.input_layernorm.variance_epsilon),
+                float(layer.post_attention_layernorm.variance_epsilon),
+            )
+            for name in _ATTN:
+                item.lin[name] = _linear(getattr(attn, name), slots)
+            for name in _MLP:
+                item.lin[name] = _linear(getattr(mlp, name), slots)
+            self.layers.append(item)
+        self.dtype = self._embed.weight.dtype
+        self.device = self._embed.weight.device
+        self._versions = _versions(peft_or_base)
+
+    # --- which models -------------------------------------------------------------------
+    @staticmethod
+    def build(model: Any, base: Any) -> LeanDecoder | None:
+        """A decoder over `model` (the PeftModel or the base), or None if it cannot run it."""
+        cfg: Any = getattr(base, "config", None)
+        if getattr(cfg, "model_type", None) not in ARCHITECTURES:
+            return None
+        if getattr(cfg, "hidden_act", "silu") != "silu" or not hasattr(base, "lm_head"):
+            return None
+        # A sliding attention window (Mistral v0.1, Qwen2 with it on) is not modelled here.
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", cfg.model_type == "mistral"):
+            return None
+        names: list[str] = []
+        if model is not base:
+            names = sorted(model.peft_config)
+            if not _plain_lora(model, names):
+                return None
+        try:
+            return LeanDecoder(model, base, {n: i + 1 for i, n in enumerate(names)})
+        except (AttributeError, TypeError):
+            return None
+
+    def current(self, model: Any) -> bool:
+        """Whether this decoder was built over `model` with its present adapters."""
+        if model is not self._model:
+            return False
+        names = sorted(getattr(model, "peft_config", {}) or {})
+        return names == sorted(self.slots) and _versions(model) == self._versions
+
+    def cache_bytes_per_token(self) -> int:
+        """Bytes of keys and values one position takes over all layers."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * len(self.layers) * self.kv_heads * self.head_dim * size
+
+    # --- the forward pieces --------------------------------------------------------------
+    def _rms(self, h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        # transformers' LlamaRMSNorm, op for op (the same rounding).
+        x = h.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * x.to(h.dtype)
+
+    def _apply(self, lin: _Linear, x: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+        out = lin.base(x)
+        lora = lin.lora
+        if lora is None or rows.uniform == 0:
+            return out
+        if rows.uniform is not None:
+            if rows.uniform not in lora.present:
+                return out
+            s = rows.uniform
+            return out + (x @ lora.a[s].T) @ lora.b[s].T
+        a = lora.a.index_select(0, rows.index)  # [B, r, in]
+        b = lora.b.index_select(0, rows.index)  # [B, out, r]
+        return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def prefill(
+        self, cache: SlotCache, slot: int, ids: list[int], start: int, adapter_slot: int
+    ) -> torch.Tensor:
+        """Run tokens `ids` at positions start.. of cache slot `slot`; the last logits (V,)."""
+        n = len(ids)
+        rows = RowAdapters.of([adapter_slot], self.device)
+        x = torch.tensor([ids], device=self.device)
+        h = self._embed(x)
+        pos = torch.arange(start, start + n, device=self.device).unsqueeze(0)
+        cos, sin = self._rotary(h, pos)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        end = start + n
+        cache.ensure(slot + 1, end)
+        causal = None
+        if start:
+            # Row i (position start+i) sees keys 0..start+i.
+            keys = torch.arange(end, device=self.device)
+            causal = keys.unsqueeze(0) <= pos.squeeze(0).unsqueeze(1)
+        for li, layer in enumerate(self.layers):
+            hs = self._rms(h, layer.ln1, layer.eps1)
+            q = self._apply(layer.lin["q_proj"], hs, rows)
+            k = self._apply(layer.lin["k_proj"], hs, rows)
+            v = self._apply(layer.lin["v_proj"], hs, rows)
+            q = q.view(1, n, self.heads, self.head_dim).transpose(1, 2)
+            k = k.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            ck, cv = cache.k[li], cache.v[li]
+            ck[slot, :, start:end] = k[0]
+            cv[slot, :, start:end] = v[0]
+            keys, values = ck[slot : slot + 1, :, :end], cv[slot : slot + 1, :, :end]
+            att = F.scaled_dot_product_attention(
+                q,
+                keys,
+                values,
+                attn_mask=causal,
+                is_causal=causal is None,
+                scale=self.scale,
+                enable_gqa=self.kv_heads != self.heads,
+            )
+            att = att.transpose(1, 2).reshape(1, n, self.heads * self.head_dim)
+            h = h + self._apply(layer.lin["o_proj"], att, rows)
+            h = h + self._mlp(layer, h, rows)
+        last = self._norm(h[:, -1:, :])
+        return self._lm_head(last)[0, -1]
+
+    def _mlp(self, layer: _Layer, h: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+        hs = self._rms(h, layer.ln2, layer.eps2)
+        gate = self._apply(layer.lin["gate_proj"], hs, rows)
+        up = self._apply(layer.lin["up_proj"], hs, rows)
+        return self._apply(layer.lin["down_proj"], F.silu(gate) * up, rows)
+
+    @torch.inference_mode()
+    def decode(
+        self, cache: SlotCache, tokens: list[int], positions: list[int], adapter_slots: list[int]
+    ) -> torch.Tensor:
+        """One token for each of rows 0..B-1 (row i in cache slot i); logits (B, V)."""
+        b = len(tokens)
+        rows = RowAdapters.of(adapter_slots, self.device)
+        x = torch.tensor(tokens, device=self.device).unsqueeze(1)  # [B, 1]
+        pos = torch.tensor(positions, device=self.device)
+        h = self._embed(x)
+        cos, sin = self._rotary(h, pos.unsqueeze(1))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, 1, D]
+        width = max(positions) + 1
+        cache.ensure(b, width)
+        # Each row attends to its own positions 0..pos; longer rows' columns are masked off.
+        mask = torch.arange(width, device=self.device).unsqueeze(0) > pos.unsqueeze(1)
+        bias = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        bias = bias.masked_fill(mask, float("-inf")).view(b, 1, 1, width)
+        every = torch.arange(b, device=self.device)
+        groups = self.heads // self.kv_heads
+        for li, layer in enumerate(self.layers):
+            hs = self._rms(h, layer.ln1, layer.eps1)
+            q = self._apply(layer.lin["q_proj"], hs, rows)
+            k = self._apply(layer.lin["k_proj"], hs, rows)
+            v = self._apply(layer.lin["v_proj"], hs, rows)
+            q = q.view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
+            k = k.view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            ck, cv = cache.k[li], cache.v[li]
+            ck[every, :, pos] = k[:, :, 0]
+            cv[every, :, pos] = v.view(b, self.kv_heads, self.head_dim)
+            keys, values = ck[:b, :, :width], cv[:b, :, :width]  # [B, KV, T, D]
+            qg = q.reshape(b, self.kv_heads, groups, self.head_dim)
+            scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scale + bias
+            att = torch.matmul(scores.softmax(dim=-1), values)  # [B, KV, G, D]
+            att = att.reshape(b, 1, self.heads * self.head_dim)
+            h = h + self._apply(layer.lin["o_proj"], att, rows)
+            h = h + self._mlp(layer, h, rows)
+        return self._lm_head(self._norm(h))[:, -1, :]
+
+
+@dataclass
+class RowAdapters:
+    """Each row's adapter slot; `uniform` is the one slot all rows share, if they do."""
+
+    index: torch.Tensor
+    uniform: int | None
+
+    @staticmethod
+    def of(slots: list[int], device: Any) -> RowAdapters:
+        first = slots[0]
+        same = all(s == first for s in slots)
+        return RowAdapters(torch.tensor(slots, device=device), first if same else None)
+
+
+class SlotCache:
+    """Keys and values of every layer, one slot per row: [slots, kv_heads, positions, dim]."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: Any, device: Any):
+        self._shape = (kv_heads, head_dim)
+        self._dtype, self._device = dtype, device
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self._layers = layers
+        self.rows = 0
+        self.width = 0
+
+    def ensure(self, rows: int, width: int) -> None:
+        """Room for `rows` slots of `width` positions (grown, keeping what is there)."""
+        if rows <= self.rows and width <= self.width:
+            return
+        new_rows = max(rows, self.rows)
+        new_width = max(self.width, -(-width // _GROW) * _GROW)
+        kv, dim = self._shape
+        for store in (self.k, self.v):
+            for i in range(self._layers):
+                grown = torch.zeros(
+                    (new_rows, kv, new_width, dim), dtype=self._dtype, device=self._device
+                )
+                if store and self.rows:
+                    grown[: self.rows, :, : self.width] = store[i]
+                if len(store) > i:
+                    store[i] = grown
+                else:
+                    store.append(grown)
+        self.rows, self.width = new_rows, new_width
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy slot `src`'s first `length` positions into slot `dst`."""
+        for store in (self.k, self.v):
+            for t in store:
+                t[dst, :, :length] = t[src, :, :length]
+
+    def take(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of slot `slot`'s first `length` positions, layer by layer."""
+        return [(k[slot, :, :length].clone(), v[slot, :, :length].clone())
+                for k, v in zip(self.k, self.v, strict=True)]  # fmt: skip
+
+    def put(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Write saved keys and values (their first `length` positions) into slot `slot`."""
+        for (k, v), ck, cv in zip(kv, self.k, self.v, strict=True):
+            ck[slot, :, :length] = k[:, :length]
+            cv[slot, :, :length] = v[:, :length]
+
+
+class PrefixStore:
+    """Keys and values of recent prompts, per adapter, to reuse their longest shared prefix.
+
+    Holds at most `budget` positions in all (LRU); a match shorter than `min_tokens` is not
+    worth the copy. Keys and values depend on the adapter (LoRA on k/v), so an entry serves
+    only requests for the same adapter.
+    """
+
+    def __init__(self, budget: int = 4096, min_tokens: int = 16) -> None:
+        self._budget = budget
+        self._min = min_tokens
+        self._items: OrderedDict[tuple[str | None, tuple[int, ...]], list] = OrderedDict()
+        self._held = 0
+
+    def keep(self, adapters: set[str]) -> None:
+        """Forget entries of adapters not in `adapters` (the base model's are kept)."""
+        for key in [k for k in self._items if k[0] is not None and k[0] not in adapters]:
+            self._drop(key)
+
+    def _drop(self, key: tuple[str | None, tuple[int, ...]]) -> None:
+        self._held -= len(key[1])
+        del self._items[key]
+
+    def lookup(self, adapter: str | None, ids: list[int]) -> tuple[int, list | None]:
+        """(shared length, saved keys/values) of the best match; (0, None) when none helps.
+
+        The prompt's last token is always left to compute: its logits pick the first token.
+        An entry that matched only in part is cut down to the shared part (what follows it
+        was one request's own text), so a common system prompt ends up stored once, short.
+        """
+        best, found = 0, None
+        for key in self._items:
+            if key[0] != adapter:
+                continue
+            n = _common(key[1], ids, len(ids) - 1)
+            if n > best:
+                best, found = n, key
+        if found is None or best < self._min:
+            return 0, None
+        kv = self._items[found]
+        if best < len(found[1]):
+            self._drop(found)
+            kv = [(k[:, :best].clone(), v[:, :best].clone()) for k, v in kv]
+            found = (adapter, found[1][:best])
+            self._items[found] = kv
+            self._held += best
+        self._items.move_to_end(found)
+        return best, kv
+
+    def save(self, adapter: str | None, ids: list[int], cache: SlotCache, slot: int) -> None:
+        """Keep a copy of slot `slot`'s keys and values for prompt `ids`."""
+        if len(ids) < self._min or len(ids) > self._budget:
+            return
+        key = (adapter, tuple(ids))
+        if key in self._items:
+            self._items.move_to_end(key)
+            return
+        self._items[key] = cache.take(slot, len(ids))
+        self._held += len(ids)
+        while self._held > self._budget:
+            self._drop(next(iter(self._items)))
+
+
+def _common(a: tuple[int, ...], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _linear(module: Any, slots: dict[str, int]) -> _Linear:
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return _Linear(module)
+    names = [n for n in module.lora_A if n in slots]
+    if not names:
+        return _Linear(base)
+    ref = module.lora_A[names[0]].weight
+    r_max = max(module.lora_A[n].weight.shape[0] for n in names)
+    d_in, d_out = ref.shape[1], module.lora_B[names[0]].weight.shape[0]
+    a = torch.zeros(len(slots) + 1, r_max, d_in, dtype=ref.dtype, device=ref.device)
+    b = torch.zeros(len(slots) + 1, d_out, r_max, dtype=ref.dtype, device=ref.device)
+    with torch.no_grad():
+        for n in names:
+            s, wa, wb = slots[n], module.lora_A[n].weight, module.lora_B[n].weight
+            r = wa.shape[0]
+            a[s, :r] = wa
+            b[s, :, :r] = wb * module.scaling[n]
+    return _Linear(base, _Lora(a, b, frozenset(slots[n] for n in names)))
+
+
+def _plain_lora(model: Any, names: list[str]) -> bool:
+    """Plain LoRA on Linear layers only: no DoRA/variants, bias, embeddings, saved modules."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            if getattr(m, "fan_in_fan_out", False) or getattr(m, "merged_adapters", None):
+                return False
+            for n in m.lora_A:
+                if n in getattr(m, "lora_variant", {}) or n not in names:
+                    return False
+                if getattr(m.lora_B[n], "bias", None) is not None:
+                    return False
+        elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
+            return False
+    return True
+
+
+def _versions(model: Any) -> tuple:
+    """Names and weight versions of every LoRA tensor of the first LoRA layer (reloads)."""
+    for m in model.modules():
+        lora_a = getattr(m, "lora_A", None)
+        if lora_a:
+            return tuple(
+                (n, lora_a[n].weight._version, m.lora_B[n].weight._version) for n in sorted(lora_a)
+            )
+    return ()

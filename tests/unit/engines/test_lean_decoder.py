@@ -1,0 +1,227 @@
+"""The lean decoder: the same tokens as transformers, per-row adapters, reused prompt prefixes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraflow.engines.base import GenerationParams
+from loraflow.engines.decoder import LeanDecoder, SlotCache
+from loraflow.engines.hf import HFEngine
+from loraflow.models.load import load_model_and_tokenizer
+from loraflow.models.resolve import resolve_base_model
+
+GREEDY = GenerationParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+SYSTEM = (
+    "You are the support assistant of a bicycle shop. Answer in one short paragraph, "
+    "politely, using only facts from the shop's handbook, and say so when you do not know."
+)
+
+
+def _tiny(dest: Path, tokenizer_dir: Path, arch: str, seed: int) -> Path:
+    """A random 2-layer model of `arch` with grouped-query attention (2 key/value heads)."""
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))  # q/k/v with bias
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    return dest
+
+
+def _lora(base_dir: Path, dest: Path, seed: int, **kw: object) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(lora_dropout=0.0, init_lora_weights=False, **kw)  # type: ignore[arg-type]
+    get_peft_model(base, config).save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_decode_steps_match_transformers_for_mixed_adapters(
+    arch: str, smollm2_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = _tiny(tmp_path / "m", smollm2_dir, arch, seed=3)
+    # Different ranks, scalings and targets (attention and MLP) in one batch.
+    a = _lora(base_dir, tmp_path / "a", 1, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    b = _lora(base_dir, tmp_path / "b", 2, r=8, lora_alpha=4,
+              target_modules=["k_proj", "o_proj", "down_proj", "gate_proj"])  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    model = PeftModel.from_pretrained(base, a, adapter_name="a")
+    model.load_adapter(str(b), adapter_name="b")
+    model.eval()
+    lean = LeanDecoder.build(model, base)
+    assert lean is not None
+    rows = [None, "a", "b", "a"]
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, 300, (n,), generator=gen).tolist() for n in (5, 9, 3, 12)]
+    cache = SlotCache(len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device)
+    slot = {None: 0, **lean.slots}
+    nxt = []
+    for i, (ids, name) in enumerate(zip(prompts, rows, strict=True)):
+        nxt.append(int(lean.prefill(cache, i, ids, 0, slot[name]).argmax()))
+    seqs = [p + [t] for p, t in zip(prompts, nxt, strict=True)]
+    for _ in range(6):
+        logits = lean.decode(cache, [s[-1] for s in seqs], [len(s) - 1 for s in seqs],
+                             [slot[n] for n in rows])  # fmt: skip
+        for i, s in enumerate(seqs):
+            # transformers over the whole sequence, this row's adapter alone.
+            with torch.inference_mode():
+                ref = model(input_ids=torch.tensor([s]), adapter_names=[rows[i] or "__base__"])
+            assert torch.allclose(logits[i], ref.logits[0, -1], atol=1e-4), (i, rows[i])
+            s.append(int(logits[i].argmax()))
+    assert len({tuple(s) for s in seqs}) == 4
+
+
+def test_dora_and_saved_modules_are_left_to_transformers(smollm2_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = _tiny(tmp_path / "m", smollm2_dir, "llama", seed=3)
+    dora = _lora(base_dir, tmp_path / "d", 1, r=4, target_modules=["q_proj"], use_dora=True)
+    head = _lora(base_dir, tmp_path / "h", 2, r=4, target_modules=["q_proj"],
+                 modules_to_save=["lm_head"])  # fmt: skip
+    for folder in (dora, head):
+        base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+        model = PeftModel.from_pretrained(base, folder, adapter_name="x").eval()
+        assert LeanDecoder.build(model, base) is None
+    plain = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    assert LeanDecoder.build(plain, plain) is not None
+
+
+def _engine(model_dir: Path, adapters_root: Path, tmp: Path, lean: bool | None) -> HFEngine:
+    model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(model_dir), tmp))
+    engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
+    engine.load_adapter("alpha", adapters_root / "alpha")
+    engine.load_adapter("beta", adapters_root / "beta")
+    if lean is not None:
+        engine.enable_batching(max_batch=8, lean=lean)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_model_dir: Path, adapters_root: Path, tmp_path_factory) -> HFEngine:
+    return _engine(tiny_model_dir, adapters_root, tmp_path_factory.mktemp("p"), None)
+
+
+@pytest.fixture()
+def lean(tiny_model_dir: Path, adapters_root: Path, tmp_path: Path) -> HFEngine:
+    engine = _engine(tiny_model_dir, adapters_root, tmp_path, True)
+    yield engine
+    engine.close()
+
+
+def _chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def test_a_shared_system_prompt_is_computed_once_per_adapter(
+    plain: HFEngine, lean: HFEngine
+) -> None:
+    sched = lean._scheduler
+    first = lean.generate(_chat("Do you repair brakes?"), GREEDY, adapter="alpha")
+    assert sched._lean is not None, "the tiny Llama with plain LoRA runs on the lean decoder"
+    assert (sched.prefill_reused, sched.prefill_computed) == (0, first.prompt_tokens)
+    second = lean.generate(_chat("When do you open on Sundays?"), GREEDY, adapter="alpha")
+    # The system prompt's tokens (and the template around them) were copied, not computed.
+    system_tokens = lean.count_tokens(SYSTEM)
+    assert sched.prefill_reused >= system_tokens
+    assert sched.prefill_computed < first.prompt_tokens + second.prompt_tokens - system_tokens
+    # Another adapter's keys and values differ: nothing is shared across adapters.
+    reused = sched.prefill_reused
+    lean.generate(_chat("Do you sell helmets?"), GREEDY, adapter="beta")
+    assert sched.prefill_reused == reused
+    # Reuse changes nothing in the answers.
+    for question, answer in [("Do you repair brakes?", first),
+                             ("When do you open on Sundays?", second)]:  # fmt: skip
+        alone = plain.generate(_chat(question), GREEDY, adapter="alpha")
+        assert answer.text == alone.text
+
+
+def test_adapters_attached_and_detached_mid_batch(
+    plain: HFEngine, lean: HFEngine, adapters_root: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Long enough that the row is still decoding when the test takes the lock after its
+    # first piece (a handful of steps at most run in between).
+    long = GenerationParams(max_new_tokens=300, temperature=0, ignore_eos=True)
+    expected = plain.generate(_chat("Tell me about gears."), long, adapter="alpha").text
+    gamma = _lora(tiny_model_dir, tmp_path / "gamma", 5, r=2, target_modules=["v_proj"])
+    with lean._lock:  # the batch waits between two steps
+        stream = lean.stream(_chat("Tell me about gears."), long, adapter="alpha")
+    pieces = [next(stream)]  # decoding on the lean decoder now
+    with lean._lock:
+        assert lean._scheduler._rows, "alpha's row is still decoding"
+        lean._load_locked("gamma", gamma)
+    joined = lean.generate(_chat("Hi"), GREEDY, adapter="gamma")
+    lean.unload_adapter("beta")
+    pieces.extend(stream)
+    assert "".join(pieces) == expected
+    assert lean._scheduler._lean is not None
+    plain.load_adapter("gamma", gamma)
+    try:
+        assert joined.text == plain.generate(_chat("Hi"), GREEDY, adapter="gamma").text
+    finally:
+        plain.unload_adapter("gamma")
+
+
+def test_a_dora_adapter_attached_mid_batch_hands_rows_to_transformers(
+    plain: HFEngine, lean: HFEngine, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    long = GenerationParams(max_new_tokens=300, temperature=0, ignore_eos=True)
+    jobs = [("Tell me about gears.", "alpha"), ("What is a chain?", None), ("Hi", "beta")]
+    expected = [plain.generate(_chat(q), long, adapter=a).text for q, a in jobs]
+    with lean._lock:  # all three join the batch in its first step
+        streams = [lean.stream(_chat(q), long, adapter=a) for q, a in jobs]
+    texts = [next(s) for s in streams]
+    dora = _lora(tiny_model_dir, tmp_path / "dora", 6, r=2, target_modules=["q_proj"],
+                 use_dora=True)  # fmt: skip
+    with lean._lock:  # between two steps, with every row still decoding
+        assert len(lean._scheduler._rows) == 3
+        lean._load_locked("dora", dora)
+    done: list[str] = [""] * len(streams)
+
+    def finish(i: int) -> None:
+        done[i] = texts[i] + "".join(streams[i])
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(len(streams))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert done == expected
+    assert lean._scheduler._lean is None  # the batch went on with transformers
+    # New requests are served there too, with the same answers.
+    again = lean.generate(_chat("Hi"), GREEDY, adapter="beta").text
+    assert again == plain.generate(_chat("Hi"), GREEDY, adapter="beta").text
