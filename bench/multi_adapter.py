@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from _results import add_json_flag, write_results
 
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Targets: mixed batches keep most of the single-adapter speed, beat the naive way 4x and
 # llama.cpp answering one request at a time 3x.
 TARGETS = {
+    "RSS with 32 adapters / with 1": ("<=", 1.1),
     "8 adapters vs 1 (batched)": (">=", 0.9),
     "32 adapters vs 1 (batched)": (">=", 0.9),
     "8 adapters batched vs naive": (">=", 4.0),
@@ -131,6 +133,12 @@ def main() -> None:
         default=16,
         help="requests for llama.cpp one at a time (0: skip it)",
     )
+    ap.add_argument(
+        "--transformers-decoder",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the most-adapters load with LOCAL_DECODER=transformers",
+    )
     ap.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per scenario")
@@ -147,22 +155,32 @@ def main() -> None:
     model, tokenizer = load_model_and_tokenizer(resolved)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     names = [f"adapter-{i:02d}" for i in range(most)]
-    for name in names:
-        engine.load_adapter(name, work / name)
-    llama = None
-    if args.llamacpp_requests:
-        llama = llamacpp_engine(cache, work, names[: max(args.adapters)], args.threads)
     # Fixed-length answers, so every scenario decodes the same number of tokens.
     params = GenerationParams(max_new_tokens=args.tokens, temperature=0, ignore_eos=True)
 
     def jobs(n_adapters: int, count: int) -> list[tuple[str, str | None]]:
         return [(PROMPTS[i % len(PROMPTS)], names[i % n_adapters]) for i in range(count)]
 
+    # Resident memory with one adapter and with all of them, each after a full batch.
+    engine.load_adapter(names[0], work / names[0])
+    engine.enable_batching(max_batch=args.concurrency)
+    run_load(engine, jobs(1, args.concurrency), args.concurrency, params)
+    rss_one = psutil.Process().memory_info().rss / 2**20
+    for name in names[1:]:
+        engine.load_adapter(name, work / name)
+    run_load(engine, jobs(most, args.concurrency), args.concurrency, params)
+    rss_all = psutil.Process().memory_info().rss / 2**20
+    engine.close()
+    print(f"RSS: {rss_one:.0f} MB with 1 adapter, {rss_all:.0f} MB with {most} "
+          f"({rss_all / rss_one:.3f}x)")  # fmt: skip
+    llama = None
+    if args.llamacpp_requests:
+        llama = llamacpp_engine(cache, work, names[: max(args.adapters)], args.threads)
     load = f"{args.requests} requests x {args.tokens} tokens, {args.concurrency} at once"
     print(f"SmolLM2-135M, {args.threads} threads, LoRA r={args.rank} on {args.targets}; {load}")
     # Scenarios alternate round by round, so a change in machine load hits them all alike.
-    secs = {n: 0.0 for n in [*args.adapters, 0, -1]}
-    toks = {n: 0 for n in [*args.adapters, 0, -1]}
+    secs = {n: 0.0 for n in [*args.adapters, 0, -1, -2]}
+    toks = {n: 0 for n in [*args.adapters, 0, -1, -2]}
     llama_jobs = jobs(max(args.adapters), args.llamacpp_requests)
     texts: dict[int, list[str]] = {}
     naive_jobs = jobs(max(args.adapters), args.naive_requests)
@@ -174,7 +192,16 @@ def main() -> None:
             secs[n] += s
             toks[n] += t
             print(f"  round: {n:>2} adapter(s) {t / s:6.1f} tok/s", flush=True)
-        engine.close()  # back to plain generate(), one request at a time
+        engine.close()
+        if args.transformers_decoder:
+            # The same batch on transformers' forward (LOCAL_DECODER=transformers).
+            engine.enable_batching(max_batch=args.concurrency, lean=False)
+            s, t, _ = run_load(engine, jobs(most, args.requests), args.concurrency, params)
+            secs[-2] += s
+            toks[-2] += t
+            print(f"  round: {most:>2} adapter(s), transformers decoder {t / s:6.1f} tok/s")
+            engine.close()
+        # Back to plain generate(), one request at a time.
         s, t, naive_texts = run_load(engine, naive_jobs, 1, params)
         secs[0] += s
         toks[0] += t
@@ -217,7 +244,17 @@ def main() -> None:
                      "tokens": toks[-1], "seconds": round(secs[-1], 2),
                      "tok_per_s": round(rates[-1], 2),
                      "vs_naive": round(rates[-1] / naive, 3)})  # fmt: skip
+    if -2 in rates:
+        rows.append({"scenario": "batched, transformers decoder", "adapters": most,
+                     "tokens": toks[-2], "seconds": round(secs[-2], 2),
+                     "tok_per_s": round(rates[-2], 2),
+                     "vs_naive": round(rates[-2] / naive, 3)})  # fmt: skip
+        print(f"lean decoder vs transformers decoder ({most} adapters): "
+              f"{rates[most] / rates[-2]:.2f}x")  # fmt: skip
     ratios = {f"{n} adapters batched vs naive": rates[n] / naive for n in args.adapters}
+    ratios[f"RSS with {most} adapters / with 1"] = rss_all / rss_one
+    if -2 in rates:
+        ratios[f"lean vs transformers decoder ({most} adapters)"] = rates[most] / rates[-2]
     if -1 in rates:
         for n in args.adapters:
             ratios[f"{n} adapters batched vs llama.cpp one at a time"] = rates[n] / rates[-1]
@@ -235,7 +272,11 @@ def main() -> None:
         ratios,
         baseline="naive: one request at a time, switching adapters",
         targets={k: v for k, v in TARGETS.items() if k in ratios},
-        notes=[f"batched answers identical to the adapter alone: {same}/{len(naive_texts)}"],
+        notes=[
+            f"batched answers identical to the adapter alone: {same}/{len(naive_texts)}",
+            f"resident memory after a {args.concurrency}-request batch: {rss_one:.0f} MB with "
+            f"1 adapter attached, {rss_all:.0f} MB with {most}",
+        ],
     )
 
 

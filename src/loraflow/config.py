@@ -420,7 +420,8 @@ class Settings(BaseSettings):
     local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "fp32",
         description="Precision of the transformers engine's base linears on CPU: fp32, bf16, "
-        "int8 (fbgemm dynamic, LoRA stays fp32; perplexity cost, see docs/BENCHMARKS.md), or "
+        "int8 (fbgemm dynamic on the attention and gate/up linears; LM head, down projections "
+        "and LoRA stay fp32; see docs/BENCHMARKS.md), or "
         "auto (what this host's cached micro-benchmark measured faster; never int8).",
     )
 

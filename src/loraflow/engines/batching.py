@@ -325,7 +325,12 @@ class BatchScheduler:
     def _prefill_lean(self, lean: LeanDecoder, row: _Row) -> None:
         if self._slots is None:
             self._slots = SlotCache(
-                len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device
+                len(lean.layers),
+                lean.kv_heads,
+                lean.head_dim,
+                lean.dtype,
+                lean.device,
+                max_rows=self._max,
             )
         assert self._prefixes is not None
         slot, adapter = len(self._rows), self._slot_of(lean, row)

@@ -41,10 +41,15 @@ _GROW = 256
 
 @dataclass
 class _Lora:
-    """One LoRA layer's adapters side by side: slot 0 is the base model (no delta)."""
+    """One LoRA layer's adapters side by side: slot 0 is the base model (no delta).
 
-    a: torch.Tensor  # [slots, r_max, in]
-    b: torch.Tensor  # [slots, out, r_max], scaling folded in
+    PEFT's own lora_A / lora_B weights are re-pointed at these stacks (views), so attaching
+    many adapters keeps one copy of their weights, not two.
+    """
+
+    a: torch.Tensor  # [slots, r_max, in]: slot s rows :r are adapter s's A
+    bt: torch.Tensor  # [slots, r_max, out]: slot s rows :r are adapter s's B, transposed
+    scale: torch.Tensor  # [slots]: each adapter's scaling (0 for the base)
     present: frozenset[int]  # slots that have weights in this layer
 
 
@@ -95,7 +100,6 @@ class LeanDecoder:
             self.layers.append(item)
         self.dtype = self._embed.weight.dtype
         self.device = self._embed.weight.device
-        self._versions = _versions(peft_or_base)
 
     # --- which models -------------------------------------------------------------------
     @staticmethod
@@ -124,8 +128,9 @@ class LeanDecoder:
         """Whether this decoder was built over `model` with its present adapters."""
         if model is not self._model:
             return False
+        # Every attach gets a new PEFT name, so the names tell any change of adapters.
         names = sorted(getattr(model, "peft_config", {}) or {})
-        return names == sorted(self.slots) and _versions(model) == self._versions
+        return names == sorted(self.slots)
 
     def cache_bytes_per_token(self) -> int:
         """Bytes of keys and values one position takes over all layers."""
@@ -148,10 +153,11 @@ class LeanDecoder:
             if rows.uniform not in lora.present:
                 return out
             s = rows.uniform
-            return out + (x @ lora.a[s].T) @ lora.b[s].T
+            return out + ((x @ lora.a[s].T) * lora.scale[s]) @ lora.bt[s]
         a = lora.a.index_select(0, rows.index)  # [B, r, in]
-        b = lora.b.index_select(0, rows.index)  # [B, out, r]
-        return out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        bt = lora.bt.index_select(0, rows.index)  # [B, r, out]
+        h = torch.bmm(x, a.transpose(1, 2)) * lora.scale.index_select(0, rows.index).view(-1, 1, 1)
+        return out + torch.bmm(h, bt)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -269,9 +275,18 @@ class RowAdapters:
 class SlotCache:
     """Keys and values of every layer, one slot per row: [slots, kv_heads, positions, dim]."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: Any, device: Any):
+    def __init__(
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: Any,
+        device: Any,
+        max_rows: int = 0,
+    ) -> None:
         self._shape = (kv_heads, head_dim)
         self._dtype, self._device = dtype, device
+        self._max_rows = max_rows
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self._layers = layers
@@ -279,10 +294,18 @@ class SlotCache:
         self.width = 0
 
     def ensure(self, rows: int, width: int) -> None:
-        """Room for `rows` slots of `width` positions (grown, keeping what is there)."""
+        """Room for `rows` slots of `width` positions (grown, keeping what is there).
+
+        Both grow in steps (rows doubling up to `max_rows`, positions by 256), so a batch
+        that fills up one request at a time copies its cache a few times, not once a request.
+        """
         if rows <= self.rows and width <= self.width:
             return
-        new_rows = max(rows, self.rows)
+        new_rows = self.rows
+        if rows > self.rows:
+            new_rows = max(rows, 2 * self.rows)
+            if self._max_rows:
+                new_rows = max(rows, min(new_rows, self._max_rows))
         new_width = max(self.width, -(-width // _GROW) * _GROW)
         kv, dim = self._shape
         for store in (self.k, self.v):
@@ -398,14 +421,19 @@ def _linear(module: Any, slots: dict[str, int]) -> _Linear:
     r_max = max(module.lora_A[n].weight.shape[0] for n in names)
     d_in, d_out = ref.shape[1], module.lora_B[names[0]].weight.shape[0]
     a = torch.zeros(len(slots) + 1, r_max, d_in, dtype=ref.dtype, device=ref.device)
-    b = torch.zeros(len(slots) + 1, d_out, r_max, dtype=ref.dtype, device=ref.device)
+    bt = torch.zeros(len(slots) + 1, r_max, d_out, dtype=ref.dtype, device=ref.device)
+    scale = torch.zeros(len(slots) + 1, dtype=ref.dtype, device=ref.device)
     with torch.no_grad():
         for n in names:
             s, wa, wb = slots[n], module.lora_A[n].weight, module.lora_B[n].weight
             r = wa.shape[0]
             a[s, :r] = wa
-            b[s, :, :r] = wb * module.scaling[n]
-    return _Linear(base, _Lora(a, b, frozenset(slots[n] for n in names)))
+            bt[s, :r] = wb.T
+            scale[s] = module.scaling[n]
+            # PEFT's forward, merge and unload read the same numbers through these views.
+            wa.data = a[s, :r]
+            wb.data = bt[s, :r].T
+    return _Linear(base, _Lora(a, bt, scale, frozenset(slots[n] for n in names)))
 
 
 def _plain_lora(model: Any, names: list[str]) -> bool:
@@ -426,14 +454,3 @@ def _plain_lora(model: Any, names: list[str]) -> bool:
         elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
             return False
     return True
-
-
-def _versions(model: Any) -> tuple:
-    """Names and weight versions of every LoRA tensor of the first LoRA layer (reloads)."""
-    for m in model.modules():
-        lora_a = getattr(m, "lora_A", None)
-        if lora_a:
-            return tuple(
-                (n, lora_a[n].weight._version, m.lora_B[n].weight._version) for n in sorted(lora_a)
-            )
-    return ()

@@ -80,6 +80,25 @@ def test_apply_swaps_plain_linears_and_keeps_tied_weights() -> None:
         apply_cpu_precision(model, "fp16")
 
 
+def test_int8_keeps_the_lm_head_and_down_projections_in_fp32() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up_proj, self.down_proj = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block, self.lm_head = Block(), nn.Linear(8, 10)
+
+    model = Model()
+    assert apply_cpu_precision(model, "int8") == 1
+    assert isinstance(model.block.up_proj, LowPrecisionLinear)
+    assert type(model.block.down_proj) is nn.Linear and type(model.lm_head) is nn.Linear
+    # bf16 keeps the products' precision well enough to take every linear.
+    assert apply_cpu_precision(Model(), "bf16") == 3
+
+
 def test_int8_stays_close_with_an_outlier_channel() -> None:
     """LLM activations carry a few huge channels; the error must follow the input's scale."""
     torch.manual_seed(0)
