@@ -308,7 +308,11 @@ class BatchScheduler:
             return self._lean
         if self._lean_model is model and self._lean is None and _same_adapters(model, self):
             return None  # this model and adapter set was already found unsupported
+        self._lean = None  # the old stacks go before the new ones are made
         self._lean = LeanDecoder.build(model, self._engine._base)
+        # PEFT's separate LoRA tensors were just freed (they are views into the stacks now):
+        # hand the freed heap back, or 32 adapters' worth of it stays resident.
+        release_heap()
         self._lean_model = model
         self._lean_names = _adapter_names(model)
         if self._lean is not None and self._prefixes is None:
@@ -456,6 +460,16 @@ class BatchScheduler:
         self._mask = mask[:, start:]
         self._rows = [self._rows[i] for i in keep]
         _notify(gone)
+
+
+def release_heap() -> None:
+    """Return freed heap memory to the system (glibc's malloc_trim; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _adapter_names(model: Any) -> tuple[str, ...]:
