@@ -15,7 +15,10 @@ tensor ops:
 - base linears run as the model's own modules, so LOCAL_PRECISION (bf16/int8) applies here
   too;
 - a prompt's prefix whose keys and values are already known (a shared system prompt or a RAG
-  preamble, seen in a recent request) is copied, not recomputed.
+  preamble, seen in a recent request) is copied, not recomputed. Prompts are evaluated in
+  chunks cut at fixed positions (`prompt_grid`, as the llama.cpp engine does) and reused only
+  up to such a position, so every position is computed in the same chunk whether or not a
+  prefix was reused: an answer never depends on which request came before.
 
 Only what it can run exactly is taken: plain LoRA on the attention and MLP linears of a
 Llama-shaped decoder (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query
@@ -31,6 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from loraflow.engines.prompt_grid import grid_floor
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -366,14 +371,15 @@ class PrefixStore:
         """(shared length, saved keys/values) of the best match; (0, None) when none helps.
 
         The prompt's last token is always left to compute: its logits pick the first token.
-        An entry that matched only in part is cut down to the shared part (what follows it
-        was one request's own text), so a common system prompt ends up stored once, short.
+        The shared length is a chunk boundary of `prompt_grid`. An entry that matched only
+        in part is cut down to the shared part (what follows it was one request's own text),
+        so a common system prompt ends up stored once, short.
         """
         best, found = 0, None
         for key in self._items:
             if key[0] != adapter:
                 continue
-            n = _common(key[1], ids, len(ids) - 1)
+            n = grid_floor(_common(key[1], ids, len(ids) - 1))
             if n > best:
                 best, found = n, key
         if found is None or best < self._min:

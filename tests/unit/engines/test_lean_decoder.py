@@ -11,13 +11,16 @@ import torch
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.decoder import LeanDecoder, SlotCache
 from loraflow.engines.hf import HFEngine
+from loraflow.engines.prompt_grid import common_prefix, grid_floor
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
 GREEDY = GenerationParams(max_new_tokens=12, temperature=0, ignore_eos=True)
 SYSTEM = (
     "You are the support assistant of a bicycle shop. Answer in one short paragraph, "
-    "politely, using only facts from the shop's handbook, and say so when you do not know."
+    "politely, using only facts from the shop's handbook, and say so when you do not know. "
+    "The shop repairs and sells city bikes, road bikes and children's bikes, and rents "
+    "them out by the day; opening hours and prices are in the handbook."
 )
 
 
@@ -148,26 +151,39 @@ def _chat(question: str) -> list[dict[str, str]]:
 
 
 def test_a_shared_system_prompt_is_computed_once_per_adapter(
-    plain: HFEngine, lean: HFEngine
+    plain: HFEngine, lean: HFEngine, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
 ) -> None:
+    lean_dir = (tiny_model_dir, adapters_root)
     sched = lean._scheduler
     first = lean.generate(_chat("Do you repair brakes?"), GREEDY, adapter="alpha")
     assert sched._lean is not None, "the tiny Llama with plain LoRA runs on the lean decoder"
     assert (sched.prefill_reused, sched.prefill_computed) == (0, first.prompt_tokens)
     second = lean.generate(_chat("When do you open on Sundays?"), GREEDY, adapter="alpha")
-    # The system prompt's tokens (and the template around them) were copied, not computed.
-    system_tokens = lean.count_tokens(SYSTEM)
-    assert sched.prefill_reused >= system_tokens
-    assert sched.prefill_computed < first.prompt_tokens + second.prompt_tokens - system_tokens
+    # The chat template and system prompt were copied, not computed, up to the last fixed
+    # chunk boundary the two prompts share.
+    ids = [lean._prepare(_chat(q), GREEDY, "alpha")["input_ids"][0].tolist()
+           for q in ("Do you repair brakes?", "When do you open on Sundays?")]  # fmt: skip
+    shared = grid_floor(common_prefix(*ids))
+    assert shared >= 64 and sched.prefill_reused == shared
+    assert sched.prefill_computed == first.prompt_tokens + second.prompt_tokens - shared
     # Another adapter's keys and values differ: nothing is shared across adapters.
     reused = sched.prefill_reused
     lean.generate(_chat("Do you sell helmets?"), GREEDY, adapter="beta")
     assert sched.prefill_reused == reused
-    # Reuse changes nothing in the answers.
-    for question, answer in [("Do you repair brakes?", first),
-                             ("When do you open on Sundays?", second)]:  # fmt: skip
-        alone = plain.generate(_chat(question), GREEDY, adapter="alpha")
-        assert answer.text == alone.text
+    # Reuse changes nothing in the answers: a fresh engine (nothing to reuse) and
+    # transformers alone give the same ones.
+    fresh = _engine(lean_dir[0], lean_dir[1], tmp_path, True)
+    try:
+        for question, answer in [("Do you repair brakes?", first),
+                                 ("When do you open on Sundays?", second)]:  # fmt: skip
+            alone = plain.generate(_chat(question), GREEDY, adapter="alpha")
+            new = fresh.generate(_chat(question), GREEDY, adapter="alpha")
+            assert answer.text == alone.text == new.text
+            assert fresh._scheduler.prefill_reused == 0
+            fresh.close()
+            fresh = _engine(lean_dir[0], lean_dir[1], tmp_path, True)
+    finally:
+        fresh.close()
 
 
 def test_adapters_attached_and_detached_mid_batch(
