@@ -77,6 +77,12 @@ def submit(
     defaults = {"device": s.training_device_used, "precision": s.training_precision}
     train_params = TrainParams.from_dict({**defaults, **(params or {})})
     # A launcher that is missing or more processes than GPUs: refused now, not as a failed job.
+    if s.training_executor == "ray" and train_params.launcher != "none":
+        raise InvalidInput(
+            f"launcher={train_params.launcher!r} is not available with TRAINING_EXECUTOR=ray: "
+            "a job runs as one process on a Ray node",
+            hint="use launcher='none', or TRAINING_EXECUTOR=local for accelerate/torchrun",
+        )
     launch = check_launch(train_params)
     if accelerate_config is not None:
         accelerate_config = accelerate_config.resolve()
@@ -204,6 +210,11 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "eta_seconds": job["eta_seconds"],
         "error": job["error"],
         "resumable": bool(job["resumable"]),
+        "executor": job.get("executor"),
+        "node": job.get("node"),
+        "resources": job.get("resources"),
+        "ray_id": job.get("ray_id"),
+        "heartbeat_at": iso(job.get("heartbeat_at")),
         "val_file": _file_name(job["training_params"].get("val_path")),
         "training_params": {
             k: v
@@ -300,11 +311,28 @@ def start_runner(rt: Runtime) -> None:
     from loraflow.training.runner import JobRunner
 
     if rt.training_runner is None:
+        s = rt.settings
+        executor = None
+        if s.training_executor == "ray":
+            from loraflow.training.ray_executor import RayExecutor
+
+            executor = RayExecutor(
+                rt.db,
+                s.db_url,
+                address=s.ray_address,
+                num_cpus=s.ray_num_cpus,
+                num_gpus=s.ray_num_gpus,
+                resources=s.ray_resources,
+                max_jobs=s.ray_max_jobs,
+                lease_s=s.training_lease_seconds,
+            )
         rt.training_runner = JobRunner(
             rt.db,
-            rt.settings.db_url,
-            rt.settings.data_path / ".training.lock",
+            s.db_url,
+            s.data_path / ".training.lock",
             on_finished=lambda job: register_output(rt, job),
+            executor=executor,
+            lease_s=s.training_lease_seconds,
         )
         rt.training_runner.start()
 
@@ -330,12 +358,25 @@ def run_foreground(
     """Run a queued job in a worker started here, or follow it if a service took it first."""
     s = rt.settings
     claimed = jobs.update_job(
-        rt.db, task_id, where_status=("pending",), status="running", started_at=jobs.now()
+        rt.db,
+        task_id,
+        where_status=("pending",),
+        status="running",
+        started_at=jobs.now(),
+        owner=jobs.owner_id(),
+        heartbeat_at=jobs.now(),
+        executor="local",
+        node=jobs.HOST,
+        resources=None,
+        ray_id=None,
     )
     if claimed:
         job = jobs.get_job(rt.db, task_id)
-        proc = spawn_worker(s.db_url, job, s.data_path / ".training.lock", follow_parent=False)
-        done = supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j)))
+        lease_s = s.training_lease_seconds
+        proc = spawn_worker(
+            s.db_url, job, s.data_path / ".training.lock", follow_parent=False, lease_s=lease_s
+        )
+        done = supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j)), lease_s=lease_s)
         register_output(rt, done)
         return view(done)
     while True:
