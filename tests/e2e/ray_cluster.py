@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,11 +113,12 @@ class RayCluster:
     def processes(self) -> list[Any]:
         import psutil
 
-        marks = (str(self.temp), self.address)
+        # Ray's client server names the head by the host's address, not 127.0.0.1.
+        head = re.compile(rf"--address=\S+:{self.port}(\s|$)")
         found: dict[int, Any] = {}
         for proc in psutil.process_iter(["cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])
-            if any(m in cmd for m in marks):
+            if str(self.temp) in cmd or head.search(cmd):
                 found[proc.pid] = proc
                 with contextlib.suppress(psutil.Error):
                     for child in proc.children(recursive=True):

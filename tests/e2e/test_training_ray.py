@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -211,10 +212,18 @@ def test_a_job_runs_on_the_node_with_the_resource_and_its_adapter_is_served(
 
 
 def test_cancel_stops_the_ray_task_and_keeps_its_checkpoint(
-    client: httpx.Client, dataset: str, driver: Any
+    client: httpx.Client, dataset: str, driver: Any, instance: Instance
 ) -> None:
     tid = train(client, "ray-cancel", dataset, epochs=50)
-    wait_for(client, tid, lambda t: t["status"] == "running" and t["step"] >= 2)
+    running = wait_for(client, tid, lambda t: t["status"] == "running" and t["step"] >= 2)
+    # `loraflow status` says where it runs: executor, node, resources, Ray actor.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLOW")}
+    env.update(LORAFLOW_DATA_DIR=str(instance.data), API_PORT=str(free_port()), COLUMNS="400")
+    shown = subprocess.run(cli_argv("status"), env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.startswith(f"running  #{tid}"))
+    assert f"ray; node {running['node']}" in line and "trainer=1" in line, line
+    assert f"actor {running['ray_id']}" in line
     assert client.post(f"{API}/tasks/{tid}/cancel").status_code == 200
     cancelled = wait_for(client, tid, lambda t: t["status"] == "cancelled", timeout=60)
     assert cancelled["resumable"] and "checkpoint" in cancelled["message"], cancelled

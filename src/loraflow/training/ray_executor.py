@@ -96,6 +96,11 @@ class TrainingActor:
         job = jobs.get_job(db, job_id)
         here = self.where()
         node = f"{here['ip']}/{here['node_id']}"
+        if job["status"] != "running":
+            # Placed after the job was cancelled or marked interrupted: nothing to train.
+            self._status = str(job["status"])
+            self._exit_soon()
+            return here
         missing = [str(p) for p in shared_paths(job) if not p.exists()]
         if missing:
             error = (
@@ -115,6 +120,7 @@ class TrainingActor:
                 node=node,
             )
             self._status = "failed"
+            self._exit_soon()
             return here
         out = Path(job["output_path"])
         out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,25 @@ class TrainingActor:
         except BaseException as exc:  # recorded for the service; the job row says why
             self._error = f"{type(exc).__name__}: {exc}"
             self._status = "failed"
+        finally:
+            db.dispose()
+        # The outcome is in the job row; the actor (detached) frees its node's resources
+        # whether or not a service still follows it.
+        self._exit_soon()
+
+    def _exit_soon(self, delay: float = 3.0) -> None:
+        """End this detached actor after `delay` s (time for a follower's last look)."""
+        import threading
+
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+
+        def end() -> None:
+            time.sleep(delay)
+            ray.kill(me, no_restart=True)
+
+        threading.Thread(target=end, name="loraflow-actor-exit", daemon=True).start()
 
     def status(self) -> dict[str, Any]:
         running = self._thread is not None and self._thread.is_alive()
@@ -276,7 +301,10 @@ class RayExecutor:
                             why = state["error"] or "it ended without an outcome"
                             return self._fail(job_id, f"the Ray task failed: {why}")
             except RayActorError as exc:
-                return self._node_died(job_id, job, exc)
+                ended = jobs.get_job(self.db, job_id)
+                if ended["status"] != "running":
+                    return ended  # the actor ended itself after recording the outcome
+                return self._node_died(job_id, ended, exc)
             except (ActorUnavailableError, GetTimeoutError):
                 pass  # a node being restarted or slow: the next poll tells
             if job["cancel_requested"]:
@@ -285,7 +313,7 @@ class RayExecutor:
                 if started is not None or time.monotonic() - cancel_at > CANCEL_GRACE_S:
                     # Not training yet (waiting for a node), or deaf to the cancel: kill it.
                     self._kill(actor)
-                    return self._stopped(job_id, cancelled=True)
+                    return self._cancelled(job_id)
             time.sleep(_POLL_S)
 
     def adopt(self, db: Engine) -> list[dict[str, Any]]:
@@ -355,7 +383,7 @@ class RayExecutor:
         log.error("job %s failed: %s", job_id, error)
         return jobs.get_job(self.db, job_id)
 
-    def _stopped(self, job_id: int, *, cancelled: bool) -> dict[str, Any]:
+    def _cancelled(self, job_id: int) -> dict[str, Any]:
         from loraflow.training.trainer import last_checkpoint
 
         job = jobs.get_job(self.db, job_id)

@@ -231,6 +231,20 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def placement(task: dict[str, Any]) -> str:
+    """Where a task runs or ran, in words: executor, node, resources asked for, Ray actor."""
+    if not task.get("executor"):
+        return ""
+    parts = [task["executor"]]
+    if task.get("node"):
+        parts.append(f"node {task['node']}")
+    if task.get("resources"):
+        parts.append(", ".join(f"{k}={v:g}" for k, v in task["resources"].items() if v))
+    if task.get("ray_id"):
+        parts.append(f"actor {task['ray_id']}")
+    return "; ".join(parts)
+
+
 def _file_name(path: str | None) -> str | None:
     # Only the name: a job view does not show where files live on the server.
     return Path(path).name if path else None
