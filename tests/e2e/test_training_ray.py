@@ -268,21 +268,34 @@ def test_a_dead_node_fails_the_job_resumable_and_resume_matches_an_uninterrupted
 
 
 def test_a_service_restart_does_not_fail_a_job_alive_on_the_cluster(
-    client: httpx.Client, dataset: str, instance: Instance, cluster: RayCluster
+    client: httpx.Client, dataset: str, instance: Instance, cluster: RayCluster, driver: Any
 ) -> None:
     if not cluster.workers:
         cluster.add_worker("c", num_cpus=2, resources={"trainer": 2})
-    tid = train(client, "ray-restart", dataset, epochs=4)
-    wait_for(client, tid, lambda t: t["status"] == "running" and t["step"] >= 1)
+    # Long enough to outlast the restart; it is cancelled once the new service follows it.
+    tid = train(client, "ray-restart", dataset, epochs=40)
+    before = wait_for(client, tid, lambda t: t["status"] == "running" and t["step"] >= 1)
     instance.stop()  # the job's actor trains on, renewing the job's lease itself
     with instance.start() as again:
         task = again.get(f"{API}/tasks/{tid}").json()
-        assert task["status"] in ("running", "completed"), task
-        done = wait_for(again, tid, lambda t: t["status"] != "running")
-        assert done["status"] == "completed", done
-        assert done["step"] == 64 and done["error"] is None
-        rec = again.get("/api/adapters/ray-restart")
-        assert rec.status_code == 200 and rec.json()["path"] == done["output_path"]
+        assert task["status"] == "running" and task["error"] is None, task
+        assert task["node"] == before["node"] and task["ray_id"] == before["ray_id"]
+        assert instance.server is not None
+        assert f"following training job {tid}" in instance.server.log()
+        moved = wait_for(again, tid, lambda t: t["step"] > task["step"])
+        assert moved["status"] == "running"
+        # The new service passes a cancel on to the actor it took over.
+        assert again.post(f"{API}/tasks/{tid}/cancel").status_code == 200
+        done = wait_for(again, tid, lambda t: t["status"] == "cancelled", timeout=60)
+        assert done["resumable"] and "checkpoint" in done["message"], done
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            driver.get_actor(f"loraflow-job-{tid}", namespace="loraflow")
+        except ValueError:
+            break
+        assert time.monotonic() < deadline, "the cancelled job's actor still runs"
+        time.sleep(0.5)
 
 
 POSTGRES_URL = os.environ.get("LORAFLOW_TEST_POSTGRES_URL")
