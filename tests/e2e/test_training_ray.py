@@ -239,6 +239,28 @@ def test_cancel_stops_the_ray_task_and_keeps_its_checkpoint(
         time.sleep(0.5)
 
 
+def test_a_job_of_two_processes_runs_as_two_ray_train_workers(
+    client: httpx.Client, dataset: str, cluster: RayCluster, driver: Any
+) -> None:
+    """launcher + num_processes under Ray: a TorchTrainer with that many DDP workers."""
+    tid = train(client, "ray-ddp", dataset, launcher="torchrun", num_processes=2, epochs=1)
+    done = wait_for(client, tid, lambda t: t["status"] in ("completed", "failed", "cancelled"))
+    assert done["status"] == "completed", done
+    assert done["resources"] == {"CPU": 1.0, "GPU": 0.0, "trainer": 1.0, "workers": 2.0}
+    assert node_id(done) == cluster.node_id("a")  # rank 0's node, with the resource
+    # 16 training rows, batch 1: each of the 2 ranks takes half, so an epoch is 8 steps.
+    assert done["step"] == done["total_steps"] == 8
+    assert Path(done["output_path"], "adapter_model.safetensors").is_file()
+    assert not Path(done["output_path"], "ray_train").exists()  # not in the adapter's folder
+    assert client.get(f"{API}/tasks/{tid}/metrics").json()["eval_loss"]
+    # The run gives its workers' resources back to the cluster.
+    deadline = time.monotonic() + 60
+    while driver.available_resources().get("trainer", 0) < 2:
+        pgs = [(p["state"], p["bundles"]) for p in driver.util.placement_group_table().values()]
+        assert time.monotonic() < deadline, (driver.available_resources(), pgs)
+        time.sleep(0.5)
+
+
 def test_a_dead_node_fails_the_job_resumable_and_resume_matches_an_uninterrupted_run(
     client: httpx.Client, dataset: str, baseline: dict, cluster: RayCluster
 ) -> None:

@@ -20,6 +20,7 @@ Ray is imported only here and only when this executor is used (`pip install 'lor
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,8 +87,19 @@ class TrainingActor:
             "actor_id": ctx.get_actor_id(),
         }
 
-    def start(self, db_url: str, job_id: int, lease_s: float) -> dict[str, Any]:
-        """Check the shared storage, record the node in the job, and start training."""
+    def start(
+        self,
+        db_url: str,
+        job_id: int,
+        lease_s: float,
+        workers: int = 1,
+        per_worker: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """Check the shared storage, record the node in the job, and start training.
+
+        With `workers` > 1 this actor drives a Ray Train `TorchTrainer` whose workers (each
+        asking `per_worker`) run the job's ranks; else it trains the job itself.
+        """
         import threading
 
         from loraflow.db import make_engine
@@ -138,8 +150,13 @@ class TrainingActor:
             heartbeat_at=jobs.now(),
             message=f"starting on Ray node {here['ip']}",
         )
+        if workers > 1:
+            target: Any = self._train_ranks
+            args: tuple[Any, ...] = (db, db_url, job_id, lease_s, workers, per_worker or {})
+        else:
+            target, args = self._train, (db, job_id, lease_s)
         self._thread = threading.Thread(
-            target=self._train, args=(db, job_id, lease_s), name="loraflow-train", daemon=True
+            target=target, args=args, name="loraflow-train", daemon=True
         )
         self._thread.start()
         return here
@@ -156,6 +173,72 @@ class TrainingActor:
             db.dispose()
         # The outcome is in the job row; the actor (detached) frees its node's resources
         # whether or not a service still follows it.
+        self._exit_soon()
+
+    def _train_ranks(
+        self,
+        db: Engine,
+        db_url: str,
+        job_id: int,
+        lease_s: float,
+        workers: int,
+        per_worker: dict[str, float],
+    ) -> None:
+        """Run the job's ranks as the workers of a TorchTrainer (DDP across nodes)."""
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from loraflow.training.trainer import CHECKPOINTS
+        from loraflow.training.worker import Heartbeat
+
+        out = Path(jobs.get_job(db, job_id)["output_path"])
+        ray_runs = out / CHECKPOINTS / "ray_train"
+        scaling = ScalingConfig(
+            num_workers=workers,
+            use_gpu=per_worker.get("GPU", 0) > 0,
+            resources_per_worker={k: v for k, v in per_worker.items() if v},
+        )
+        trainer = TorchTrainer(
+            _rank_loop,
+            train_loop_config={"db_url": db_url, "job_id": job_id, "lease_s": lease_s},
+            scaling_config=scaling,
+            # Ray Train's own run records, beside the Trainer's checkpoints (run state, not
+            # part of the adapter); the job's checkpoints are the Trainer's, as ever.
+            run_config=RunConfig(name=f"run-{int(time.time())}", storage_path=str(ray_runs)),
+        )
+        error: str | None = None
+        try:
+            with Heartbeat(db, job_id, lease_s):
+                result = trainer.fit()
+            if result.error is not None:
+                error = f"{type(result.error).__name__}: {result.error}"
+        except Exception as exc:  # a rank failed, or its node died
+            error = f"{type(exc).__name__}: {exc}"
+        # Ray Train's run records only: no checkpoint is reported to it.
+        shutil.rmtree(ray_runs, ignore_errors=True)
+        job = jobs.get_job(db, job_id)
+        if job["status"] == "running":
+            # The ranks ended without recording an outcome: a crash, a kill or a dead node.
+            from loraflow.training.trainer import last_checkpoint
+
+            ckpt = last_checkpoint(out)
+            kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+            why = (error or "the Ray Train workers ended without an outcome").splitlines()[0]
+            jobs.update_job(
+                db,
+                job_id,
+                where_status=("running",),
+                status="failed",
+                error=f"the Ray Train run failed: {why}",
+                message=f"failed: the Ray Train run failed; {kept}; resume to continue",
+                resumable=True,
+                completed_at=jobs.now(),
+                pid=None,
+                eta_seconds=None,
+            )
+        self._status = str(jobs.get_job(db, job_id)["status"])
+        self._error = error
+        db.dispose()
         self._exit_soon()
 
     def _exit_soon(self, delay: float = 3.0) -> None:
@@ -179,6 +262,42 @@ class TrainingActor:
             "status": self._status,
             "error": self._error,
         }
+
+
+def _rank_loop(config: dict[str, Any]) -> None:
+    """One rank of a TorchTrainer run: the launched worker's code (rank 0 reports)."""
+    import ray.train
+
+    from loraflow.db import make_engine
+    from loraflow.training.worker import run_job
+
+    rank = ray.train.get_context().get_world_rank()
+    db = make_engine(config["db_url"], migrate=False)
+    try:
+        job = jobs.get_job(db, config["job_id"])
+        missing = [str(p) for p in shared_paths(job) if not p.exists()]
+        node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()}"
+        if missing:
+            raise RuntimeError(
+                f"the Ray node {node} of rank {rank} does not see {', '.join(missing)}: "
+                "every node needs the shared storage root at the same path"
+            )
+        if rank == 0:  # where the reporting rank trains
+            jobs.update_job(db, config["job_id"], where_status=("running",), node=node)
+        status = run_job(db, config["job_id"], None, False, rank=rank, lease_s=config["lease_s"])
+    finally:
+        db.dispose()
+    if status not in ("completed", "cancelled"):
+        # Fails the run, so Ray Train stops the other ranks instead of leaving them waiting.
+        raise RuntimeError(f"rank {rank} ended {status}")
+
+
+def workers_of(job: dict[str, Any]) -> int:
+    """How many Ray Train workers a job runs in: its launcher's processes, else one."""
+    params = job["training_params"]
+    if params.get("launcher", "none") == "none":
+        return 1
+    return max(1, int(params.get("num_processes", 1)))
 
 
 class RayExecutor:
@@ -240,28 +359,35 @@ class RayExecutor:
         self._kill_named(job_id)  # a previous run's actor (cancelled or failed) must be gone
         # Made here, so the node's check proves it sees what this service writes.
         Path(job["output_path"]).mkdir(parents=True, exist_ok=True)
+        workers = workers_of(job)
+        # A TorchTrainer's driver asks for nothing: each of its workers asks for the request.
+        alone = workers == 1
         actor_cls = ray.remote(TrainingActor).options(
             name=actor_name(job_id),
             namespace=NAMESPACE,
             lifetime="detached",
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            resources=self.resources or None,
+            num_cpus=self.num_cpus if alone else 0,
+            num_gpus=self.num_gpus if alone else 0,
+            resources=(self.resources or None) if alone else None,
             max_restarts=0,
             max_concurrency=4,
         )
         actor = actor_cls.remote()
+        asked = self.request() if alone else {**self.request(), "workers": float(workers)}
+        where = f"a Ray node with {_describe(self.request())}"
+        if not alone:
+            where = f"{workers} Ray Train workers, each with {_describe(self.request())}"
         jobs.update_job(
             self.db,
             job_id,
             where_status=("running",),
             executor="ray",
-            resources=self.request(),
+            resources=asked,
             ray_id=actor._actor_id.hex(),
             node=None,
-            message=f"waiting for a Ray node with {_describe(self.request())}",
+            message=f"waiting for {where}",
         )
-        started = actor.start.remote(self.db_url, job_id, self.lease_s)
+        started = actor.start.remote(self.db_url, job_id, self.lease_s, workers, self.request())
         return self._follow(job_id, actor, started, stopping)
 
     def _follow(
@@ -276,8 +402,8 @@ class RayExecutor:
         while True:
             job = jobs.get_job(self.db, job_id)
             if job["status"] != "running":
-                if job["status"] in jobs.FINISHED:
-                    self._kill(actor)
+                # The actor ends itself once its run is over (a Ray Train run first gives its
+                # workers' resources back): killing it now could strand them.
                 return job
             if stopping():
                 # The actor trains on and renews the lease; the next start follows it again.

@@ -77,13 +77,18 @@ def submit(
     defaults = {"device": s.training_device_used, "precision": s.training_precision}
     train_params = TrainParams.from_dict({**defaults, **(params or {})})
     # A launcher that is missing or more processes than GPUs: refused now, not as a failed job.
-    if s.training_executor == "ray" and train_params.launcher != "none":
-        raise InvalidInput(
-            f"launcher={train_params.launcher!r} is not available with TRAINING_EXECUTOR=ray: "
-            "a job runs as one process on a Ray node",
-            hint="use launcher='none', or TRAINING_EXECUTOR=local for accelerate/torchrun",
-        )
-    launch = check_launch(train_params)
+    if s.training_executor == "ray":
+        # The cluster, not this host, runs the processes: Ray Train's TorchTrainer starts
+        # num_processes workers (DDP) wherever the cluster has the resources.
+        if accelerate_config is not None:
+            raise InvalidInput(
+                "an accelerate config file is not used with TRAINING_EXECUTOR=ray",
+                hint="leave it out: the job's num_processes become Ray Train workers",
+            )
+        n = train_params.num_processes if train_params.launcher != "none" else 1
+        launch = "one process on a Ray node" if n == 1 else f"{n} Ray Train workers (DDP)"
+    else:
+        launch = check_launch(train_params)
     if accelerate_config is not None:
         accelerate_config = accelerate_config.resolve()
         check_accelerate_config(accelerate_config, train_params)
