@@ -211,6 +211,17 @@ def test_a_job_runs_on_the_node_with_the_resource_and_its_adapter_is_served(
     assert r.json()["choices"][0]["message"]["content"]
 
 
+def test_the_configuration_check_finds_a_node_for_the_jobs(
+    cluster: RayCluster, driver: Any
+) -> None:
+    from loraflow.training.ray_executor import check_cluster
+
+    ok, detail = check_cluster(cluster.address, {"CPU": 1, "trainer": 1})
+    assert ok and "2 node(s), 1 with CPU=1, trainer=1" in detail, detail
+    ok, detail = check_cluster(cluster.address, {"CPU": 1, "GPU": 1})
+    assert not ok and "none with CPU=1, GPU=1" in detail, detail
+
+
 def test_cancel_stops_the_ray_task_and_keeps_its_checkpoint(
     client: httpx.Client, dataset: str, driver: Any, instance: Instance
 ) -> None:

@@ -64,6 +64,25 @@ def shared_paths(job: dict[str, Any]) -> list[Path]:
     return paths
 
 
+def connect(address: str) -> Any:
+    """The `ray` module, with this process connected to the cluster at `address` (once)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address or "auto",
+                namespace=NAMESPACE,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError
+            raise ConfigError(
+                f"cannot reach the Ray cluster at {address or 'auto'}: {exc}",
+                hint="start one (ray start --head) or set RAY_ADDRESS to its head",
+            ) from exc
+    return ray
+
+
 class TrainingActor:
     """Trains one job on the node Ray placed it on (created detached, one per job)."""
 
@@ -328,21 +347,7 @@ class RayExecutor:
     def connect(self) -> Any:
         """Connect this process to the cluster once (the service is a Ray driver)."""
         if self._ray is None:
-            ray = import_ray()
-            if not ray.is_initialized():
-                try:
-                    ray.init(
-                        address=self.address or "auto",
-                        namespace=NAMESPACE,
-                        log_to_driver=False,
-                        logging_level=logging.WARNING,
-                    )
-                except Exception as exc:  # ConnectionError, RuntimeError, ValueError
-                    raise ConfigError(
-                        f"cannot reach the Ray cluster at {self.address or 'auto'}: {exc}",
-                        hint="start one (ray start --head) or set RAY_ADDRESS to its head",
-                    ) from exc
-            self._ray = ray
+            self._ray = connect(self.address)
         return self._ray
 
     def request(self) -> dict[str, float]:
@@ -552,6 +557,27 @@ class RayExecutor:
             except ValueError:
                 return
             time.sleep(0.2)
+
+
+def check_cluster(address: str, request: dict[str, float]) -> tuple[bool, str]:
+    """Whether the cluster at `address` answers and has a node that can run a job."""
+    try:
+        client = connect(address)
+    except ConfigError as exc:
+        return False, exc.message
+    nodes = [n for n in client.nodes() if n.get("Alive")]
+    able = [
+        n for n in nodes if all(n["Resources"].get(k, 0.0) >= v for k, v in request.items() if v)
+    ]
+    where = address or "auto"
+    if not able:
+        return False, (
+            f"the Ray cluster at {where} has {len(nodes)} node(s), none with "
+            f"{_describe(request)}: jobs would wait for one forever"
+        )
+    return True, (
+        f"Ray cluster at {where}: {len(nodes)} node(s), {len(able)} with {_describe(request)}"
+    )
 
 
 def _describe(request: dict[str, float]) -> str:
