@@ -28,7 +28,7 @@ RUN apt-get update \
     && if [ -n "$TORCH_INDEX_URL" ]; then \
          .venv/bin/pip install --index-url "$TORCH_INDEX_URL" "torch==2.13.0"; \
        fi \
-    && LORAFLOW_EXTRAS=postgres,llamacpp bash scripts/setup.sh \
+    && LORAFLOW_EXTRAS=postgres,llamacpp,ray bash scripts/setup.sh \
     && apt-get purge -y --auto-remove build-essential \
     && rm -rf /var/lib/apt/lists/* \
     && .venv/bin/python -c "import llama_cpp" \

@@ -218,6 +218,46 @@ class Settings(BaseSettings):
         "bf16. A job's precision parameter overrides it.",
     )
 
+    training_executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where queued training jobs run: local (a worker process on this host, one "
+        "job at a time) or ray (a task on the Ray cluster at RAY_ADDRESS; pip install "
+        "'loraflow[ray]').",
+    )
+    training_lease_seconds: float = Field(
+        60.0,
+        ge=2.0,
+        le=3600.0,
+        description="A running job's lease: its owner renews it every quarter of this; a job "
+        "whose lease has not been renewed for this long is marked interrupted (resumable) by "
+        "any service sharing the database.",
+    )
+    ray_address: str = Field(
+        "",
+        description="The Ray cluster for TRAINING_EXECUTOR=ray: host:port of its head's GCS "
+        "(or ray://host:10001 through Ray Client); empty: the cluster started on this host "
+        "with `ray start --head` (auto).",
+    )
+    ray_num_cpus: float = Field(
+        1.0, ge=0.0, description="CPUs a training job asks of the Ray cluster."
+    )
+    ray_num_gpus: float = Field(
+        0.0,
+        ge=0.0,
+        description="GPUs a training job asks of the Ray cluster (0: the job trains on CPU).",
+    )
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='Custom Ray resources a training job asks for, as JSON: {"trainer": 1} '
+        "places jobs on nodes started with --resources='{\"trainer\": N}'.",
+    )
+    ray_max_jobs: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Jobs one service runs on the Ray cluster at once (more wait in the queue).",
+    )
+
     max_lora_rank: int = Field(
         64,
         ge=1,

@@ -77,6 +77,7 @@ def _key_string(length: int) -> Any:
     """A VARCHAR that is a key by itself: capped on MySQL to fit InnoDB's key length."""
     return String(length).with_variant(mysql.VARCHAR(min(length, MYSQL_MAX_KEY_CHARS)), *_MYSQL)
 
+
 # Key/value state shared by every worker of one instance (e.g. which model answers /ask).
 service_state = _table(
     "service_state",
@@ -148,6 +149,16 @@ simple_lora_tasks = _table(
     Column("pid", Integer, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("resumable", Boolean, nullable=False, default=False),
+    # The lease: the service (or the cluster task) running a job renews heartbeat_at; only a
+    # lease that expired marks a running job interrupted (loraflow.training.jobs).
+    Column("owner", String(255), nullable=True),
+    Column("heartbeat_at", _datetime(), nullable=True),
+    # Where it runs: local or ray, the node (host or Ray node), the resources asked for, and
+    # the Ray actor's id.
+    Column("executor", String(16), nullable=True),
+    Column("node", String(255), nullable=True),
+    Column("resources", JSON, nullable=True),
+    Column("ray_id", String(128), nullable=True),
 )
 
 

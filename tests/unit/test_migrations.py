@@ -20,6 +20,8 @@ from loraflow.errors import ConfigError
 
 NOW = datetime(2026, 12, 6, 10, 30, 15, 123456, tzinfo=UTC)
 LATER = "0900_test_adapter_notes"
+# The newest real revision, which LATER_REVISION follows.
+HEAD = migrations.head_revision()
 
 # One realistic row in every table of the baseline.
 ROWS: dict[str, dict[str, Any]] = {
@@ -73,6 +75,12 @@ ROWS: dict[str, dict[str, Any]] = {
         "pid": None,
         "cancel_requested": False,
         "resumable": False,
+        "owner": "host-a:1234:5f3e",
+        "heartbeat_at": NOW,
+        "executor": "ray",
+        "node": "10.0.0.7",
+        "resources": {"CPU": 1, "GPU": 1},
+        "ray_id": "7a1b2c3d",
     },
     "adapters": {
         "id": "a1b2c3d4a1b2c3d4a1b2c3d4a1b2c3d4",
@@ -219,7 +227,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "{LATER}"
-down_revision = "{migrations.BASELINE}"
+down_revision = "{HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -259,11 +267,15 @@ def _same(value: Any, expected: Any) -> bool:
     return bool(value == expected)
 
 
-def _assert_rows_kept(engine: sa.Engine) -> None:
+def _assert_rows_kept(engine: sa.Engine, *, made_before_migrations: bool = False) -> None:
     with engine.connect() as conn:
         for name, expected in ROWS.items():
             rows = conn.execute(sa.select(db.metadata.tables[name])).mappings().all()
             assert len(rows) == 1, name
+            if made_before_migrations:  # the columns added later are new and empty
+                added = ADDED_LATER.get(name, ())
+                assert all(rows[0][k] is None for k in added), name
+                expected = {k: v for k, v in expected.items() if k not in added}
             wrong = {k: rows[0][k] for k, v in expected.items() if not _same(rows[0][k], v)}
             assert not wrong, (name, wrong)
         assert conn.execute(sa.select(db.schema_info)).all() == [(1, db.SCHEMA_VERSION)]
@@ -289,11 +301,11 @@ def test_head_equals_the_tables_of_db_py(db_url: str) -> None:
 
 def test_rows_of_every_table_survive_a_later_revision(db_url: str, tmp_path: Path) -> None:
     engine = db.make_engine(db_url)
-    assert _versions_rows(engine) == [migrations.BASELINE]
+    assert _versions_rows(engine) == [HEAD]
     _fill(engine)
     versions = _versions_with_a_later_revision(tmp_path)
     lock = tmp_path / "schema.lock"
-    assert migrations.upgrade(engine, lock, versions) == (migrations.BASELINE, LATER)
+    assert migrations.upgrade(engine, lock, versions) == (HEAD, LATER)
     assert _versions_rows(engine) == [LATER]
     _assert_rows_kept(engine)
     columns = {c["name"]: c for c in sa.inspect(engine).get_columns("adapters")}
@@ -307,6 +319,12 @@ def test_rows_of_every_table_survive_a_later_revision(db_url: str, tmp_path: Pat
     engine.dispose()
 
 
+# Columns that revisions after the baseline added: a database made before migrations lacks them.
+ADDED_LATER = {
+    "simple_lora_tasks": ("owner", "heartbeat_at", "executor", "node", "resources", "ray_id"),
+}
+
+
 def _pre_migration_database(url: str, drop: str | None = None) -> None:
     """What loraflow made before migrations: create_all, a schema_info row, rows, no versions."""
     engine = sa.create_engine(url)
@@ -314,6 +332,10 @@ def _pre_migration_database(url: str, drop: str | None = None) -> None:
     with engine.begin() as conn:
         conn.execute(db.schema_info.insert().values(id=1, version=1))
     _fill(engine)
+    with engine.begin() as conn:
+        for table, columns in ADDED_LATER.items():
+            for column in columns:
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
     if drop:
         db.metadata.tables[drop].drop(engine)
     engine.dispose()
@@ -327,7 +349,7 @@ def test_a_database_made_before_migrations_is_adopted(db_url: str) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(db.alerts)).scalar() == 0
     with engine.begin() as conn:
         conn.execute(db.alerts.insert().values(ROWS["alerts"]))
-    _assert_rows_kept(engine)
+    _assert_rows_kept(engine, made_before_migrations=True)
     engine.dispose()
 
 

@@ -206,6 +206,7 @@ def status(
     import json
 
     from loraflow.services.ops.status import instance_status
+    from loraflow.services.train.jobs import placement
 
     st = instance_status(make_settings(data_dir=data_dir))
     if as_json:
@@ -241,6 +242,9 @@ def status(
         "jobs     " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
     )
     for t in st["jobs"]["running"]:
-        console.print(f"running  #{t['task_id']} {t['task_name']} {t['progress']:.0f}%")
+        console.print(
+            f"running  #{t['task_id']} {t['task_name']} {t['progress']:.0f}%"
+            + (f" ({where})" if (where := placement(t)) else "")
+        )
     for t in st["jobs"]["queued"]:
         console.print(f"queued   #{t['task_id']} {t['task_name']}")

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from typing import Any
 from loraflow.db import make_engine
 from loraflow.errors import LoraflowError, is_disk_full
 from loraflow.locks import file_lock
-from loraflow.training.jobs import get_job, now, update_job
+from loraflow.training.jobs import LEASE_S, get_job, now, renew_lease, update_job
 from loraflow.training.launcher import (
     WORKER_CONFIG_ENV,
     check_launch,
@@ -59,6 +60,9 @@ class StopFlag:
         self.watch_pid = watch_pid
         self.signalled = False
         self.cancel_requested = False
+        # The job left `running` under this process: its lease expired and it was marked
+        # interrupted (perhaps resumed elsewhere since). It must not train on.
+        self.lost = False
         self._checked = 0.0
 
     def __call__(self) -> bool:
@@ -68,11 +72,15 @@ class StopFlag:
             self.signalled = True
         if self.poll_db and time.monotonic() - self._checked > _CANCEL_POLL_S:
             self._checked = time.monotonic()
-            self.cancel_requested = bool(get_job(self.db, self.job_id)["cancel_requested"])
-        return self.signalled or self.cancel_requested
+            job = get_job(self.db, self.job_id)
+            self.cancel_requested = bool(job["cancel_requested"])
+            self.lost = job["status"] != "running"
+        return self.signalled or self.cancel_requested or self.lost
 
     def install(self) -> None:
-        """Turn SIGTERM and SIGINT into a stop at the next step."""
+        """Turn SIGTERM and SIGINT into a stop at the next step (in the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
 
         def on_signal(_sig: int, _frame: Any) -> None:
             self.signalled = True
@@ -127,6 +135,35 @@ def device_lock(path: Path | None, db: Any, job_id: int) -> Iterator[None]:
         yield
 
 
+class Heartbeat:
+    """Renews a job's lease from a background thread while the job trains here.
+
+    The process that trains a job keeps its lease alive even when the service that claimed
+    it is gone (a Ray task outlives a restart of its service).
+    """
+
+    def __init__(self, db: Any, job_id: int, lease_s: float = LEASE_S) -> None:
+        self.db, self.job_id, self.every = db, job_id, max(lease_s / 4, 0.2)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loraflow-lease", daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                renew_lease(self.db, self.job_id)
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        renew_lease(self.db, self.job_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+
 def run_job(
     db: Any,
     job_id: int,
@@ -135,12 +172,29 @@ def run_job(
     *,
     rank: int | None = None,
     watch_pid: int | None = None,
+    lease_s: float = LEASE_S,
 ) -> str:
     """Train job `job_id` and record how it ended; returns the final status.
 
     `rank` is set in a launcher's processes: there only rank 0 polls the database and
     writes progress and the outcome (the others record only a failure of their own).
+    Rank 0 (or the only process) renews the job's lease while it runs.
     """
+    if rank in (None, 0):
+        with Heartbeat(db, job_id, lease_s):
+            return _run_job(db, job_id, lock, follow_parent, rank=rank, watch_pid=watch_pid)
+    return _run_job(db, job_id, lock, follow_parent, rank=rank, watch_pid=watch_pid)
+
+
+def _run_job(
+    db: Any,
+    job_id: int,
+    lock: Path | None,
+    follow_parent: bool,
+    *,
+    rank: int | None,
+    watch_pid: int | None,
+) -> str:
     main = rank in (None, 0)
     stop = StopFlag(db, job_id, follow_parent, poll_db=main, watch_pid=watch_pid)
     stop.install()
@@ -210,6 +264,9 @@ def run_job(
             return "completed"
         ckpt = last_checkpoint(spec.output_dir)
         kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+        if stop.lost:
+            # Marked interrupted already (its lease expired): that record stands.
+            return str(get_job(db, job_id)["status"])
         if stop.cancel_requested or get_job(db, job_id)["cancel_requested"]:
             status, message = "cancelled", f"cancelled; {kept}; resume to continue"
         else:
@@ -370,11 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads(sys.stdin.readline())
     db = make_engine(config["db_url"])
     lock = Path(config["lock"]) if config.get("lock") else None
+    lease_s = float(config.get("lease_s") or LEASE_S)
     launcher = get_job(db, args.job_id)["training_params"].get("launcher", "none")
     if launcher != "none":
-        status = run_launched(db, args.job_id, lock, args.follow_parent, config["db_url"])
+        with Heartbeat(db, args.job_id, lease_s):
+            status = run_launched(db, args.job_id, lock, args.follow_parent, config["db_url"])
     else:
-        status = run_job(db, args.job_id, lock, args.follow_parent)
+        status = run_job(db, args.job_id, lock, args.follow_parent, lease_s=lease_s)
     log.info("job %s ended: %s", args.job_id, status)
     return 0
 

@@ -52,7 +52,12 @@ def tasks_html(ctx: UIContext, tasks: list[dict[str, Any]]) -> str:
             step,
             loss,
             html.escape((task["created_at"] or "")[:19].replace("T", " ")),
-            html.escape(cell(message, 160)),
+            html.escape(cell(message, 160))
+            + (
+                f"<div class='lf-meta lf-where'>{html.escape(where)}</div>"
+                if task.get("executor") == "ray" and (where := training.placement(task))
+                else ""
+            ),
         ]
         rows.append(
             f"<tr data-task='{task['task_id']}' data-status='{html.escape(status)}'>"
@@ -148,6 +153,8 @@ def followed_line(ctx: UIContext, tasks: list[dict[str, Any]], task_id: int | No
     label = t("status_" + status) if t.has("status_" + status) else status
     mark = {"completed": "✓ ", "failed": "✗ "}.get(status, "")
     detail = task["error"] or task["message"] or ""
+    if task.get("executor") == "ray" and (where := training.placement(task)):
+        detail += f" ({where})"
     return f"{mark}#{task_id} {task['task_name']}: **{label}**" + (f" — {detail}" if detail else "")
 
 

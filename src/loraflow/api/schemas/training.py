@@ -88,6 +88,19 @@ class TrainingTask(BaseModel):
     eta_seconds: float | None
     error: str | None
     resumable: bool
+    executor: str | None = Field(
+        description="Where the job runs or ran: local or ray (TRAINING_EXECUTOR)."
+    )
+    node: str | None = Field(
+        description="The host (local) or Ray node (ip/node id) that trains the job."
+    )
+    resources: dict[str, float] | None = Field(
+        description="What a Ray job asked of the cluster (CPU, GPU, custom resources)."
+    )
+    ray_id: str | None = Field(description="The Ray actor that trains the job.")
+    heartbeat_at: str | None = Field(
+        description="The last renewal of the running job's lease by its owner."
+    )
     val_file: str | None = Field(description="The validation dataset's file name, if any.")
     training_params: dict[str, Any] = Field(description="The task's resolved parameters.")
 

@@ -89,6 +89,17 @@ def run_checks(settings: Settings) -> list[Check]:
     except LoraflowError as exc:
         checks.append(Check("embedding model", False, str(exc)))
 
+    if settings.training_executor == "ray":
+        from loraflow.training.ray_executor import check_cluster
+
+        request = {
+            "CPU": settings.ray_num_cpus,
+            "GPU": settings.ray_num_gpus,
+            **settings.ray_resources,
+        }
+        ok, detail = check_cluster(settings.ray_address, request)
+        checks.append(Check("training executor (ray)", ok, detail))
+
     # Required only when it answers by default (USE_LORA_DEFAULT=false): else the local model does.
     with make_remote_engine(settings, timeout=5.0) as remote:
         health = remote.health()

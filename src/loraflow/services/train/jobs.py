@@ -77,7 +77,18 @@ def submit(
     defaults = {"device": s.training_device_used, "precision": s.training_precision}
     train_params = TrainParams.from_dict({**defaults, **(params or {})})
     # A launcher that is missing or more processes than GPUs: refused now, not as a failed job.
-    launch = check_launch(train_params)
+    if s.training_executor == "ray":
+        # The cluster, not this host, runs the processes: Ray Train's TorchTrainer starts
+        # num_processes workers (DDP) wherever the cluster has the resources.
+        if accelerate_config is not None:
+            raise InvalidInput(
+                "an accelerate config file is not used with TRAINING_EXECUTOR=ray",
+                hint="leave it out: the job's num_processes become Ray Train workers",
+            )
+        n = train_params.num_processes if train_params.launcher != "none" else 1
+        launch = "one process on a Ray node" if n == 1 else f"{n} Ray Train workers (DDP)"
+    else:
+        launch = check_launch(train_params)
     if accelerate_config is not None:
         accelerate_config = accelerate_config.resolve()
         check_accelerate_config(accelerate_config, train_params)
@@ -204,6 +215,11 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "eta_seconds": job["eta_seconds"],
         "error": job["error"],
         "resumable": bool(job["resumable"]),
+        "executor": job.get("executor"),
+        "node": job.get("node"),
+        "resources": job.get("resources"),
+        "ray_id": job.get("ray_id"),
+        "heartbeat_at": iso(job.get("heartbeat_at")),
         "val_file": _file_name(job["training_params"].get("val_path")),
         "training_params": {
             k: v
@@ -218,6 +234,20 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
             )
         },
     }
+
+
+def placement(task: dict[str, Any]) -> str:
+    """Where a task runs or ran, in words: executor, node, resources asked for, Ray actor."""
+    if not task.get("executor"):
+        return ""
+    parts = [task["executor"]]
+    if task.get("node"):
+        parts.append(f"node {task['node']}")
+    if task.get("resources"):
+        parts.append(", ".join(f"{k}={v:g}" for k, v in task["resources"].items() if v))
+    if task.get("ray_id"):
+        parts.append(f"actor {task['ray_id']}")
+    return "; ".join(parts)
 
 
 def _file_name(path: str | None) -> str | None:
@@ -300,11 +330,28 @@ def start_runner(rt: Runtime) -> None:
     from loraflow.training.runner import JobRunner
 
     if rt.training_runner is None:
+        s = rt.settings
+        executor = None
+        if s.training_executor == "ray":
+            from loraflow.training.ray_executor import RayExecutor
+
+            executor = RayExecutor(
+                rt.db,
+                s.db_url,
+                address=s.ray_address,
+                num_cpus=s.ray_num_cpus,
+                num_gpus=s.ray_num_gpus,
+                resources=s.ray_resources,
+                max_jobs=s.ray_max_jobs,
+                lease_s=s.training_lease_seconds,
+            )
         rt.training_runner = JobRunner(
             rt.db,
-            rt.settings.db_url,
-            rt.settings.data_path / ".training.lock",
+            s.db_url,
+            s.data_path / ".training.lock",
             on_finished=lambda job: register_output(rt, job),
+            executor=executor,
+            lease_s=s.training_lease_seconds,
         )
         rt.training_runner.start()
 
@@ -330,12 +377,25 @@ def run_foreground(
     """Run a queued job in a worker started here, or follow it if a service took it first."""
     s = rt.settings
     claimed = jobs.update_job(
-        rt.db, task_id, where_status=("pending",), status="running", started_at=jobs.now()
+        rt.db,
+        task_id,
+        where_status=("pending",),
+        status="running",
+        started_at=jobs.now(),
+        owner=jobs.owner_id(),
+        heartbeat_at=jobs.now(),
+        executor="local",
+        node=jobs.HOST,
+        resources=None,
+        ray_id=None,
     )
     if claimed:
         job = jobs.get_job(rt.db, task_id)
-        proc = spawn_worker(s.db_url, job, s.data_path / ".training.lock", follow_parent=False)
-        done = supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j)))
+        lease_s = s.training_lease_seconds
+        proc = spawn_worker(
+            s.db_url, job, s.data_path / ".training.lock", follow_parent=False, lease_s=lease_s
+        )
+        done = supervise(rt.db, task_id, proc, on_poll=lambda j: on_poll(view(j)), lease_s=lease_s)
         register_output(rt, done)
         return view(done)
     while True:
