@@ -29,6 +29,7 @@ SECTIONS = [
     ("train_throughput", "Training throughput", "bench/train_throughput.py --rounds 2"),
     ("generate", "Generation: loraflow vs llama.cpp", "bench/generate.py --tokens 128 --http"),
     ("multi_adapter", "Many adapters at once", "bench/multi_adapter.py"),
+    ("ask_first_token", "First token of /ask", "bench/ask_first_token.py"),
     ("precision", "CPU precision: fp32 / bf16 / int8", "bench/precision.py"),
     ("retrieval_modes", "Retrieval quality and latency", "bench/retrieval_modes.py"),
     ("retrieval_scale", "Retrieval at scale (200,000 chunks)", "bench/retrieval_scale.py"),

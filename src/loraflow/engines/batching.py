@@ -27,7 +27,7 @@ from typing import Any
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
 from loraflow.engines.decoder import LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.gathered_lora import GatheredLoRA
-from loraflow.engines.prompt_grid import grid_chunks
+from loraflow.engines.prompt_grid import LEAN_GRID, grid_chunks
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import NotFound
@@ -345,7 +345,7 @@ class BatchScheduler:
             self._slots.put(slot, saved, shared)
         # Chunks on the fixed grid: each position is computed the same way whether or not
         # a prefix was reused, so reuse never changes an answer.
-        for a, b in grid_chunks(shared, len(row.prompt)):
+        for a, b in grid_chunks(shared, len(row.prompt), LEAN_GRID):
             logits = lean.prefill(self._slots, slot, row.prompt[a:b], a, adapter)
         self.prefill_reused += shared
         self.prefill_computed += len(row.prompt) - shared

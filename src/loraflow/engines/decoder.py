@@ -16,7 +16,8 @@ tensor ops:
   too;
 - a prompt's prefix whose keys and values are already known (a shared system prompt or a RAG
   preamble, seen in a recent request) is copied, not recomputed. Prompts are evaluated in
-  chunks cut at fixed positions (`prompt_grid`, as the llama.cpp engine does) and reused only
+  chunks cut at fixed positions (`prompt_grid.LEAN_GRID`: 64, then every 512;
+  the llama.cpp engine does the same on its own grid) and reused only
   up to such a position, so every position is computed in the same chunk whether or not a
   prefix was reused: an answer never depends on which request came before.
 
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loraflow.engines.prompt_grid import grid_floor
+from loraflow.engines.prompt_grid import LEAN_GRID, grid_floor
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -371,7 +372,7 @@ class PrefixStore:
         """(shared length, saved keys/values) of the best match; (0, None) when none helps.
 
         The prompt's last token is always left to compute: its logits pick the first token.
-        The shared length is a chunk boundary of `prompt_grid`. An entry that matched only
+        The shared length is a chunk boundary of `prompt_grid.LEAN_GRID`. An entry that matched only
         in part is cut down to the shared part (what follows it was one request's own text),
         so a common system prompt ends up stored once, short.
         """
@@ -379,7 +380,7 @@ class PrefixStore:
         for key in self._items:
             if key[0] != adapter:
                 continue
-            n = grid_floor(_common(key[1], ids, len(ids) - 1))
+            n = grid_floor(_common(key[1], ids, len(ids) - 1), LEAN_GRID)
             if n > best:
                 best, found = n, key
         if found is None or best < self._min:

@@ -11,7 +11,7 @@ import torch
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.decoder import LeanDecoder, SlotCache
 from loraflow.engines.hf import HFEngine
-from loraflow.engines.prompt_grid import common_prefix, grid_floor
+from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
@@ -163,7 +163,7 @@ def test_a_shared_system_prompt_is_computed_once_per_adapter(
     # chunk boundary the two prompts share.
     ids = [lean._prepare(_chat(q), GREEDY, "alpha")["input_ids"][0].tolist()
            for q in ("Do you repair brakes?", "When do you open on Sundays?")]  # fmt: skip
-    shared = grid_floor(common_prefix(*ids))
+    shared = grid_floor(common_prefix(*ids), LEAN_GRID)
     assert shared >= 64 and sched.prefill_reused == shared
     assert sched.prefill_computed == first.prompt_tokens + second.prompt_tokens - shared
     # Another adapter's keys and values differ: nothing is shared across adapters.
