@@ -110,7 +110,8 @@ class BatchScheduler:
         # The lean decoder (None until built, or when it cannot run the model and adapters).
         self._lean_allowed = lean
         self._lean: LeanDecoder | None = None
-        self._lean_model: Any = None
+        # The model and adapter names the decoder was last built for (or found unsupported).
+        self._lean_key: tuple[Any, tuple[str, ...]] | None = None
         self._slots: SlotCache | None = None  # the rows' cache while the batch runs lean
         self._prefixes: PrefixStore | None = None
         # Prompt tokens whose keys and values were computed / copied from a saved prefix.
@@ -235,12 +236,10 @@ class BatchScheduler:
         # A row can finish on its first token (EOS, max_new_tokens=1): it leaves before decoding.
         self._evict([r for r in self._rows if r.cancel.is_set()])
         if self._rows and self._slots is not None:
-            lean = self._lean_decoder()
-            if lean is None:
-                self._leave_lean()
-                self._decode()
-            else:
-                self._decode_lean(lean)
+            # The batch runs lean only with a decoder for this step's adapters (the lock is
+            # held: they cannot change between the prefills above and this decode).
+            assert lean is not None
+            self._decode_lean(lean)
         elif self._rows:
             self._decode()
 
@@ -305,17 +304,15 @@ class BatchScheduler:
         if not self._lean_allowed or self._engine.device != "cpu":
             return None
         model = self._engine.model_for_step()
-        if self._lean is not None and self._lean.current(model):
-            return self._lean
-        if self._lean_model is model and self._lean is None and _same_adapters(model, self):
-            return None  # this model and adapter set was already found unsupported
+        key = (model, _adapter_names(model))
+        if self._lean_key == key:  # modules compare by identity
+            return self._lean  # built for these adapters, or found unable to run them
         self._lean = None  # the old stacks go before the new ones are made
         self._lean = LeanDecoder.build(model, self._engine._base)
         # PEFT's separate LoRA tensors were just freed (they are views into the stacks now):
         # hand the freed heap back, or 32 adapters' worth of it stays resident.
         release_heap()
-        self._lean_model = model
-        self._lean_names = _adapter_names(model)
+        self._lean_key = key
         if self._lean is not None and self._prefixes is None:
             per_token = self._lean.cache_bytes_per_token()
             self._prefixes = PrefixStore(budget=max(64, PREFIX_BYTES // per_token))
@@ -478,10 +475,6 @@ def release_heap() -> None:
 
 def _adapter_names(model: Any) -> tuple[str, ...]:
     return tuple(sorted(getattr(model, "peft_config", {}) or {}))
-
-
-def _same_adapters(model: Any, scheduler: BatchScheduler) -> bool:
-    return getattr(scheduler, "_lean_names", None) == _adapter_names(model)
 
 
 def _notify(gone: list[_Row]) -> None:

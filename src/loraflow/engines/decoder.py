@@ -36,7 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loraflow.engines.prompt_grid import LEAN_GRID, grid_floor
+from loraflow.engines.gathered_lora import plain_lora_layers
+from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -77,8 +78,8 @@ class _Layer:
 class LeanDecoder:
     """Prefill and decode steps of a Llama-shaped model over rows that each own a cache slot."""
 
-    def __init__(self, peft_or_base: Any, base: Any, slots: dict[str, int]) -> None:
-        self._model = peft_or_base
+    def __init__(self, base: Any, slots: dict[str, int]) -> None:
+        # PEFT wraps `base`'s linears in place: its layers reach the attached adapters.
         inner = base.model
         cfg = base.config
         self.heads = cfg.num_attention_heads
@@ -123,20 +124,12 @@ class LeanDecoder:
         names: list[str] = []
         if model is not base:
             names = sorted(model.peft_config)
-            if not _plain_lora(model, names):
+            if plain_lora_layers(model, names) is None:
                 return None
         try:
-            return LeanDecoder(model, base, {n: i + 1 for i, n in enumerate(names)})
+            return LeanDecoder(base, {n: i + 1 for i, n in enumerate(names)})
         except (AttributeError, TypeError):
             return None
-
-    def current(self, model: Any) -> bool:
-        """Whether this decoder was built over `model` with its present adapters."""
-        if model is not self._model:
-            return False
-        # Every attach gets a new PEFT name, so the names tell any change of adapters.
-        names = sorted(getattr(model, "peft_config", {}) or {})
-        return names == sorted(self.slots)
 
     def cache_bytes_per_token(self) -> int:
         """Bytes of keys and values one position takes over all layers."""
@@ -380,7 +373,7 @@ class PrefixStore:
         for key in self._items:
             if key[0] != adapter:
                 continue
-            n = grid_floor(_common(key[1], ids, len(ids) - 1), LEAN_GRID)
+            n = grid_floor(min(common_prefix(key[1], ids), len(ids) - 1), LEAN_GRID)
             if n > best:
                 best, found = n, key
         if found is None or best < self._min:
@@ -409,14 +402,6 @@ class PrefixStore:
             self._drop(next(iter(self._items)))
 
 
-def _common(a: tuple[int, ...], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def _linear(module: Any, slots: dict[str, int]) -> _Linear:
     base = getattr(module, "base_layer", None)
     if base is None:
@@ -441,23 +426,3 @@ def _linear(module: Any, slots: dict[str, int]) -> _Linear:
             wa.data = a[s, :r]
             wb.data = bt[s, :r].T
     return _Linear(base, _Lora(a, bt, scale, frozenset(slots[n] for n in names)))
-
-
-def _plain_lora(model: Any, names: list[str]) -> bool:
-    """Plain LoRA on Linear layers only: no DoRA/variants, bias, embeddings, saved modules."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    for m in model.modules():
-        if isinstance(m, LoraLinear):
-            if getattr(m, "fan_in_fan_out", False) or getattr(m, "merged_adapters", None):
-                return False
-            for n in m.lora_A:
-                if n in getattr(m, "lora_variant", {}) or n not in names:
-                    return False
-                if getattr(m.lora_B[n], "bias", None) is not None:
-                    return False
-        elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
-            return False
-    return True

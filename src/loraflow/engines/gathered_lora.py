@@ -42,26 +42,10 @@ class GatheredLoRA:
         self.supported = self._build()
 
     # --- building ------------------------------------------------------------------------
-    def _lora_layers(self) -> list[Any] | None:
-        """The LoRA Linear layers, or None when any other adapter layer exists."""
-        from peft.tuners.lora.layer import Linear as LoraLinear
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        layers = []
-        for m in self._model.modules():
-            if isinstance(m, LoraLinear):
-                layers.append(m)
-            elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
-                # LoRA on embeddings, modules_to_save copies, trainable tokens: these follow
-                # PEFT's adapter_names, which the gathered path does not pass. PEFT runs them.
-                return None
-        return layers
-
     def _build(self) -> bool:
-        layers = self._lora_layers()
         names = sorted(self._model.peft_config)
-        if not layers or not all(_plain(m, names) for m in layers):
+        layers = plain_lora_layers(self._model, names)
+        if not layers:
             self._key = self._current_key()
             return False
         self._slots = {name: i + 1 for i, name in enumerate(names)}
@@ -120,6 +104,28 @@ class GatheredLoRA:
         flat = x.reshape(shape[0], -1, shape[-1])  # [B, T, in]
         delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
         return output + delta.reshape(*shape[:-1], -1).to(output.dtype)
+
+
+def plain_lora_layers(model: Any, names: list[str]) -> list[Any] | None:
+    """`model`'s LoRA Linear layers when every adapter layer is plain LoRA of `names`; else None.
+
+    Plain: LoRA on Linear layers only, with no DoRA/variants, LoRA bias, transposed (Conv1D)
+    weights or merged adapters. LoRA on embeddings, modules_to_save copies and trainable tokens
+    follow PEFT's adapter_names, which per-row paths do not pass: PEFT runs those.
+    """
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    layers = []
+    for m in model.modules():
+        if isinstance(m, LoraLinear):
+            if not _plain(m, names):
+                return None
+            layers.append(m)
+        elif isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper):
+            return None
+    return layers
 
 
 def _plain(module: Any, names: list[str]) -> bool:

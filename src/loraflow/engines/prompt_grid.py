@@ -8,7 +8,7 @@ up to a shared boundary gives exactly the numbers a fresh evaluation would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 # Prompt chunk boundaries: fine at the start, where prompts share a system prompt, then
 # coarser so long prompts are still evaluated in large (fast) chunks.
@@ -43,7 +43,7 @@ def grid_chunks(
         a = b
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):
