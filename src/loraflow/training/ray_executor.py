@@ -238,10 +238,9 @@ class TrainingActor:
         job = jobs.get_job(db, job_id)
         if job["status"] == "running":
             # The ranks ended without recording an outcome: a crash, a kill or a dead node.
-            from loraflow.training.trainer import last_checkpoint
+            from loraflow.training.trainer import checkpoint_kept
 
-            ckpt = last_checkpoint(out)
-            kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+            _, kept = checkpoint_kept(out)
             why = (error or "the Ray Train workers ended without an outcome").splitlines()[0]
             jobs.update_job(
                 db,
@@ -494,40 +493,29 @@ class RayExecutor:
         )
 
     def _fail(self, job_id: int, error: str, *, resumable: bool | None = None) -> dict[str, Any]:
-        from loraflow.training.trainer import last_checkpoint
-
-        job = jobs.get_job(self.db, job_id)
-        ckpt = last_checkpoint(Path(job["output_path"]))
-        kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
-        jobs.update_job(
-            self.db,
-            job_id,
-            where_status=("running",),
-            status="failed",
-            error=error,
-            message=f"failed: {error}; {kept}; resume to continue",
-            resumable=ckpt is not None if resumable is None else resumable,
-            completed_at=jobs.now(),
-            pid=None,
-            eta_seconds=None,
-        )
         log.error("job %s failed: %s", job_id, error)
-        return jobs.get_job(self.db, job_id)
+        return self._end(job_id, "failed", error, resumable)
 
     def _cancelled(self, job_id: int) -> dict[str, Any]:
-        from loraflow.training.trainer import last_checkpoint
+        return self._end(job_id, "cancelled", None, True)
+
+    def _end(
+        self, job_id: int, status: str, error: str | None, resumable: bool | None
+    ) -> dict[str, Any]:
+        """Record a running job's end, naming the checkpoint a resume continues from."""
+        from loraflow.training.trainer import checkpoint_kept
 
         job = jobs.get_job(self.db, job_id)
-        ckpt = last_checkpoint(Path(job["output_path"]))
-        kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+        ckpt, kept = checkpoint_kept(Path(job["output_path"]))
+        how = "cancelled" if error is None else f"failed: {error}"
         jobs.update_job(
             self.db,
             job_id,
             where_status=("running",),
-            status="cancelled",
-            message=f"cancelled; {kept}; resume to continue",
-            error=None,
-            resumable=True,
+            status=status,
+            error=error,
+            message=f"{how}; {kept}; resume to continue",
+            resumable=ckpt is not None if resumable is None else resumable,
             completed_at=jobs.now(),
             pid=None,
             eta_seconds=None,

@@ -63,6 +63,12 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def checkpoint_kept(output_dir: Path) -> tuple[Path | None, str]:
+    """The run's newest complete checkpoint and the words a job message says of it."""
+    ckpt = last_checkpoint(output_dir)
+    return ckpt, f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+
+
 def _checkpoints(output_dir: Path) -> list[Path]:
     folder = output_dir / CHECKPOINTS
     return [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]

@@ -37,7 +37,13 @@ from loraflow.training.launcher import (
 )
 from loraflow.training.params import TrainParams
 from loraflow.training.runner import CANCEL_GRACE_S, LOG_NAME, kill_tree, pid_alive
-from loraflow.training.trainer import TrainSpec, last_checkpoint, run_training, write_json
+from loraflow.training.trainer import (
+    TrainSpec,
+    checkpoint_kept,
+    last_checkpoint,
+    run_training,
+    write_json,
+)
 
 log = logging.getLogger("loraflow.training.worker")
 _CANCEL_POLL_S = 1.0
@@ -262,8 +268,7 @@ def _run_job(
                     ),
                 )
             return "completed"
-        ckpt = last_checkpoint(spec.output_dir)
-        kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
+        _, kept = checkpoint_kept(spec.output_dir)
         if stop.lost:
             # Marked interrupted already (its lease expired): that record stands.
             return str(get_job(db, job_id)["status"])
@@ -325,10 +330,9 @@ def run_launched(db: Any, job_id: int, lock: Path | None, follow_parent: bool, d
         if job["status"] != "running":
             return str(job["status"])
         # The ranks ended without recording an outcome: a launcher error, a crash or a kill.
-        ckpt = last_checkpoint(spec.output_dir)
+        _, kept = checkpoint_kept(spec.output_dir)
         if rc is None or stop.signalled or job["cancel_requested"]:
             cancelled = stop.cancel_requested or bool(job["cancel_requested"])
-            kept = f"checkpoint {ckpt.name} kept" if ckpt else "no checkpoint yet"
             how = "cancelled" if cancelled else "interrupted"
             update_job(
                 db,
