@@ -26,9 +26,10 @@ from _server import MODEL_CACHE, BenchServer
 
 from loraflow.adapters.gguf import export_gguf_adapter
 from loraflow.adapters.inspect import checksum
+from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.chat import render_prompt
-from loraflow.engines.hf import HFEngine
+from loraflow.engines.hf import HFEngine, apply_local_precision
 from loraflow.engines.llamacpp_load import load_llamacpp_engine
 from loraflow.models.bundled import smollm2_gguf_path
 from loraflow.models.load import load_model_and_tokenizer
@@ -148,6 +149,12 @@ def main() -> None:
     ap.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--http", action="store_true", help="also measure a real loraflow server")
+    ap.add_argument(
+        "--precision",
+        default=Settings.model_fields["local_precision"].default,
+        help="LOCAL_PRECISION of the engine (default: the setting's default; auto picks what "
+        "this host measured faster)",
+    )
     add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -156,6 +163,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-generate-"))
     make_adapter(resolved.path, work / "adapters" / ADAPTER, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
+    precision = apply_local_precision(model, args.precision, MODEL_CACHE)
+    print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
     hf = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     hf.load_adapter(ADAPTER, work / "adapters" / ADAPTER)
     # As `loraflow serve` runs it by default: every request through the continuous batch.
@@ -225,6 +234,7 @@ def main() -> None:
              "tok_per_s": round(r, 2)} for k, r in rates.items()]  # fmt: skip
     config = {k: getattr(args, k) for k in ("tokens", "rounds", "threads", "targets", "rank",
               "http")}  # fmt: skip
+    config["precision"] = f"{precision} (LOCAL_PRECISION={args.precision})"
     write_results(
         args.json,
         "generate",

@@ -24,8 +24,9 @@ import psutil
 import torch
 from _results import add_json_flag, write_results
 
+from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
-from loraflow.engines.hf import HFEngine
+from loraflow.engines.hf import HFEngine, apply_local_precision
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
@@ -143,6 +144,12 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per scenario")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--precision",
+        default=Settings.model_fields["local_precision"].default,
+        help="LOCAL_PRECISION of the engine (default: the setting's default; auto picks what "
+        "this host measured faster)",
+    )
     add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,6 +160,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
     make_adapters(resolved.path, work, most, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
+    precision = apply_local_precision(model, args.precision, cache)
+    print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     names = [f"adapter-{i:02d}" for i in range(most)]
     # Fixed-length answers, so every scenario decodes the same number of tokens.
@@ -264,6 +273,7 @@ def main() -> None:
         ratios[f"{n} adapters vs {args.adapters[0]} (batched)"] = rates[n] / one
     config = {k: getattr(args, k) for k in ("adapters", "requests", "concurrency", "tokens",
               "naive_requests", "targets", "rank", "rounds", "threads")}  # fmt: skip
+    config["precision"] = f"{precision} (LOCAL_PRECISION={args.precision})"
     write_results(
         args.json,
         "multi_adapter",

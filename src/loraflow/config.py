@@ -458,11 +458,13 @@ class Settings(BaseSettings):
         description="CPU threads of the llama.cpp engine; 0: one per core.",
     )
     local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "fp32",
-        description="Precision of the transformers engine's base linears on CPU: fp32, bf16, "
-        "int8 (fbgemm dynamic on the attention and gate/up linears; LM head, down projections "
-        "and LoRA stay fp32; see docs/BENCHMARKS.md), or "
-        "auto (what this host's cached micro-benchmark measured faster; never int8).",
+        "auto",
+        description="Precision of the transformers engine's base linears on CPU: auto (bf16 "
+        "where this host's cached micro-benchmark measured it faster, which needs a CPU with "
+        "native bf16; fp32 elsewhere, AVX2-only CPUs without measuring; never int8), fp32, "
+        "bf16, or int8 (fbgemm dynamic on the attention and gate/up linears; the LM head, "
+        "down projections and prompts in bf16 on a CPU with fast native bf16, else fp32; LoRA "
+        "stays fp32; see docs/BENCHMARKS.md).",
     )
 
     db_busy_timeout: float = Field(

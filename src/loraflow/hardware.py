@@ -254,6 +254,21 @@ def auto_serving_precision(profile_dir: Path) -> str:
     return serving_precision("auto", host_profile(profile_dir))
 
 
+def int8_companion(profile_dir: Path) -> str:
+    """What LOCAL_PRECISION=int8 runs beside int8 (the linears it keeps, prompts): bf16 on a
+    CPU with native bf16 where this host measured bf16 linears faster, else fp32."""
+    if bf16_ruled_out(cpu_info()):
+        return "fp32"
+    return companion_of(host_profile(profile_dir))
+
+
+def companion_of(profile: dict[str, Any]) -> str:
+    """`int8_companion` from a measured profile."""
+    speed = profile["speedup"]
+    fast = speed["serving_bf16_b1"] >= MIN_GAIN and speed["serving_bf16_b32"] >= 1.0
+    return "bf16" if fast else "fp32"
+
+
 def training_precision(setting: str, profile: dict[str, Any]) -> str:
     """fp32 or bf16 for CPU training: the setting, or for `auto` what measured faster."""
     _check(setting, TRAINING_PRECISIONS, "TRAINING_PRECISION")

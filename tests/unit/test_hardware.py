@@ -130,3 +130,15 @@ def test_summary_never_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert summary["int8 serving speed-up (batch 1 / 32)"] == "9.0 / 6.5"
     fake_cpu(monkeypatch, AVX2, bf16=False)
     assert hardware.hardware_summary(tmp_path)["auto training precision"].startswith("fp32")
+
+
+def test_int8_companion_is_bf16_only_where_bf16_is_native_and_faster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert hardware.companion_of(_profile(AVX512_BF16)) == "bf16"
+    assert hardware.companion_of(_profile(AVX2)) == "fp32"
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=False)
+    assert hardware.int8_companion(tmp_path / "a") == "fp32"
+    assert not (tmp_path / "a" / hardware.PROFILE_FILE).exists()  # known without measuring
+    fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
+    assert hardware.int8_companion(tmp_path / "b") == "bf16"

@@ -29,19 +29,21 @@ modules_to_save) returns None from `LeanDecoder.build` and the scheduler keeps t
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from loraflow.engines.gathered_lora import plain_lora_layers
 from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
+from loraflow.models.cpu_precision import LowPrecisionLinear
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
-_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
-_MLP = ("gate_proj", "up_proj", "down_proj")
+_QKV = ("q_proj", "k_proj", "v_proj")
 # The KV cache grows in steps of this many positions (fewer reallocations).
 _GROW = 256
 
@@ -61,9 +63,17 @@ class _Lora:
 
 
 @dataclass
-class _Linear:
-    base: Any  # the base nn.Linear (or LowPrecisionLinear): called as a module
-    lora: _Lora | None = None
+class _Proj:
+    """One base product giving the outputs of one or more projections side by side.
+
+    `base` is an nn.Linear (or LowPrecisionLinear) called as a module; with several parts it
+    is the fused linear `_fused_base` made, `sizes` are the parts' widths and `loras` each
+    part's adapters (None where no attached adapter has that projection).
+    """
+
+    base: Any
+    sizes: list[int]
+    loras: list[_Lora | None]
 
 
 @dataclass
@@ -72,7 +82,11 @@ class _Layer:
     ln2: torch.Tensor
     eps1: float
     eps2: float
-    lin: dict[str, _Linear] = field(default_factory=dict)
+    # q/k/v and gate/up: one fused product each where their bases allow, else one a part.
+    qkv: list[_Proj] = field(default_factory=list)
+    o: list[_Proj] = field(default_factory=list)
+    gate_up: list[_Proj] = field(default_factory=list)
+    down: list[_Proj] = field(default_factory=list)
 
 
 class LeanDecoder:
@@ -100,10 +114,10 @@ class LeanDecoder:
                 float(layer.input_layernorm.variance_epsilon),
                 float(layer.post_attention_layernorm.variance_epsilon),
             )
-            for name in _ATTN:
-                item.lin[name] = _linear(getattr(attn, name), slots)
-            for name in _MLP:
-                item.lin[name] = _linear(getattr(mlp, name), slots)
+            item.qkv = _projections([getattr(attn, n) for n in _QKV], slots)
+            item.o = _projections([attn.o_proj], slots)
+            item.gate_up = _projections([mlp.gate_proj, mlp.up_proj], slots)
+            item.down = _projections([mlp.down_proj], slots)
             self.layers.append(item)
         self.dtype = self._embed.weight.dtype
         self.device = self._embed.weight.device
@@ -143,11 +157,21 @@ class LeanDecoder:
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         return weight * x.to(h.dtype)
 
-    def _apply(self, lin: _Linear, x: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
-        out = lin.base(x)
-        lora = lin.lora
-        if lora is None or rows.uniform == 0:
-            return out
+    def _apply(self, projs: list[_Proj], x: torch.Tensor, rows: RowAdapters) -> list[torch.Tensor]:
+        """The outputs of the projections `projs` stand for (base product plus each row's LoRA)."""
+        outs: list[torch.Tensor] = []
+        for proj in projs:
+            out = proj.base(x)
+            parts = [out] if len(proj.sizes) == 1 else list(out.split(proj.sizes, dim=-1))
+            if rows.uniform != 0:
+                for i, lora in enumerate(proj.loras):
+                    if lora is not None:
+                        parts[i] = self._lora(lora, x, parts[i], rows)
+            outs += parts
+        return outs
+
+    @staticmethod
+    def _lora(lora: _Lora, x: torch.Tensor, out: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
         if rows.uniform is not None:
             if rows.uniform not in lora.present:
                 return out
@@ -184,9 +208,7 @@ class LeanDecoder:
             causal = keys.unsqueeze(0) <= pos.squeeze(0).unsqueeze(1)
         for li, layer in enumerate(self.layers):
             hs = self._rms(h, layer.ln1, layer.eps1)
-            q = self._apply(layer.lin["q_proj"], hs, rows)
-            k = self._apply(layer.lin["k_proj"], hs, rows)
-            v = self._apply(layer.lin["v_proj"], hs, rows)
+            q, k, v = self._apply(layer.qkv, hs, rows)
             q = q.view(1, n, self.heads, self.head_dim).transpose(1, 2)
             k = k.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
             v = v.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -205,16 +227,15 @@ class LeanDecoder:
                 enable_gqa=self.kv_heads != self.heads,
             )
             att = att.transpose(1, 2).reshape(1, n, self.heads * self.head_dim)
-            h = h + self._apply(layer.lin["o_proj"], att, rows)
+            h = h + self._apply(layer.o, att, rows)[0]
             h = h + self._mlp(layer, h, rows)
         last = self._norm(h[:, -1:, :])
         return self._lm_head(last)[0, -1]
 
     def _mlp(self, layer: _Layer, h: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
         hs = self._rms(h, layer.ln2, layer.eps2)
-        gate = self._apply(layer.lin["gate_proj"], hs, rows)
-        up = self._apply(layer.lin["up_proj"], hs, rows)
-        return self._apply(layer.lin["down_proj"], F.silu(gate) * up, rows)
+        gate, up = self._apply(layer.gate_up, hs, rows)
+        return self._apply(layer.down, F.silu(gate) * up, rows)[0]
 
     @torch.inference_mode()
     def decode(
@@ -238,9 +259,7 @@ class LeanDecoder:
         groups = self.heads // self.kv_heads
         for li, layer in enumerate(self.layers):
             hs = self._rms(h, layer.ln1, layer.eps1)
-            q = self._apply(layer.lin["q_proj"], hs, rows)
-            k = self._apply(layer.lin["k_proj"], hs, rows)
-            v = self._apply(layer.lin["v_proj"], hs, rows)
+            q, k, v = self._apply(layer.qkv, hs, rows)
             q = q.view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
             k = k.view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
@@ -252,7 +271,7 @@ class LeanDecoder:
             scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scale + bias
             att = torch.matmul(scores.softmax(dim=-1), values)  # [B, KV, G, D]
             att = att.reshape(b, 1, self.heads * self.head_dim)
-            h = h + self._apply(layer.lin["o_proj"], att, rows)
+            h = h + self._apply(layer.o, att, rows)[0]
             h = h + self._mlp(layer, h, rows)
         return self._lm_head(self._norm(h))[:, -1, :]
 
@@ -402,13 +421,73 @@ class PrefixStore:
             self._drop(next(iter(self._items)))
 
 
-def _linear(module: Any, slots: dict[str, int]) -> _Linear:
-    base = getattr(module, "base_layer", None)
-    if base is None:
-        return _Linear(module)
+def _projections(modules: list[Any], slots: dict[str, int]) -> list[_Proj]:
+    """`modules` (PEFT-wrapped or plain linears reading the same input) as products to run:
+    one fused product where their bases allow it, else one per module."""
+    bases = [getattr(m, "base_layer", m) for m in modules]
+    loras = [_lora_stack(m, slots) for m in modules]
+    sizes = [int(b.out_features) for b in bases]
+    fused = _fused_base(bases) if len(bases) > 1 else None
+    if fused is not None:
+        return [_Proj(fused, sizes, loras)]
+    return [_Proj(b, [n], [lo]) for b, n, lo in zip(bases, sizes, loras, strict=True)]
+
+
+# First base linear of a fused group -> (the fused linear, its parts' weight addresses then).
+_FUSED: weakref.WeakKeyDictionary[Any, tuple[Any, tuple[int, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _fused_base(bases: list[Any]) -> Any | None:
+    """One linear computing `bases`' products side by side (q/k/v, gate/up), or None.
+
+    Fewer, larger products cost fewer calls a step (each LowPrecisionLinear call quantizes
+    its input anew). The parts' weights (and biases) become views into the fused tensors, so
+    nothing is held twice and the model's own modules read the same numbers. Only linears
+    of one kind and precision, on one input, fuse; the result is kept per model and made
+    again if a part's weight was since replaced.
+    """
+    first = bases[0]
+    kind = type(first)
+    if kind not in (nn.Linear, LowPrecisionLinear):
+        return None
+    precision = getattr(first, "precision", None)
+    for b in bases:
+        if type(b) is not kind or getattr(b, "precision", None) != precision:
+            return None
+        w = b.weight
+        if w.shape[1] != first.weight.shape[1] or w.dtype != first.weight.dtype:
+            return None
+        if w.device != first.weight.device or (b.bias is None) != (first.bias is None):
+            return None
+    addresses = tuple(b.weight.data_ptr() for b in bases)
+    known = _FUSED.get(first)
+    if known is not None and known[1] == addresses:
+        return known[0]
+    with torch.no_grad():
+        weight = torch.cat([b.weight.detach() for b in bases])
+        bias = None if first.bias is None else torch.cat([b.bias.detach() for b in bases])
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            fused.bias = nn.Parameter(bias, requires_grad=False)
+        start = 0
+        for b in bases:
+            end = start + b.weight.shape[0]
+            b.weight.data = weight[start:end]
+            if bias is not None:
+                b.bias.data = bias[start:end]
+            start = end
+    made: Any = fused if precision is None else LowPrecisionLinear(fused, precision)
+    _FUSED[first] = (made, tuple(b.weight.data_ptr() for b in bases))
+    return made
+
+
+def _lora_stack(module: Any, slots: dict[str, int]) -> _Lora | None:
+    if getattr(module, "base_layer", None) is None:
+        return None
     names = [n for n in module.lora_A if n in slots]
     if not names:
-        return _Linear(base)
+        return None
     ref = module.lora_A[names[0]].weight
     r_max = max(module.lora_A[n].weight.shape[0] for n in names)
     d_in, d_out = ref.shape[1], module.lora_B[names[0]].weight.shape[0]
@@ -425,4 +504,4 @@ def _linear(module: Any, slots: dict[str, int]) -> _Linear:
             # PEFT's forward, merge and unload read the same numbers through these views.
             wa.data = a[s, :r]
             wb.data = bt[s, :r].T
-    return _Linear(base, _Lora(a, bt, scale, frozenset(slots[n] for n in names)))
+    return _Lora(a, bt, scale, frozenset(slots[n] for n in names))

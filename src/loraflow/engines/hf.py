@@ -13,7 +13,7 @@ from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.peft_adapters import attach_adapter, detach_adapter
 from loraflow.engines.stops import StopFilter, truncate_at_stop
 from loraflow.errors import InvalidInput, LoraflowError, NotFound
-from loraflow.hardware import auto_serving_precision, serving_precision
+from loraflow.hardware import auto_serving_precision, int8_companion, serving_precision
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import resolve_base_model
@@ -402,9 +402,7 @@ def load_local_engine(
         resolved, device, quantization, half=half, memory_fraction=memory_fraction
     )
     if device == "cpu" and not quantization:
-        from loraflow.models.cpu_precision import apply_cpu_precision
-
-        apply_cpu_precision(model, local_precision(precision, profile_dir or cache_dir))
+        apply_local_precision(model, precision, profile_dir or cache_dir)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
@@ -415,6 +413,17 @@ def load_local_engine(
     if max_batch > 0:
         engine.enable_batching(max_batch, lean=lean)
     return engine, warnings
+
+
+def apply_local_precision(model: Any, setting: str, profile_dir: Path) -> str:
+    """Run a CPU model's base linears as LOCAL_PRECISION `setting` says on this host; returns
+    what it runs ("fp32", "bf16", "int8" or "int8+bf16")."""
+    from loraflow.models.cpu_precision import apply_cpu_precision, cpu_precision_of
+
+    chosen = local_precision(setting, profile_dir)
+    companion = int8_companion(profile_dir) if chosen == "int8" else "fp32"
+    apply_cpu_precision(model, chosen, companion)
+    return cpu_precision_of(model)
 
 
 def local_precision(setting: str, profile_dir: Path) -> str:

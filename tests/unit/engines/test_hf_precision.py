@@ -10,6 +10,7 @@ import torch
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine, load_local_engine, local_precision
 from loraflow.errors import ConfigError
+from loraflow.hardware import bf16_ruled_out, cpu_info, int8_companion
 from loraflow.models.cpu_precision import apply_cpu_precision
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
@@ -20,7 +21,8 @@ PROMPTS = ["Hello there", "The sea is", "One two three", "Why is the sky"]
 
 def _engine(model_dir: Path, tmp: Path, adapters: Path, precision: str) -> HFEngine:
     model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(model_dir), tmp))
-    apply_cpu_precision(model, precision)
+    kind, _, companion = precision.partition("+")
+    apply_cpu_precision(model, kind, companion or "fp32")
     engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
     engine.load_adapter("alpha", adapters / "alpha")
     engine.load_adapter("beta", adapters / "beta")
@@ -43,7 +45,7 @@ def _step_logits(engine: HFEngine, adapter: str | None) -> torch.Tensor:
     return out.logits[0, -1]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8+bf16"])
 def test_adapter_changes_outputs_as_in_fp32(
     precision: str, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
 ) -> None:
@@ -59,10 +61,11 @@ def test_adapter_changes_outputs_as_in_fp32(
         assert low.generate_text("The sea is", GREEDY, adapter).completion_tokens == 6
 
 
+@pytest.mark.parametrize("precision", ["int8", "int8+bf16"])
 def test_int8_mixed_batch_equals_each_adapter_alone(
-    tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
+    precision: str, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
 ) -> None:
-    engine = _engine(tiny_model_dir, tmp_path, adapters_root, "int8")
+    engine = _engine(tiny_model_dir, tmp_path, adapters_root, precision)
     names = [None, "alpha", "beta", "alpha"]
     alone = [engine.generate_text(p, GREEDY, a).text for p, a in zip(PROMPTS, names, strict=True)]
     engine.enable_batching(max_batch=4)
@@ -86,7 +89,11 @@ def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: P
     engine, _ = load_local_engine(
         str(tiny_model_dir), tmp_path, "cpu", None, None, precision="int8"
     )
-    assert engine.precision == "int8"
+    # Beside int8, what this host's bf16 measured: bf16 on a CPU with fast native bf16.
+    companion = int8_companion(tmp_path)
+    assert engine.precision == ("int8+bf16" if companion == "bf16" else "int8")
+    if bf16_ruled_out(cpu_info()):
+        assert companion == "fp32"
     assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
     engine, _ = load_local_engine(str(tiny_model_dir), tmp_path, "cpu", None, None)
     assert engine.precision == "fp32"

@@ -241,3 +241,47 @@ def test_a_dora_adapter_attached_mid_batch_hands_rows_to_transformers(
     # New requests are served there too, with the same answers.
     again = lean.generate(_chat("Hi"), GREEDY, adapter="beta").text
     assert again == plain.generate(_chat("Hi"), GREEDY, adapter="beta").text
+
+
+def test_qkv_and_gate_up_run_as_one_product_over_shared_weights(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    """Fusing keeps one copy of the weights (the model's own read views of the fused one),
+    and a weight replaced since (a new tensor) is fused anew, not read stale."""
+    from transformers import AutoModelForCausalLM
+
+    from loraflow.models.cpu_precision import apply_cpu_precision
+
+    base_dir = _tiny(tmp_path / "m", smollm2_dir, "qwen2", seed=5)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    apply_cpu_precision(model, "int8")
+    attn = model.model.layers[0].self_attn
+    ids = torch.tensor([[5, 9, 14, 3, 7, 2]])
+    with torch.inference_mode():
+        want = model(ids).logits[0, -1]
+    decoder = LeanDecoder.build(model, model)
+    assert decoder is not None
+    (qkv,) = decoder.layers[0].qkv
+    (gate_up,) = decoder.layers[0].gate_up
+    assert qkv.sizes == [64, 32, 32] and len(gate_up.sizes) == 2
+    fused = qkv.base.weight
+    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+        part = getattr(attn, name)
+        assert part.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+        assert torch.equal(part.weight, fused[sum(qkv.sizes[:i]) : sum(qkv.sizes[: i + 1])])
+        assert part.bias is not None  # qwen2's q/k/v biases are fused too
+    with torch.inference_mode():
+        # The model's own forward reads the same numbers as before fusing.
+        assert torch.equal(model(ids).logits[0, -1], want)
+        cache = SlotCache(2, decoder.kv_heads, decoder.head_dim, decoder.dtype, decoder.device)
+        got = decoder.prefill(cache, 0, ids[0].tolist(), 0, 0)
+    assert torch.allclose(got, want, atol=1e-4)
+    # Built again for the same weights: the same fused linear, nothing copied.
+    again = LeanDecoder.build(model, model)
+    assert again is not None and again.layers[0].qkv[0].base is qkv.base
+    with torch.no_grad():
+        attn.k_proj.weight.data = attn.k_proj.weight.detach().clone() * 2
+    fresh = LeanDecoder.build(model, model)
+    assert fresh is not None and fresh.layers[0].qkv[0].base is not qkv.base
+    k_rows = fresh.layers[0].qkv[0].base.weight[64:96]
+    assert torch.equal(k_rows, attn.k_proj.weight)

@@ -110,3 +110,34 @@ def test_int8_stays_close_with_an_outlier_channel() -> None:
         ref = lin(x)
         # Standard asymmetric 7-bit quantization of x: error ~ span / 127 per element.
         assert _rel(low(x), ref) < 0.05  # 0.036 here; fp32 row sums gave 0.076
+
+
+def test_int8_with_the_bf16_companion_runs_kept_linears_and_prompts_in_bf16() -> None:
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up_proj, self.down_proj = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    model = nn.Sequential(Block())
+    torch.manual_seed(0)
+    up = model[0].up_proj
+    reference = nn.Linear(8, 16)
+    reference.load_state_dict(up.state_dict())
+    assert apply_cpu_precision(model, "int8", companion="bf16") == 2
+    assert cpu_precision_of(model) == "int8+bf16"
+    down = model[0].down_proj
+    assert isinstance(down, LowPrecisionLinear) and down.precision == "bf16"
+    low = model[0].up_proj
+    assert isinstance(low, LowPrecisionLinear) and (low.precision, low.prompts) == ("int8", "bf16")
+    prompt = torch.randn(1, 6, 8)
+    with torch.inference_mode():
+        got, want = low(prompt), reference(prompt)
+        # A prompt's product in bf16: close to fp32, and not the exact fp32 one.
+        assert _rel(got, want) < 0.01 and not torch.equal(got, want)
+        # bf16 rounds the input as the kernel does: same as a bf16 product by hand.
+        by_hand = nn.functional.linear(
+            prompt.bfloat16(), up.weight.bfloat16(), up.bias.bfloat16()
+        ).float()
+        assert torch.equal(got, by_hand)
+    with pytest.raises(ValueError, match="fp16"):
+        apply_cpu_precision(nn.Sequential(nn.Linear(2, 2)), "int8", companion="fp16")
