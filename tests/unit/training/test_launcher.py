@@ -46,6 +46,9 @@ SAME_BATCH = {
     "alpha": 8,
     "dropout": 0.0,
     "val_split": 0.0,
+    # The direct run has no host profile (fp32) while a submitted job's `auto` reads it (bf16
+    # on an AVX-512 BF16 host): one precision for both, so they can train the same weights.
+    "precision": "fp32",
 }
 # Relative tolerance on the final train and eval loss: the runs differ at most in the order
 # floating-point sums are taken (the losses came out identical in runs here); a run whose
