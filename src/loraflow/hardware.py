@@ -323,8 +323,12 @@ def hardware_summary(data_dir: Path) -> dict[str, Any]:
             )
         out["auto training precision"] = training_precision("auto", profile)
         out["auto serving precision"] = serving_precision("auto", profile)
+        out["int8 serving runs beside it"] = (
+            "fp32" if bf16_ruled_out(info) else companion_of(profile)
+        )
     elif bf16_ruled_out(info):
         out["auto training precision"] = out["auto serving precision"] = "fp32 (no native bf16)"
+        out["int8 serving runs beside it"] = "fp32"
     else:
         out["auto training precision"] = out["auto serving precision"] = "measured on first use"
     return out

@@ -128,8 +128,11 @@ def test_summary_never_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     summary = hardware.hardware_summary(tmp_path)
     assert summary["auto training precision"] == "bf16"
     assert summary["int8 serving speed-up (batch 1 / 32)"] == "9.0 / 6.5"
+    assert summary["int8 serving runs beside it"] == "bf16"
     fake_cpu(monkeypatch, AVX2, bf16=False)
-    assert hardware.hardware_summary(tmp_path)["auto training precision"].startswith("fp32")
+    summary = hardware.hardware_summary(tmp_path)
+    assert summary["auto training precision"].startswith("fp32")
+    assert summary["int8 serving runs beside it"] == "fp32"
 
 
 def test_int8_companion_is_bf16_only_where_bf16_is_native_and_faster(
