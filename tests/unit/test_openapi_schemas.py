@@ -180,6 +180,9 @@ def api(
         recorder.install(mp)
         with TestClient(create_app(settings, runtime=rt), raise_server_exceptions=True) as client:
             yield client, recorder, rt
+    # Workflows started without waiting (a merge) must not run on into later tests.
+    for thread in list(rt.workflow_threads.values()):
+        thread.join(timeout=600)
     rt.local.close()
     rt.db.dispose()
 

@@ -28,6 +28,7 @@ from loraflow.adapters.inspect import (
 from loraflow.errors import Conflict, InvalidInput, LoraflowError, ModelLoadError
 from loraflow.models.adapters import ADAPTER_WEIGHTS, check_adapter_folder
 from loraflow.models.load import resolve_device
+from loraflow.models.pretrained import pretrained
 from loraflow.permissions import share_tree
 
 Quantization = Literal["8bit", "4bit"]
@@ -315,7 +316,7 @@ def _load_fp32(folder: Path, device: str, quantization_config: Any = None) -> An
     if device != "cpu":
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        model = pretrained(AutoModelForCausalLM.from_pretrained, str(folder), **kwargs)
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:
         raise ModelLoadError(f"could not load the model in {folder}: {exc}") from exc
     model.eval()

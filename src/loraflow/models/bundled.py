@@ -10,6 +10,7 @@ from pathlib import Path
 
 from loraflow.errors import ModelLoadError
 from loraflow.locks import file_lock
+from loraflow.models.pretrained import pretrained
 from loraflow.permissions import share_tree
 
 BUNDLED_MODELS = {"bundled:smollm2": "SmolLM2-135M-Instruct"}
@@ -91,7 +92,8 @@ def _convert_smollm2(dest: Path) -> None:
             gguf.parent, gguf_file=gguf.name, local_files_only=True
         )
         # save_pretrained refuses GGUF-quantized weights, so dequantize to fp32 on load.
-        model = AutoModelForCausalLM.from_pretrained(
+        model = pretrained(
+            AutoModelForCausalLM.from_pretrained,
             gguf.parent,
             gguf_file=gguf.name,
             dtype=torch.float32,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.errors import ConfigError, ModelLoadError
+from loraflow.models.pretrained import pretrained
 from loraflow.models.resolve import ResolvedModel
 
 DEVICES = ("cpu", "auto", "cuda")
@@ -81,7 +82,7 @@ def load_model_and_tokenizer(
         model_kwargs["device_map"] = {"": device}
         limit_gpu_memory(device, memory_fraction)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, **model_kwargs)
+        model = pretrained(AutoModelForCausalLM.from_pretrained, resolved.path, **model_kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         raise _out_of_memory(resolved) from exc
     except (OSError, ValueError, RuntimeError, ImportError, KeyError) as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 from loraflow.adapters.merge.lora import first_line
 from loraflow.errors import ModelLoadError
+from loraflow.models.pretrained import pretrained
 
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
 # torch's load_state_dict message for one tensor of the wrong shape.
@@ -24,7 +25,8 @@ def load_causal_lm(path: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = pretrained(
+            AutoModelForCausalLM.from_pretrained,
             str(path),
             dtype=torch.float32,
             use_safetensors=True,
@@ -44,8 +46,12 @@ def attach_adapter(model: Any, adapter_dir: Path, name: str = "default") -> Any:
     # PEFT reads adapter_model.safetensors whenever it exists, and merge inputs are checked
     # to have it, so no pickle is ever loaded here.
     try:
-        return PeftModel.from_pretrained(
-            model, str(adapter_dir), adapter_name=name, is_trainable=False
+        return pretrained(
+            PeftModel.from_pretrained,
+            model,
+            str(adapter_dir),
+            adapter_name=name,
+            is_trainable=False,
         )
     except LOAD_ERRORS as exc:
         raise ModelLoadError(
