@@ -27,13 +27,7 @@ from _server import MODEL_CACHE
 
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
-from loraflow.hardware import (
-    bf16_ruled_out,
-    companion_of,
-    cpu_info,
-    host_profile,
-    serving_precision,
-)
+from loraflow.hardware import host_profile, int8_companion, serving_precision
 from loraflow.models.cpu_precision import apply_cpu_precision
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
@@ -157,7 +151,7 @@ def main() -> None:
         # engine picks it); "int8+fp32" / "int8+bf16" name the companion.
         kind, _, companion = p.partition("+")
         if kind == "int8" and not companion:
-            companion = "fp32" if bf16_ruled_out(cpu_info()) else companion_of(profile)
+            companion = int8_companion(work)  # the profile measured above, read back
         apply_cpu_precision(model, kind, companion or "fp32")
         engines[p] = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
         for name in names:

@@ -46,12 +46,8 @@ def attach_adapter(model: Any, adapter_dir: Path, name: str = "default") -> Any:
     # PEFT reads adapter_model.safetensors whenever it exists, and merge inputs are checked
     # to have it, so no pickle is ever loaded here.
     try:
-        return pretrained(
-            PeftModel.from_pretrained,
-            model,
-            str(adapter_dir),
-            adapter_name=name,
-            is_trainable=False,
+        return PeftModel.from_pretrained(
+            model, str(adapter_dir), adapter_name=name, is_trainable=False
         )
     except LOAD_ERRORS as exc:
         raise ModelLoadError(
