@@ -124,6 +124,14 @@ def test_training_from_upload_to_a_loaded_adapter(
     assert [p["step"] for p in curve["loss"]] == [1, 2], curve
     expect(plot).to_contain_text("eval_loss")
     expect(plot).to_contain_text("loss (smoothed)")
+    # A two-step run is labelled at whole steps only (1 and 2, never 1.5).
+    ticks = page.evaluate(
+        """() => [...document.querySelectorAll(
+                '#train-loss g.role-axis[aria-label^="X-axis"] .role-axis-label text')]
+            .map(t => t.textContent)"""
+    )
+    assert ticks and all(t.isdigit() for t in ticks), ticks
+    assert len(set(ticks)) == len(ticks), ticks
     page.screenshot(path=str(SCREENSHOTS / "training-done.png"), full_page=True)
 
     # State lives in the server: another browser sees the same finished job and its curve.

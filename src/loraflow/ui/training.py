@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import html
-import math
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.components.plot import AltairPlotData
 
 from loraflow.datasets.formats import DATASET_TYPES
 from loraflow.services.runtime import Runtime
@@ -71,11 +72,7 @@ def loss_frame(
     rt: Runtime, task_id: int | None, names: dict[str, str] | None = None
 ) -> pd.DataFrame:
     """Training and eval loss of one task as a long table: step, value, series."""
-    # The browser's plot keeps the series it saw first and only swaps the points later, so
-    # both series are there from the start as empty (NaN) points: legend and colours stay right.
-    points: list[dict[str, Any]] = [
-        {"step": math.nan, "value": math.nan, "series": name} for name in SERIES
-    ]
+    points: list[dict[str, Any]] = []
     if task_id is not None:
         curve = training.metrics(rt, task_id)
         for name in ("loss", "eval_loss"):
@@ -90,8 +87,57 @@ def loss_frame(
     frame = pd.DataFrame(points, columns=["step", "value", "series"])
     if names:  # the legend in the page's language
         frame["series"] = frame["series"].map(lambda key: names.get(key, key))
-    # Numbers, even when empty, so the plot draws continuous axes rather than categories.
     return frame.astype({"step": "float64", "value": "float64", "series": "str"})
+
+
+def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
+    """The loss curve as a Vega-Lite line chart: whole steps on the x axis (a run of a few
+    steps would otherwise get ticks at 1.5), every series in the legend from the start."""
+    rows = frame.dropna()
+    values = [
+        {"step": int(r.step), "value": float(r.value), "series": str(r.series)}
+        for r in rows.itertuples()
+    ]
+    series = list(axes["series"])
+    # The page's theme swaps these colours for its own palette, one colour a series.
+    palette = ["#f97316", "#3b82f6", "#22c55e"]
+    color = {
+        "field": "series",
+        "type": "nominal",
+        "title": None,
+        "scale": {"domain": series, "range": palette[: len(series)]},
+        "legend": {"orient": "bottom"},
+    }
+    axis: dict[str, Any] = {"tickMinStep": 1, "format": "d"}
+    steps = [v["step"] for v in values]
+    if steps and max(steps) - min(steps) <= 10:
+        # tickMinStep alone still puts a tick at 1.5 over a domain of 1-2 or 1-3: name them.
+        axis["values"] = list(range(min(steps), max(steps) + 1))
+    x = {
+        "field": "step",
+        "type": "quantitative",
+        "title": axes["x"],
+        "scale": {"zero": False},
+        "axis": axis,
+    }
+    y = {"field": "value", "type": "quantitative", "title": axes["y"], "scale": {"zero": False}}
+    tooltip = [{"field": "series"}, {"field": "step"}, {"field": "value", "format": ".4f"}]
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": axes["title"],
+        "height": 300,
+        "data": {"values": values},
+        # SVG, so the page (and its tests) can read the drawn lines and labels.
+        "usermeta": {"embedOptions": {"renderer": "svg"}},
+        "layer": [
+            {"mark": {"type": "line"}, "encoding": {"x": x, "y": y, "color": color}},
+            {
+                "mark": {"type": "point", "filled": True, "size": 16, "strokeWidth": 0},
+                "encoding": {"x": x, "y": y, "color": color, "tooltip": tooltip},
+            },
+        ],
+    }
+    return AltairPlotData(chart="line", plot=json.dumps(spec))
 
 
 def smoothed(losses: list[tuple[int, float]]) -> list[dict[str, Any]]:
@@ -237,20 +283,17 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         pick = gr.Dropdown(label=t("task"), elem_id="train-task", scale=3)
         cancel = gr.Button(t("cancel"), variant="stop", elem_id="train-cancel", scale=1)
         resume = gr.Button(t("resume"), elem_id="train-resume", scale=1)
-    plot = gr.LinePlot(
-        x="step",
-        y="value",
-        color="series",
-        title=t("loss_curve"),
-        x_title=t("step"),
-        y_title=t("loss"),
-        elem_id="train-loss",
-        height=300,
-    )
+    plot = gr.Plot(label=t("loss_curve"), show_label=False, elem_id="train-loss")
     gr.Markdown(t("loss_note"), elem_id="train-loss-note")
     # What this page shows now; a poll re-sends only what changed, so the dropdown stays open
     # and the plot does not flicker.
     legend = {name: t("series_" + name.replace(" (smoothed)", "_smoothed")) for name in SERIES}
+    axes = {
+        "title": t("loss_curve"),
+        "x": t("step"),
+        "y": t("loss"),
+        "series": list(legend.values()),
+    }
     shown = gr.State({})
     # The task the status line under Start speaks of; the poll keeps that line current.
     followed = gr.State(None)
@@ -281,7 +324,7 @@ def build(ctx: UIContext, demo: gr.Blocks, tab: gr.Tab) -> None:
         return (
             gr.update() if same["table"] else table,
             menu,
-            gr.update() if same["plot"] else frame,
+            gr.update() if same["plot"] else loss_chart(frame, axes),
             now,
             gr.update() if same["line"] or not now["line"] else now["line"],
         )
