@@ -109,7 +109,7 @@ def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
         "legend": {"orient": "bottom"},
     }
     axis: dict[str, Any] = {"tickMinStep": 1, "format": "d"}
-    steps = [v["step"] for v in values]
+    steps = [int(r.step) for r in rows.itertuples()]
     if steps and max(steps) - min(steps) <= 10:
         # tickMinStep alone still puts a tick at 1.5 over a domain of 1-2 or 1-3: name them.
         axis["values"] = list(range(min(steps), max(steps) + 1))
