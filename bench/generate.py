@@ -163,7 +163,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-generate-"))
     make_adapter(resolved.path, work / "adapters" / ADAPTER, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
-    precision = apply_local_precision(model, args.precision, MODEL_CACHE)
+    precision = apply_local_precision(model, args.precision, MODEL_CACHE, tokenizer)
     print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
     hf = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     hf.load_adapter(ADAPTER, work / "adapters" / ADAPTER)

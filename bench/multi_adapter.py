@@ -160,7 +160,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
     make_adapters(resolved.path, work, most, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
-    precision = apply_local_precision(model, args.precision, cache)
+    precision = apply_local_precision(model, args.precision, cache, tokenizer)
     print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     names = [f"adapter-{i:02d}" for i in range(most)]

@@ -28,12 +28,17 @@ from _server import MODEL_CACHE
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
 from loraflow.hardware import host_profile, int8_companion, serving_precision
-from loraflow.models.cpu_precision import apply_cpu_precision
+from loraflow.models.cpu_precision import (
+    CALIBRATION_HELD_OUT,
+    activation_ranges,
+    apply_cpu_precision,
+    calibration_batches,
+)
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
 REPO = Path(__file__).resolve().parents[1]
-HELD_OUT = REPO / "src" / "loraflow" / "sample_data" / "docs" / "troubleshooting.md"
+HELD_OUT = REPO / "src" / "loraflow" / "sample_data" / "docs" / CALIBRATION_HELD_OUT
 PROMPTS = [
     "Explain what a LoRA adapter is.",
     "Write a short poem about the sea.",
@@ -123,7 +128,8 @@ def main() -> None:
         "--precisions",
         nargs="+",
         default=["fp32", "int8", "bf16"],
-        help="fp32, bf16, int8 (with the companion this host's engine picks), int8+fp32, int8+bf16",
+        help="fp32, bf16, int8 (calibrated, with the companion this host's engine picks), "
+        "int8+fp32, int8+bf16; add +kept for int8 uncalibrated (LM head, down_proj kept)",
     )
     ap.add_argument("--ppl-tokens", type=int, default=192, help="held-out tokens scored")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per request")
@@ -149,10 +155,16 @@ def main() -> None:
         model, tokenizer = load_model_and_tokenizer(resolved)
         # "int8" is what LOCAL_PRECISION=int8 runs on this host (its companion picked as the
         # engine picks it); "int8+fp32" / "int8+bf16" name the companion.
-        kind, _, companion = p.partition("+")
+        kind, _, rest = p.partition("+")
+        companion = rest.replace("+kept", "").replace("kept", "")
         if kind == "int8" and not companion:
             companion = int8_companion(work)  # the profile measured above, read back
-        apply_cpu_precision(model, kind, companion or "fp32")
+        # As the engine loads it: int8 calibrated on a fixed text (every linear int8);
+        # "int8+kept" is the uncalibrated form that keeps the LM head and down projections.
+        ranges = None
+        if kind == "int8" and "kept" not in rest:
+            ranges = activation_ranges(model, calibration_batches(tokenizer))
+        apply_cpu_precision(model, kind, companion or "fp32", ranges)
         engines[p] = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
         for name in names:
             engines[p].load_adapter(name, work / name)

@@ -462,9 +462,9 @@ class Settings(BaseSettings):
         description="Precision of the transformers engine's base linears on CPU: auto (bf16 "
         "where this host's cached micro-benchmark measured it faster, which needs a CPU with "
         "native bf16; fp32 elsewhere, AVX2-only CPUs without measuring; never int8), fp32, "
-        "bf16, or int8 (fbgemm dynamic on the attention and gate/up linears; the LM head, "
-        "down projections and prompts in bf16 on a CPU with fast native bf16, else fp32; LoRA "
-        "stays fp32; see docs/BENCHMARKS.md).",
+        "bf16, or int8 (fbgemm dynamic on every base linear, calibrated at load on a fixed "
+        "text so outlier input channels are smoothed; prompts in bf16 on a CPU with fast "
+        "native bf16, else fp32; LoRA stays fp32; see docs/BENCHMARKS.md).",
     )
 
     db_busy_timeout: float = Field(

@@ -443,16 +443,22 @@ def _fused_base(bases: list[Any]) -> Any | None:
     Fewer, larger products cost fewer calls a step (each LowPrecisionLinear call quantizes
     its input anew). The parts' weights (and biases) become views into the fused tensors, so
     nothing is held twice and the model's own modules read the same numbers. Only linears
-    of one kind and precision, on one input, fuse; the result is kept per model and made
-    again if a part's weight was since replaced.
+    of one kind and precision (prompt precision and int8 smoothing included), on one input,
+    fuse; the result is kept per model and made again if a part's weight was since replaced.
     """
     first = bases[0]
     kind = type(first)
     if kind not in (nn.Linear, LowPrecisionLinear):
         return None
     precision = getattr(first, "precision", None)
+    prompts, smooth = getattr(first, "prompts", "fp32"), getattr(first, "smooth", None)
     for b in bases:
         if type(b) is not kind or getattr(b, "precision", None) != precision:
+            return None
+        if getattr(b, "prompts", "fp32") != prompts:
+            return None
+        mine = getattr(b, "smooth", None)
+        if (mine is None) != (smooth is None) or (mine is not None and not mine.equal(smooth)):
             return None
         w = b.weight
         if w.shape[1] != first.weight.shape[1] or w.dtype != first.weight.dtype:
@@ -477,7 +483,11 @@ def _fused_base(bases: list[Any]) -> Any | None:
             if bias is not None:
                 b.bias.data = bias[start:end]
             start = end
-    made: Any = fused if precision is None else LowPrecisionLinear(fused, precision)
+    made: Any = (
+        fused
+        if precision is None
+        else LowPrecisionLinear(fused, precision, prompts=prompts, smooth=smooth)
+    )
     _FUSED[first] = (made, tuple(b.weight.data_ptr() for b in bases))
     return made
 

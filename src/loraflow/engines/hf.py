@@ -402,7 +402,7 @@ def load_local_engine(
         resolved, device, quantization, half=half, memory_fraction=memory_fraction
     )
     if device == "cpu" and not quantization:
-        apply_local_precision(model, precision, profile_dir or cache_dir)
+        apply_local_precision(model, precision, profile_dir or cache_dir, tokenizer)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
@@ -415,14 +415,25 @@ def load_local_engine(
     return engine, warnings
 
 
-def apply_local_precision(model: Any, setting: str, profile_dir: Path) -> str:
+def apply_local_precision(
+    model: Any, setting: str, profile_dir: Path, tokenizer: Any = None
+) -> str:
     """Run a CPU model's base linears as LOCAL_PRECISION `setting` says on this host; returns
-    what it runs ("fp32", "bf16", "int8" or "int8+bf16")."""
-    from loraflow.models.cpu_precision import apply_cpu_precision, cpu_precision_of
+    what it runs ("fp32", "bf16", "int8" or "int8+bf16"). With `tokenizer`, int8 is
+    calibrated (one forward of a fixed text) and covers every linear."""
+    from loraflow.models.cpu_precision import (
+        activation_ranges,
+        apply_cpu_precision,
+        calibration_batches,
+        cpu_precision_of,
+    )
 
     chosen = local_precision(setting, profile_dir)
     companion = int8_companion(profile_dir) if chosen == "int8" else "fp32"
-    apply_cpu_precision(model, chosen, companion)
+    ranges = None
+    if chosen == "int8" and tokenizer is not None:
+        ranges = activation_ranges(model, calibration_batches(tokenizer))
+    apply_cpu_precision(model, chosen, companion, ranges)
     return cpu_precision_of(model)
 
 

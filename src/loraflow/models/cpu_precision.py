@@ -2,9 +2,10 @@
 
 `apply_cpu_precision(model, "bf16")` swaps every `nn.Linear` of a loaded model (lm_head
 included: tied to the embedding, it is 28M of SmolLM2-135M's 135M weights) for a
-`LowPrecisionLinear`; "int8" swaps all but the LM head and the MLP's down projections
-(`INT8_KEPT`), which stay fp32 or, with the bf16 companion on a CPU with native bf16, run
-in bf16 (as do prompts then). That is still an `nn.Linear` holding the same fp32 weight, so PEFT
+`LowPrecisionLinear`; "int8" calibrated (what the engine loads) swaps every one too,
+uncalibrated all but the LM head and the MLP's down projections (`INT8_KEPT`), which stay
+fp32 or, with the bf16 companion on a CPU with native bf16, run in bf16 (as do prompts
+then). That is still an `nn.Linear` holding the same fp32 weight, so PEFT
 wraps it like any other, adapters load, merge and unload as before, and LoRA deltas are
 computed in fp32 beside it; only the base product runs in the lower precision.
 
@@ -16,11 +17,22 @@ perplexity 2.5x; each row is therefore quantized on its own (see `_int8_rows`), 
 prompt, whose cached keys and values every later token reads, keeps full precision.
 `torch._weight_int8pack_mm` and the int4 pack kernels were 6-14x slower than fp32 on the
 hosts measured (DESIGN.md): not used.
+
+Calibrated int8 (`activation_ranges`, then `apply_cpu_precision(..., ranges=...)`): the few
+input channels that carry outliers set each row's range, so every other channel of the row
+keeps only a few of its 8 (7 on AVX2) bits. Dividing each input channel by a fixed factor,
+and multiplying the weight's column by it, gives the same product with flatter rows
+(SmoothQuant's migration, alpha 0.5); the factors come from one forward of a fixed text.
+With them every linear, the LM head and down projections included, runs int8 at perplexity
+within 1% of fp32 on SmolLM2 (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,22 +59,32 @@ class LowPrecisionLinear(nn.Linear):
     bf16 on a CPU where bf16 products are fast (the int8 path's bf16 companion).
     """
 
-    def __init__(self, linear: nn.Linear, precision: str, prompts: str = "fp32") -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        precision: str,
+        prompts: str = "fp32",
+        smooth: torch.Tensor | None = None,
+    ) -> None:
         # nn.Module's init only: the weight is the original Parameter, not a new allocation.
         nn.Module.__init__(self)
         if precision not in ("bf16", "int8"):
             raise ValueError(f"precision {precision!r} is not one of ['bf16', 'int8']")
-        if prompts not in COMPANIONS:
-            raise ValueError(f"prompt precision {prompts!r} is not one of {list(COMPANIONS)}")
+        if prompts not in (*COMPANIONS, "int8"):
+            raise ValueError(f"prompt precision {prompts!r} is not one of {[*COMPANIONS, 'int8']}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         self.precision = precision
         self.prompts = prompts if precision == "int8" else precision
+        # Per input channel: int8 products read x / smooth against W * smooth (see the module).
+        self.smooth = None if smooth is None or precision != "int8" else smooth.float()
+        self._unsmooth = None if self.smooth is None else (1.0 / self.smooth).unsqueeze(0)
         self._packs: dict[str, tuple[int, Any]] = {}
 
     def extra_repr(self) -> str:
         extra = f", prompts={self.prompts}" if self.prompts != self.precision else ""
+        extra += ", smoothed" if self.smooth is not None else ""
         return f"{super().extra_repr()}, precision={self.precision}{extra}"
 
     def _pack(self, kind: str) -> Any:
@@ -76,7 +98,8 @@ class LowPrecisionLinear(nn.Linear):
                     bias = None if self.bias is None else self.bias.detach().to(torch.bfloat16)
                     packed = (version, (w.to(torch.bfloat16), bias))
                 else:
-                    packed = (version, _int8_linear(w))
+                    scaled = w if self.smooth is None else w * self.smooth.unsqueeze(0)
+                    packed = (version, _int8_linear(scaled))
             self._packs[kind] = packed
         return packed[1]
 
@@ -90,9 +113,12 @@ class LowPrecisionLinear(nn.Linear):
             return super().forward(x)
         if self.precision == "bf16":
             return self._bf16(x)
-        if x.dim() >= 2 and x.shape[-2] > 1:
-            # Several tokens per row (a prompt): one activation scale for all would lose them.
+        if x.dim() >= 2 and x.shape[-2] > 1 and self.prompts != "int8":
+            # Several tokens per row (a prompt): its keys and values are cached and read by
+            # every later token, so it keeps full precision (or the bf16 companion's).
             return self._bf16(x) if self.prompts == "bf16" else super().forward(x)
+        if self._unsmooth is not None:
+            x = x * self._unsmooth
         return _int8_rows(x, self._pack("int8"), self.bias)
 
 
@@ -108,7 +134,10 @@ def _int8_rows(x: torch.Tensor, packed: Any, bias: torch.Tensor | None) -> torch
     """
     weights, row_sums = packed
     flat = x.reshape(-1, x.shape[-1]).float()
-    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    if flat.shape[0] > 1:  # aminmax along rows took 3-5x longer than the two calls here
+        lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    else:
+        lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
     span = (hi - lo).clamp_min_(_TINY)
     unit = torch.cat([(flat - lo).div_(span), _ENDS.expand(flat.shape[0], 2)], 1)
     # lo * row_sums (+ bias) as one outer product, then + product * span: few calls a step.
@@ -135,11 +164,18 @@ def _int8_linear(weight: torch.Tensor) -> tuple[Any, torch.Tensor]:
         return torch.ops.quantized.linear_prepack(q, None), sums
 
 
-def apply_cpu_precision(model: nn.Module, precision: str, companion: str = "fp32") -> int:
+def apply_cpu_precision(
+    model: nn.Module,
+    precision: str,
+    companion: str = "fp32",
+    ranges: dict[nn.Module, tuple[int, torch.Tensor]] | None = None,
+) -> int:
     """Run `model`'s linears in `precision` ("fp32" leaves it as is); returns how many.
 
     For int8, `companion` is the precision of the linears int8 keeps and of prompts: fp32,
     or bf16 (on a CPU with native bf16: the int8 path's quality, fewer bytes a token).
+    `ranges` (from `activation_ranges`) calibrates int8: every linear it covers runs int8,
+    the ones of INT8_KEPT included, smoothed by its input's measured range.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
@@ -147,13 +183,21 @@ def apply_cpu_precision(model: nn.Module, precision: str, companion: str = "fp32
         raise ValueError(f"companion {companion!r} is not one of {list(COMPANIONS)}")
     if precision == "fp32":
         return 0
+    smooth = smoothing(ranges) if precision == "int8" and ranges else {}
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             # Exactly nn.Linear: LoRA layers, already swapped layers and quantized kinds stay.
             if type(child) is not nn.Linear or child.weight.dtype != torch.float32:
                 continue
-            if precision == "int8" and name in INT8_KEPT:
+            if child in smooth:
+                # The LM head reads one position at a time whatever the caller passes (a
+                # prompt's logits or only its last): int8 rows throughout, so the first token
+                # does not depend on how many positions a code path asked logits for.
+                prompts = "int8" if name == "lm_head" else companion
+                low = LowPrecisionLinear(child, "int8", prompts=prompts, smooth=smooth[child])
+                setattr(parent, name, low)
+            elif precision == "int8" and name in INT8_KEPT:
                 if companion == "fp32":
                     continue
                 setattr(parent, name, LowPrecisionLinear(child, companion))
@@ -166,7 +210,80 @@ def apply_cpu_precision(model: nn.Module, precision: str, companion: str = "fp32
 def cpu_precision_of(model: nn.Module) -> str:
     """The precision `apply_cpu_precision` gave `model` ("fp32" when none): "int8+bf16" for
     int8 with its bf16 companion."""
-    found = {m.precision for m in model.modules() if isinstance(m, LowPrecisionLinear)}
+    low = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    found = {m.precision for m in low} | {m.prompts for m in low}
+    found.discard("fp32")
     if "int8" in found:
         return "int8+bf16" if "bf16" in found else "int8"
     return found.pop() if found else "fp32"
+
+
+# The text int8 calibrates on: the bundled sample documents, troubleshooting.md (the benches'
+# held-out text for perplexity) left out, cut to CALIBRATION_TOKENS (one forward at load).
+CALIBRATION_HELD_OUT = "troubleshooting.md"
+CALIBRATION_TOKENS = 512
+
+
+def calibration_batches(tokenizer: Any, tokens: int = CALIBRATION_TOKENS) -> list[torch.Tensor]:
+    """Token ids of the fixed calibration text, as one batch of at most `tokens`."""
+    docs = Path(str(resources.files("loraflow") / "sample_data" / "docs"))
+    text = "\n\n".join(
+        p.read_text("utf-8") for p in sorted(docs.glob("*.md")) if p.name != CALIBRATION_HELD_OUT
+    )
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :tokens]
+    return [ids]
+
+
+# SmoothQuant's migration strength: how much of an input channel's range moves to the weight.
+SMOOTH_ALPHA = 0.5
+
+
+@torch.inference_mode()
+def activation_ranges(
+    model: nn.Module, batches: Iterable[torch.Tensor]
+) -> dict[nn.Module, tuple[int, torch.Tensor]]:
+    """Each plain fp32 nn.Linear's largest |input| per input channel over forwards of
+    `batches` (token id tensors), with a group number: linears called one after another on
+    the same input tensor (q/k/v, gate/up) share one, so their smoothing is one vector."""
+    found: dict[nn.Module, tuple[int, torch.Tensor]] = {}
+    last: list[Any] = [None, -1]  # the input tensor seen last, its group
+
+    def hook(module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+        x = args[0]
+        if x is not last[0]:
+            last[0], last[1] = x, last[1] + 1
+        peak = x.detach().float().abs().reshape(-1, x.shape[-1]).amax(0)
+        known = found.get(module)
+        found[module] = (last[1], peak if known is None else torch.maximum(known[1], peak))
+
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    handles = [m.register_forward_hook(hook) for m in linears]
+    try:
+        for ids in batches:
+            last[0] = None  # a new forward: no input is shared with the last one
+            model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+        last[0] = None
+    return found
+
+
+def smoothing(ranges: dict[nn.Module, tuple[int, torch.Tensor]]) -> dict[nn.Module, torch.Tensor]:
+    """Per linear, the factor each input channel is divided by (its weight column multiplied
+    by): range^alpha / max|W column|^(1 - alpha), with the weight maximum taken over every
+    linear of the group, so linears on one input (and a product fused from them) share it."""
+    groups: dict[int, list[nn.Module]] = {}
+    for module, (group, _) in ranges.items():
+        groups.setdefault(group, []).append(module)
+    out: dict[nn.Module, torch.Tensor] = {}
+    for members in groups.values():
+        peak = torch.stack([ranges[m][1] for m in members]).amax(0).clamp_min(1e-5)
+        weight = torch.stack(
+            [m.weight.detach().float().abs().amax(0) for m in members]  # type: ignore[operator]
+        ).amax(0)
+        factor = peak.pow(SMOOTH_ALPHA) / weight.clamp_min(1e-5).pow(1 - SMOOTH_ALPHA)
+        factor = factor.clamp_min(1e-5)
+        for m in members:
+            out[m] = factor
+    return out

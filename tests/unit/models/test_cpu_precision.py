@@ -8,8 +8,10 @@ from torch import nn
 
 from loraflow.models.cpu_precision import (
     LowPrecisionLinear,
+    activation_ranges,
     apply_cpu_precision,
     cpu_precision_of,
+    smoothing,
 )
 
 
@@ -141,3 +143,84 @@ def test_int8_with_the_bf16_companion_runs_kept_linears_and_prompts_in_bf16() ->
         assert torch.equal(got, by_hand)
     with pytest.raises(ValueError, match="fp16"):
         apply_cpu_precision(nn.Sequential(nn.Linear(2, 2)), "int8", companion="fp16")
+
+
+class _Block(nn.Module):
+    """Three linears on one input (as q/k/v), then one on their sum (as o_proj)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.o = nn.Linear(16, 16)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = input_ids
+        return self.o(self.q(x) + self.k(x) + self.v(x))
+
+
+def test_calibration_groups_linears_on_one_input_and_smooths_them_alike() -> None:
+    torch.manual_seed(0)
+    block = _Block()
+    x = torch.randn(2, 5, 16)
+    x[..., 3] *= 40  # an outlier channel, as LLM activations have
+    ranges = activation_ranges(block, [x])
+    groups = {name: ranges[getattr(block, name)][0] for name in "qkvo"}
+    assert groups["q"] == groups["k"] == groups["v"] != groups["o"]
+    assert torch.equal(ranges[block.q][1], x.abs().reshape(-1, 16).amax(0))
+    factors = smoothing(ranges)
+    assert torch.equal(factors[block.q], factors[block.v])
+    assert int(factors[block.q].argmax()) == 3  # the loud channel is divided most
+    # No hook stays behind: a later forward records nothing.
+    with torch.inference_mode():
+        block(x)
+    assert not block.q._forward_hooks
+
+
+class _One(nn.Module):
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lin(input_ids)
+
+
+def test_smoothing_brings_int8_closer_to_fp32_on_an_outlier_channel() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 128)
+    calib = torch.randn(64, 256)
+    calib[:, 7] *= 60
+    x = torch.randn(6, 1, 256)
+    x[..., 7] *= 60
+    ranges = activation_ranges(_One(lin), [calib])
+    plain = LowPrecisionLinear(lin, "int8")
+    smoothed = LowPrecisionLinear(lin, "int8", smooth=smoothing(ranges)[lin])
+    with torch.inference_mode():
+        want = lin(x)
+        # Rows stay independent with smoothing too.
+        alone = torch.cat([smoothed(x[i : i + 1]) for i in range(6)])
+        assert torch.equal(smoothed(x), alone)
+        assert _rel(smoothed(x), want) < _rel(plain(x), want) / 2
+
+
+def test_calibrated_int8_covers_the_linears_it_would_otherwise_keep() -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.Linear(8, 8)
+            self.down_proj = nn.Linear(8, 8)
+            self.lm_head = nn.Linear(8, 4)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.lm_head(self.down_proj(self.up(input_ids)))
+
+    model = Model()
+    ranges = activation_ranges(model, [torch.randn(3, 8)])
+    assert apply_cpu_precision(model, "int8", ranges=ranges) == 3
+    assert all(m.smooth is not None for m in model.modules() if isinstance(m, LowPrecisionLinear))
+    assert cpu_precision_of(model) == "int8"
+    other = Model()
+    ranges = activation_ranges(other, [torch.randn(3, 8)])
+    apply_cpu_precision(other, "int8", companion="bf16", ranges=ranges)
+    # Every linear int8, prompts in bf16: still int8 with its bf16 companion.
+    assert cpu_precision_of(other) == "int8+bf16"
