@@ -86,8 +86,15 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def lower_is_better(doc: dict[str, Any]) -> set[str]:
+    """The ratios where less is better: named so, or with an upper-bound (<=) target."""
+    targets = doc.get("targets", {})
+    upper = {label for label, t in targets.items() if t and t[0] in ("<=", "<")}
+    return set(doc.get("lower_is_better", [])) | upper
+
+
 def ratio_table(doc: dict[str, Any]) -> list[str]:
-    lower = set(doc.get("lower_is_better", []))
+    lower = lower_is_better(doc)
     targets = doc.get("targets", {})
     lines = ["| ratio | value | better | target | met |", "|---|---|---|---|---|"]
     for label, value in doc["ratios"].items():
@@ -102,7 +109,7 @@ def ratio_table(doc: dict[str, Any]) -> list[str]:
 def figure(doc: dict[str, Any], out: Path) -> None:
     """Horizontal bars of every ratio against the baseline's 1.0 (plus RSS over time for load)."""
     ratios = doc["ratios"]
-    lower = set(doc.get("lower_is_better", []))
+    lower = lower_is_better(doc)
     targets = doc.get("targets", {})
     rss = (doc.get("rss") or {}).get("samples") or []
     ncols = 2 if rss else 1

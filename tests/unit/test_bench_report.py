@@ -44,8 +44,9 @@ def test_report_writes_tables_ratios_figures_and_not_run_sections(tmp_path: Path
         "load",
         {"clients": 2},
         [{"operation": "ask", "count": 4, "errors": 0, "p50_ms": 120.0}],
-        {"ask p50 under load vs alone": 1.8},
+        {"ask p50 under load vs alone": 1.8, "first token p50 s": 0.8},
         lower_is_better=["ask p50 under load vs alone"],
+        targets={"first token p50 s": ("<=", 1.0)},
         notes=["zero errors; every operation exercised"],
         extra={"rss": {"samples": [[0.0, 900.0], [3.0, 905.5]]}},
         argv=["bench/load.py", "--clients", "2"],
@@ -58,6 +59,8 @@ def test_report_writes_tables_ratios_figures_and_not_run_sections(tmp_path: Path
     assert "| loraflow vs padded | 2.50x | higher | >= 2 | yes |" in md
     assert "| loraflow vs best built-in | 1.10x | higher | >= 1.2 | **no** |" in md
     assert "| ask p50 under load vs alone | 1.80x | lower |" in md
+    # An upper-bound target says by itself that lower is better.
+    assert "| first token p50 s | 0.80x | lower | <= 1 | yes |" in md
     assert "| padded | 100 |" in md and "| loraflow | 250 |" in md
     assert "`.venv/bin/python bench/train_throughput.py --steps 3`" in md
     assert "| Training throughput | ran | 1/2 |" in md
