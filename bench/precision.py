@@ -155,8 +155,8 @@ def main() -> None:
         model, tokenizer = load_model_and_tokenizer(resolved)
         # "int8" is what LOCAL_PRECISION=int8 runs on this host (its companion picked as the
         # engine picks it); "int8+fp32" / "int8+bf16" name the companion.
-        kind, _, rest = p.partition("+")
-        companion = rest.replace("+kept", "").replace("kept", "")
+        kind, *rest = p.split("+")
+        companion = next((t for t in rest if t != "kept"), "")
         if kind == "int8" and not companion:
             companion = int8_companion(work)  # the profile measured above, read back
         # As the engine loads it: int8 calibrated on a fixed text (every linear int8);

@@ -464,7 +464,8 @@ class Settings(BaseSettings):
         "native bf16; fp32 elsewhere, AVX2-only CPUs without measuring; never int8), fp32, "
         "bf16, or int8 (fbgemm dynamic on every base linear, calibrated at load on a fixed "
         "text so outlier input channels are smoothed; prompts in bf16 on a CPU with fast "
-        "native bf16, else fp32; LoRA stays fp32; see docs/BENCHMARKS.md).",
+        "native bf16, else fp32, the LM head int8 throughout; LoRA stays fp32; see "
+        "docs/BENCHMARKS.md).",
     )
 
     db_busy_timeout: float = Field(

@@ -130,8 +130,7 @@ def test_training_from_upload_to_a_loaded_adapter(
                 '#train-loss g.role-axis[aria-label^="X-axis"] .role-axis-label text')]
             .map(t => t.textContent)"""
     )
-    assert ticks and all(t.isdigit() for t in ticks), ticks
-    assert len(set(ticks)) == len(ticks), ticks
+    assert ticks == ["1", "2"], ticks
     page.screenshot(path=str(SCREENSHOTS / "training-done.png"), full_page=True)
 
     # State lives in the server: another browser sees the same finished job and its curve.

@@ -6,8 +6,9 @@ import json
 import math
 
 import pandas as pd
+import pytest
 
-from loraflow.ui.training import loss_chart
+from loraflow.ui.training import loss_chart, smoothed
 
 AXES = {"title": "Loss curve", "x": "Step", "y": "Loss", "series": ["loss", "smooth", "eval"]}
 
@@ -47,3 +48,17 @@ def test_every_series_is_in_the_legend_before_it_has_points_and_nan_rows_are_dro
         assert scale["domain"] == AXES["series"]
         assert len(scale["range"]) == 3
     assert spec_of([])["data"]["values"] == []
+
+
+def test_a_diverged_step_is_left_out_not_sent_as_invalid_json() -> None:
+    spec = spec_of([(1, 4.3, "loss"), (2, math.inf, "loss"), (3, 4.1, "loss")])
+    assert [v["step"] for v in spec["data"]["values"]] == [1, 3]
+    # The smoothed series steps over it instead of carrying it forward.
+    assert [p["value"] for p in smoothed([(1, 4.0), (2, math.inf), (3, 2.0)])] == [
+        4.0,
+        pytest.approx(0.3 * 2.0 + 0.7 * 4.0),
+    ]
+
+
+def test_a_single_step_has_one_tick() -> None:
+    assert x_axis(spec_of([(1, 4.3, "loss")]))["values"] == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from loraflow.hardware import auto_serving_precision, int8_companion, serving_pr
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import resolve_base_model
+
+log = logging.getLogger(__name__)
 
 # PEFT's name for "no adapter" inside a per-request adapter_names list.
 BASE_ADAPTER = "__base__"
@@ -422,6 +425,7 @@ def apply_local_precision(
     what it runs ("fp32", "bf16", "int8" or "int8+bf16"). With `tokenizer`, int8 is
     calibrated (one forward of a fixed text) and covers every linear."""
     from loraflow.models.cpu_precision import (
+        CALIBRATION_TOKENS,
         activation_ranges,
         apply_cpu_precision,
         calibration_batches,
@@ -432,7 +436,13 @@ def apply_local_precision(
     companion = int8_companion(profile_dir) if chosen == "int8" else "fp32"
     ranges = None
     if chosen == "int8" and tokenizer is not None:
-        ranges = activation_ranges(model, calibration_batches(tokenizer))
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        tokens = min(CALIBRATION_TOKENS, context or CALIBRATION_TOKENS)
+        try:
+            ranges = activation_ranges(model, calibration_batches(tokenizer, tokens))
+        except Exception as exc:  # noqa: BLE001 - any model's forward may refuse the text
+            # Uncalibrated int8 (LM head and down projections kept) still serves.
+            log.warning("int8 calibration failed, running uncalibrated int8: %s", exc)
     apply_cpu_precision(model, chosen, companion, ranges)
     return cpu_precision_of(model)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 from gradio.components.plot import AltairPlotData
 
@@ -93,7 +95,9 @@ def loss_frame(
 def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
     """The loss curve as a Vega-Lite line chart: whole steps on the x axis (a run of a few
     steps would otherwise get ticks at 1.5), every series in the legend from the start."""
-    rows = frame.dropna()
+    # Finite points only: a diverged run can log an infinite loss, which JSON cannot carry.
+    numbers = frame.astype({"step": "float64", "value": "float64"})
+    rows = numbers[np.isfinite(numbers["step"]) & np.isfinite(numbers["value"])]
     values = [
         {"step": int(r.step), "value": float(r.value), "series": str(r.series)}
         for r in rows.itertuples()
@@ -121,7 +125,11 @@ def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
         "axis": axis,
     }
     y = {"field": "value", "type": "quantitative", "title": axes["y"], "scale": {"zero": False}}
-    tooltip = [{"field": "series"}, {"field": "step"}, {"field": "value", "format": ".4f"}]
+    tooltip = [
+        {"field": "series", "type": "nominal"},
+        {"field": "step", "type": "quantitative"},
+        {"field": "value", "type": "quantitative", "format": ".4f"},
+    ]
     spec = {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": axes["title"],
@@ -137,7 +145,7 @@ def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
             },
         ],
     }
-    return AltairPlotData(chart="line", plot=json.dumps(spec))
+    return AltairPlotData(chart="line", plot=json.dumps(spec, allow_nan=False))
 
 
 def smoothed(losses: list[tuple[int, float]]) -> list[dict[str, Any]]:
@@ -145,6 +153,8 @@ def smoothed(losses: list[tuple[int, float]]) -> list[dict[str, Any]]:
     batch's examples, the average shows the trend."""
     out, level = [], None
     for step, value in losses:
+        if value is None or not math.isfinite(value):
+            continue  # one diverged step would otherwise carry into every later point
         level = value if level is None else SMOOTHING * value + (1 - SMOOTHING) * level
         out.append({"step": step, "value": level, "series": "loss (smoothed)"})
     return out

@@ -285,3 +285,35 @@ def test_qkv_and_gate_up_run_as_one_product_over_shared_weights(
     assert fresh is not None and fresh.layers[0].qkv[0].base is not qkv.base
     k_rows = fresh.layers[0].qkv[0].base.weight[64:96]
     assert torch.equal(k_rows, attn.k_proj.weight)
+
+
+def test_calibrated_int8_still_fuses_and_its_lm_head_reads_each_position_alone(
+    smollm2_dir: Path, tmp_path: Path
+) -> None:
+    """Calibration gives q/k/v (and gate/up) one smoothing factor, so they still run as one
+    product; the LM head quantizes each position on its own, so logits for a whole prompt
+    and for its last position alone agree (the lean decoder asks for the last only)."""
+    from transformers import AutoModelForCausalLM
+
+    from loraflow.models.cpu_precision import (
+        LowPrecisionLinear,
+        activation_ranges,
+        apply_cpu_precision,
+    )
+
+    base_dir = _tiny(tmp_path / "m", smollm2_dir, "llama", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    ids = torch.tensor([[5, 9, 14, 3, 7, 2, 11, 4]])
+    apply_cpu_precision(model, "int8", ranges=activation_ranges(model, [ids]))
+    head = model.lm_head
+    assert isinstance(head, LowPrecisionLinear) and head.smooth is not None
+    decoder = LeanDecoder.build(model, model)
+    assert decoder is not None
+    for layer in decoder.layers:
+        assert len(layer.qkv) == 1 and len(layer.qkv[0].sizes) == 3
+        assert len(layer.gate_up) == 1 and len(layer.gate_up[0].sizes) == 2
+        assert layer.qkv[0].base.smooth is not None
+    with torch.inference_mode():
+        hidden = torch.randn(1, 6, head.in_features)
+        whole = head(hidden)
+        assert torch.equal(whole[:, -1:], head(hidden[:, -1:]))
