@@ -98,9 +98,10 @@ def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
     # Finite points only: a diverged run can log an infinite loss, which JSON cannot carry.
     numbers = frame.astype({"step": "float64", "value": "float64"})
     rows = numbers[np.isfinite(numbers["step"]) & np.isfinite(numbers["value"])]
+    steps = [int(s) for s in rows["step"]]
     values = [
-        {"step": int(r.step), "value": float(r.value), "series": str(r.series)}
-        for r in rows.itertuples()
+        {"step": step, "value": float(value), "series": str(name)}
+        for step, value, name in zip(steps, rows["value"], rows["series"], strict=True)
     ]
     series = list(axes["series"])
     # The page's theme swaps these colours for its own palette, one colour a series.
@@ -113,7 +114,6 @@ def loss_chart(frame: pd.DataFrame, axes: dict[str, Any]) -> AltairPlotData:
         "legend": {"orient": "bottom"},
     }
     axis: dict[str, Any] = {"tickMinStep": 1, "format": "d"}
-    steps = [int(r.step) for r in rows.itertuples()]
     if steps and max(steps) - min(steps) <= 10:
         # tickMinStep alone still puts a tick at 1.5 over a domain of 1-2 or 1-3: name them.
         axis["values"] = list(range(min(steps), max(steps) + 1))
