@@ -143,3 +143,27 @@ def test_local_precision_auto_reads_the_profile(
     assert local_precision("int8", tmp_path) == "int8"
     with pytest.raises(ConfigError, match="LOCAL_PRECISION"):
         local_precision("fp16", tmp_path)
+
+
+def test_int8_calibration_that_fails_falls_back_to_uncalibrated_int8(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from loraflow.engines.hf import apply_local_precision
+
+    model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(tiny_model_dir), tmp_path))
+
+    def broken(text: str, return_tensors: str) -> dict[str, torch.Tensor]:
+        # Token ids past the vocabulary: the calibration forward raises in the embedding.
+        return {"input_ids": torch.full((1, 8), 10**9)}
+
+    with caplog.at_level("WARNING", logger="loraflow.engines.hf"):
+        shown = apply_local_precision(model, "int8", tmp_path, broken)
+    assert "int8 calibration failed, running uncalibrated int8" in caplog.text
+    assert shown in ("int8", "int8+bf16")
+    low = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    assert low and all(m.smooth is None for m in low)
+    # The uncalibrated form: the LM head is not int8, and no calibration hook stays behind.
+    assert getattr(model.lm_head, "precision", "fp32") != "int8"
+    assert not any(m._forward_hooks for m in model.modules())
+    engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
+    assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
