@@ -32,9 +32,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 API = "/api/simple-lora"
 ROWS = [
     {"instruction": f"What is the secret word {i}?", "input": "", "output": f"It is word{i}."}
-    for i in range(20)
+    for i in range(10)
 ]
-# 16 training rows, batch 1, 3 epochs: 48 steps with a checkpoint after each epoch, so a
+# 8 training rows, batch 1, 3 epochs: 24 steps with a checkpoint after each epoch, so a
 # node killed mid-epoch loses steps that resume must replay.
 PARAMS = {
     "batch_size": 1,
@@ -185,9 +185,9 @@ def test_a_job_runs_on_the_node_with_the_resource_and_its_adapter_is_served(
     # Placed on the worker node, the only one with the `trainer` resource it asked for.
     assert running["executor"] == "ray" and node_id(running) == cluster.node_id("a")
     assert running["resources"] == {"CPU": 1.0, "GPU": 0.0, "trainer": 1.0}
-    assert running["ray_id"] and running["total_steps"] == 48
+    assert running["ray_id"] and running["total_steps"] == 24
     assert 0 < running["progress"] < 100 and "training on" in running["message"]
-    assert done["progress"] == 100.0 and done["step"] == 48 and done["eval_loss"] is not None
+    assert done["progress"] == 100.0 and done["step"] == 24 and done["eval_loss"] is not None
     curve = client.get(f"{API}/tasks/{done['task_id']}/metrics").json()
     assert len(curve["loss"]) >= 3 and curve["eval_loss"]
 
@@ -259,8 +259,8 @@ def test_a_job_of_two_processes_runs_as_two_ray_train_workers(
     assert done["status"] == "completed", done
     assert done["resources"] == {"CPU": 1.0, "GPU": 0.0, "trainer": 1.0, "workers": 2.0}
     assert node_id(done) == cluster.node_id("a")  # rank 0's node, with the resource
-    # 16 training rows, batch 1: each of the 2 ranks takes half, so an epoch is 8 steps.
-    assert done["step"] == done["total_steps"] == 8
+    # 8 training rows, batch 1: each of the 2 ranks takes half, so an epoch is 4 steps.
+    assert done["step"] == done["total_steps"] == 4
     assert Path(done["output_path"], "adapter_model.safetensors").is_file()
     assert not Path(done["output_path"], "ray_train").exists()  # not in the adapter's folder
     assert client.get(f"{API}/tasks/{tid}/metrics").json()["eval_loss"]
@@ -296,7 +296,7 @@ def test_a_dead_node_fails_the_job_resumable_and_resume_matches_an_uninterrupted
     assert client.post(f"{API}/tasks/{tid}/resume").status_code == 200
     done = wait_for(client, tid, lambda t: t["status"] in ("completed", "failed", "cancelled"))
     assert done["status"] == "completed", done
-    assert node_id(done) == cluster.node_id("b") and done["step"] == 48
+    assert node_id(done) == cluster.node_id("b") and done["step"] == 24
     assert final_eval_loss(client, tid) == pytest.approx(baseline["eval_loss"], rel=EVAL_LOSS_RTOL)
 
 
