@@ -92,14 +92,29 @@ class Instance:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[RayCluster]:
+def started(
+    tmp_path_factory: pytest.TempPathFactory, server_env: dict[str, str]
+) -> Iterator[tuple[RayCluster, Instance]]:
+    """The cluster and the module's service, started side by side.
+
+    The service needs the cluster only once it runs a job, so it imports and loads its model
+    while the Ray nodes start; tests wait for it through `client`.
+    """
     c = RayCluster()
+    inst = Instance(tmp_path_factory.mktemp("ray-server"), {**server_env, **ray_env(c)})
     try:
+        inst.launch()
         c.start_head(num_cpus=1)
         c.add_worker("a", num_cpus=2, resources={"trainer": 2})
-        yield c
+        yield c, inst
     finally:
+        inst.stop()
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(started: tuple[RayCluster, Instance]) -> RayCluster:
+    return started[0]
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +128,13 @@ def driver(cluster: RayCluster) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def instance(
-    tmp_path_factory: pytest.TempPathFactory, cluster: RayCluster, server_env: dict[str, str]
-) -> Iterator[Instance]:
-    inst = Instance(tmp_path_factory.mktemp("ray-server"), {**server_env, **ray_env(cluster)})
-    try:
-        yield inst
-    finally:
-        inst.stop()
+def instance(started: tuple[RayCluster, Instance]) -> Instance:
+    return started[1]
 
 
 @pytest.fixture(scope="module")
 def client(instance: Instance) -> Iterator[httpx.Client]:
-    with instance.start() as c:
+    with instance.ready() as c:
         yield c
 
 
