@@ -152,13 +152,18 @@ class LeanDecoder:
 
     # --- the forward pieces --------------------------------------------------------------
     def _rms(self, h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        # transformers' LlamaRMSNorm, op for op (the same rounding).
-        x = h.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return weight * x.to(h.dtype)
+        # transformers' LlamaRMSNorm, op for op (the same rounding); the casts are skipped
+        # where they change nothing (fp32), as is every allocation an in-place op can save.
+        wide = h.dtype != torch.float32
+        x = h.to(torch.float32) if wide else h
+        x = x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+        return weight * (x.to(h.dtype) if wide else x)
 
     def _apply(self, projs: list[_Proj], x: torch.Tensor, rows: RowAdapters) -> list[torch.Tensor]:
-        """The outputs of the projections `projs` stand for (base product plus each row's LoRA)."""
+        """The outputs of the projections `projs` stand for (base product plus each row's LoRA).
+
+        A fused product's parts are views of one tensor, LoRA deltas added in place, so
+        neighbouring parts (q and k) can be read as one (`_qkv`)."""
         outs: list[torch.Tensor] = []
         for proj in projs:
             out = proj.base(x)
@@ -166,26 +171,47 @@ class LeanDecoder:
             if rows.uniform != 0:
                 for i, lora in enumerate(proj.loras):
                     if lora is not None:
-                        parts[i] = self._lora(lora, x, parts[i], rows)
+                        self._lora(lora, x, parts[i], rows)
             outs += parts
         return outs
 
     @staticmethod
-    def _lora(lora: _Lora, x: torch.Tensor, out: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+    def _lora(lora: _Lora, x: torch.Tensor, out: torch.Tensor, rows: RowAdapters) -> None:
+        """Add each row's LoRA delta to `out` in place."""
         if rows.uniform is not None:
             if rows.uniform not in lora.present:
-                return out
+                return
             s = rows.uniform
-            return out + ((x @ lora.a[s].T) * lora.scale[s]) @ lora.bt[s]
+            out.add_(((x @ lora.a[s].T) * lora.scale[s]) @ lora.bt[s])
+            return
         a = lora.a.index_select(0, rows.index)  # [B, r, in]
         bt = lora.bt.index_select(0, rows.index)  # [B, r, out]
         h = torch.bmm(x, a.transpose(1, 2)) * lora.scale.index_select(0, rows.index).view(-1, 1, 1)
-        return out + torch.bmm(h, bt)
+        out.add_(torch.bmm(h, bt))
+
+    def _qkv(
+        self, layer: _Layer, hs: torch.Tensor, rows: RowAdapters, cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """q and k ([B, heads, n, D], rotated) and v ([B, n, kv_heads * D]) of one layer.
+
+        Where q/k/v are one fused product, q and k sit side by side in it and are rotated
+        as one tensor: the same arithmetic element by element, half the calls."""
+        b, n = hs.shape[0], hs.shape[1]
+        q, k, v = self._apply(layer.qkv, hs, rows)
+        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
+        if len(layer.qkv) == 1:
+            qk = q.as_strided((b, n, heads + kv, dim), (q.stride(0), q.stride(1), dim, 1))
+            qk = self._rope(qk.transpose(1, 2), cos, sin)
+            return qk[:, :heads], qk[:, heads:], v
+        q = self._rope(q.view(b, n, heads, dim).transpose(1, 2), cos, sin)
+        k = self._rope(k.view(b, n, kv, dim).transpose(1, 2), cos, sin)
+        return q, k, v
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        return (x * cos).add_(rotated.mul_(sin))
 
     @torch.inference_mode()
     def prefill(
@@ -208,11 +234,8 @@ class LeanDecoder:
             causal = keys.unsqueeze(0) <= pos.squeeze(0).unsqueeze(1)
         for li, layer in enumerate(self.layers):
             hs = self._rms(h, layer.ln1, layer.eps1)
-            q, k, v = self._apply(layer.qkv, hs, rows)
-            q = q.view(1, n, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = self._qkv(layer, hs, rows, cos, sin)
             v = v.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             ck, cv = cache.k[li], cache.v[li]
             ck[slot, :, start:end] = k[0]
             cv[slot, :, start:end] = v[0]
@@ -259,10 +282,7 @@ class LeanDecoder:
         groups = self.heads // self.kv_heads
         for li, layer in enumerate(self.layers):
             hs = self._rms(h, layer.ln1, layer.eps1)
-            q, k, v = self._apply(layer.qkv, hs, rows)
-            q = q.view(b, 1, self.heads, self.head_dim).transpose(1, 2)  # [B, H, 1, D]
-            k = k.view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            q, k, v = self._qkv(layer, hs, rows, cos, sin)  # q, k: [B, H, 1, D]
             ck, cv = cache.k[li], cache.v[li]
             ck[every, :, pos] = k[:, :, 0]
             cv[every, :, pos] = v.view(b, self.kv_heads, self.head_dim)
