@@ -31,7 +31,7 @@ class HFEngine:
     def __init__(
         self, model: Any, tokenizer: Any, name: str = "local", *, base_model_name: str = ""
     ) -> None:
-        from loraflow.models.cpu_precision import cpu_precision_of
+        from loraflow.models.cpu_precision import cpu_precision_of, int8_uncalibrated
 
         self.name = name
         self.tokenizer = tokenizer
@@ -39,6 +39,11 @@ class HFEngine:
         self.device = str(model.device)
         # fp32, or bf16 / int8 when the CPU base model's linears run in that (LOCAL_PRECISION).
         self.precision = cpu_precision_of(model) if self.device == "cpu" else "native"
+        # Shown in health: int8 that fell back to its uncalibrated form (a failed calibration).
+        self._precision_note = (
+            ", uncalibrated" if self.precision.startswith("int8") and int8_uncalibrated(model)
+            else ""
+        )
         self._base = model
         self._peft: Any = None
         self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)
@@ -133,10 +138,11 @@ class HFEngine:
 
     def health(self) -> EngineHealth:
         """Always ok once constructed: the model is in memory."""
+        shown = self.precision not in ("fp32", "native")
+        precision = f" ({self.precision}{self._precision_note})" if shown else ""
         return EngineHealth(
             True,
-            f"{self.base_model_name} on {self.device}"
-            f"{f' ({self.precision})' if self.precision not in ('fp32', 'native') else ''}"
+            f"{self.base_model_name} on {self.device}{precision}"
             f" with {len(self._adapters)} adapter(s)",
         )
 

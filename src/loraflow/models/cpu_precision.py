@@ -222,6 +222,15 @@ def cpu_precision_of(model: nn.Module) -> str:
     return found.pop() if found else "fp32"
 
 
+def int8_uncalibrated(model: nn.Module) -> bool:
+    """Whether `model` runs int8 linears without calibration (the form int8 falls back to
+    when its calibration forward failed: LM head and down projections kept)."""
+    return any(
+        isinstance(m, LowPrecisionLinear) and m.precision == "int8" and m.smooth is None
+        for m in model.modules()
+    )
+
+
 # The text int8 calibrates on: the bundled sample documents, troubleshooting.md (the benches'
 # held-out text for perplexity) left out, cut to CALIBRATION_TOKENS (one forward at load).
 CALIBRATION_HELD_OUT = "troubleshooting.md"

@@ -126,6 +126,7 @@ def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: P
         for name, m in engine._base.named_modules()
         if isinstance(m, LowPrecisionLinear)
     }
+    assert f"({engine.precision}) with" in engine.health().detail  # calibrated: no note
     engine, _ = load_local_engine(str(tiny_model_dir), tmp_path, "cpu", None, None)
     assert engine.precision == "fp32"
 
@@ -167,3 +168,5 @@ def test_int8_calibration_that_fails_falls_back_to_uncalibrated_int8(
     assert not any(m._forward_hooks for m in model.modules())
     engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
     assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
+    # Health says so, where the log line may have scrolled away.
+    assert f"({shown}, uncalibrated)" in engine.health().detail
