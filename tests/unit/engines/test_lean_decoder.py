@@ -69,12 +69,19 @@ def _lora(base_dir: Path, dest: Path, seed: int, **kw: object) -> Path:
     return dest
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "one-product-a-part"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_decode_steps_match_transformers_for_mixed_adapters(
-    arch: str, smollm2_dir: Path, tmp_path: Path
+    arch: str, fused: bool, smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    from loraflow.engines import decoder
+
+    if not fused:
+        # As for bases that cannot fuse (different kinds or precisions): q, k and v apart.
+        monkeypatch.setattr(decoder, "_fused_base", lambda bases: None)
 
     base_dir = _tiny(tmp_path / "m", smollm2_dir, arch, seed=3)
     # Different ranks, scalings and targets (attention and MLP) in one batch.
@@ -87,6 +94,7 @@ def test_decode_steps_match_transformers_for_mixed_adapters(
     model.eval()
     lean = LeanDecoder.build(model, base)
     assert lean is not None
+    assert len(lean.layers[0].qkv) == (1 if fused else 3)
     rows = [None, "a", "b", "a"]
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, 300, (n,), generator=gen).tolist() for n in (5, 9, 3, 12)]
