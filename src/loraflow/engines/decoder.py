@@ -391,6 +391,11 @@ class PrefixStore:
         self._items: OrderedDict[tuple[str | None, tuple[int, ...]], list] = OrderedDict()
         self._held = 0
 
+    @property
+    def held(self) -> int:
+        """Positions kept, over all entries."""
+        return self._held
+
     def keep(self, adapters: set[str]) -> None:
         """Forget entries of adapters not in `adapters` (the base model's are kept)."""
         for key in [k for k in self._items if k[0] is not None and k[0] not in adapters]:
@@ -428,7 +433,11 @@ class PrefixStore:
         return best, kv
 
     def save(self, adapter: str | None, ids: list[int], cache: SlotCache, slot: int) -> None:
-        """Keep a copy of slot `slot`'s keys and values for prompt `ids`."""
+        """Keep a copy of slot `slot`'s keys and values for prompt `ids`, up to its last
+        chunk boundary: no later request can reuse more (`lookup` stops at one), so a prompt
+        shorter than the first boundary is not kept at all, and prompts that share their
+        boundary-cut prefix (a system prompt) are kept once."""
+        ids = ids[: grid_floor(len(ids), LEAN_GRID)]
         if len(ids) < self._min or len(ids) > self._budget:
             return
         key = (adapter, tuple(ids))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loraflow.engines.base import GenerationParams
-from loraflow.engines.decoder import LeanDecoder, SlotCache
+from loraflow.engines.decoder import LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.hf import HFEngine
 from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
 from loraflow.models.load import load_model_and_tokenizer
@@ -325,3 +325,23 @@ def test_calibrated_int8_still_fuses_and_its_lm_head_reads_each_position_alone(
         hidden = torch.randn(1, 6, head.in_features)
         whole = head(hidden)
         assert torch.equal(whole[:, -1:], head(hidden[:, -1:]))
+
+
+def test_saved_prompts_keep_only_what_a_later_prompt_can_reuse() -> None:
+    """Reuse stops at a chunk boundary, so a prompt is kept up to its last one: one under
+    the first boundary (64) is not kept, and two that share their first 64 tokens (a system
+    prompt) are kept once."""
+    cache = SlotCache(1, 1, 2, torch.float32, "cpu")
+    cache.ensure(2, 256)
+    cache.k[0][0, 0, :, 0] = torch.arange(256.0)
+    store = PrefixStore(budget=4096, min_tokens=16)
+    system = list(range(1000, 1064))
+    store.save("a", list(range(40)), cache, 0)
+    assert store.held == 0
+    store.save("a", system + [1, 2, 3, 4, 5, 6], cache, 0)
+    store.save("a", system + [7, 8, 9], cache, 0)
+    assert store.held == 64
+    shared, kv = store.lookup("a", system + [9, 9, 9])
+    assert shared == 64 and kv is not None
+    assert torch.equal(kv[0][0][0, :, 0], torch.arange(64.0))
+    assert store.lookup("b", system + [9, 9, 9]) == (0, None)  # another adapter's
