@@ -200,7 +200,11 @@ class LeanDecoder:
         b, n = hs.shape[0], hs.shape[1]
         q, k, v = self._apply(layer.qkv, hs, rows)
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
-        if len(layer.qkv) == 1:
+        if (
+            len(layer.qkv) == 1
+            and q.stride(-1) == 1
+            and k.data_ptr() == q.data_ptr() + q.shape[-1] * q.element_size()
+        ):
             qk = q.as_strided((b, n, heads + kv, dim), (q.stride(0), q.stride(1), dim, 1))
             qk = self._rope(qk.transpose(1, 2), cos, sin)
             return qk[:, :heads], qk[:, heads:], v
@@ -425,10 +429,15 @@ class PrefixStore:
         kv = self._items[found]
         if best < len(found[1]):
             self._drop(found)
-            kv = [(k[:, :best].clone(), v[:, :best].clone()) for k, v in kv]
-            found = (adapter, found[1][:best])
-            self._items[found] = kv
-            self._held += best
+            cut = (adapter, found[1][:best])
+            if cut in self._items:
+                # Already kept (the same positions, computed in the same chunks).
+                kv = self._items[cut]
+            else:
+                kv = [(k[:, :best].clone(), v[:, :best].clone()) for k, v in kv]
+                self._items[cut] = kv
+                self._held += best
+            found = cut
         self._items.move_to_end(found)
         return best, kv
 

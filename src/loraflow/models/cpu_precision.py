@@ -223,12 +223,12 @@ def cpu_precision_of(model: nn.Module) -> str:
 
 
 def int8_uncalibrated(model: nn.Module) -> bool:
-    """Whether `model` runs int8 linears without calibration (the form int8 falls back to
-    when its calibration forward failed: LM head and down projections kept)."""
-    return any(
-        isinstance(m, LowPrecisionLinear) and m.precision == "int8" and m.smooth is None
-        for m in model.modules()
-    )
+    """Whether `model` runs int8 linears and none of them calibrated (the form int8 falls
+    back to when its calibration forward failed: LM head and down projections kept). A
+    linear the calibration text never reached is int8 unsmoothed beside calibrated ones."""
+    low = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    int8 = [m for m in low if m.precision == "int8"]
+    return bool(int8) and all(m.smooth is None for m in int8)
 
 
 # The text int8 calibrates on: the bundled sample documents, troubleshooting.md (the benches'

@@ -345,3 +345,20 @@ def test_saved_prompts_keep_only_what_a_later_prompt_can_reuse() -> None:
     assert shared == 64 and kv is not None
     assert torch.equal(kv[0][0][0, :, 0], torch.arange(64.0))
     assert store.lookup("b", system + [9, 9, 9]) == (0, None)  # another adapter's
+
+
+def test_a_prefix_cut_to_one_already_kept_is_not_counted_twice() -> None:
+    """A long prompt matched only up to its system prompt is cut to it; where that system
+    prompt is kept already, the store keeps one entry and counts its positions once, so its
+    budget does not shrink request by request."""
+    cache = SlotCache(1, 1, 2, torch.float32, "cpu")
+    cache.ensure(1, 1024)
+    store = PrefixStore(budget=4096, min_tokens=16)
+    system = list(range(1000, 1064))
+    store.save("a", system + list(range(2000, 2500)), cache, 0)  # kept up to 512
+    store.save("a", system + [1, 2, 3, 4, 5, 6], cache, 0)  # kept up to 64
+    assert store.held == 512 + 64
+    for question in range(5):
+        shared, kv = store.lookup("a", system + [7, 8, question])
+        assert shared == 64 and kv is not None
+    assert store.held == 64

@@ -224,3 +224,20 @@ def test_calibrated_int8_covers_the_linears_it_would_otherwise_keep() -> None:
     apply_cpu_precision(other, "int8", companion="bf16", ranges=ranges)
     # Every linear int8, prompts in bf16: still int8 with its bf16 companion.
     assert cpu_precision_of(other) == "int8+bf16"
+
+
+def test_int8_counts_as_uncalibrated_only_when_no_linear_was_calibrated() -> None:
+    from loraflow.models.cpu_precision import int8_uncalibrated
+
+    def linear() -> torch.nn.Linear:
+        return torch.nn.Linear(8, 8)
+
+    ones = torch.ones(8)
+    # A linear the calibration text never reached runs unsmoothed beside calibrated ones.
+    mixed = torch.nn.Sequential(
+        LowPrecisionLinear(linear(), "int8", smooth=ones), LowPrecisionLinear(linear(), "int8")
+    )
+    assert not int8_uncalibrated(mixed)
+    fallback = torch.nn.Sequential(LowPrecisionLinear(linear(), "int8"), linear())
+    assert int8_uncalibrated(fallback)
+    assert not int8_uncalibrated(torch.nn.Sequential(LowPrecisionLinear(linear(), "bf16")))
