@@ -40,10 +40,7 @@ class HFEngine:
         # fp32, or bf16 / int8 when the CPU base model's linears run in that (LOCAL_PRECISION).
         self.precision = cpu_precision_of(model) if self.device == "cpu" else "native"
         # Shown in health: int8 that fell back to its uncalibrated form (a failed calibration).
-        self._precision_note = (
-            ", uncalibrated" if self.precision.startswith("int8") and int8_uncalibrated(model)
-            else ""
-        )
+        self._precision_note = ", uncalibrated" if int8_uncalibrated(model) else ""
         self._base = model
         self._peft: Any = None
         self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)

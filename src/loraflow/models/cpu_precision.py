@@ -226,8 +226,9 @@ def int8_uncalibrated(model: nn.Module) -> bool:
     """Whether `model` runs int8 linears and none of them calibrated (the form int8 falls
     back to when its calibration forward failed: LM head and down projections kept). A
     linear the calibration text never reached is int8 unsmoothed beside calibrated ones."""
-    low = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
-    int8 = [m for m in low if m.precision == "int8"]
+    int8 = [
+        m for m in model.modules() if isinstance(m, LowPrecisionLinear) and m.precision == "int8"
+    ]
     return bool(int8) and all(m.smooth is None for m in int8)
 
 
