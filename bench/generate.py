@@ -31,6 +31,7 @@ from loraflow.engines.base import GenerationParams
 from loraflow.engines.chat import render_prompt
 from loraflow.engines.hf import HFEngine, apply_local_precision
 from loraflow.engines.llamacpp_load import load_llamacpp_engine
+from loraflow.hardware import release_cpu_pool
 from loraflow.models.bundled import smollm2_gguf_path
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
@@ -136,6 +137,10 @@ def measure(runs: dict[str, Callable[[str], int]], rounds: int) -> dict[str, tup
                 n = run(prompt)
                 tok, sec = totals[name]
                 totals[name] = (tok + n, sec + time.perf_counter() - started)
+                # llama.cpp runs on this thread with torch's OpenMP runtime (the one copy
+                # loaded): its workers go between runs, as a separate Ollama process's would
+                # not be there to slow the engine's thread (hardware.release_cpu_pool).
+                release_cpu_pool()
         rates = ", ".join(f"{k} {t / s:.1f}" for k, (t, s) in totals.items())
         print(f"  after round {r + 1}: {rates} tok/s", flush=True)
     return totals

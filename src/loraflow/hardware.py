@@ -8,11 +8,14 @@ of the CPU model, its flags, the torch version and the thread count; any change 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import platform
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +55,69 @@ ROUNDS = 3
 # cannot see: measured on SmolLM2 its perplexity rose more than the 5% the issue allows
 # (docs/BENCHMARKS.md), so `auto` never picks int8; LOCAL_PRECISION=int8 asks for it.
 AUTO_SERVING = ("bf16",)
+
+
+# OpenMP runtimes torch may have loaded; each has omp_pause_resource_all (OpenMP 5.0).
+_OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
+_OMP_PAUSE_HARD = 2
+_omp_pause: Any = None
+_omp_searched = False
+_omp_lock = threading.Lock()
+
+
+def _find_omp_pause() -> Any:
+    """omp_pause_resource_all of torch's OpenMP runtime, or None.
+
+    Other wheels bring their own copies (faiss and sentencepiece each ship a libgomp), so
+    the one in torch's folder is taken; elsewhere, the only one loaded."""
+    global _omp_pause, _omp_searched
+    with _omp_lock:
+        if not _omp_searched:
+            # Searched once torch is loaded: it loads its OpenMP runtime on import.
+            _omp_searched = True
+            try:
+                maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                maps = ""
+            found = sorted(
+                {
+                    path
+                    for path in (line.split()[-1] for line in maps.splitlines() if "/" in line)
+                    if os.path.basename(path).startswith(_OPENMP_LIBS)
+                }
+            )
+            torch_dir = os.path.dirname(sys.modules["torch"].__file__ or "") + os.sep
+            own = [path for path in found if path.startswith(torch_dir)]
+            path = own[0] if own else found[0] if len(found) == 1 else None
+            if path is not None:
+                try:
+                    fn = ctypes.CDLL(path).omp_pause_resource_all
+                except (OSError, AttributeError):
+                    fn = None
+                if fn is not None:
+                    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                    _omp_pause = fn
+        return _omp_pause
+
+
+def release_cpu_pool() -> bool:
+    """Give back the calling thread's OpenMP worker threads (torch's intra-op pool), if any.
+
+    Each thread that runs a parallel torch op keeps its own team of worker threads for as
+    long as it lives. Once a process holds more of those threads than the CPU has cores,
+    libgomp stops spinning between parallel regions and every region pays a wake-up: the
+    engine's decode step, run on its own thread, measured 1.3-1.9x slower while the thread
+    that loaded the model still held its team (2 cores; docs/BENCHMARKS.md). Threads that
+    load a model or embed text call this when done; their next parallel op makes a new team.
+    Returns whether a runtime was found (False where torch or OpenMP is not loaded).
+    """
+    if "torch" not in sys.modules:
+        return False
+    fn = _find_omp_pause()
+    if fn is None:
+        return False
+    fn(_OMP_PAUSE_HARD)
+    return True
 
 
 def cpu_flags() -> set[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,44 @@ def test_int8_companion_is_bf16_only_where_bf16_is_native_and_faster(
     assert not (tmp_path / "a" / hardware.PROFILE_FILE).exists()  # known without measuring
     fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
     assert hardware.int8_companion(tmp_path / "b") == "bf16"
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _settled(expected: int, timeout: float = 5.0) -> int:
+    """The process's OS thread count once it is `expected` (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while _os_threads() != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _os_threads()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_thread_gives_back_its_cpu_workers_with_other_openmp_copies_loaded() -> None:
+    # faiss (and sentencepiece) ship their own libgomp: releasing one of those would leave
+    # torch's workers where they are.
+    import faiss  # noqa: F401
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    counts: dict[str, int] = {}
+
+    def work() -> None:
+        counts["before"] = _os_threads()
+        torch.ones(1 << 22).exp_().sum()  # a parallel op: this thread gets a worker team
+        counts["working"] = _os_threads()
+        counts["released"] = int(hardware.release_cpu_pool())
+        counts["after"] = _settled(counts["before"])
+
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert counts["working"] > counts["before"]
+    assert counts["released"] == 1
+    assert counts["after"] == counts["before"]

@@ -30,6 +30,7 @@ from loraflow.api.worker import HEADER, WorkerHeader
 from loraflow.config import Settings, get_settings
 from loraflow.db import disk_full, unavailable_reason
 from loraflow.errors import LoraflowError, from_os_error, is_disk_full
+from loraflow.hardware import release_cpu_pool
 from loraflow.locks import service_lock
 from loraflow.services.catalog.selection import initialise_selection
 from loraflow.services.know.documents import ingest_sample_if_empty
@@ -63,6 +64,9 @@ def _start(settings: Settings, use_lora: bool | None, first: bool = True) -> Run
     start_training_runner(rt)
     if settings.alerts_enabled:
         rt.monitor = Monitor(settings, rt.db).start()
+    # This thread loaded models and embedded the sample: its parallel workers go (see
+    # release_cpu_pool), or the engine's batch thread decodes slower while they idle.
+    release_cpu_pool()
     return rt
 
 

@@ -31,6 +31,7 @@ from loraflow.engines.prompt_grid import LEAN_GRID, grid_chunks
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import NotFound
+from loraflow.hardware import release_cpu_pool
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,10 @@ class BatchScheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
+                if not self._closed and not self._pending and not self._rows:
+                    # Idle: its parallel workers go, so they slow no other thread's torch
+                    # work (an embedding, a training step) while none is decoding here.
+                    release_cpu_pool()
                 while not self._closed and not self._pending and not self._rows:
                     self._wake.wait()
                 if self._closed:

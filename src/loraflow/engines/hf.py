@@ -14,7 +14,12 @@ from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.peft_adapters import attach_adapter, detach_adapter
 from loraflow.engines.stops import StopFilter, truncate_at_stop
 from loraflow.errors import InvalidInput, LoraflowError, NotFound
-from loraflow.hardware import auto_serving_precision, int8_companion, serving_precision
+from loraflow.hardware import (
+    auto_serving_precision,
+    int8_companion,
+    release_cpu_pool,
+    serving_precision,
+)
 from loraflow.models.adapters import check_adapter_folder, discover_adapters
 from loraflow.models.load import load_model_and_tokenizer, resolve_device
 from loraflow.models.resolve import resolve_base_model
@@ -61,6 +66,9 @@ class HFEngine:
 
         if self._scheduler is None:
             self._scheduler = BatchScheduler(self, max_batch, lean=lean)
+            # The batch thread does the work from now on; the thread that loaded the model
+            # (and ran its parallel ops) keeps no pool of workers to slow that thread down.
+            release_cpu_pool()
 
     def close(self) -> None:
         """Stop the batch scheduler thread, if any."""

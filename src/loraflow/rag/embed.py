@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from loraflow.errors import LoraflowError, ModelLoadError
+from loraflow.hardware import release_cpu_pool
 
 if TYPE_CHECKING:
     from loraflow.config import Settings
@@ -66,13 +67,18 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        try:
+            return self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        finally:
+            # Request threads embed; the engine's batch thread generates. A request thread
+            # that kept its parallel workers would slow every decode step (release_cpu_pool).
+            release_cpu_pool()
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Vectors of shape (len(texts), dim) for passages to be stored."""

