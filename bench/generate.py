@@ -5,7 +5,8 @@ llama.cpp: the shipped Q4_1 GGUF) and answer the same chat prompts greedily, one
 time, with a fixed number of new tokens; then again with the same random LoRA adapter applied
 (PEFT in transformers, converted to GGUF for llama.cpp). Raw llama-cpp-python (its own token
 loop on the same GGUF, no loraflow) is the baseline loraflow's llama.cpp engine must keep up
-with; `--http` also measures `loraflow serve` with LOCAL_ENGINE=llamacpp end to end over HTTP.
+with; LOCAL_ENGINE=hybrid (the two engines as one: llama.cpp answers a lone request) is measured
+beside them; `--http` also measures `loraflow serve` with LOCAL_ENGINE=llamacpp over HTTP.
 
     .venv/bin/python bench/generate.py                      # 64 tokens x 4 prompts x 2 rounds
     .venv/bin/python bench/generate.py --tokens 128 --http --json bench/results/generate.json
@@ -30,6 +31,7 @@ from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.chat import render_prompt
 from loraflow.engines.hf import HFEngine, apply_local_precision
+from loraflow.engines.hybrid import HybridEngine
 from loraflow.engines.llamacpp_load import load_llamacpp_engine
 from loraflow.hardware import release_cpu_pool
 from loraflow.models.bundled import smollm2_gguf_path
@@ -53,6 +55,9 @@ TARGETS = {
     "llama.cpp engine vs raw llama-cpp-python": (">=", 0.9),
     "HTTP (LOCAL_ENGINE=llamacpp) vs raw llama-cpp-python": (">=", 0.9),
     "llama.cpp engine: LoRA vs base": (">=", 0.85),
+    # LOCAL_ENGINE=hybrid: a lone request goes to llama.cpp (issue #21's batch-1 goal).
+    "hybrid engine vs raw llama-cpp-python": (">=", 0.8),
+    "hybrid engine+LoRA vs raw llama-cpp-python+LoRA": (">=", 0.8),
 }
 
 
@@ -187,12 +192,16 @@ def main() -> None:
     params = GenerationParams(max_new_tokens=args.tokens, temperature=0, ignore_eos=True)
     print(f"SmolLM2-135M, batch 1, greedy, {args.tokens} new tokens, {args.threads} threads, "
           f"LoRA r={args.rank} on {args.targets}")  # fmt: skip
+    # LOCAL_ENGINE=hybrid over the same two engines (not closed on its own: they are).
+    hybrid = HybridEngine(hf, llama)
     runs = {
         "transformers": engine_run(hf, params, None),
+        "hybrid": engine_run(hybrid, params, None),
         "llama.cpp": engine_run(llama, params, None),
         "raw llama-cpp-python": raw_llama(llama.template, args.threads, args.tokens),
         "raw, prompt re-evaluated": raw_llama(llama.template, args.threads, args.tokens, True),
         "transformers+LoRA": engine_run(hf, params, ADAPTER),
+        "hybrid+LoRA": engine_run(hybrid, params, ADAPTER),
         "llama.cpp+LoRA": engine_run(llama, params, ADAPTER),
         "raw llama-cpp-python+LoRA": raw_llama(
             llama.template, args.threads, args.tokens, lora=next((work / "gguf").rglob("*.gguf"))
@@ -219,6 +228,9 @@ def main() -> None:
         "default engine vs raw llama-cpp-python": rates["transformers"]
         / rates["raw llama-cpp-python"],
         "default engine+LoRA vs raw llama-cpp-python+LoRA": rates["transformers+LoRA"]
+        / rates["raw llama-cpp-python+LoRA"],
+        "hybrid engine vs raw llama-cpp-python": rates["hybrid"] / rates["raw llama-cpp-python"],
+        "hybrid engine+LoRA vs raw llama-cpp-python+LoRA": rates["hybrid+LoRA"]
         / rates["raw llama-cpp-python+LoRA"],
         "llama.cpp vs transformers (base)": rates["llama.cpp"] / rates["transformers"],
         "llama.cpp vs transformers (LoRA)": rates["llama.cpp+LoRA"] / rates["transformers+LoRA"],

@@ -440,10 +440,13 @@ class Settings(BaseSettings):
         "demand are detached least recently used first (not while deployed or answering).",
     )
 
-    local_engine: Literal["transformers", "llamacpp"] = Field(
+    local_engine: Literal["transformers", "llamacpp", "hybrid"] = Field(
         "transformers",
-        description="Engine of the local model: transformers (PEFT, batching) or llamacpp (a "
-        "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra).",
+        description="Engine of the local model: transformers (PEFT, batching), llamacpp (a "
+        "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra), or hybrid (both on "
+        "one base: llama.cpp answers a request that arrives while nothing runs, concurrent "
+        "requests join the transformers batch; needs a GGUF beside the base model, as the "
+        "bundled one has, else it serves transformers alone).",
     )
     local_decoder: Literal["lean", "transformers"] = Field(
         "lean",

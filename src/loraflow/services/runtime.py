@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine as DBEngine
 
@@ -160,19 +160,32 @@ def load_local(
     """
     root = (adapters or s.lora_path) if attach else None
     if s.local_engine == "llamacpp":
-        # PEFT adapters become llama.cpp GGUFs on first use; the converter lives above engines.
-        from loraflow.adapters.gguf import export_gguf_adapter
-        from loraflow.adapters.inspect import checksum
-        from loraflow.engines.llamacpp_load import load_llamacpp_engine
+        return _load_llamacpp(s, root)
+    if s.local_engine == "hybrid":
+        return _load_hybrid(s, root, batching)
+    return _load_transformers(s, root, batching)
 
-        return load_llamacpp_engine(
-            s.base_model_name,
-            s.cache_path,
-            root,
-            threads=s.llamacpp_threads,
-            export_lora=export_gguf_adapter,
-            checksum=checksum,
-        )
+
+def _load_llamacpp(s: Settings, root: Path | None) -> tuple[Any, list[str]]:
+    """The llama.cpp engine; PEFT adapters become GGUFs on first use (the converter lives
+    above engines)."""
+    from loraflow.adapters.gguf import export_gguf_adapter
+    from loraflow.adapters.inspect import checksum
+    from loraflow.engines.llamacpp_load import load_llamacpp_engine
+
+    return load_llamacpp_engine(
+        s.base_model_name,
+        s.cache_path,
+        root,
+        threads=s.llamacpp_threads,
+        export_lora=export_gguf_adapter,
+        checksum=checksum,
+    )
+
+
+def _load_transformers(s: Settings, root: Path | None, batching: bool) -> tuple[Any, list[str]]:
+    """The transformers engine as the settings say (continuous batching unless `batching`
+    is False)."""
     from loraflow.engines.hf import load_local_engine
 
     return load_local_engine(
@@ -188,3 +201,18 @@ def load_local(
         precision=s.local_precision,
         profile_dir=s.data_path,
     )
+
+
+def _load_hybrid(s: Settings, root: Path | None, batching: bool) -> tuple[LocalEngine, list[str]]:
+    """LOCAL_ENGINE=hybrid: the transformers engine, and llama.cpp beside it for lone requests
+    where the base model has a GGUF (the transformers engine alone where it has none)."""
+    from loraflow.engines.hybrid import HybridEngine
+
+    batch, warnings = _load_transformers(s, root, batching)
+    try:
+        solo, solo_warnings = _load_llamacpp(s, root)
+    except LoraflowError as exc:
+        warnings.append(f"LOCAL_ENGINE=hybrid serves with transformers alone: {exc}")
+        return batch, warnings
+    warnings += [f"llama.cpp (lone requests): {w}; the batch serves it" for w in solo_warnings]
+    return HybridEngine(batch, solo), warnings

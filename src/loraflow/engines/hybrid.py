@@ -1,0 +1,224 @@
+"""LOCAL_ENGINE=hybrid: llama.cpp answers a lone request, concurrent ones batch in transformers.
+
+At batch 1 a CPU reads every weight once a token, so llama.cpp's 4-bit GGUF (~85 MB for
+SmolLM2-135M) answers ~5x faster than fp32 transformers (~540 MB a token); with many requests
+at once, the transformers engine's continuous batch of mixed adapters is the faster one
+(docs/BENCHMARKS.md). This engine holds both on the same base model and adapters: a request
+that arrives while neither is busy goes to llama.cpp; one that arrives while anything runs
+joins the batch. An adapter llama.cpp cannot take (a target module it does not map) is served
+by the batch alone.
+
+The two paths compute in different precisions, so a greedy answer may differ between a lone
+request and the same request under load (on SmolLM2 the GGUF's perplexity on a held-out text
+was 0.999x fp32's, 94% of greedy tokens equal); LOCAL_ENGINE=transformers answers every request
+the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult, LocalEngine
+from loraflow.errors import LoraflowError, NotFound
+from loraflow.hardware import release_cpu_pool
+
+log = logging.getLogger(__name__)
+
+
+class _SoloStream:
+    """A llama.cpp stream that frees the solo path when it ends or is closed."""
+
+    def __init__(self, inner: Any, done: Callable[[], None]) -> None:
+        self._inner = inner
+        self._done: Callable[[], None] | None = done
+
+    def __iter__(self) -> _SoloStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return str(next(self._inner))
+        except BaseException:
+            self._finish()
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        # finish_reason, prompt_tokens, completion_tokens... of the llama.cpp stream.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+    def __del__(self) -> None:
+        self._finish()
+
+
+class HybridEngine:
+    """The transformers engine (`batch`, continuous batching) and llama.cpp (`solo`) as one."""
+
+    def __init__(self, batch: LocalEngine, solo: LocalEngine) -> None:
+        self.batch, self.solo = batch, solo
+        self.name = batch.name
+        self.base_model_name: str = getattr(batch, "base_model_name", "")
+        self._lock = threading.Lock()
+        self._solo_busy = False
+        # Adapters llama.cpp holds the current version of; the others go to the batch.
+        self._solo_adapters = set(solo.adapters())
+        self.served = {"solo": 0, "batch": 0}
+
+    # --- routing -----------------------------------------------------------------------
+    def _claim_solo(self, adapter: str | None) -> bool:
+        with self._lock:
+            free = (
+                not self._solo_busy
+                and self.batch.queue_depth() == (0, 0)
+                and (adapter is None or adapter in self._solo_adapters)
+            )
+            if free:
+                self._solo_busy = True
+            self.served["solo" if free else "batch"] += 1
+            return free
+
+    def _solo_done(self) -> None:
+        with self._lock:
+            self._solo_busy = False
+        # llama.cpp ran its parallel work on this thread: its workers go with the request.
+        release_cpu_pool()
+
+    def generate(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
+    ) -> GenerationResult:
+        if not self._claim_solo(adapter):
+            return self.batch.generate(messages, params, adapter)
+        try:
+            return self.solo.generate(messages, params, adapter)
+        finally:
+            self._solo_done()
+
+    def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
+    ) -> Iterator[str]:
+        if not self._claim_solo(adapter):
+            return self.batch.stream(messages, params, adapter)
+        try:
+            inner = self.solo.stream(messages, params, adapter)
+        except BaseException:
+            self._solo_done()
+            raise
+        return _SoloStream(inner, self._solo_done)
+
+    def generate_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> GenerationResult:
+        if not self._claim_solo(adapter):
+            return self.batch.generate_text(prompt, params, adapter)
+        try:
+            return self.solo.generate_text(prompt, params, adapter)
+        finally:
+            self._solo_done()
+
+    def stream_text(
+        self, prompt: str, params: GenerationParams, adapter: str | None = None
+    ) -> Iterator[str]:
+        if not self._claim_solo(adapter):
+            return self.batch.stream_text(prompt, params, adapter)
+        try:
+            inner = self.solo.stream_text(prompt, params, adapter)
+        except BaseException:
+            self._solo_done()
+            raise
+        return _SoloStream(inner, self._solo_done)
+
+    # --- adapters ----------------------------------------------------------------------
+    def load_adapter(self, name: str, path: Path, *, replace: bool = False) -> None:
+        with self._lock:
+            # Until llama.cpp holds this version too, its requests batch.
+            self._solo_adapters.discard(name)
+        self.batch.load_adapter(name, path, replace=replace)
+        try:
+            self.solo.load_adapter(name, path, replace=name in self.solo.adapters())
+        except LoraflowError as exc:
+            log.warning("adapter %r is served by the batch only (llama.cpp: %s)", name, exc)
+            with contextlib.suppress(LoraflowError):
+                self.solo.unload_adapter(name)  # an older version must not answer
+            return
+        with self._lock:
+            self._solo_adapters.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            self._solo_adapters.discard(name)
+        self.batch.unload_adapter(name)
+        with contextlib.suppress(NotFound):
+            self.solo.unload_adapter(name)
+
+    def adapters(self) -> list[str]:
+        return self.batch.adapters()
+
+    def adapter_paths(self) -> dict[str, Path]:
+        return self.batch.adapter_paths()
+
+    def adapters_in_use(self) -> set[str]:
+        return self.batch.adapters_in_use() | self.solo.adapters_in_use()
+
+    # --- the rest: the batch engine's ----------------------------------------------------
+    @property
+    def on_request(self) -> Callable[[str], None] | None:
+        return self.batch.on_request
+
+    @on_request.setter
+    def on_request(self, callback: Callable[[str], None] | None) -> None:
+        self.batch.on_request = callback
+        self.solo.on_request = callback
+
+    @property
+    def device(self) -> str:
+        return self.batch.device
+
+    @property
+    def batching(self) -> bool:
+        return self.batch.batching
+
+    def count_tokens(self, text: str) -> int:
+        return self.batch.count_tokens(text)
+
+    def logits_finite(self, text: str, adapter: str | None = None) -> bool:
+        return self.batch.logits_finite(text, adapter)
+
+    def queue_depth(self) -> tuple[int, int]:
+        (a, b), (c, d) = self.batch.queue_depth(), self.solo.queue_depth()
+        return a + c, b + d
+
+    def health(self) -> EngineHealth:
+        mine = self.batch.health()
+        with self._lock:
+            solo, batch = self.served["solo"], self.served["batch"]
+            held = len(self._solo_adapters)
+        return EngineHealth(
+            mine.ok,
+            f"{mine.detail}; lone requests on llama.cpp ({held} adapter(s) there; "
+            f"{solo} answered there, {batch} batched)",
+        )
+
+    def close(self) -> None:
+        try:
+            self.batch.close()
+        finally:
+            self.solo.close()
