@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _results import add_json_flag, write_results
+from _results import REPO, add_json_flag, write_results
 from _server import MODEL_CACHE, BenchServer
 
 from loraflow.adapters.gguf import export_gguf_adapter
@@ -58,6 +58,8 @@ TARGETS = {
     # LOCAL_ENGINE=hybrid: a lone request goes to llama.cpp (issue #21's batch-1 goal).
     "hybrid engine vs raw llama-cpp-python": (">=", 0.8),
     "hybrid engine+LoRA vs raw llama-cpp-python+LoRA": (">=", 0.8),
+    # What the GGUF answers with may cost (issue #21: quantized perplexity <= 1.05x fp32).
+    "GGUF perplexity / transformers engine's": ("<=", 1.05),
 }
 
 
@@ -103,6 +105,33 @@ def raw_llama(
         return n
 
     return run
+
+
+def gguf_quality(model: object, tokenizer: object, threads: int) -> tuple[float, float, float]:
+    """(fp32 perplexity, GGUF perplexity, share of greedy next tokens equal) on the held-out
+    text of bench/precision.py: the price of answering lone requests from the 4-bit GGUF."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from loraflow.models.cpu_precision import CALIBRATION_HELD_OUT
+
+    text = (REPO / "src" / "loraflow" / "sample_data" / "docs" / CALIBRATION_HELD_OUT).read_text()
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :512]  # type: ignore[operator]
+    with torch.inference_mode():
+        fp32 = model(input_ids=ids).logits[0].float()  # type: ignore[operator]
+    llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=1024, logits_all=True,
+                n_threads=threads, verbose=False)  # fmt: skip
+    try:
+        llm.eval(ids[0].tolist())
+        gguf = torch.tensor(np.array(llm.scores[: ids.shape[1]]), dtype=torch.float32)
+    finally:
+        llm.close()
+    skip = 16  # the first tokens have too little context to score
+    target = ids[0, skip:]
+    ppl = [float(torch.nn.functional.cross_entropy(x[skip - 1 : -1], target).exp())
+           for x in (fp32, gguf)]  # fmt: skip
+    agree = float((fp32[skip - 1 : -1].argmax(-1) == gguf[skip - 1 : -1].argmax(-1)).float().mean())
+    return ppl[0], ppl[1], agree
 
 
 def engine_run(engine: object, params: GenerationParams, adapter: str | None) -> Callable:
@@ -175,6 +204,11 @@ def main() -> None:
     model, tokenizer = load_model_and_tokenizer(resolved)
     precision = apply_local_precision(model, args.precision, MODEL_CACHE, tokenizer)
     print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
+    # Before any adapter is attached: PEFT's layers would apply it to the base's forward.
+    fp32_ppl, gguf_ppl, agree = gguf_quality(model, tokenizer, args.threads)
+    quality = (f"held-out perplexity: {precision} {fp32_ppl:.3f}, GGUF {gguf_ppl:.3f} "
+               f"({gguf_ppl / fp32_ppl:.3f}x); greedy next tokens equal: {agree:.1%}")  # fmt: skip
+    print(quality, flush=True)
     hf = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     hf.load_adapter(ADAPTER, work / "adapters" / ADAPTER)
     # As `loraflow serve` runs it by default: every request through the continuous batch.
@@ -241,6 +275,7 @@ def main() -> None:
         "llama.cpp engine: LoRA vs base": rates["llama.cpp+LoRA"] / rates["llama.cpp"],
         "transformers engine: LoRA vs base": rates["transformers+LoRA"] / rates["transformers"],
     }
+    ratios["GGUF perplexity / transformers engine's"] = gguf_ppl / fp32_ppl
     if args.http:
         ratios["HTTP (LOCAL_ENGINE=llamacpp) vs raw llama-cpp-python"] = (
             rates["HTTP (LOCAL_ENGINE=llamacpp)"] / rates["raw llama-cpp-python (beside HTTP)"]
@@ -261,7 +296,8 @@ def main() -> None:
         baseline="transformers engine as `loraflow serve` runs it (continuous batching, lean "
         "decoder, fp32), and raw llama-cpp-python for what a user would run instead",
         targets={k: v for k, v in TARGETS.items() if k in ratios},
-        notes=["batch 1, greedy, fixed-length answers (ignore_eos)"],
+        notes=["batch 1, greedy, fixed-length answers (ignore_eos)", quality],
+        lower_is_better=["GGUF perplexity / transformers engine's"],
     )
 
 

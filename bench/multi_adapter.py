@@ -27,6 +27,7 @@ from _results import add_json_flag, write_results
 from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine, apply_local_precision
+from loraflow.engines.hybrid import HybridEngine
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
@@ -41,6 +42,8 @@ TARGETS = {
     "32 adapters batched vs naive": (">=", 4.0),
     "8 adapters batched vs llama.cpp one at a time": (">=", 3.0),
     "32 adapters batched vs llama.cpp one at a time": (">=", 3.0),
+    # LOCAL_ENGINE=hybrid under the same load: one request may go to llama.cpp, the rest batch.
+    "hybrid vs batched (32 adapters)": (">=", 0.9),
 }
 PROMPTS = [
     "Explain what a LoRA adapter is.",
@@ -188,8 +191,8 @@ def main() -> None:
     load = f"{args.requests} requests x {args.tokens} tokens, {args.concurrency} at once"
     print(f"SmolLM2-135M, {args.threads} threads, LoRA r={args.rank} on {args.targets}; {load}")
     # Scenarios alternate round by round, so a change in machine load hits them all alike.
-    secs = {n: 0.0 for n in [*args.adapters, 0, -1, -2]}
-    toks = {n: 0 for n in [*args.adapters, 0, -1, -2]}
+    secs = {n: 0.0 for n in [*args.adapters, 0, -1, -2, -3]}
+    toks = {n: 0 for n in [*args.adapters, 0, -1, -2, -3]}
     llama_jobs = jobs(max(args.adapters), args.llamacpp_requests)
     texts: dict[int, list[str]] = {}
     naive_jobs = jobs(max(args.adapters), args.naive_requests)
@@ -201,6 +204,14 @@ def main() -> None:
             secs[n] += s
             toks[n] += t
             print(f"  round: {n:>2} adapter(s) {t / s:6.1f} tok/s", flush=True)
+        if llama is not None:
+            # LOCAL_ENGINE=hybrid over the same engines (closed through `engine` below).
+            hybrid = HybridEngine(engine, llama)
+            s, t, _ = run_load(hybrid, jobs(most, args.requests), args.concurrency, params)
+            secs[-3] += s
+            toks[-3] += t
+            print(f"  round: {most:>2} adapter(s), hybrid {t / s:6.1f} tok/s "
+                  f"({hybrid.served['solo']} on llama.cpp)", flush=True)  # fmt: skip
         engine.close()
         if args.transformers_decoder:
             # The same batch on transformers' forward (LOCAL_DECODER=transformers).
@@ -260,7 +271,15 @@ def main() -> None:
                      "vs_naive": round(rates[-2] / naive, 3)})  # fmt: skip
         print(f"lean decoder vs transformers decoder ({most} adapters): "
               f"{rates[most] / rates[-2]:.2f}x")  # fmt: skip
+    if -3 in rates:
+        rows.append({"scenario": "hybrid (LOCAL_ENGINE=hybrid)", "adapters": most,
+                     "tokens": toks[-3], "seconds": round(secs[-3], 2),
+                     "tok_per_s": round(rates[-3], 2),
+                     "vs_naive": round(rates[-3] / naive, 3)})  # fmt: skip
+        print(f"hybrid vs batched ({most} adapters): {rates[-3] / rates[most]:.2f}x")
     ratios = {f"{n} adapters batched vs naive": rates[n] / naive for n in args.adapters}
+    if -3 in rates:
+        ratios[f"hybrid vs batched ({most} adapters)"] = rates[-3] / rates[most]
     ratios[f"RSS with {most} adapters / with 1"] = rss_all / rss_one
     if -2 in rates:
         ratios[f"lean vs transformers decoder ({most} adapters)"] = rates[most] / rates[-2]
