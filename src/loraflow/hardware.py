@@ -57,8 +57,6 @@ ROUNDS = 3
 AUTO_SERVING = ("bf16",)
 
 
-# OpenMP runtimes torch may have loaded; each has omp_pause_resource_all (OpenMP 5.0).
-_OPENMP_LIBS = ("libgomp", "libiomp", "libomp")
 _OMP_PAUSE_HARD = 2
 _omp_pause: Any = None
 _omp_searched = False
@@ -66,37 +64,24 @@ _omp_lock = threading.Lock()
 
 
 def _find_omp_pause() -> Any:
-    """omp_pause_resource_all of torch's OpenMP runtime, or None.
+    """omp_pause_resource_all of the GNU OpenMP runtime torch runs on, or None.
 
-    Other wheels bring their own copies (faiss and sentencepiece each ship a libgomp), so
-    the one in torch's folder is taken; elsewhere, the only one loaded."""
+    The copy loaded under the soname `libgomp.so.1` is the one torch (and llama.cpp's ggml)
+    bind to; faiss and sentencepiece bring their own under hashed names. Only libgomp: in
+    LLVM's and Intel's runtimes a hard pause stops the whole process's runtime."""
     global _omp_pause, _omp_searched
     with _omp_lock:
         if not _omp_searched:
             # Searched once torch is loaded: it loads its OpenMP runtime on import.
             _omp_searched = True
             try:
-                maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                maps = ""
-            found = sorted(
-                {
-                    path
-                    for path in (line.split()[-1] for line in maps.splitlines() if "/" in line)
-                    if os.path.basename(path).startswith(_OPENMP_LIBS)
-                }
-            )
-            torch_dir = os.path.dirname(sys.modules["torch"].__file__ or "") + os.sep
-            own = [path for path in found if path.startswith(torch_dir)]
-            path = own[0] if own else found[0] if len(found) == 1 else None
-            if path is not None:
-                try:
-                    fn = ctypes.CDLL(path).omp_pause_resource_all
-                except (OSError, AttributeError):
-                    fn = None
-                if fn is not None:
-                    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                    _omp_pause = fn
+                lib = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) or 0)
+                fn = lib.omp_pause_resource_all
+            except (OSError, AttributeError):
+                fn = None
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                _omp_pause = fn
         return _omp_pause
 
 

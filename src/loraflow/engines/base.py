@@ -99,7 +99,8 @@ class Engine(Protocol):
 
 
 class LocalEngine(Engine, Protocol):
-    """The engine of this process (HFEngine, LlamaCppEngine): raw prompts, adapters by folder.
+    """The engine of this process (HFEngine, LlamaCppEngine, HybridEngine): raw prompts, adapters
+    by folder.
 
     The services hold it as `Runtime.local`; the remote engines offer only `Engine`.
     """

@@ -162,8 +162,9 @@ class BatchScheduler:
         )
 
     def depth(self) -> tuple[int, int]:
-        """(rows decoding, requests waiting to join)."""
-        return len(self._rows), len(self._pending)
+        """(rows decoding or being prefilled, requests waiting to join)."""
+        with self._wake:
+            return len(self._rows) + len(self._admitting), len(self._pending)
 
     def adapters_in_use(self) -> set[str | None]:
         """Adapters (internal names; None for the base) of every request queued or decoding."""
@@ -193,11 +194,11 @@ class BatchScheduler:
     # --- the decoding thread -----------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            if not self._rows:
+                # Idle (or about to be): its parallel workers go, so they slow no other
+                # thread's torch work (an embedding, a training step) while none decodes here.
+                release_cpu_pool()
             with self._wake:
-                if not self._closed and not self._pending and not self._rows:
-                    # Idle: its parallel workers go, so they slow no other thread's torch
-                    # work (an embedding, a training step) while none is decoding here.
-                    release_cpu_pool()
                 while not self._closed and not self._pending and not self._rows:
                     self._wake.wait()
                 if self._closed:

@@ -20,11 +20,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult, LocalEngine
-from loraflow.errors import LoraflowError, NotFound
+from loraflow.errors import LoraflowError
 from loraflow.hardware import release_cpu_pool
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,14 @@ class _SoloStream:
 
     def __next__(self) -> str:
         try:
-            return str(next(self._inner))
+            piece = str(next(self._inner))
         except BaseException:
             self._finish()
             raise
+        # Each piece may be asked for on another server thread, and llama.cpp runs its step
+        # on the asking one: that thread keeps no OpenMP workers (~2% of a step here).
+        release_cpu_pool()
+        return piece
 
     def __getattr__(self, name: str) -> Any:
         # finish_reason, prompt_tokens, completion_tokens... of the llama.cpp stream.
@@ -57,7 +62,7 @@ class _SoloStream:
         try:
             close = getattr(self._inner, "close", None)
             if close is not None:
-                close()
+                close()  # ends llama.cpp's generator: its lock is free again
         finally:
             self._finish()
 
@@ -67,7 +72,8 @@ class _SoloStream:
             done()
 
     def __del__(self) -> None:
-        self._finish()
+        if getattr(self, "_done", None) is not None:
+            self.close()
 
 
 class HybridEngine:
@@ -77,19 +83,24 @@ class HybridEngine:
         self.batch, self.solo = batch, solo
         self.name = batch.name
         self.base_model_name: str = getattr(batch, "base_model_name", "")
-        self._lock = threading.Lock()
+        # Reentrant: a stream's finaliser may run (garbage collection) while this is held.
+        self._lock = threading.RLock()
         self._solo_busy = False
         # Adapters llama.cpp holds the current version of; the others go to the batch.
-        self._solo_adapters = set(solo.adapters())
+        self._solo_adapters = set(solo.adapters()) & set(batch.adapters())
+        # llama.cpp's adapter loads (a GGUF conversion: seconds) and unloads wait for its
+        # answer in progress; they run here, in order, so attaching never waits for them.
+        self._solo_ops = ThreadPoolExecutor(1, thread_name_prefix="loraflow-hybrid")
+        self._latest: dict[str, int] = {}
+        self._ops = 0
         self.served = {"solo": 0, "batch": 0}
 
     # --- routing -----------------------------------------------------------------------
     def _claim_solo(self, adapter: str | None) -> bool:
+        idle = self.batch.queue_depth() == (0, 0)
         with self._lock:
             free = (
-                not self._solo_busy
-                and self.batch.queue_depth() == (0, 0)
-                and (adapter is None or adapter in self._solo_adapters)
+                idle and not self._solo_busy and (adapter is None or adapter in self._solo_adapters)
             )
             if free:
                 self._solo_busy = True
@@ -147,27 +158,55 @@ class HybridEngine:
         return _SoloStream(inner, self._solo_done)
 
     # --- adapters ----------------------------------------------------------------------
+    def _next_op(self, name: str) -> int:
+        with self._lock:
+            self._ops += 1
+            self._latest[name] = self._ops
+            return self._ops
+
     def load_adapter(self, name: str, path: Path, *, replace: bool = False) -> None:
         with self._lock:
             # Until llama.cpp holds this version too, its requests batch.
+            had = name in self._solo_adapters
             self._solo_adapters.discard(name)
-        self.batch.load_adapter(name, path, replace=replace)
+        try:
+            self.batch.load_adapter(name, path, replace=replace)
+        except BaseException:
+            if had:  # refused: both engines keep what they had
+                with self._lock:
+                    self._solo_adapters.add(name)
+            raise
+        op = self._next_op(name)
+        self._solo_ops.submit(self._solo_load, name, path, op)
+
+    def _solo_load(self, name: str, path: Path, op: int) -> None:
         try:
             self.solo.load_adapter(name, path, replace=name in self.solo.adapters())
-        except LoraflowError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure leaves it to the batch
             log.warning("adapter %r is served by the batch only (llama.cpp: %s)", name, exc)
-            with contextlib.suppress(LoraflowError):
+            with contextlib.suppress(Exception):
                 self.solo.unload_adapter(name)  # an older version must not answer
             return
+        finally:
+            release_cpu_pool()  # the conversion ran torch ops on this thread
         with self._lock:
-            self._solo_adapters.add(name)
+            if self._latest.get(name) == op:  # not unloaded or replaced since
+                self._solo_adapters.add(name)
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
             self._solo_adapters.discard(name)
         self.batch.unload_adapter(name)
-        with contextlib.suppress(NotFound):
+        self._next_op(name)
+        self._solo_ops.submit(self._solo_unload, name)
+
+    def _solo_unload(self, name: str) -> None:
+        with contextlib.suppress(LoraflowError):
             self.solo.unload_adapter(name)
+
+    def settle(self) -> None:
+        """Wait until llama.cpp has caught up with every adapter load and unload so far."""
+        self._solo_ops.submit(lambda: None).result()
 
     def adapters(self) -> list[str]:
         return self.batch.adapters()
@@ -218,6 +257,7 @@ class HybridEngine:
         )
 
     def close(self) -> None:
+        self._solo_ops.shutdown(wait=True, cancel_futures=True)
         try:
             self.batch.close()
         finally:

@@ -42,7 +42,8 @@ class Runtime:
     store: VectorStore
     # The second engine, Ollama or an OpenAI-compatible server (REMOTE_BACKEND).
     remote: RemoteEngine
-    # The local engine (LOCAL_ENGINE: HFEngine or LlamaCppEngine); None when it did not load.
+    # The local engine (LOCAL_ENGINE: HFEngine, LlamaCppEngine or HybridEngine); None when it
+    # did not load.
     local: LocalEngine | None = None
     local_error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -209,10 +210,19 @@ def _load_hybrid(s: Settings, root: Path | None, batching: bool) -> tuple[LocalE
     from loraflow.engines.hybrid import HybridEngine
 
     batch, warnings = _load_transformers(s, root, batching)
+    if batch.device != "cpu":
+        warnings.append(
+            f"LOCAL_ENGINE=hybrid serves with transformers alone on {batch.device}: its "
+            "llama.cpp would answer lone requests on the CPU"
+        )
+        return batch, warnings
     try:
         solo, solo_warnings = _load_llamacpp(s, root)
     except LoraflowError as exc:
         warnings.append(f"LOCAL_ENGINE=hybrid serves with transformers alone: {exc}")
         return batch, warnings
+    except BaseException:
+        batch.close()  # nothing half-started stays behind
+        raise
     warnings += [f"llama.cpp (lone requests): {w}; the batch serves it" for w in solo_warnings]
     return HybridEngine(batch, solo), warnings

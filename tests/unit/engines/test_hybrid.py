@@ -107,6 +107,7 @@ def test_an_adapter_llamacpp_refuses_is_served_by_the_batch(
 ) -> None:
     folder = _on_lm_head(smollm2_dir, tmp_path / "head")
     hybrid.load_adapter("head", folder)
+    hybrid.settle()
     try:
         assert "head" in hybrid.adapters() and "head" not in hybrid.solo.adapters()
         before = dict(hybrid.served)
@@ -124,9 +125,38 @@ def test_an_unloaded_adapter_leaves_both_engines(
 ) -> None:
     folder = make_adapter(smollm2_dir, tmp_path / "beta", seed=2)
     hybrid.load_adapter("beta", folder)
-    assert "beta" in hybrid.adapters() and "beta" in hybrid.solo.adapters()
+    assert "beta" in hybrid.adapters()  # the batch serves it at once
+    hybrid.settle()
+    assert "beta" in hybrid.solo.adapters()
+    assert hybrid.generate(QUESTION, GREEDY, adapter="beta").text == (
+        hybrid.solo.generate(QUESTION, GREEDY, adapter="beta").text
+    )
     hybrid.unload_adapter("beta")
+    hybrid.settle()
     assert "beta" not in hybrid.adapters() and "beta" not in hybrid.solo.adapters()
+
+
+def test_a_refused_load_keeps_the_adapter_on_llamacpp(hybrid: HybridEngine) -> None:
+    from loraflow.errors import LoraflowError
+
+    path = hybrid.adapter_paths()["alpha"]
+    with pytest.raises(LoraflowError):
+        hybrid.load_adapter("alpha", path)  # taken, and no replace: refused
+    before = hybrid.served["solo"]
+    hybrid.generate(QUESTION, GREEDY, adapter="alpha")
+    assert hybrid.served["solo"] == before + 1
+
+
+def test_a_dropped_stream_frees_llamacpp(hybrid: HybridEngine) -> None:
+    import gc
+
+    stream = hybrid.stream(QUESTION, GREEDY)
+    next(stream)
+    del stream
+    gc.collect()
+    before = hybrid.served["solo"]
+    answer = hybrid.generate(OTHER, GREEDY)  # would wait forever on llama.cpp's lock
+    assert hybrid.served["solo"] == before + 1 and answer.completion_tokens == 12
 
 
 def test_the_setting_loads_both_engines_on_the_bundled_model(
