@@ -35,6 +35,10 @@ class Replica(BaseModel):
 class HealthDetails(BaseModel):
     model_info: SelectionSummary
     local_model: str | None = Field(description="'loaded', or why the local model is not.")
+    local_engine: str | None = Field(
+        description="The loaded local engine in words: model, device, precision, adapters "
+        "(LOCAL_ENGINE=hybrid: how many requests llama.cpp and the batch answered).",
+    )
     lora_model: str
     ollama_service: str = Field(description="The remote engine's state, whichever backend.")
     remote_backend: Literal["ollama", "openai"]

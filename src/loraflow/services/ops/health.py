@@ -80,6 +80,7 @@ def health(rt: Runtime) -> dict[str, Any]:
                 "adapter": sel.adapter,
             },
             "local_model": "loaded" if local_ok else rt.local_error,
+            "local_engine": rt.local.health().detail if rt.local is not None else None,
             "lora_model": (
                 f"adapters: {', '.join(known_adapters(rt))}"
                 if known_adapters(rt)
