@@ -59,6 +59,22 @@ def server_env(model_cache: Path, stopped_port: int) -> dict[str, str]:
     }
 
 
+def llamacpp_env(model_cache: Path, engine: str) -> dict[str, str]:
+    """A server on the bundled GGUF with LOCAL_ENGINE `engine` (llamacpp or hybrid): greedy,
+    short answers, nothing else loaded, no Ollama."""
+    return {
+        "CACHE_DIR": str(model_cache),
+        "LOCAL_ENGINE": engine,
+        "LLAMACPP_THREADS": "1",
+        "OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
+        "OLLAMA_TIMEOUT": "3",
+        "MAX_NEW_TOKENS": "24",
+        "TEMPERATURE": "0",
+        "AUTO_INGEST_SAMPLE": "false",
+        "ENABLE_UI": "false",
+    }
+
+
 @contextmanager
 def start_server(
     data: Path,

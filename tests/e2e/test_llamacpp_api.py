@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_server
-from tests.e2e.server import Server, free_port
+from tests.e2e.conftest import llamacpp_env, start_server
+from tests.e2e.server import Server
 from tests.unit.models.tiny import make_adapter
 
 pytestmark = pytest.mark.integration
@@ -26,17 +26,7 @@ def llama_server(
 ) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("llamacpp-server")
     make_adapter(smollm2_dir, data / "lora_adapters" / ADAPTER, seed=1)
-    env = {
-        "CACHE_DIR": str(model_cache),
-        "LOCAL_ENGINE": "llamacpp",
-        "LLAMACPP_THREADS": "1",
-        "OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
-        "OLLAMA_TIMEOUT": "3",
-        "MAX_NEW_TOKENS": "24",
-        "TEMPERATURE": "0",
-        "AUTO_INGEST_SAMPLE": "false",
-        "ENABLE_UI": "false",
-    }
+    env = llamacpp_env(model_cache, "llamacpp")
     with start_server(data, env) as srv:
         yield srv
 

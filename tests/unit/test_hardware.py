@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from loraflow import hardware
 from loraflow.errors import ConfigError
+from tests.unit.threads import HAS_PROC, os_threads, settled
 
 AVX2 = {
     "gemm_fp32_ms": 1.5, "gemm_bf16_ms": 300.0,
@@ -150,19 +149,7 @@ def test_int8_companion_is_bf16_only_where_bf16_is_native_and_faster(
     assert hardware.int8_companion(tmp_path / "b") == "bf16"
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
-def _settled(expected: int, timeout: float = 5.0) -> int:
-    """The process's OS thread count once it is `expected` (or at the timeout)."""
-    deadline = time.monotonic() + timeout
-    while _os_threads() != expected and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return _os_threads()
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc")
 def test_a_thread_gives_back_its_cpu_workers_with_other_openmp_copies_loaded() -> None:
     # faiss (and sentencepiece) ship their own libgomp: releasing one of those would leave
     # torch's workers where they are.
@@ -174,11 +161,11 @@ def test_a_thread_gives_back_its_cpu_workers_with_other_openmp_copies_loaded() -
     counts: dict[str, int] = {}
 
     def work() -> None:
-        counts["before"] = _os_threads()
+        counts["before"] = os_threads()
         torch.ones(1 << 22).exp_().sum()  # a parallel op: this thread gets a worker team
-        counts["working"] = _os_threads()
+        counts["working"] = os_threads()
         counts["released"] = int(hardware.release_cpu_pool())
-        counts["after"] = _settled(counts["before"])
+        counts["after"] = settled(counts["before"])
 
     try:
         thread = threading.Thread(target=work)

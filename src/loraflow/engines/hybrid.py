@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loraflow.engines.base import EngineHealth, GenerationParams, GenerationResult, LocalEngine
 from loraflow.errors import LoraflowError
@@ -113,49 +113,47 @@ class HybridEngine:
         # llama.cpp ran its parallel work on this thread: its workers go with the request.
         release_cpu_pool()
 
+    def _whole(self, method: str, first: Any, params: GenerationParams, adapter: str | None) -> Any:
+        """`method` (generate, generate_text) of whichever engine takes this request."""
+        if not self._claim_solo(adapter):
+            return getattr(self.batch, method)(first, params, adapter)
+        try:
+            return getattr(self.solo, method)(first, params, adapter)
+        finally:
+            self._solo_done()
+
+    def _pieces(
+        self, method: str, first: Any, params: GenerationParams, adapter: str | None
+    ) -> Any:
+        """`method` (stream, stream_text) of whichever engine takes this request."""
+        if not self._claim_solo(adapter):
+            return getattr(self.batch, method)(first, params, adapter)
+        try:
+            inner = getattr(self.solo, method)(first, params, adapter)
+        except BaseException:
+            self._solo_done()
+            raise
+        return _SoloStream(inner, self._solo_done)
+
     def generate(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
     ) -> GenerationResult:
-        if not self._claim_solo(adapter):
-            return self.batch.generate(messages, params, adapter)
-        try:
-            return self.solo.generate(messages, params, adapter)
-        finally:
-            self._solo_done()
+        return cast(GenerationResult, self._whole("generate", messages, params, adapter))
 
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
     ) -> Iterator[str]:
-        if not self._claim_solo(adapter):
-            return self.batch.stream(messages, params, adapter)
-        try:
-            inner = self.solo.stream(messages, params, adapter)
-        except BaseException:
-            self._solo_done()
-            raise
-        return _SoloStream(inner, self._solo_done)
+        return cast(Iterator[str], self._pieces("stream", messages, params, adapter))
 
     def generate_text(
         self, prompt: str, params: GenerationParams, adapter: str | None = None
     ) -> GenerationResult:
-        if not self._claim_solo(adapter):
-            return self.batch.generate_text(prompt, params, adapter)
-        try:
-            return self.solo.generate_text(prompt, params, adapter)
-        finally:
-            self._solo_done()
+        return cast(GenerationResult, self._whole("generate_text", prompt, params, adapter))
 
     def stream_text(
         self, prompt: str, params: GenerationParams, adapter: str | None = None
     ) -> Iterator[str]:
-        if not self._claim_solo(adapter):
-            return self.batch.stream_text(prompt, params, adapter)
-        try:
-            inner = self.solo.stream_text(prompt, params, adapter)
-        except BaseException:
-            self._solo_done()
-            raise
-        return _SoloStream(inner, self._solo_done)
+        return cast(Iterator[str], self._pieces("stream_text", prompt, params, adapter))
 
     # --- adapters ----------------------------------------------------------------------
     def _next_op(self, name: str) -> int:

