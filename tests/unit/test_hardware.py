@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
 from loraflow import hardware
 from loraflow.errors import ConfigError
-from tests.unit.threads import HAS_PROC, os_threads, settled
+from tests.unit.threads import HAS_PROC, on_new_thread, os_threads, settled
 
 AVX2 = {
     "gemm_fp32_ms": 1.5, "gemm_bf16_ms": 300.0,
@@ -156,8 +155,6 @@ def test_a_thread_gives_back_its_cpu_workers_with_other_openmp_copies_loaded() -
     import faiss  # noqa: F401
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     counts: dict[str, int] = {}
 
     def work() -> None:
@@ -167,12 +164,7 @@ def test_a_thread_gives_back_its_cpu_workers_with_other_openmp_copies_loaded() -
         counts["released"] = int(hardware.release_cpu_pool())
         counts["after"] = settled(counts["before"])
 
-    try:
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-    finally:
-        torch.set_num_threads(threads)
+    on_new_thread(work)
     assert counts["working"] > counts["before"]
     assert counts["released"] == 1
     assert counts["after"] == counts["before"]

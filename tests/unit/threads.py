@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HAS_PROC = Path("/proc/self/task").is_dir()
@@ -21,3 +23,18 @@ def settled(expected: int, timeout: float = 5.0) -> int:
     while os_threads() != expected and time.monotonic() < deadline:
         time.sleep(0.02)
     return os_threads()
+
+
+def on_new_thread(work: Callable[[], None], torch_threads: int = 2) -> None:
+    """Run `work` on a thread of its own with `torch_threads` intra-op threads (restored after),
+    so a parallel op there makes that thread a worker team."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    finally:
+        torch.set_num_threads(before)

