@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _results import REPO, add_json_flag, write_results
+from _results import add_json_flag, write_results
 from _server import MODEL_CACHE, BenchServer
+from precision import HELD_OUT
 
 from loraflow.adapters.gguf import export_gguf_adapter
 from loraflow.adapters.inspect import checksum
@@ -113,9 +114,7 @@ def gguf_quality(model: object, tokenizer: object, threads: int) -> tuple[float,
     import numpy as np
     from llama_cpp import Llama
 
-    from loraflow.models.cpu_precision import CALIBRATION_HELD_OUT
-
-    text = (REPO / "src" / "loraflow" / "sample_data" / "docs" / CALIBRATION_HELD_OUT).read_text()
+    text = HELD_OUT.read_text("utf-8")
     ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :512]  # type: ignore[operator]
     with torch.inference_mode():
         fp32 = model(input_ids=ids).logits[0].float()  # type: ignore[operator]

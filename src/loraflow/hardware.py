@@ -9,13 +9,13 @@ of the CPU model, its flags, the torch version and the thread count; any change 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,31 +58,22 @@ AUTO_SERVING = ("bf16",)
 
 
 _OMP_PAUSE_HARD = 2
-_omp_pause: Any = None
-_omp_searched = False
-_omp_lock = threading.Lock()
 
 
+@functools.cache
 def _find_omp_pause() -> Any:
-    """omp_pause_resource_all of the GNU OpenMP runtime torch runs on, or None.
+    """omp_pause_resource_all of the GNU OpenMP runtime torch runs on, or None; looked up
+    once torch is loaded (it loads its OpenMP runtime on import).
 
     The copy loaded under the soname `libgomp.so.1` is the one torch (and llama.cpp's ggml)
     bind to; faiss and sentencepiece bring their own under hashed names. Only libgomp: in
     LLVM's and Intel's runtimes a hard pause stops the whole process's runtime."""
-    global _omp_pause, _omp_searched
-    with _omp_lock:
-        if not _omp_searched:
-            # Searched once torch is loaded: it loads its OpenMP runtime on import.
-            _omp_searched = True
-            try:
-                lib = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0) or 0)
-                fn = lib.omp_pause_resource_all
-            except (OSError, AttributeError):
-                fn = None
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                _omp_pause = fn
-        return _omp_pause
+    try:
+        fn = ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 0)).omp_pause_resource_all
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
 
 
 def release_cpu_pool() -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HAS_PROC = Path("/proc/self/task").is_dir()
@@ -25,16 +26,23 @@ def settled(expected: int, timeout: float = 5.0) -> int:
     return os_threads()
 
 
-def on_new_thread(work: Callable[[], None], torch_threads: int = 2) -> None:
-    """Run `work` on a thread of its own with `torch_threads` intra-op threads (restored after),
-    so a parallel op there makes that thread a worker team."""
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside, restored after."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(n)
     try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def on_new_thread(work: Callable[[], None], torch_threads_inside: int = 2) -> None:
+    """Run `work` on a thread of its own with that many intra-op threads, so a parallel op
+    there makes that thread a worker team."""
+    with torch_threads(torch_threads_inside):
         thread = threading.Thread(target=work)
         thread.start()
         thread.join()
-    finally:
-        torch.set_num_threads(before)

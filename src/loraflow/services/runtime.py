@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as DBEngine
 
@@ -167,7 +167,7 @@ def load_local(
     return _load_transformers(s, root, batching)
 
 
-def _load_llamacpp(s: Settings, root: Path | None) -> tuple[Any, list[str]]:
+def _load_llamacpp(s: Settings, root: Path | None) -> tuple[LocalEngine, list[str]]:
     """The llama.cpp engine; PEFT adapters become GGUFs on first use (the converter lives
     above engines)."""
     from loraflow.adapters.gguf import export_gguf_adapter
@@ -184,7 +184,9 @@ def _load_llamacpp(s: Settings, root: Path | None) -> tuple[Any, list[str]]:
     )
 
 
-def _load_transformers(s: Settings, root: Path | None, batching: bool) -> tuple[Any, list[str]]:
+def _load_transformers(
+    s: Settings, root: Path | None, batching: bool
+) -> tuple[LocalEngine, list[str]]:
     """The transformers engine as the settings say (continuous batching unless `batching`
     is False)."""
     from loraflow.engines.hf import load_local_engine

@@ -8,7 +8,7 @@ import pytest
 
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import load_local_engine
-from tests.unit.threads import HAS_PROC, os_threads, settled
+from tests.unit.threads import HAS_PROC, os_threads, settled, torch_threads
 
 
 @pytest.mark.integration
@@ -29,11 +29,7 @@ def test_bundled_smollm2_answers(smollm2_dir: Path, tmp_path: Path) -> None:
 def test_batch_thread_holds_no_cpu_workers_while_idle(smollm2_dir: Path, tmp_path: Path) -> None:
     """A second thread's idle OpenMP team slowed the decode step 1.3-1.9x: the thread that
     loaded the model and the idle batch thread keep none."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         engine, _ = load_local_engine(
             "bundled:smollm2", smollm2_dir.parents[1], "cpu", None, None, max_batch=4
         )
@@ -45,5 +41,3 @@ def test_batch_thread_holds_no_cpu_workers_while_idle(smollm2_dir: Path, tmp_pat
             assert settled(loaded, timeout=10) == loaded
         finally:
             engine.close()
-    finally:
-        torch.set_num_threads(threads)
