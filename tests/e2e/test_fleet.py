@@ -257,7 +257,17 @@ def test_a_canary_steps_up_and_promote_unloads_what_it_retires(
     live = next(e for e in events if e["action"] == "canary_step")["detail"]["live"]
     assert live["canary"]["requests"] >= 3 and live["canary"]["errors"] == 0
     assert live["stable"]["errors"] == 0 and live["canary"]["latency_p95_s"] is not None
-    r = gw.post("/api/adapters/deployments/bot-prod/promote", json={})
+    # Promoted under load: bot@v2 is unloaded only once the answers it was giving are done,
+    # and a request routed to it just before the switch is answered by bot@v3.
+    load = Load(fleet.gateway.url, "bot-prod", workers=3)
+    try:
+        load.wait_for(3)
+        r = gw.post("/api/adapters/deployments/bot-prod/promote", json={})
+        seen = len(load.statuses)
+        load.wait_for(seen + 3)
+    finally:
+        statuses = load.stop()
+    assert statuses and set(statuses) == {200}, load.errors[:3]
     assert r.status_code == 200, r.text
     promoted = r.json()
     assert promoted["state"]["variants"] == [

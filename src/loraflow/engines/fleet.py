@@ -5,6 +5,8 @@ a replica that fails is ejected for a while and then tried again, and a request 
 before any of its answer arrived is sent once more to another replica. A poll keeps each
 replica's health and model list fresh, and loads there the adapters every replica must serve
 (`want`) but has lost, e.g. after it restarted: until then it gets no requests for them.
+An adapter that is retired is unloaded once the requests this process has in flight on it
+have finished (`unload_everywhere(drain=...)`), so a switch under load cuts no answer short.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class OpenAIFleet:
         # Adapter name -> folder as the replicas see it: loaded on every replica.
         self._wanted: dict[str, str] = {}
         self._lock = threading.Lock()
+        # Requests in flight per adapter, and a condition an unload waits on for them to end.
+        self._busy: dict[str, int] = {}
+        self._quiet = threading.Condition(self._lock)
         self._turn = 0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -141,6 +146,8 @@ class OpenAIFleet:
             order = [ready[(self._turn + i) % n] for i in range(n)]
             chosen = min(order, key=lambda r: r.outstanding)
             chosen.outstanding += 1
+            if adapter is not None:
+                self._busy[adapter] = self._busy.get(adapter, 0) + 1
             return chosen
 
     def _another(self, adapter: str | None, tried: list[Replica]) -> bool:
@@ -153,9 +160,21 @@ class OpenAIFleet:
                 if r not in tried
             )
 
-    def _done(self, replica: Replica) -> None:
+    def _done(self, replica: Replica, adapter: str | None) -> None:
         with self._lock:
             replica.outstanding -= 1
+            if adapter is not None:
+                left = self._busy.get(adapter, 1) - 1
+                if left > 0:
+                    self._busy[adapter] = left
+                else:
+                    self._busy.pop(adapter, None)
+                    self._quiet.notify_all()
+
+    def in_flight(self, adapter: str) -> int:
+        """How many requests this process has in flight on `adapter`."""
+        with self._lock:
+            return self._busy.get(adapter, 0)
 
     def eject(self, replica: Replica, reason: str) -> None:
         """Send `replica` no requests for a while; then it is tried again.
@@ -206,7 +225,7 @@ class OpenAIFleet:
                 if not self._another(adapter, tried):
                     raise
             finally:
-                self._done(r)
+                self._done(r, adapter)
 
     def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, adapter: str | None = None
@@ -224,8 +243,9 @@ class OpenAIFleet:
             r = self.pick(adapter, tuple(tried))
             tried.append(r)
             started = False
-            pieces = r.engine.stream(messages, params, adapter)
+            pieces: Iterator[str] = iter(())
             try:
+                pieces = r.engine.stream(messages, params, adapter)
                 for piece in pieces:
                     if not started and r.error is not None:
                         self._recovered(r)  # it answers again
@@ -249,7 +269,7 @@ class OpenAIFleet:
                 close = getattr(pieces, "close", None)
                 if close is not None:
                     close()
-                self._done(r)
+                self._done(r, adapter)
 
     # --- models and adapters --------------------------------------------------------------
     def adapters(self) -> list[str]:
@@ -325,8 +345,23 @@ class OpenAIFleet:
             except Exception as exc:  # best effort: the poll reconciles what stays
                 log.warning("adapter %s not unloaded from %s: %s", name, r.url, exc)
 
-    def unload_everywhere(self, name: str) -> list[str]:
-        """Unload an adapter from every replica that has it; the URLs that could not."""
+    def unload_everywhere(self, name: str, drain: float = 0.0) -> list[str]:
+        """Unload an adapter from every replica that has it; the URLs that could not.
+
+        With `drain` > 0 it first waits, up to that many seconds, for the requests this
+        process has in flight on the adapter to end: they finish with it, new ones are routed
+        elsewhere by whoever stopped wanting it.
+        """
+        if drain > 0:
+            with self._quiet:
+                ended = self._quiet.wait_for(lambda: not self._busy.get(name), timeout=drain)
+                if not ended:
+                    log.warning(
+                        "adapter %s still has %d request(s) in flight after %gs; unloading",
+                        name,
+                        self._busy.get(name, 0),
+                        drain,
+                    )
         failed = []
         for r in self.replicas:
             try:

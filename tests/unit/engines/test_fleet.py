@@ -13,7 +13,7 @@ import pytest
 
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.fleet import OpenAIFleet
-from loraflow.errors import EngineUnavailable, InvalidInput
+from loraflow.errors import EngineUnavailable, InvalidInput, NotFound
 
 MODEL = "tiny"
 HI = [{"role": "user", "content": "Hi"}]
@@ -250,3 +250,66 @@ def test_a_load_one_replica_refuses_is_undone_on_the_others(pair) -> None:
             fleet.load_everywhere("big@v1", "/adapters/big/v1")
         assert a.adapters == {} and b.adapters == {}
         assert fleet.unload_everywhere("big@v1") == []  # absent everywhere is fine
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unload_with_drain_lets_the_answers_in_flight_on_the_adapter_finish(
+    pair, stream: bool
+) -> None:
+    a, b = pair
+    with OpenAIFleet([a.url, b.url], MODEL) as fleet:
+        fleet.load_everywhere("bot@v1", "/adapters/bot/v1")
+        fleet.want({})  # retired: nothing routes new requests to it
+        a.hold.clear()
+        b.hold.clear()
+        answers: list[str] = []
+
+        def ask() -> None:
+            if stream:
+                answers.append("".join(fleet.stream(HI, PARAMS, adapter="bot@v1")))
+            else:
+                answers.append(fleet.generate(HI, PARAMS, adapter="bot@v1").text)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        while len(a.chats) + len(b.chats) < 1:
+            threading.Event().wait(0.01)
+        assert fleet.in_flight("bot@v1") == 1
+        unloading = threading.Thread(target=fleet.unload_everywhere, args=("bot@v1", 30.0))
+        unloading.start()
+        unloading.join(0.5)
+        # Still loaded everywhere while the answer is being generated.
+        assert unloading.is_alive() and "bot@v1" in a.adapters and "bot@v1" in b.adapters
+        a.hold.set()
+        b.hold.set()
+        asking.join(30)
+        unloading.join(30)
+        assert answers and answers[0] in ("A", "B")
+        assert a.adapters == {} and b.adapters == {} and fleet.in_flight("bot@v1") == 0
+
+
+def test_an_unload_without_drain_cuts_the_answer_in_flight(pair) -> None:
+    a, b = pair
+    with OpenAIFleet([a.url, b.url], MODEL) as fleet:
+        fleet.load_everywhere("bot@v1", "/adapters/bot/v1")
+        fleet.want({})
+        a.hold.clear()
+        b.hold.clear()
+        errors: list[Exception] = []
+
+        def ask() -> None:
+            try:
+                fleet.generate(HI, PARAMS, adapter="bot@v1")
+            except Exception as exc:
+                errors.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        while len(a.chats) + len(b.chats) < 1:
+            threading.Event().wait(0.01)
+        assert fleet.unload_everywhere("bot@v1") == []
+        a.hold.set()
+        b.hold.set()
+        asking.join(30)
+        assert len(errors) == 1 and isinstance(errors[0], NotFound)
+        assert fleet.in_flight("bot@v1") == 0

@@ -69,9 +69,21 @@ def test_a_deployment_is_rolled_back_by_its_own_error_rate(base_rt: Runtime) -> 
     assert now["state"]["settings"] == own  # kept with the restored state
     assert deployments.history(base_rt, "own-limits", 1)[0]["status"] == "auto"
 
+    # The step's numbers name both variants, the stable one with none of its requests yet.
+    live = deployments.history(base_rt, "own-limits", 1)[0]["detail"]["live"]
+    assert live["canary"]["requests"] == 3 and live["canary"]["errors"] == 2
+    assert live["stable"] == {
+        "requests": 0,
+        "errors": 0,
+        "error_rate": 0.0,
+        "latency_p50_s": None,
+        "latency_p95_s": None,
+    }
+
     # The same traffic under the global settings (20 requests first) changes nothing.
     _put(base_rt, "global-limits", _canary(None))
     routed = deployments.Routed("global-limits", 1, "canary", "a")
+    assert deployments.get_deployment(base_rt, "global-limits")["live"]["stable"]["requests"] == 0
     for ok in (True, False, False):
         deployments.record(base_rt, routed, ok, 0.01)
     assert deployments.get_deployment(base_rt, "global-limits")["state"]["strategy"] == "canary"

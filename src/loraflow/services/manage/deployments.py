@@ -80,8 +80,7 @@ def get_deployment(rt: Runtime, target: str) -> dict[str, Any]:
             f"no deployment named {target!r}; deployments: "
             + (", ".join(repr(n) for n in names) or "none")
         )
-    stats = rt.traffic.get(target, row["version"])
-    row["live"] = {name: s.to_dict() for name, s in stats.items()}
+    row["live"] = _live(row["state"], rt.traffic.get(target, row["version"]))
     row["updated_at"] = row["updated_at"].isoformat() if row["updated_at"] else None
     return row
 
@@ -379,13 +378,23 @@ def _refs(state: dict[str, Any] | None) -> set[str]:
     return refs
 
 
-def _retire(rt: Runtime, replaced: dict[str, Any] | None) -> None:
-    """Unload from the replicas what a change left no remote deployment using."""
-    if replaced and replaced.get("engine") == "remote":
+def _retire(rt: Runtime, replaced: dict[str, Any] | None, *, wait: bool = True) -> None:
+    """Unload from the replicas what a change left no remote deployment using, once the
+    requests in flight on it have ended. With `wait` False (a change a request made: an
+    automatic rollback or canary step) that happens in the background, not on its time."""
+    if not replaced or replaced.get("engine") != "remote":
+        return
+
+    def unload() -> None:
         try:
-            fleet.unload_if_unused(rt, _refs(replaced))
+            fleet.unload_if_unused(rt, _refs(replaced), drain=True)
         except LoraflowError as exc:  # the change is made; the poll keeps replicas in line
             log.warning("retired adapters not unloaded: %s", exc)
+
+    if wait:
+        unload()
+    else:
+        threading.Thread(target=unload, daemon=True, name="fleet-retire").start()
 
 
 def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, Any]:
@@ -501,26 +510,35 @@ def record(rt: Runtime, routed: Routed, ok: bool, seconds: float) -> None:
             )
             # The failed trial is not kept as something to roll back to.
             _swap(rt, routed.target, row["version"], restored, None)
-            _retire(rt, row["state"])
+            _retire(rt, row["state"], wait=False)
             _event(
                 rt,
                 routed.target,
                 "rollback",
                 "auto",
-                {"reason": reason, "replaced": row["state"], "live": _live(stats)},
+                {"reason": reason, "replaced": row["state"], "live": _live(row["state"], stats)},
             )
         elif strategies.ready_to_advance(row["state"], stats):
             new = _keep_settings(strategies.advance_canary(row["state"]), row["state"])
             # A rollback after a step still restores what the canary deploy replaced.
             _swap(rt, routed.target, row["version"], new, row["previous"])
-            _retire(rt, row["state"])  # at 100% the stable version is retired
-            _event(rt, routed.target, "canary_step", "ok", {"state": new, "live": _live(stats)})
+            _retire(rt, row["state"], wait=False)  # at 100% the stable version is retired
+            _event(
+                rt,
+                routed.target,
+                "canary_step",
+                "ok",
+                {"state": new, "live": _live(row["state"], stats)},
+            )
     except Conflict:
         pass  # another request or worker changed the target first
 
 
-def _live(stats: dict[str, Any]) -> dict[str, Any]:
-    return {name: s.to_dict() for name, s in stats.items()}
+def _live(state: dict[str, Any], stats: dict[str, strategies.VariantStats]) -> dict[str, Any]:
+    """The live numbers of every variant of `state`, zeros for one no request reached yet."""
+    names = [v["name"] for v in state.get("variants", [])]
+    names += [n for n in stats if n not in names]
+    return {n: stats.get(n, strategies.VariantStats()).to_dict() for n in names}
 
 
 def settings_of(rt: Runtime, state: dict[str, Any]) -> dict[str, Any]:
@@ -559,5 +577,5 @@ def _conclude_ab(
         row["state"],
     )
     _swap(rt, target, row["version"], new, row["state"])
-    _retire(rt, row["state"])
+    _retire(rt, row["state"], wait=False)
     _event(rt, target, "ab_concluded", "ok", {**verdict, "adapter": won["adapter"]})

@@ -245,9 +245,15 @@ def health_check(rt: Runtime, name: str, retries: int, timeout: float) -> dict[s
     return out
 
 
-def unload_if_unused(rt: Runtime, refs: set[str], *, remove_files: bool = False) -> list[str]:
+def unload_if_unused(
+    rt: Runtime, refs: set[str], *, remove_files: bool = False, drain: bool = False
+) -> list[str]:
     """Unload from every replica those of `refs` no remote deployment uses now; with
-    `remove_files` their folders in the shared adapter folder go too (a refused deploy)."""
+    `remove_files` their folders in the shared adapter folder go too (a refused deploy).
+
+    With `drain`, each waits first (up to OPENAI_TIMEOUT) for the requests in flight on it to
+    end; it is no longer wanted, so the poll does not load it again meanwhile.
+    """
     if not isinstance(rt.remote, OpenAIFleet):
         return []
     used = deployed_remote(rt)
@@ -260,8 +266,9 @@ def unload_if_unused(rt: Runtime, refs: set[str], *, remove_files: bool = False)
             shutil.rmtree(rt.settings.remote_adapter_path / rec.name / f"v{rec.version}", True)
     wanted = {k: v for k, v in rt.remote.wanted().items() if k not in gone}
     rt.remote.want(wanted)
+    wait = rt.settings.openai_timeout if drain else 0.0
     for name in gone:
-        failed = rt.remote.unload_everywhere(name)
+        failed = rt.remote.unload_everywhere(name, drain=wait)
         if failed:
             log.warning("adapter %s stays on %s (unload failed)", name, failed)
     return gone

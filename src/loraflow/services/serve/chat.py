@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
-from loraflow.errors import InvalidInput
+from loraflow.errors import InvalidInput, NotFound
 from loraflow.services.catalog import assistants, remote
 from loraflow.services.catalog.generation import AnswerStream, request_params
 from loraflow.services.catalog.names import ModelTarget, resolve
 from loraflow.services.know.ask import AskRequest, ask
 from loraflow.services.manage import deployments
 from loraflow.services.runtime import Runtime, local_engine
+
+log = logging.getLogger(__name__)
 
 
 def batch_stats(rt: Runtime) -> dict[str, Any]:
@@ -103,14 +106,48 @@ def chat(rt: Runtime, req: ChatRequest) -> ChatResult:
     # Requests to a deployment target count towards its variant's live numbers.
     started = time.perf_counter()
     try:
-        result = _chat(rt, target, req)
+        try:
+            result = _chat(rt, target, req)
+        except NotFound:
+            again = _rerouted(rt, target, req)
+            if again is None:
+                raise
+            target = again
+            result = _chat(rt, target, req)
     except InvalidInput:
         raise  # the request's fault, not the adapter's
     except Exception:
-        deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        _record(rt, target, False, started)
         raise
-    deployments.record(rt, target.routed, True, time.perf_counter() - started)
+    _record(rt, target, True, started)
     return _counted(rt, target, result)
+
+
+def _record(rt: Runtime, target: ModelTarget, ok: bool, started: float) -> None:
+    """Count a finished request to a deployment target towards its variant's numbers."""
+    if target.routed is not None:
+        deployments.record(rt, target.routed, ok, time.perf_counter() - started)
+
+
+def _rerouted(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ModelTarget | None:
+    """The target routed afresh when the remote variant it went to was retired meanwhile.
+
+    A request routed just before a switch can reach the replicas after the old version was
+    unloaded there; its deployment has moved on, so it is answered by what the target
+    serves now. None when the deployment did not change (the NotFound stands).
+    """
+    if target.routed is None or not target.routed.remote:
+        return None
+    again = resolve(rt, req.model)
+    if again.routed is None or again.routed.version == target.routed.version:
+        return None
+    log.info(
+        "%s: %s was retired mid-request; answered by %s",
+        target.name,
+        target.routed.adapter,
+        again.routed.adapter,
+    )
+    return again
 
 
 def _usage_name(target: ModelTarget) -> str:
@@ -272,12 +309,18 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
         return ChatStream(target.name, iter(answered), result.sources, usage)
     started = time.perf_counter()
     try:
-        first = _open(rt, target, req, params)
+        try:
+            first = _open(rt, target, req, params)
+        except NotFound:
+            again = _rerouted(rt, target, req)
+            if again is None:
+                raise
+            target = again
+            first = _open(rt, target, req, params)
     except InvalidInput:
         raise
     except Exception:
-        if target.routed is not None:
-            deployments.record(rt, target.routed, False, time.perf_counter() - started)
+        _record(rt, target, False, started)
         raise
     out = ChatStream(target.name, iter(()), None)
     out._open.append(first)
@@ -305,7 +348,7 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
             ok = True  # the client went away: not the adapter's failure
             raise
         finally:
-            deployments.record(rt, target.routed, ok, time.perf_counter() - started)
+            _record(rt, target, ok, started)
 
     def answers() -> Iterator[StreamEvent]:
         completion = 0
