@@ -1,8 +1,9 @@
 """Continuous batching: concurrent requests, each with its own adapter, share every decode step.
 
 This scheduler keeps one batch running whose rows use different LoRA adapters (or the base
-model). New requests are prefilled alone (their prompt pass is what a lone request does) and
-join between steps; finished or cancelled rows leave.
+model). New requests join between steps, after their prompt pass; finished or cancelled rows
+leave. On the lean decoder the prompts that arrive together run as one pass (their linears as
+one product, attention row by row); on transformers' forward each prompt runs alone.
 
 Two ways to run the steps:
 - the lean decoder (`engines/decoder.py`, the default for Llama-shaped models with plain LoRA
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
-from loraflow.engines.decoder import LeanDecoder, PrefixStore, SlotCache
+from loraflow.engines.decoder import Chunk, LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.gathered_lora import GatheredLoRA
-from loraflow.engines.prompt_grid import LEAN_GRID, grid_chunks
+from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_chunks, grid_floor
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import NotFound
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
 # Memory for the keys and values of recent prompts kept for reuse (the lean decoder's).
 PREFIX_BYTES = 64 * 1024 * 1024
+# The most prompt tokens (rows x the longest chunk) the lean decoder runs in one pass.
+PREFILL_TOKENS = 2048
 
 
 @dataclass
@@ -118,6 +121,8 @@ class BatchScheduler:
         # Prompt tokens whose keys and values were computed / copied from a saved prefix.
         self.prefill_computed = 0
         self.prefill_reused = 0
+        # Lean prompt passes run (several joining rows' chunks make one pass).
+        self.prefill_passes = 0
         self._pending: deque[_Row] = deque()
         self._rows: list[_Row] = []
         self._cache: Any = None
@@ -224,20 +229,26 @@ class BatchScheduler:
         lean = self._lean_decoder() if self._admitting or self._slots is not None else None
         if self._slots is not None and lean is None:
             self._leave_lean()
+        # Lean prompts are run together, each at its own slot; transformers' one at a time.
+        together = lean is not None and (self._slots is not None or not self._rows)
+        joining: list[_Row] = []
         for row in self._admitting:
             if row.cancel.is_set():
                 continue
             if row.error is not None:
                 row.events.put(row.error)
                 continue
+            if together:
+                joining.append(row)
+                continue
             try:
-                if lean is not None and (self._slots is not None or not self._rows):
-                    self._prefill_lean(lean, row)
-                else:
-                    self._prefill(row)
+                self._prefill(row)
             except Exception as exc:  # one bad prompt fails its own request, not the batch
                 log.exception("prefill failed")
                 row.events.put(exc)
+        if joining:
+            assert lean is not None
+            self._prefill_lean_rows(lean, joining)
         self._admitting = []
         # A row can finish on its first token (EOS, max_new_tokens=1): it leaves before decoding.
         self._evict([r for r in self._rows if r.cancel.is_set()])
@@ -330,7 +341,7 @@ class BatchScheduler:
     def _slot_of(self, lean: LeanDecoder, row: _Row) -> int:
         return 0 if row.adapter is None else lean.slots[row.adapter]
 
-    def _prefill_lean(self, lean: LeanDecoder, row: _Row) -> None:
+    def _slot_cache(self, lean: LeanDecoder) -> SlotCache:
         if self._slots is None:
             self._slots = SlotCache(
                 len(lean.layers),
@@ -340,7 +351,86 @@ class BatchScheduler:
                 lean.device,
                 max_rows=self._max,
             )
+        return self._slots
+
+    def _prefill_lean_rows(self, lean: LeanDecoder, rows: list[_Row]) -> None:
+        """Prefill the joining rows' prompts in passes of several rows; they join the batch.
+
+        A row whose prompt shares a reusable prefix with another joining row's (a long
+        system prompt or RAG preamble) waits for the next step, when that prefix is saved, so
+        it is computed once. If a pass fails, the rows are prefilled one by one instead: a
+        bad prompt fails its own request only.
+        """
+        slots = self._slot_cache(lean)
         assert self._prefixes is not None
+        plans: list[tuple[_Row, int, list[tuple[int, int]]]] = []
+        later: list[_Row] = []
+        for row in rows:
+            shared, saved = self._prefixes.lookup(row.adapter, row.prompt)
+            if any(_would_share(row, other, shared) for other, _, _ in plans):
+                later.append(row)
+                continue
+            slot = len(self._rows) + len(plans)
+            slots.ensure(slot + 1, len(row.prompt))
+            if saved is not None:
+                slots.put(slot, saved, shared)
+            plans.append((row, shared, list(grid_chunks(shared, len(row.prompt), LEAN_GRID))))
+        if later:
+            with self._wake:
+                self._pending.extendleft(reversed(later))
+        try:
+            last = self._run_chunks(lean, slots, plans)
+        except Exception:
+            log.exception("prefill of %d prompts together failed; one by one", len(plans))
+            for row, _, _ in plans:
+                try:
+                    self._prefill_lean(lean, row)
+                except Exception as exc:  # one bad prompt fails its own request, not the batch
+                    log.exception("prefill failed")
+                    row.events.put(exc)
+            return
+        for (row, shared, _), logits in zip(plans, last, strict=True):
+            self.prefill_reused += shared
+            self.prefill_computed += len(row.prompt) - shared
+            slot = len(self._rows)
+            self._prefixes.save(row.adapter, row.prompt, slots, slot)
+            self._rows.append(row)
+            self._accept(row, next_tokens(logits.unsqueeze(0), [row])[0])
+
+    def _run_chunks(
+        self,
+        lean: LeanDecoder,
+        slots: SlotCache,
+        plans: list[tuple[_Row, int, list[tuple[int, int]]]],
+    ) -> list[Any]:
+        """Each planned row's chunks in order, the rows' k-th chunks in passes of at most
+        PREFILL_TOKENS padded tokens; every row's last logits."""
+        last: list[Any] = [None] * len(plans)
+        first_slot = len(self._rows)
+        for k in range(max(len(chunks) for _, _, chunks in plans)):
+            todo = [
+                (i, Chunk(first_slot + i, row.prompt[c[k][0] : c[k][1]], c[k][0],
+                          self._slot_of(lean, row)))
+                for i, (row, _, c) in enumerate(plans)
+                if k < len(c)
+            ]  # fmt: skip
+            while todo:
+                take = 1
+                while take < len(todo):
+                    widest = max(len(ch.ids) for _, ch in todo[: take + 1])
+                    if widest * (take + 1) > PREFILL_TOKENS:
+                        break
+                    take += 1
+                part, todo = todo[:take], todo[take:]
+                logits = lean.prefill_many(slots, [ch for _, ch in part])
+                self.prefill_passes += 1
+                for j, (i, _) in enumerate(part):
+                    last[i] = logits[j]
+        return last
+
+    def _prefill_lean(self, lean: LeanDecoder, row: _Row) -> None:
+        self._slot_cache(lean)
+        assert self._slots is not None and self._prefixes is not None
         slot, adapter = len(self._rows), self._slot_of(lean, row)
         shared, saved = self._prefixes.lookup(row.adapter, row.prompt)
         self._slots.ensure(slot + 1, len(row.prompt))
@@ -350,6 +440,7 @@ class BatchScheduler:
         # a prefix was reused, so reuse never changes an answer.
         for a, b in grid_chunks(shared, len(row.prompt), LEAN_GRID):
             logits = lean.prefill(self._slots, slot, row.prompt[a:b], a, adapter)
+            self.prefill_passes += 1
         self.prefill_reused += shared
         self.prefill_computed += len(row.prompt) - shared
         self._prefixes.save(row.adapter, row.prompt, self._slots, slot)
@@ -508,3 +599,11 @@ def _pad_mask(m: Any, n: int) -> Any:
     import torch
 
     return torch.cat([m.new_zeros((m.shape[0], n)), m], dim=1)
+
+
+def _would_share(row: _Row, other: _Row, shared: int) -> bool:
+    """Whether `row` could reuse more of `other`'s prompt (same adapter) than `shared` tokens."""
+    if row.adapter != other.adapter:
+        return False
+    n = grid_floor(min(common_prefix(row.prompt, other.prompt), len(row.prompt) - 1), LEAN_GRID)
+    return n > shared

@@ -222,42 +222,65 @@ class LeanDecoder:
         self, cache: SlotCache, slot: int, ids: list[int], start: int, adapter_slot: int
     ) -> torch.Tensor:
         """Run tokens `ids` at positions start.. of cache slot `slot`; the last logits (V,)."""
-        n = len(ids)
-        rows = RowAdapters.of([adapter_slot], self.device)
-        x = torch.tensor([ids], device=self.device)
+        return self.prefill_many(cache, [Chunk(slot, ids, start, adapter_slot)])[0]
+
+    @torch.inference_mode()
+    def prefill_many(self, cache: SlotCache, chunks: list[Chunk]) -> torch.Tensor:
+        """Run several rows' prompt chunks in one pass; each row's last logits, (rows, V).
+
+        The linears run once over all of them (zero-padded to the longest chunk); attention
+        runs row by row as for a chunk alone, each over its own slot's keys, so padding
+        never reaches a real position. Each chunk's keys and values land in its slot.
+        """
+        b = len(chunks)
+        n = max(len(c.ids) for c in chunks)
+        rows = RowAdapters.of([c.adapter_slot for c in chunks], self.device)
+        x = torch.tensor([c.ids + [0] * (n - len(c.ids)) for c in chunks], device=self.device)
         h = self._embed(x)
-        pos = torch.arange(start, start + n, device=self.device).unsqueeze(0)
+        offsets = torch.tensor([c.start for c in chunks], device=self.device)
+        pos = offsets.unsqueeze(1) + torch.arange(n, device=self.device).unsqueeze(0)
         cos, sin = self._rotary(h, pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        end = start + n
-        cache.ensure(slot + 1, end)
-        causal = None
-        if start:
-            # Row i (position start+i) sees keys 0..start+i.
-            keys = torch.arange(end, device=self.device)
-            causal = keys.unsqueeze(0) <= pos.squeeze(0).unsqueeze(1)
+        cache.ensure(max(c.slot for c in chunks) + 1, max(c.start + n for c in chunks))
+        causal: list[torch.Tensor | None] = []
+        for c in chunks:
+            if c.start:
+                # Query i (position start+i) sees keys 0..start+i.
+                here = torch.arange(c.start, c.start + len(c.ids), device=self.device)
+                keys = torch.arange(c.start + len(c.ids), device=self.device)
+                causal.append(keys.unsqueeze(0) <= here.unsqueeze(1))
+            else:
+                causal.append(None)
+        width = self.heads * self.head_dim
         for li, layer in enumerate(self.layers):
             hs = self._rms(h, layer.ln1, layer.eps1)
             q, k, v = self._qkv(layer, hs, rows, cos, sin)
-            v = v.view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
             ck, cv = cache.k[li], cache.v[li]
-            ck[slot, :, start:end] = k[0]
-            cv[slot, :, start:end] = v[0]
-            keys, values = ck[slot : slot + 1, :, :end], cv[slot : slot + 1, :, :end]
-            att = F.scaled_dot_product_attention(
-                q,
-                keys,
-                values,
-                attn_mask=causal,
-                is_causal=causal is None,
-                scale=self.scale,
-                enable_gqa=self.kv_heads != self.heads,
-            )
-            att = att.transpose(1, 2).reshape(1, n, self.heads * self.head_dim)
+            att = h.new_zeros((b, n, width)) if b > 1 else None
+            for i, c in enumerate(chunks):
+                m, end = len(c.ids), c.start + len(c.ids)
+                ck[c.slot, :, c.start : end] = k[i, :, :m]
+                cv[c.slot, :, c.start : end] = v[i, :, :m]
+                out = F.scaled_dot_product_attention(
+                    q[i : i + 1, :, :m],
+                    ck[c.slot : c.slot + 1, :, :end],
+                    cv[c.slot : c.slot + 1, :, :end],
+                    attn_mask=causal[i],
+                    is_causal=causal[i] is None,
+                    scale=self.scale,
+                    enable_gqa=self.kv_heads != self.heads,
+                )
+                out = out.transpose(1, 2).reshape(1, m, width)
+                if att is None:
+                    att = out
+                else:
+                    att[i, :m] = out[0]
+            assert att is not None
             h = h + self._apply(layer.o, att, rows)[0]
             h = h + self._mlp(layer, h, rows)
-        last = self._norm(h[:, -1:, :])
-        return self._lm_head(last)[0, -1]
+        last = torch.stack([h[i, len(c.ids) - 1] for i, c in enumerate(chunks)]).unsqueeze(1)
+        return self._lm_head(self._norm(last))[:, -1]
 
     def _mlp(self, layer: _Layer, h: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
         hs = self._rms(h, layer.ln2, layer.eps2)
@@ -298,6 +321,16 @@ class LeanDecoder:
             h = h + self._apply(layer.o, att, rows)[0]
             h = h + self._mlp(layer, h, rows)
         return self._lm_head(self._norm(h))[:, -1, :]
+
+
+@dataclass
+class Chunk:
+    """Prompt tokens `ids` to run at positions start.. of cache slot `slot`, with an adapter."""
+
+    slot: int
+    ids: list[int]
+    start: int
+    adapter_slot: int
 
 
 @dataclass

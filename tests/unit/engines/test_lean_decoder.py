@@ -362,3 +362,57 @@ def test_a_prefix_cut_to_one_already_kept_is_not_counted_twice() -> None:
         shared, kv = store.lookup("a", system + [7, 8, question])
         assert shared == 64 and kv is not None
     assert store.held == 64
+
+
+def test_prompts_that_arrive_together_are_run_in_one_pass_and_answer_as_alone(
+    plain: HFEngine, lean: HFEngine
+) -> None:
+    jobs = [("Hi", None), ("Tell me about gears.", "alpha"), ("Do you rent tandems?", "beta"),
+            ("Where are you?", "alpha")]  # fmt: skip
+    alone = [plain.generate([{"role": "user", "content": q}], GREEDY, adapter=a).text
+             for q, a in jobs]  # fmt: skip
+    sched = lean._scheduler
+    with lean._lock:  # the batch waits: all four are queued before the next step
+        streams = [lean.stream([{"role": "user", "content": q}], GREEDY, adapter=a)
+                   for q, a in jobs]  # fmt: skip
+        passes = sched.prefill_passes
+    assert ["".join(s) for s in streams] == alone
+    # Short prompts are one chunk each: the four ran as one pass.
+    assert sched.prefill_passes - passes == 1
+
+
+def test_a_prompt_sharing_a_long_prefix_with_one_joining_with_it_waits_to_reuse_it(
+    plain: HFEngine, lean: HFEngine
+) -> None:
+    questions = ["Do you repair brakes?", "Do you sell helmets?", "Are you open today?"]
+    sched = lean._scheduler
+    with lean._lock:
+        streams = [lean.stream(_chat(q), GREEDY, adapter="alpha") for q in questions]
+        reused = sched.prefill_reused
+    texts = ["".join(s) for s in streams]
+    ids = [lean._prepare(_chat(q), GREEDY, "alpha")["input_ids"][0].tolist()
+           for q in questions[:2]]  # fmt: skip
+    shared = grid_floor(common_prefix(*ids), LEAN_GRID)
+    # The system prompt was computed for the first and copied for the other two.
+    assert shared >= 64 and sched.prefill_reused - reused == 2 * shared
+    assert texts == [plain.generate(_chat(q), GREEDY, adapter="alpha").text for q in questions]
+
+
+def test_a_failed_pass_is_run_again_prompt_by_prompt(
+    plain: HFEngine, lean: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = LeanDecoder.prefill_many
+
+    def no_passes_of_several(self: LeanDecoder, cache: SlotCache, chunks: list) -> torch.Tensor:
+        if len(chunks) > 1:
+            raise RuntimeError("out of memory")
+        return run(self, cache, chunks)
+
+    monkeypatch.setattr(LeanDecoder, "prefill_many", no_passes_of_several)
+    jobs = [("Hi", "beta"), ("Tell me about gears.", "alpha")]
+    with lean._lock:
+        streams = [lean.stream([{"role": "user", "content": q}], GREEDY, adapter=a)
+                   for q, a in jobs]  # fmt: skip
+    texts = ["".join(s) for s in streams]
+    assert texts == [plain.generate([{"role": "user", "content": q}], GREEDY, adapter=a).text
+                     for q, a in jobs]  # fmt: skip
