@@ -25,6 +25,7 @@ import torch
 from _results import add_json_flag, write_results
 
 from loraflow.config import Settings
+from loraflow.engines import batching
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine, apply_local_precision
 from loraflow.engines.hybrid import HybridEngine
@@ -143,6 +144,13 @@ def main() -> None:
         default=True,
         help="also run the most-adapters load with LOCAL_DECODER=transformers",
     )
+    ap.add_argument(
+        "--prompts-one-by-one",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the most-adapters load with joining prompts prefilled one by one "
+        "(as before they ran as one pass)",
+    )
     ap.add_argument("--targets", default="q_proj,v_proj", help="LoRA target modules")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per scenario")
@@ -191,8 +199,8 @@ def main() -> None:
     load = f"{args.requests} requests x {args.tokens} tokens, {args.concurrency} at once"
     print(f"SmolLM2-135M, {args.threads} threads, LoRA r={args.rank} on {args.targets}; {load}")
     # Scenarios alternate round by round, so a change in machine load hits them all alike.
-    secs = {n: 0.0 for n in [*args.adapters, 0, -1, -2, -3]}
-    toks = {n: 0 for n in [*args.adapters, 0, -1, -2, -3]}
+    secs = {n: 0.0 for n in [*args.adapters, 0, -1, -2, -3, -4]}
+    toks = {n: 0 for n in [*args.adapters, 0, -1, -2, -3, -4]}
     llama_jobs = jobs(max(args.adapters), args.llamacpp_requests)
     texts: dict[int, list[str]] = {}
     naive_jobs = jobs(max(args.adapters), args.naive_requests)
@@ -204,6 +212,16 @@ def main() -> None:
             secs[n] += s
             toks[n] += t
             print(f"  round: {n:>2} adapter(s) {t / s:6.1f} tok/s", flush=True)
+        if args.prompts_one_by_one:
+            together = batching.PREFILL_TOKENS
+            batching.PREFILL_TOKENS = 1  # every pass takes one prompt
+            try:
+                s, t, _ = run_load(engine, jobs(most, args.requests), args.concurrency, params)
+            finally:
+                batching.PREFILL_TOKENS = together
+            secs[-4] += s
+            toks[-4] += t
+            print(f"  round: {most:>2} adapter(s), prompts one by one {t / s:6.1f} tok/s")
         if llama is not None:
             # LOCAL_ENGINE=hybrid over the same engines (closed through `engine` below).
             hybrid = HybridEngine(engine, llama)
@@ -277,7 +295,16 @@ def main() -> None:
                      "tok_per_s": round(rates[-3], 2),
                      "vs_naive": round(rates[-3] / naive, 3)})  # fmt: skip
         print(f"hybrid vs batched ({most} adapters): {rates[-3] / rates[most]:.2f}x")
+    if -4 in rates:
+        rows.append({"scenario": "batched, prompts prefilled one by one", "adapters": most,
+                     "tokens": toks[-4], "seconds": round(secs[-4], 2),
+                     "tok_per_s": round(rates[-4], 2),
+                     "vs_naive": round(rates[-4] / naive, 3)})  # fmt: skip
+        print(f"prompts together vs one by one ({most} adapters): "
+              f"{rates[most] / rates[-4]:.2f}x")  # fmt: skip
     ratios = {f"{n} adapters batched vs naive": rates[n] / naive for n in args.adapters}
+    if -4 in rates:
+        ratios[f"prompts together vs one by one ({most} adapters)"] = rates[most] / rates[-4]
     if -3 in rates:
         ratios[f"hybrid vs batched ({most} adapters)"] = rates[-3] / rates[most]
     ratios[f"RSS with {most} adapters / with 1"] = rss_all / rss_one
