@@ -268,38 +268,25 @@ def main() -> None:
         print(f"ratio {n} adapters / {args.adapters[0]} adapter: {rates[n] / one:.2f}x")
     for n in args.adapters:
         print(f"ratio loraflow ({n} adapters) / naive: {rates[n] / naive:.2f}x")
-    rows = [
-        {"scenario": f"batched, {n} adapter(s)", "adapters": n, "tokens": toks[n],
-         "seconds": round(secs[n], 2), "tok_per_s": round(rates[n], 2),
-         "vs_naive": round(rates[n] / naive, 3)}
-        for n in args.adapters
-    ]  # fmt: skip
-    rows.append({"scenario": "naive, one at a time", "adapters": max(args.adapters),
-                 "tokens": toks[0], "seconds": round(secs[0], 2), "tok_per_s": round(naive, 2),
-                 "vs_naive": 1.0})  # fmt: skip
+
+    def row(scenario: str, key: int, adapters: int) -> dict[str, Any]:
+        return {"scenario": scenario, "adapters": adapters, "tokens": toks[key],
+                "seconds": round(secs[key], 2), "tok_per_s": round(rates[key], 2),
+                "vs_naive": round(rates[key] / naive, 3)}  # fmt: skip
+
+    rows = [row(f"batched, {n} adapter(s)", n, n) for n in args.adapters]
+    rows.append(row("naive, one at a time", 0, most))
     if -1 in rates:
-        rows.append({"scenario": "llama.cpp, one at a time", "adapters": max(args.adapters),
-                     "tokens": toks[-1], "seconds": round(secs[-1], 2),
-                     "tok_per_s": round(rates[-1], 2),
-                     "vs_naive": round(rates[-1] / naive, 3)})  # fmt: skip
+        rows.append(row("llama.cpp, one at a time", -1, most))
     if -2 in rates:
-        rows.append({"scenario": "batched, transformers decoder", "adapters": most,
-                     "tokens": toks[-2], "seconds": round(secs[-2], 2),
-                     "tok_per_s": round(rates[-2], 2),
-                     "vs_naive": round(rates[-2] / naive, 3)})  # fmt: skip
+        rows.append(row("batched, transformers decoder", -2, most))
         print(f"lean decoder vs transformers decoder ({most} adapters): "
               f"{rates[most] / rates[-2]:.2f}x")  # fmt: skip
     if -3 in rates:
-        rows.append({"scenario": "hybrid (LOCAL_ENGINE=hybrid)", "adapters": most,
-                     "tokens": toks[-3], "seconds": round(secs[-3], 2),
-                     "tok_per_s": round(rates[-3], 2),
-                     "vs_naive": round(rates[-3] / naive, 3)})  # fmt: skip
+        rows.append(row("hybrid (LOCAL_ENGINE=hybrid)", -3, most))
         print(f"hybrid vs batched ({most} adapters): {rates[-3] / rates[most]:.2f}x")
     if -4 in rates:
-        rows.append({"scenario": "batched, prompts prefilled one by one", "adapters": most,
-                     "tokens": toks[-4], "seconds": round(secs[-4], 2),
-                     "tok_per_s": round(rates[-4], 2),
-                     "vs_naive": round(rates[-4] / naive, 3)})  # fmt: skip
+        rows.append(row("batched, prompts prefilled one by one", -4, most))
         print(f"prompts together vs one by one ({most} adapters): "
               f"{rates[most] / rates[-4]:.2f}x")  # fmt: skip
     ratios = {f"{n} adapters batched vs naive": rates[n] / naive for n in args.adapters}

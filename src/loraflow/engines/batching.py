@@ -211,11 +211,14 @@ class BatchScheduler:
             try:
                 with self._engine._lock:
                     self._step()
+                # An adapter load (or a test) waiting for a gap between steps gets it now.
+                self._engine._lock.let_waiters_in()
             except BaseException as exc:  # every reader gets it; the thread keeps serving
                 log.exception("batch step failed")
                 for row in [*self._rows, *self._admitting]:
                     row.events.put(exc)
                 self._rows, self._cache, self._mask, self._slots = [], None, None, None
+                self._admitting = []
         for row in [*self._rows, *self._pending]:
             row.events.put(RuntimeError("the engine was shut down"))
 
@@ -361,41 +364,47 @@ class BatchScheduler:
         it is computed once. If a pass fails, the rows are prefilled one by one instead: a
         bad prompt fails its own request only.
         """
-        slots = self._slot_cache(lean)
-        assert self._prefixes is not None
         plans: list[tuple[_Row, int, list[tuple[int, int]]]] = []
         later: list[_Row] = []
-        for row in rows:
-            shared, saved = self._prefixes.lookup(row.adapter, row.prompt)
-            if any(_would_share(row, other, shared) for other, _, _ in plans):
-                later.append(row)
-                continue
-            slot = len(self._rows) + len(plans)
-            slots.ensure(slot + 1, len(row.prompt))
-            if saved is not None:
-                slots.put(slot, saved, shared)
-            plans.append((row, shared, list(grid_chunks(shared, len(row.prompt), LEAN_GRID))))
-        if later:
-            with self._wake:
-                self._pending.extendleft(reversed(later))
+        joined: list[_Row] = []
         try:
+            slots = self._slot_cache(lean)
+            assert self._prefixes is not None
+            try:
+                for row in rows:
+                    shared, saved = self._prefixes.lookup(row.adapter, row.prompt)
+                    if any(_would_share(row, other, shared) for other, _, _ in plans):
+                        later.append(row)
+                        continue
+                    slot = len(self._rows) + len(plans)
+                    slots.ensure(slot + 1, len(row.prompt))
+                    if saved is not None:
+                        slots.put(slot, saved, shared)
+                    chunks = list(grid_chunks(shared, len(row.prompt), LEAN_GRID))
+                    plans.append((row, shared, chunks))
+            finally:
+                if later:
+                    with self._wake:
+                        self._pending.extendleft(reversed(later))
             last = self._run_chunks(lean, slots, plans)
+            for (row, shared, _), logits in zip(plans, last, strict=True):
+                self.prefill_reused += shared
+                self.prefill_computed += len(row.prompt) - shared
+                self._prefixes.save(row.adapter, row.prompt, slots, len(self._rows))
+                self._rows.append(row)
+                joined.append(row)
+                self._accept(row, next_tokens(logits.unsqueeze(0), [row])[0])
         except Exception:
             log.exception("prefill of %d prompts together failed; one by one", len(plans))
-            for row, _, _ in plans:
+            done = {id(r) for r in (*later, *joined)}
+            for row in rows:
+                if id(row) in done:
+                    continue
                 try:
                     self._prefill_lean(lean, row)
                 except Exception as exc:  # one bad prompt fails its own request, not the batch
                     log.exception("prefill failed")
                     row.events.put(exc)
-            return
-        for (row, shared, _), logits in zip(plans, last, strict=True):
-            self.prefill_reused += shared
-            self.prefill_computed += len(row.prompt) - shared
-            slot = len(self._rows)
-            self._prefixes.save(row.adapter, row.prompt, slots, slot)
-            self._rows.append(row)
-            self._accept(row, next_tokens(logits.unsqueeze(0), [row])[0])
 
     def _run_chunks(
         self,

@@ -241,7 +241,7 @@ class LeanDecoder:
         pos = offsets.unsqueeze(1) + torch.arange(n, device=self.device).unsqueeze(0)
         cos, sin = self._rotary(h, pos)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        cache.ensure(max(c.slot for c in chunks) + 1, max(c.start + n for c in chunks))
+        cache.ensure(max(c.slot for c in chunks) + 1, max(c.start + len(c.ids) for c in chunks))
         causal: list[torch.Tensor | None] = []
         for c in chunks:
             if c.start:

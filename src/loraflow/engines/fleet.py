@@ -350,10 +350,11 @@ class OpenAIFleet:
 
         With `drain` > 0 it first waits, up to that many seconds, for the requests this
         process has in flight on the adapter to end: they finish with it, new ones are routed
-        elsewhere by whoever stopped wanting it.
+        elsewhere by whoever stopped wanting it. An adapter that is wanted (again) when the
+        unload would start stays loaded.
         """
-        if drain > 0:
-            with self._quiet:
+        with self._quiet:
+            if drain > 0:
                 ended = self._quiet.wait_for(lambda: not self._busy.get(name), timeout=drain)
                 if not ended:
                     log.warning(
@@ -362,6 +363,10 @@ class OpenAIFleet:
                         self._busy.get(name, 0),
                         drain,
                     )
+            if name in self._wanted:
+                # Wanted again meanwhile (a rollback restored it): it stays.
+                log.info("adapter %s is wanted again; not unloaded", name)
+                return []
         failed = []
         for r in self.replicas:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,39 @@ log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
 
 
+class TurnLock:
+    """The engine's lock, handed to a waiting thread between two batch steps.
+
+    With a plain lock the batch thread, releasing it after a step and taking it again for
+    the next, usually wins: an adapter load waiting for a gap between steps could wait for
+    the whole batch. The batch thread calls `let_waiters_in` between steps instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+
+    def __enter__(self) -> TurnLock:
+        with self._count:
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._count:
+                self._waiting -= 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def let_waiters_in(self, timeout: float = 1.0) -> None:
+        """Wait (up to `timeout` seconds) until the threads waiting for the lock now have it."""
+        deadline = time.monotonic() + timeout
+        while self._waiting and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+
 class HFEngine:
     """Generate with a local transformers model, picking a LoRA adapter per request."""
 
@@ -51,7 +85,7 @@ class HFEngine:
         self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)
         self._counter = 0
         # generate() is not safe to run twice at once on one model, and adapters change it.
-        self._lock = threading.Lock()
+        self._lock = TurnLock()
         self._scheduler: Any = None
         # Told the adapter name when a request with an adapter reaches the engine.
         self.on_request: Callable[[str], None] | None = None

@@ -313,3 +313,24 @@ def test_an_unload_without_drain_cuts_the_answer_in_flight(pair) -> None:
         asking.join(30)
         assert len(errors) == 1 and isinstance(errors[0], NotFound)
         assert fleet.in_flight("bot@v1") == 0
+
+
+def test_a_version_wanted_again_while_its_unload_waits_stays_loaded(pair) -> None:
+    a, b = pair
+    with OpenAIFleet([a.url, b.url], MODEL) as fleet:
+        fleet.load_everywhere("bot@v1", "/adapters/bot/v1")
+        fleet.want({})  # retired...
+        a.hold.clear()
+        b.hold.clear()
+        asking = threading.Thread(target=fleet.generate, args=(HI, PARAMS, "bot@v1"))
+        asking.start()
+        while len(a.chats) + len(b.chats) < 1:
+            threading.Event().wait(0.01)
+        unloading = threading.Thread(target=fleet.unload_everywhere, args=("bot@v1", 30.0))
+        unloading.start()
+        fleet.want({"bot@v1": "/adapters/bot/v1"})  # ...and restored by a rollback meanwhile
+        a.hold.set()
+        b.hold.set()
+        asking.join(30)
+        unloading.join(30)
+        assert "bot@v1" in a.adapters and "bot@v1" in b.adapters

@@ -391,10 +391,16 @@ def _retire(rt: Runtime, replaced: dict[str, Any] | None, *, wait: bool = True) 
         except LoraflowError as exc:  # the change is made; the poll keeps replicas in line
             log.warning("retired adapters not unloaded: %s", exc)
 
+    def unload_in_background() -> None:
+        try:
+            unload()
+        except Exception:  # e.g. the database: nobody waits on this thread to hear of it
+            log.exception("retired adapters not unloaded")
+
     if wait:
         unload()
     else:
-        threading.Thread(target=unload, daemon=True, name="fleet-retire").start()
+        threading.Thread(target=unload_in_background, daemon=True, name="fleet-retire").start()
 
 
 def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, Any]:

@@ -112,7 +112,7 @@ def chat(rt: Runtime, req: ChatRequest) -> ChatResult:
             again = _rerouted(rt, target, req)
             if again is None:
                 raise
-            target = again
+            target, started = again, time.perf_counter()
             result = _chat(rt, target, req)
     except InvalidInput:
         raise  # the request's fault, not the adapter's
@@ -136,7 +136,7 @@ def _rerouted(rt: Runtime, target: ModelTarget, req: ChatRequest) -> ModelTarget
     unloaded there; its deployment has moved on, so it is answered by what the target
     serves now. None when the deployment did not change (the NotFound stands).
     """
-    if target.routed is None or not target.routed.remote:
+    if target.routed is None or not target.routed.remote or req.rag:
         return None
     again = resolve(rt, req.model)
     if again.routed is None or again.routed.version == target.routed.version:
@@ -315,7 +315,7 @@ def chat_stream(rt: Runtime, req: ChatRequest) -> ChatStream:
             again = _rerouted(rt, target, req)
             if again is None:
                 raise
-            target = again
+            target, started = again, time.perf_counter()
             first = _open(rt, target, req, params)
     except InvalidInput:
         raise
