@@ -19,7 +19,9 @@ tensor ops:
   chunks cut at fixed positions (`prompt_grid.LEAN_GRID`: 64, then every 512;
   the llama.cpp engine does the same on its own grid) and reused only
   up to such a position, so every position is computed in the same chunk whether or not a
-  prefix was reused: an answer never depends on which request came before.
+  prefix was reused: an answer does not depend on which request came before. Prompts that
+  arrive together run as one pass (`prefill_many`), whose products over more rows can round
+  differently in the last bits, as a decode step over several rows does.
 
 Only what it can run exactly is taken: plain LoRA on the attention and MLP linears of a
 Llama-shaped decoder (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from loraflow.engines.base import GenerationParams
-from loraflow.engines.decoder import LeanDecoder, PrefixStore, SlotCache
+from loraflow.engines.decoder import Chunk, LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.hf import HFEngine
 from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
 from loraflow.models.load import load_model_and_tokenizer
@@ -103,6 +103,32 @@ def test_decode_steps_match_transformers_for_mixed_adapters(
     nxt = []
     for i, (ids, name) in enumerate(zip(prompts, rows, strict=True)):
         nxt.append(int(lean.prefill(cache, i, ids, 0, slot[name]).argmax()))
+
+    # The same prompts cut after their second token (so second chunks start at different
+    # positions): second chunks run alone, and as one padded pass. The same keys and values
+    # (a product over more rows may round differently in the last bits, as a decode step's
+    # does) and the same next tokens.
+    def cut(cache: SlotCache) -> None:
+        for i, (ids, name) in enumerate(zip(prompts, rows, strict=True)):
+            lean.prefill(cache, i, ids[:2], 0, slot[name])
+
+    def new_cache() -> SlotCache:
+        return SlotCache(len(lean.layers), lean.kv_heads, lean.head_dim, lean.dtype, lean.device)
+
+    alone, together = new_cache(), new_cache()
+    cut(alone)
+    cut(together)
+    alone_next = [int(lean.prefill(alone, i, ids[2:], 2, slot[name]).argmax())
+                  for i, (ids, name) in enumerate(zip(prompts, rows, strict=True))]  # fmt: skip
+    chunks = [Chunk(i, ids[2:], 2, slot[name])
+              for i, (ids, name) in enumerate(zip(prompts, rows, strict=True))]  # fmt: skip
+    joint = lean.prefill_many(together, chunks)
+    for i, ids in enumerate(prompts):
+        for a_store, t_store in ((alone.k, together.k), (alone.v, together.v)):
+            for a_layer, t_layer in zip(a_store, t_store, strict=True):
+                a_i, t_i = a_layer[i, :, : len(ids)], t_layer[i, :, : len(ids)]
+                assert torch.allclose(a_i, t_i, rtol=0, atol=1e-5), i
+    assert [int(x) for x in joint.argmax(-1)] == alone_next
     seqs = [p + [t] for p, t in zip(prompts, nxt, strict=True)]
     for _ in range(6):
         logits = lean.decode(cache, [s[-1] for s in seqs], [len(s) - 1 for s in seqs],
