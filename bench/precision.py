@@ -27,7 +27,12 @@ from _server import MODEL_CACHE
 
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
-from loraflow.hardware import host_profile, int8_companion, serving_precision
+from loraflow.hardware import (
+    auto_serving_kinds,
+    host_profile,
+    int8_companion,
+    serving_precision,
+)
 from loraflow.models.cpu_precision import (
     CALIBRATION_HELD_OUT,
     activation_ranges,
@@ -146,7 +151,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-precision-"))
     profile = host_profile(work)
     print(f"micro-benchmark ({profile['bench_s']} s): speed-ups vs fp32 {profile['speedup']}")
-    auto = serving_precision("auto", profile)
+    auto = serving_precision("auto", profile, auto_serving_kinds(profile))
     print(f"auto would pick: serving {auto}")
     resolved = resolve_base_model("bundled:smollm2", MODEL_CACHE)
     names = make_adapters(resolved.path, work, args.adapters)

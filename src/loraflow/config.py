@@ -441,12 +441,22 @@ class Settings(BaseSettings):
     )
 
     local_engine: Literal["transformers", "llamacpp", "hybrid"] = Field(
-        "transformers",
-        description="Engine of the local model: transformers (PEFT, batching), llamacpp (a "
-        "GGUF base, faster on a CPU at batch 1; needs the llamacpp extra), or hybrid (both on "
-        "one base: llama.cpp answers a request that arrives while nothing runs, concurrent "
-        "requests join the transformers batch; needs a GGUF beside the base model, as the "
-        "bundled one has, else it serves transformers alone).",
+        "hybrid",
+        description="Engine of the local model: hybrid (transformers and llama.cpp on one "
+        "base: llama.cpp answers a request that arrives while nothing runs and has a short "
+        "prompt, concurrent requests join the transformers batch; needs the llamacpp extra "
+        "and a GGUF beside the base model, as the bundled one has, else it serves "
+        "transformers alone), transformers (PEFT, continuous batching; every request the same "
+        "way), or llamacpp (a GGUF base, one request at a time).",
+    )
+    hybrid_prompt_tokens: int = Field(
+        128,
+        ge=0,
+        le=1_000_000,
+        description="LOCAL_ENGINE=hybrid: a lone request goes to llama.cpp only if it has at "
+        "most this many prompt tokens to evaluate (what llama.cpp's cache reuses not counted); "
+        "longer prompts go to the transformers engine, which evaluates them several times "
+        "faster on a CPU (docs/BENCHMARKS.md).",
     )
     local_decoder: Literal["lean", "transformers"] = Field(
         "lean",
@@ -462,11 +472,11 @@ class Settings(BaseSettings):
     )
     local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="Precision of the transformers engine's base linears on CPU: auto (bf16 "
-        "where this host's cached micro-benchmark measured it faster, which needs a CPU with "
-        "native bf16; fp32 elsewhere, AVX2-only CPUs without measuring; never int8), fp32, "
-        "bf16, or int8 (fbgemm dynamic on every base linear, calibrated at load on a fixed "
-        "text so outlier input channels are smoothed; prompts in bf16 on a CPU with fast "
+        description="Precision of the transformers engine's base linears on CPU: auto (the "
+        "fastest of bf16 and int8 that this host's cached micro-benchmark measured faster than "
+        "fp32 at batch 1 and 32, else fp32; bf16 only on a CPU with native bf16), fp32 (exact "
+        "weights), bf16, or int8 (fbgemm dynamic on every base linear, calibrated at load on "
+        "a fixed text so outlier input channels are smoothed; prompts in bf16 on a CPU with fast "
         "native bf16, else fp32, the LM head int8 throughout; LoRA stays fp32; see "
         "docs/BENCHMARKS.md).",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def api(
 
 def _answered(api: httpx.Client) -> str:
     detail = api.get("/health").json()["details"]["local_engine"]
-    assert "lone requests on llama.cpp (1 adapter(s) there" in detail, detail
+    assert "up to 128 prompt tokens on llama.cpp (1 adapter(s) there" in detail, detail
     return detail
 
 
@@ -54,3 +55,21 @@ def test_lone_requests_are_answered_by_llamacpp_whole_and_streamed(api: httpx.Cl
     base = api.post("/v1/chat/completions", json={**body, "model": "bundled:smollm2"})
     assert base.json()["choices"][0]["message"]["content"] != whole  # the adapter was applied
     assert "3 answered there, 0 batched" in _answered(api)
+
+
+def test_a_lone_request_with_a_long_prompt_is_answered_by_the_batch(api: httpx.Client) -> None:
+    def counts() -> tuple[int, int, int]:
+        found = re.search(
+            r"(\d+) answered there, (\d+) batched, (\d+) of them lone", _answered(api)
+        )
+        assert found is not None
+        solo, batch, long = found.groups()
+        return int(solo), int(batch), int(long)
+
+    before = counts()
+    context = "Cats sleep for most of the day and hunt at dusk. " * 30  # ~360 tokens
+    body = {"model": ADAPTER, "messages": [{"role": "system", "content": context}, *ASK]}
+    r = api.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 128
+    assert counts() == (before[0], before[1] + 1, before[2] + 1)

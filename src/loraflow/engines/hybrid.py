@@ -8,6 +8,12 @@ that arrives while neither is busy goes to llama.cpp; one that arrives while any
 joins the batch. An adapter llama.cpp cannot take (a target module it does not map) is served
 by the batch alone.
 
+Long prompts are the exception: llama.cpp evaluates a prompt at about its decoding speed on a
+CPU (~140 tokens/s for SmolLM2 on a 2-core AVX2 host, where the transformers engine's matrix
+products ran ~500), so a lone request with more than `solo_prompt_tokens` prompt tokens to
+evaluate (llama.cpp's reusable cache counted) goes to the batch too: a RAG answer's 841-token
+prompt came at 3.2-3.6 s to the first token on llama.cpp, ~1.6 s on transformers.
+
 The two paths compute in different precisions, so a greedy answer may differ between a lone
 request and the same request under load (on SmolLM2 the GGUF's perplexity on a held-out text
 was 0.999x fp32's, 94% of greedy tokens equal); LOCAL_ENGINE=transformers answers every request
@@ -79,8 +85,11 @@ class _SoloStream:
 class HybridEngine:
     """The transformers engine (`batch`, continuous batching) and llama.cpp (`solo`) as one."""
 
-    def __init__(self, batch: LocalEngine, solo: LocalEngine) -> None:
+    def __init__(
+        self, batch: LocalEngine, solo: LocalEngine, solo_prompt_tokens: int = 128
+    ) -> None:
         self.batch, self.solo = batch, solo
+        self.solo_prompt_tokens = solo_prompt_tokens
         self.name = batch.name
         self.base_model_name: str = getattr(batch, "base_model_name", "")
         # Reentrant: a stream's finaliser may run (garbage collection) while this is held.
@@ -93,18 +102,33 @@ class HybridEngine:
         self._solo_ops = ThreadPoolExecutor(1, thread_name_prefix="loraflow-hybrid")
         self._latest: dict[str, int] = {}
         self._ops = 0
-        self.served = {"solo": 0, "batch": 0}
+        self.served = {"solo": 0, "batch": 0, "long_prompts": 0}
 
     # --- routing -----------------------------------------------------------------------
-    def _claim_solo(self, adapter: str | None) -> bool:
-        idle = self.batch.queue_depth() == (0, 0)
+    def _short(self, first: Any, adapter: str | None) -> bool:
+        """Whether llama.cpp has at most `solo_prompt_tokens` of `first`'s prompt to evaluate."""
+        try:
+            work = int(cast(Any, self.solo).prompt_work(first, adapter))
+        except Exception:  # noqa: BLE001 - bad input: llama.cpp's own checks answer it
+            return True
+        return work <= self.solo_prompt_tokens
+
+    def _solo_takes(self, adapter: str | None) -> bool:
+        return not self._solo_busy and (adapter is None or adapter in self._solo_adapters)
+
+    def _claim_solo(self, first: Any, adapter: str | None) -> bool:
         with self._lock:
-            free = (
-                idle and not self._solo_busy and (adapter is None or adapter in self._solo_adapters)
-            )
+            idle = self._solo_takes(adapter)
+        idle = idle and self.batch.queue_depth() == (0, 0)
+        # Tokenizing takes ~1 ms for a long prompt: only for a request llama.cpp could take.
+        short = idle and self._short(first, adapter)
+        with self._lock:
+            free = short and self._solo_takes(adapter)
             if free:
                 self._solo_busy = True
             self.served["solo" if free else "batch"] += 1
+            if idle and not short:
+                self.served["long_prompts"] += 1
             return free
 
     def _solo_done(self) -> None:
@@ -115,7 +139,7 @@ class HybridEngine:
 
     def _whole(self, method: str, first: Any, params: GenerationParams, adapter: str | None) -> Any:
         """`method` (generate, generate_text) of whichever engine takes this request."""
-        if not self._claim_solo(adapter):
+        if not self._claim_solo(first, adapter):
             return getattr(self.batch, method)(first, params, adapter)
         try:
             return getattr(self.solo, method)(first, params, adapter)
@@ -126,7 +150,7 @@ class HybridEngine:
         self, method: str, first: Any, params: GenerationParams, adapter: str | None
     ) -> Any:
         """`method` (stream, stream_text) of whichever engine takes this request."""
-        if not self._claim_solo(adapter):
+        if not self._claim_solo(first, adapter):
             return getattr(self.batch, method)(first, params, adapter)
         try:
             inner = getattr(self.solo, method)(first, params, adapter)
@@ -247,11 +271,13 @@ class HybridEngine:
         mine = self.batch.health()
         with self._lock:
             solo, batch = self.served["solo"], self.served["batch"]
+            long = self.served["long_prompts"]
             held = len(self._solo_adapters)
         return EngineHealth(
             mine.ok,
-            f"{mine.detail}; lone requests on llama.cpp ({held} adapter(s) there; "
-            f"{solo} answered there, {batch} batched)",
+            f"{mine.detail}; lone requests with up to {self.solo_prompt_tokens} prompt tokens "
+            f"on llama.cpp ({held} adapter(s) there; {solo} answered there, {batch} batched, "
+            f"{long} of them lone with a longer prompt)",
         )
 
     def close(self) -> None:

@@ -254,11 +254,13 @@ class LlamaCppEngine:
         params.validate()
         check_messages(messages)
         self._handle(adapter)  # an unknown adapter fails here, before the first piece
+        return self._open(self._chat_ids(messages), params, adapter)
+
+    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         prompt = render_prompt(self.template, messages)
         # A chat template writes BOS and friends itself; special tokens in it are tokens.
         templated = bool(self.template.chat_template)
-        ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=not templated, special=True)
-        return self._open(ids, params, adapter)
+        return list(self._llm.tokenize(prompt.encode("utf-8"), add_bos=not templated, special=True))
 
     def stream_text(
         self, prompt: str, params: GenerationParams, adapter: str | None = None
@@ -333,13 +335,7 @@ class LlamaCppEngine:
         sampled next are this prompt's.
         """
         llm = self._llm
-        keep = 0
-        if self._can_reuse and self._kv_prompt and self._kv_adapter is handle:
-            # Short of the previous prompt's last token, which some llama-cpp-python versions
-            # evaluate again on its own inside generate().
-            common = common_prefix(self._kv_prompt, ids)
-            shared = min(common, len(ids) - 1, len(self._kv_prompt) - 1)
-            keep = grid_floor(shared)
+        keep = self._reusable(ids, handle)
         self._kv_prompt = []  # until the evaluation below completes
         if keep == 0:
             llm.reset()
@@ -349,6 +345,26 @@ class LlamaCppEngine:
         for a, b in grid_chunks(keep, len(ids)):
             llm.eval(ids[a:b])
         self._kv_prompt, self._kv_adapter = list(ids), handle
+
+    def _reusable(self, ids: list[int], handle: Any) -> int:
+        """Leading tokens of `ids` the cache holds from the previous prompt (grid-aligned)."""
+        cached = self._kv_prompt
+        if not (self._can_reuse and cached and self._kv_adapter is handle):
+            return 0
+        # Short of the previous prompt's last token, which some llama-cpp-python versions
+        # evaluate again on its own inside generate().
+        return grid_floor(min(common_prefix(cached, ids), len(ids) - 1, len(cached) - 1))
+
+    def prompt_work(self, first: list[dict[str, str]] | str, adapter: str | None) -> int:
+        """Prompt tokens a request for `first` (chat messages, or a raw prompt) would evaluate
+        if it ran now: its length less what the previous prompt's cache gives it. A routing
+        estimate, read without waiting for a request in progress."""
+        if isinstance(first, str):
+            ids = list(self._llm.tokenize(first.encode("utf-8"), add_bos=True))
+        else:
+            ids = self._chat_ids(first)
+        entry = self._adapters.get(adapter) if adapter is not None else None
+        return len(ids) - self._reusable(ids, None if entry is None else entry.handle)
 
     def _decode(self, tokens: Any, params: GenerationParams, out: LlamaStream) -> Iterator[str]:
         llm, is_eog, vocab = self._llm, self._llama_cpp.llama_vocab_is_eog, self._vocab

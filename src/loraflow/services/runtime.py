@@ -212,19 +212,24 @@ def _load_hybrid(s: Settings, root: Path | None, batching: bool) -> tuple[LocalE
     from loraflow.engines.hybrid import HybridEngine
 
     batch, warnings = _load_transformers(s, root, batching)
-    if batch.device != "cpu":
-        warnings.append(
-            f"LOCAL_ENGINE=hybrid serves with transformers alone on {batch.device}: its "
-            "llama.cpp would answer lone requests on the CPU"
-        )
+
+    def alone(why: str) -> tuple[LocalEngine, list[str]]:
+        # Asked for by name, a fallback is a warning; as the default it is how the engine
+        # runs where it can't have llama.cpp beside it (a GPU, a model without a GGUF).
+        if "local_engine" in s.model_fields_set:
+            warnings.append(f"LOCAL_ENGINE=hybrid serves with transformers alone{why}")
+        else:
+            log.info("the local engine serves with transformers alone%s", why)
         return batch, warnings
+
+    if batch.device != "cpu":
+        return alone(f" on {batch.device}: its llama.cpp would answer lone requests on the CPU")
     try:
         solo, solo_warnings = _load_llamacpp(s, root)
     except LoraflowError as exc:
-        warnings.append(f"LOCAL_ENGINE=hybrid serves with transformers alone: {exc}")
-        return batch, warnings
+        return alone(f": {exc}")
     except BaseException:
         batch.close()  # nothing half-started stays behind
         raise
     warnings += [f"llama.cpp (lone requests): {w}; the batch serves it" for w in solo_warnings]
-    return HybridEngine(batch, solo), warnings
+    return HybridEngine(batch, solo, s.hybrid_prompt_tokens), warnings

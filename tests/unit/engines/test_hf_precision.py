@@ -134,11 +134,13 @@ def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: P
 def test_local_precision_auto_reads_the_profile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.unit.test_hardware import AVX2, AVX512_BF16, fake_cpu
+    from tests.unit.test_hardware import AVX2, AVX512_BF16, SLOW_INT8, fake_cpu
 
-    # bf16 slower at batch 32 (as on AVX2) and int8 never automatic: fp32.
+    # bf16 slower at batch 32 (as on AVX2), int8 faster at both: int8; neither faster: fp32.
     fake_cpu(monkeypatch, AVX2, bf16=True)
-    assert local_precision("auto", tmp_path / "a") == "fp32"
+    assert local_precision("auto", tmp_path / "a") == "int8"
+    fake_cpu(monkeypatch, {**AVX2, **SLOW_INT8}, bf16=False)
+    assert local_precision("auto", tmp_path / "c") == "fp32"
     fake_cpu(monkeypatch, AVX512_BF16, bf16=True)
     assert local_precision("auto", tmp_path / "b") == "bf16"
     assert local_precision("int8", tmp_path) == "int8"

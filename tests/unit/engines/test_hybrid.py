@@ -93,6 +93,35 @@ def test_a_request_arriving_while_one_runs_joins_the_batch(hybrid: HybridEngine)
     assert hybrid.served["solo"] == before["solo"] + 1
 
 
+def test_a_lone_request_with_a_long_prompt_goes_to_the_batch(hybrid: HybridEngine) -> None:
+    chat = [
+        {"role": "system", "content": "You answer questions about European capitals. " * 6},
+        *QUESTION,
+    ]
+    work = hybrid.solo.prompt_work(chat, None)  # type: ignore[attr-defined]
+    assert work > 60
+    limit = hybrid.solo_prompt_tokens
+    try:
+        hybrid.solo_prompt_tokens = work - 1
+        before = dict(hybrid.served)
+        answer = hybrid.generate(chat, GREEDY)
+        assert hybrid.served == {
+            **before, "batch": before["batch"] + 1, "long_prompts": before["long_prompts"] + 1
+        }  # fmt: skip
+        assert answer.text == hybrid.batch.generate(chat, GREEDY).text
+        # Once llama.cpp has evaluated the conversation, the next turn's prompt is mostly in
+        # its cache: only the new turn counts, and llama.cpp takes it.
+        hybrid.solo_prompt_tokens = work
+        first = hybrid.generate(chat, GREEDY)
+        assert hybrid.served["solo"] == before["solo"] + 1
+        follow = [*chat, {"role": "assistant", "content": first.text}, *OTHER]
+        assert hybrid.solo.prompt_work(follow, None) < work  # type: ignore[attr-defined]
+        assert hybrid.generate(follow, GREEDY).completion_tokens == 12
+        assert hybrid.served["solo"] == before["solo"] + 2
+    finally:
+        hybrid.solo_prompt_tokens = limit
+
+
 def test_a_closed_stream_frees_llamacpp_for_the_next_request(hybrid: HybridEngine) -> None:
     stream = hybrid.stream_text("Once upon a time", GREEDY)
     next(stream)
@@ -114,7 +143,7 @@ def test_an_adapter_llamacpp_refuses_is_served_by_the_batch(
         answer = hybrid.generate(QUESTION, GREEDY, adapter="head")
         assert hybrid.served == {**before, "batch": before["batch"] + 1}
         assert answer.text == hybrid.batch.generate(QUESTION, GREEDY, adapter="head").text
-        assert "lone requests on llama.cpp (1 adapter(s) there" in hybrid.health().detail
+        assert "prompt tokens on llama.cpp (1 adapter(s) there" in hybrid.health().detail
     finally:
         hybrid.unload_adapter("head")
     assert "head" not in hybrid.adapters()
@@ -172,7 +201,7 @@ def test_the_setting_loads_both_engines_on_the_bundled_model(
     engine, warnings = load_local(settings)
     try:
         assert warnings == [] and isinstance(engine, HybridEngine)
-        assert engine.batching and "lone requests on llama.cpp" in engine.health().detail
+        assert engine.batching and "up to 128 prompt tokens on llama.cpp" in engine.health().detail
     finally:
         engine.close()
 
@@ -193,5 +222,25 @@ def test_a_base_without_a_gguf_is_served_by_transformers_alone(
         assert isinstance(engine, HFEngine)
         assert len(warnings) == 1 and "serves with transformers alone" in warnings[0]
         assert ".gguf" in warnings[0]
+    finally:
+        engine.close()
+
+
+def test_the_default_engine_serves_transformers_alone_without_a_gguf_and_without_a_warning(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraflow.config import Settings
+    from loraflow.engines.hf import HFEngine
+    from loraflow.services.runtime import load_local
+
+    monkeypatch.delenv("LOCAL_ENGINE", raising=False)  # the suite pins transformers
+    settings = Settings(
+        data_dir=tmp_path, cache_dir=tmp_path / "cache",
+        base_model_name=str(tiny_model_dir), lora_model_path=tmp_path / "none",
+    )  # fmt: skip
+    assert settings.local_engine == "hybrid"
+    engine, warnings = load_local(settings)
+    try:
+        assert isinstance(engine, HFEngine) and warnings == []
     finally:
         engine.close()
