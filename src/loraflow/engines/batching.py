@@ -28,7 +28,7 @@ from typing import Any
 from loraflow.engines.base import FinishReason, GenerationParams, GenerationResult
 from loraflow.engines.decoder import Chunk, LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.gathered_lora import GatheredLoRA
-from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_chunks, grid_floor
+from loraflow.engines.prompt_grid import LEAN_GRID, LEAN_WAIT_TOKENS, grid_chunks, reusable
 from loraflow.engines.sampling import next_tokens
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import NotFound
@@ -611,8 +611,9 @@ def _pad_mask(m: Any, n: int) -> Any:
 
 
 def _would_share(row: _Row, other: _Row, shared: int) -> bool:
-    """Whether `row` could reuse more of `other`'s prompt (same adapter) than `shared` tokens."""
+    """Whether `row` should wait for `other`'s prompt (same adapter): it could reuse more of
+    it than `shared` tokens, and at least LEAN_WAIT_TOKENS."""
     if row.adapter != other.adapter:
         return False
-    n = grid_floor(min(common_prefix(row.prompt, other.prompt), len(row.prompt) - 1), LEAN_GRID)
-    return n > shared
+    n = reusable(other.prompt, row.prompt, LEAN_GRID)
+    return n > shared and n >= LEAN_WAIT_TOKENS

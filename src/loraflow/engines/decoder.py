@@ -16,7 +16,7 @@ tensor ops:
   too;
 - a prompt's prefix whose keys and values are already known (a shared system prompt or a RAG
   preamble, seen in a recent request) is copied, not recomputed. Prompts are evaluated in
-  chunks cut at fixed positions (`prompt_grid.LEAN_GRID`: 64, then every 512;
+  chunks cut at fixed positions (`prompt_grid.LEAN_GRID`: 16, 64, then every 512;
   the llama.cpp engine does the same on its own grid) and reused only
   up to such a position, so every position is computed in the same chunk whether or not a
   prefix was reused: an answer does not depend on which request came before. Prompts that
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loraflow.engines.gathered_lora import plain_lora_layers
-from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
+from loraflow.engines.prompt_grid import LEAN_GRID, grid_floor, reusable
 from loraflow.models.cpu_precision import LowPrecisionLinear
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -456,7 +456,7 @@ class PrefixStore:
         for key in self._items:
             if key[0] != adapter:
                 continue
-            n = grid_floor(min(common_prefix(key[1], ids), len(ids) - 1), LEAN_GRID)
+            n = reusable(key[1], ids, LEAN_GRID)
             if n > best:
                 best, found = n, key
         if found is None or best < self._min:

@@ -11,7 +11,14 @@ import torch
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.decoder import Chunk, LeanDecoder, PrefixStore, SlotCache
 from loraflow.engines.hf import HFEngine
-from loraflow.engines.prompt_grid import LEAN_GRID, common_prefix, grid_floor
+from loraflow.engines.prompt_grid import (
+    LEAN_GRID,
+    LEAN_WAIT_TOKENS,
+    common_prefix,
+    grid_chunks,
+    grid_floor,
+    reusable,
+)
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
 
@@ -355,15 +362,19 @@ def test_calibrated_int8_still_fuses_and_its_lm_head_reads_each_position_alone(
 
 def test_saved_prompts_keep_only_what_a_later_prompt_can_reuse() -> None:
     """Reuse stops at a chunk boundary, so a prompt is kept up to its last one: one under
-    the first boundary (64) is not kept, and two that share their first 64 tokens (a system
-    prompt) are kept once."""
+    the first boundary (16) is not kept, one of 40 tokens is kept up to 16, and two that share
+    their first 64 tokens (a system prompt) are kept once."""
     cache = SlotCache(1, 1, 2, torch.float32, "cpu")
     cache.ensure(2, 256)
     cache.k[0][0, 0, :, 0] = torch.arange(256.0)
     store = PrefixStore(budget=4096, min_tokens=16)
     system = list(range(1000, 1064))
-    store.save("a", list(range(40)), cache, 0)
+    store.save("a", list(range(15)), cache, 0)
     assert store.held == 0
+    store.save("a", list(range(40)), cache, 0)
+    assert store.held == 16
+    assert store.lookup("a", [*range(20), 99])[0] == 16
+    store = PrefixStore(budget=4096, min_tokens=16)
     store.save("a", system + [1, 2, 3, 4, 5, 6], cache, 0)
     store.save("a", system + [7, 8, 9], cache, 0)
     assert store.held == 64
@@ -403,8 +414,8 @@ def test_prompts_that_arrive_together_are_run_in_one_pass_and_answer_as_alone(
                    for q, a in jobs]  # fmt: skip
         passes = sched.prefill_passes
     assert ["".join(s) for s in streams] == alone
-    # Short prompts are one chunk each: the four ran as one pass.
-    assert sched.prefill_passes - passes == 1
+    # Each templated prompt is cut once (at 16): each chunk ran as one pass for all four.
+    assert sched.prefill_passes - passes == 2
 
 
 def test_a_prompt_sharing_a_long_prefix_with_one_joining_with_it_waits_to_reuse_it(
@@ -422,6 +433,31 @@ def test_a_prompt_sharing_a_long_prefix_with_one_joining_with_it_waits_to_reuse_
     # The system prompt was computed for the first and copied for the other two.
     assert shared >= 64 and sched.prefill_reused - reused == 2 * shared
     assert texts == [plain.generate(_chat(q), GREEDY, adapter="alpha").text for q in questions]
+
+
+def test_prompts_sharing_a_short_prefix_join_at_once_and_a_later_one_reuses_it(
+    plain: HFEngine, lean: HFEngine
+) -> None:
+    def chat(question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": "You help at a bicycle shop."},
+                {"role": "user", "content": question}]  # fmt: skip
+
+    questions = ["Do you repair brakes?", "Do you sell helmets?", "Do you rent tandems?"]
+    ids = [lean._prepare(chat(q), GREEDY, "beta")["input_ids"][0].tolist() for q in questions]
+    shared = reusable(ids[0], ids[1], LEAN_GRID)
+    assert 16 <= shared < LEAN_WAIT_TOKENS
+    sched = lean._scheduler
+    with lean._lock:
+        streams = [lean.stream(chat(q), GREEDY, adapter="beta") for q in questions[:2]]
+        reused, passes = sched.prefill_reused, sched.prefill_passes
+    texts = ["".join(s) for s in streams]
+    # Too short a share to wait for: both ran in the same passes, each computed in full.
+    assert sched.prefill_passes - passes == len(list(grid_chunks(0, len(ids[0]), LEAN_GRID)))
+    assert sched.prefill_reused == reused
+    # A later prompt finds it saved.
+    texts.append(lean.generate(chat(questions[2]), GREEDY, adapter="beta").text)
+    assert sched.prefill_reused - reused == reusable(ids[0], ids[2], LEAN_GRID) >= 16
+    assert texts == [plain.generate(chat(q), GREEDY, adapter="beta").text for q in questions]
 
 
 def test_a_failed_pass_is_run_again_prompt_by_prompt(

@@ -27,3 +27,14 @@ def test_boundaries_are_fine_early_and_coarse_late() -> None:
         0, 0, 16, 32, 48, 64, 256, 512, 1024,
     ]  # fmt: skip
     assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and common_prefix([], [1]) == 0
+
+
+def test_reuse_stops_short_of_the_last_token_on_a_boundary_of_the_grid() -> None:
+    from loraflow.engines.prompt_grid import LEAN_GRID, reusable
+
+    cached = list(range(100))
+    assert reusable(cached, [*range(40), 7], LEAN_GRID) == 16
+    assert reusable(cached, [*range(70), 7], LEAN_GRID) == 64
+    assert reusable(cached, list(range(17)), LEAN_GRID) == 16  # the 17th is left to compute
+    assert reusable(cached, list(range(16)), LEAN_GRID) == 0
+    assert reusable(cached, [*range(40), 7]) == 32  # llama.cpp's finer grid
