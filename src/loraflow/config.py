@@ -472,9 +472,9 @@ class Settings(BaseSettings):
     )
     local_precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
-        description="Precision of the transformers engine's base linears on CPU: auto (the "
-        "fastest of bf16 and int8 that this host's cached micro-benchmark measured faster than "
-        "fp32 at batch 1 and 32, else fp32; bf16 only on a CPU with native bf16), fp32 (exact "
+        description="Precision of the transformers engine's base linears on CPU: auto (bf16 "
+        "on a CPU with native bf16 where this host's cached micro-benchmark measured it faster "
+        "than fp32 at batch 1 and 32, else int8 where it measured so, else fp32), fp32 (exact "
         "weights), bf16, or int8 (fbgemm dynamic on every base linear, calibrated at load on "
         "a fixed text so outlier input channels are smoothed; prompts in bf16 on a CPU with fast "
         "native bf16, else fp32, the LM head int8 throughout; LoRA stays fp32; see "
