@@ -18,7 +18,8 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY scripts ./scripts
 COPY src ./src
 
-# The llamacpp extra (LOCAL_ENGINE=llamacpp, the fast CPU engine) is compiled here with
+# The llamacpp extra (the default LOCAL_ENGINE=hybrid's engine for lone requests, and
+# LOCAL_ENGINE=llamacpp) is compiled here with
 # portable flags (scripts/setup.sh); the compiler is removed again in the same layer, and
 # libgomp1 (llama.cpp's OpenMP runtime) is installed explicitly so that removal keeps it.
 # hadolint ignore=DL3008

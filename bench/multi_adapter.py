@@ -232,6 +232,7 @@ def main() -> None:
             toks[-3] += t
             print(f"  round: {most:>2} adapter(s), hybrid {t / s:6.1f} tok/s "
                   f"({hybrid.served['solo']} on llama.cpp)", flush=True)  # fmt: skip
+            hybrid._solo_ops.shutdown()  # its thread; the engines are closed through `engine`
         engine.close()
         if args.transformers_decoder:
             # The same batch on transformers' forward (LOCAL_DECODER=transformers).

@@ -24,7 +24,8 @@ fi
 EXTRAS="${LORAFLOW_EXTRAS-dev}"
 TARGET="."
 [ -n "$EXTRAS" ] && TARGET=".[$EXTRAS]"
-# llama.cpp (LOCAL_ENGINE=llamacpp) for the dev and llamacpp extras, before the main install so
+# llama.cpp (lone requests of the default LOCAL_ENGINE=hybrid; LOCAL_ENGINE=llamacpp) for the dev
+# and llamacpp extras, before the main install so
 # pip never builds it with native flags: a -march=native build segfaults on some CPUs. The
 # first build takes minutes; pip caches the wheel, and an importable copy is kept as is.
 if [[ ",$EXTRAS," == *",dev,"* || ",$EXTRAS," == *",llamacpp,"* ]] \

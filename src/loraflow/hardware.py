@@ -281,7 +281,8 @@ def _read(path: Path, key: str) -> dict[str, Any] | None:
 def bf16_ruled_out(info: dict[str, Any]) -> bool:
     """An x86 CPU without AVX512_BF16 or AMX emulates bf16 products (the ~40x trap).
 
-    There no measurement is needed to know fp32 wins, so `auto` skips the micro-benchmark.
+    There no measurement is needed to know fp32 wins over bf16, so training's `auto` skips the
+    micro-benchmark (serving's still measures int8).
     """
     return info["arch"] in ("x86_64", "AMD64", "i686") and not info["bf16_native"]
 
@@ -294,8 +295,15 @@ def auto_training_precision(profile_dir: Path) -> str:
 
 
 def auto_serving_kinds(info: dict[str, Any]) -> tuple[str, ...]:
-    """What `auto` may serve in on this CPU: AUTO_SERVING, less bf16 where it is emulated."""
-    return tuple(k for k in AUTO_SERVING if k != "bf16" or not bf16_ruled_out(info))
+    """What `auto` may serve in on this CPU: AUTO_SERVING, less bf16 where it is emulated and
+    int8 off x86 (its quality was measured with fbgemm's kernels; LOCAL_PRECISION=int8 still
+    asks for it anywhere)."""
+    fbgemm = info.get("int8_engine") in ("x86", "fbgemm")
+    return tuple(
+        k
+        for k in AUTO_SERVING
+        if (k != "bf16" or not bf16_ruled_out(info)) and (k != "int8" or fbgemm)
+    )
 
 
 def auto_serving_precision(profile_dir: Path) -> str:

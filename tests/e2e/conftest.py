@@ -65,6 +65,7 @@ def llamacpp_env(model_cache: Path, engine: str) -> dict[str, str]:
     return {
         "CACHE_DIR": str(model_cache),
         "LOCAL_ENGINE": engine,
+        "HYBRID_PROMPT_TOKENS": "128",
         "LLAMACPP_THREADS": "1",
         "OLLAMA_BASE_URL": f"http://127.0.0.1:{free_port()}",
         "OLLAMA_TIMEOUT": "3",

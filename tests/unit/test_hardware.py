@@ -99,6 +99,14 @@ def test_auto_on_x86_without_bf16_trains_without_measuring(
     assert (tmp_path / hardware.PROFILE_FILE).exists()
 
 
+def test_auto_serves_int8_only_with_fbgemm_kernels() -> None:
+    info = {**hardware.cpu_info(), "arch": "x86_64", "bf16_native": False}
+    assert hardware.auto_serving_kinds({**info, "int8_engine": "x86"}) == ("int8",)
+    assert hardware.auto_serving_kinds({**info, "int8_engine": "fbgemm"}) == ("int8",)
+    arm = {**info, "arch": "aarch64", "bf16_native": True, "int8_engine": "qnnpack"}
+    assert hardware.auto_serving_kinds(arm) == ("bf16",)
+
+
 def test_auto_measures_where_bf16_may_be_native(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loraflow.engines.gathered_lora import plain_lora_layers
-from loraflow.engines.prompt_grid import LEAN_GRID, grid_floor, reusable
+from loraflow.engines.prompt_grid import LEAN_GRID, LEAN_WAIT_TOKENS, grid_floor, reusable
 from loraflow.models.cpu_precision import LowPrecisionLinear
 
 ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -449,8 +449,11 @@ class PrefixStore:
 
         The prompt's last token is always left to compute: its logits pick the first token.
         The shared length is a chunk boundary of `prompt_grid.LEAN_GRID`. An entry that matched only
-        in part is cut down to the shared part (what follows it was one request's own text),
-        so a common system prompt ends up stored once, short.
+        in part by LEAN_WAIT_TOKENS or more is cut down to the shared part (what follows it was
+        one request's own text), so a common system prompt ends up stored once, short. A
+        shorter match (a chat template's default system prompt, shared by nearly every prompt)
+        is copied out and the entry kept whole, or any request would cut down a conversation
+        whose next turn could reuse it all.
         """
         best, found = 0, None
         for key in self._items:
@@ -463,7 +466,8 @@ class PrefixStore:
             return 0, None
         kv = self._items[found]
         if best < len(found[1]):
-            self._drop(found)
+            if best >= LEAN_WAIT_TOKENS:
+                self._drop(found)
             cut = (adapter, found[1][:best])
             if cut in self._items:
                 # Already kept (the same positions, computed in the same chunks).

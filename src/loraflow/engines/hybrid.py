@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,21 @@ from loraflow.errors import LoraflowError
 from loraflow.hardware import release_cpu_pool
 
 log = logging.getLogger(__name__)
+
+# Set (see `batch_only`): requests made in this context go to the batch even when alone.
+_BATCH_ONLY: ContextVar[bool] = ContextVar("loraflow_hybrid_batch_only", default=False)
+
+
+@contextlib.contextmanager
+def batch_only() -> Iterator[None]:
+    """Requests made inside go to the transformers batch whatever the hybrid engine's load:
+    for answers that are compared with each other (side-by-side answers, an adapter's
+    benchmark against the base), which must not come from two precisions."""
+    token = _BATCH_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _BATCH_ONLY.reset(token)
 
 
 class _SoloStream:
@@ -117,6 +133,10 @@ class HybridEngine:
         return not self._solo_busy and (adapter is None or adapter in self._solo_adapters)
 
     def _claim_solo(self, first: Any, adapter: str | None) -> bool:
+        if _BATCH_ONLY.get():
+            with self._lock:
+                self.served["batch"] += 1
+            return False
         with self._lock:
             idle = self._solo_takes(adapter)
         idle = idle and self.batch.queue_depth() == (0, 0)

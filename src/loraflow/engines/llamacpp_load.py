@@ -10,7 +10,7 @@ from typing import Any
 
 from loraflow.engines.llamacpp import LlamaCppEngine
 from loraflow.engines.llamacpp_lora import Checksum, GGUFLoraCache
-from loraflow.errors import ConfigError, LoraflowError, ModelLoadError
+from loraflow.errors import ConfigError, ModelLoadError
 from loraflow.models.adapters import discover_adapters
 from loraflow.models.bundled import SMOLLM2_CHAT_TEMPLATE, ensure_bundled, smollm2_gguf_path
 from loraflow.models.resolve import resolve_base_model
@@ -72,6 +72,11 @@ def import_llama_cpp() -> Any:
             f"installed ({exc})",
             hint=PACKAGE_HINT,
         ) from exc
+    except (OSError, RuntimeError) as exc:  # its shared library failed to load
+        raise ConfigError(
+            f"llama-cpp-python is installed but its library could not be loaded ({exc})",
+            hint=PACKAGE_HINT,
+        ) from exc
     return llama_cpp
 
 
@@ -116,6 +121,6 @@ def load_llamacpp_engine(
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
         try:
             engine.load_adapter(name, path)
-        except LoraflowError as exc:
+        except Exception as exc:  # noqa: BLE001 - one adapter (a full disk, a bad file) must not stop the engine
             warnings.append(f"adapter {name!r} was not attached: {exc}")
     return engine, warnings

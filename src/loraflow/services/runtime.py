@@ -213,23 +213,32 @@ def _load_hybrid(s: Settings, root: Path | None, batching: bool) -> tuple[LocalE
 
     batch, warnings = _load_transformers(s, root, batching)
 
-    def alone(why: str) -> tuple[LocalEngine, list[str]]:
-        # Asked for by name, a fallback is a warning; as the default it is how the engine
-        # runs where it can't have llama.cpp beside it (a GPU, a model without a GGUF).
-        if "local_engine" in s.model_fields_set:
-            warnings.append(f"LOCAL_ENGINE=hybrid serves with transformers alone{why}")
+    explicit = "local_engine" in s.model_fields_set
+
+    def note(message: str) -> None:
+        # Asked for by name, what hybrid cannot do is a warning; as the default it is how
+        # the engine runs where llama.cpp can't be beside it (a GPU, a model without a GGUF).
+        if explicit:
+            warnings.append(message)
         else:
-            log.info("the local engine serves with transformers alone%s", why)
-        return batch, warnings
+            log.info("%s", message)
 
     if batch.device != "cpu":
-        return alone(f" on {batch.device}: its llama.cpp would answer lone requests on the CPU")
+        note(
+            f"LOCAL_ENGINE=hybrid serves with transformers alone on {batch.device}: its "
+            "llama.cpp would answer lone requests on the CPU"
+        )
+        return batch, warnings
     try:
         solo, solo_warnings = _load_llamacpp(s, root)
-    except LoraflowError as exc:
-        return alone(f": {exc}")
+    except Exception as exc:  # noqa: BLE001 - llama.cpp is optional here: serve without it
+        if not isinstance(exc, LoraflowError):
+            log.exception("llama.cpp could not start beside the transformers engine")
+        note(f"LOCAL_ENGINE=hybrid serves with transformers alone: {exc}")
+        return batch, warnings
     except BaseException:
         batch.close()  # nothing half-started stays behind
         raise
-    warnings += [f"llama.cpp (lone requests): {w}; the batch serves it" for w in solo_warnings]
+    for w in solo_warnings:
+        note(f"llama.cpp (lone requests): {w}; the batch serves it")
     return HybridEngine(batch, solo, s.hybrid_prompt_tokens), warnings

@@ -122,6 +122,18 @@ def test_a_lone_request_with_a_long_prompt_goes_to_the_batch(hybrid: HybridEngin
         hybrid.solo_prompt_tokens = limit
 
 
+def test_requests_compared_with_each_other_all_go_to_the_batch(hybrid: HybridEngine) -> None:
+    from loraflow.engines.hybrid import batch_only
+
+    before = dict(hybrid.served)
+    with batch_only():
+        answer = hybrid.generate(QUESTION, GREEDY, adapter="alpha")
+    assert hybrid.served == {**before, "batch": before["batch"] + 1}
+    assert answer.text == hybrid.batch.generate(QUESTION, GREEDY, adapter="alpha").text
+    hybrid.generate(QUESTION, GREEDY)  # outside it, a lone request is llama.cpp's again
+    assert hybrid.served["solo"] == before["solo"] + 1
+
+
 def test_a_closed_stream_frees_llamacpp_for_the_next_request(hybrid: HybridEngine) -> None:
     stream = hybrid.stream_text("Once upon a time", GREEDY)
     next(stream)
@@ -222,25 +234,5 @@ def test_a_base_without_a_gguf_is_served_by_transformers_alone(
         assert isinstance(engine, HFEngine)
         assert len(warnings) == 1 and "serves with transformers alone" in warnings[0]
         assert ".gguf" in warnings[0]
-    finally:
-        engine.close()
-
-
-def test_the_default_engine_serves_transformers_alone_without_a_gguf_and_without_a_warning(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from loraflow.config import Settings
-    from loraflow.engines.hf import HFEngine
-    from loraflow.services.runtime import load_local
-
-    monkeypatch.delenv("LOCAL_ENGINE", raising=False)  # the suite pins transformers
-    settings = Settings(
-        data_dir=tmp_path, cache_dir=tmp_path / "cache",
-        base_model_name=str(tiny_model_dir), lora_model_path=tmp_path / "none",
-    )  # fmt: skip
-    assert settings.local_engine == "hybrid"
-    engine, warnings = load_local(settings)
-    try:
-        assert isinstance(engine, HFEngine) and warnings == []
     finally:
         engine.close()

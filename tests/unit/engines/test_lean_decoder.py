@@ -384,6 +384,24 @@ def test_saved_prompts_keep_only_what_a_later_prompt_can_reuse() -> None:
     assert store.lookup("b", system + [9, 9, 9]) == (0, None)  # another adapter's
 
 
+def test_a_short_shared_prefix_leaves_a_conversation_whole() -> None:
+    """Nearly every chat prompt shares a template's first 16 tokens: a request that matches a
+    kept conversation only there must not cut it down, or its next turn recomputes it all."""
+    cache = SlotCache(1, 1, 2, torch.float32, "cpu")
+    cache.ensure(1, 1024)
+    cache.k[0][0, 0, :, 0] = torch.arange(1024.0)
+    store = PrefixStore(budget=4096, min_tokens=16)
+    template = list(range(1000, 1016))
+    conversation = template + list(range(2000, 2600))
+    store.save("a", conversation, cache, 0)  # kept up to 512
+    shared, kv = store.lookup("a", [*template, 7, 8, 9, 10, 11])
+    assert shared == 16 and kv is not None
+    assert torch.equal(kv[0][0][0, :, 0], torch.arange(16.0))
+    shared, _ = store.lookup("a", [*conversation, 5, 6])  # the conversation's next turn
+    assert shared == 512
+    assert store.held == 512 + 16
+
+
 def test_a_prefix_cut_to_one_already_kept_is_not_counted_twice() -> None:
     """A long prompt matched only up to its system prompt is cut to it; where that system
     prompt is kept already, the store keeps one entry and counts its positions once, so its

@@ -15,6 +15,7 @@ from typing import Any
 
 from loraflow.adapters.deploy import quantile
 from loraflow.engines.base import GenerationParams
+from loraflow.engines.hybrid import batch_only
 from loraflow.errors import InvalidInput
 from loraflow.services.registry import adapters as adapter_svc
 from loraflow.services.registry import attach
@@ -54,19 +55,22 @@ def benchmark(
     engine = local_engine(rt)
     served = attach.ensure_served(rt, rec.id)
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
-    # One warm-up each: the first call pays for caches and lazy initialisation.
-    engine.generate_text(PROMPTS[0], params, adapter=None)
-    engine.generate_text(PROMPTS[0], params, adapter=served)
     times: dict[str, list[float]] = {"base": [], "adapter": []}
     tokens = {"base": 0, "adapter": 0}
-    for i in range(requests):
-        prompt = PROMPTS[i % len(PROMPTS)]
-        order = (("base", None), ("adapter", served))
-        for side, adapter in order if i % 2 == 0 else order[::-1]:
-            started = time.perf_counter()
-            result = engine.generate_text(prompt, params, adapter=adapter)
-            times[side].append(time.perf_counter() - started)
-            tokens[side] += result.completion_tokens
+    # LOCAL_ENGINE=hybrid: both sides on the batch, not the base on llama.cpp and the adapter
+    # on the batch until llama.cpp has converted it.
+    with batch_only():
+        # One warm-up each: the first call pays for caches and lazy initialisation.
+        engine.generate_text(PROMPTS[0], params, adapter=None)
+        engine.generate_text(PROMPTS[0], params, adapter=served)
+        for i in range(requests):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            order = (("base", None), ("adapter", served))
+            for side, adapter in order if i % 2 == 0 else order[::-1]:
+                started = time.perf_counter()
+                result = engine.generate_text(prompt, params, adapter=adapter)
+                times[side].append(time.perf_counter() - started)
+                tokens[side] += result.completion_tokens
     base, mine = _side(times["base"], tokens["base"]), _side(times["adapter"], tokens["adapter"])
     out = {
         "adapter": rec.ref,

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from loraflow.engines.hybrid import batch_only
 from loraflow.errors import InvalidInput, LoraflowError
 from loraflow.services.catalog.names import base_model_id, resolve
 from loraflow.services.runtime import Runtime, local_engine
@@ -78,16 +79,17 @@ def compare(rt: Runtime, req: CompareRequest) -> list[CompareAnswer]:
     def one(model: tuple[str, str]) -> CompareAnswer:
         name, kind = model
         try:
-            result = chat(
-                rt,
-                ChatRequest(
-                    model=name,
-                    messages=req.messages,
-                    max_tokens=req.max_tokens,
-                    temperature=req.temperature,
-                    seed=req.seed,
-                ),
-            )
+            with batch_only():  # LOCAL_ENGINE=hybrid: every answer from the same engine
+                result = chat(
+                    rt,
+                    ChatRequest(
+                        model=name,
+                        messages=req.messages,
+                        max_tokens=req.max_tokens,
+                        temperature=req.temperature,
+                        seed=req.seed,
+                    ),
+                )
         except LoraflowError as exc:  # one failing adapter does not hide the others
             seconds = round(time.perf_counter() - started, 3)
             return CompareAnswer(name, kind, "", seconds, 0, 0, None, str(exc))
