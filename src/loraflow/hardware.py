@@ -390,7 +390,7 @@ def hardware_summary(data_dir: Path) -> dict[str, Any]:
     elif bf16_ruled_out(info):
         out["auto training precision"] = "fp32 (no native bf16)"
         out["auto serving precision"] = (
-            "measured on first use" if "int8" in AUTO_SERVING else "fp32 (no native bf16)"
+            "measured on first use" if auto_serving_kinds(info) else "fp32 (no native bf16)"
         )
         out["int8 serving runs beside it"] = "fp32"
     else:

@@ -133,21 +133,17 @@ class HybridEngine:
         return not self._solo_busy and (adapter is None or adapter in self._solo_adapters)
 
     def _claim_solo(self, first: Any, adapter: str | None) -> bool:
-        if _BATCH_ONLY.get():
-            with self._lock:
-                self.served["batch"] += 1
-            return False
         with self._lock:
-            idle = self._solo_takes(adapter)
-        idle = idle and self.batch.queue_depth() == (0, 0)
+            lone = not _BATCH_ONLY.get() and self._solo_takes(adapter)
+        lone = lone and self.batch.queue_depth() == (0, 0)
         # Tokenizing takes ~1 ms for a long prompt: only for a request llama.cpp could take.
-        short = idle and self._short(first, adapter)
+        short = lone and self._short(first, adapter)
         with self._lock:
             free = short and self._solo_takes(adapter)
             if free:
                 self._solo_busy = True
             self.served["solo" if free else "batch"] += 1
-            if idle and not short:
+            if lone and not short:
                 self.served["long_prompts"] += 1
             return free
 

@@ -29,7 +29,7 @@ from typing import Any
 from loraflow.engines.base import EngineHealth, FinishReason, GenerationParams, GenerationResult
 from loraflow.engines.chat import check_messages, render_prompt
 from loraflow.engines.llamacpp_lora import GGUFLoraCache, free_adapter, init_adapter, set_adapter
-from loraflow.engines.prompt_grid import common_prefix, grid_chunks, grid_floor
+from loraflow.engines.prompt_grid import grid_chunks, grid_floor, reusable
 from loraflow.engines.stops import StopFilter
 from loraflow.errors import InvalidInput, NotFound
 from loraflow.models.adapters import check_adapter_folder
@@ -353,7 +353,7 @@ class LlamaCppEngine:
             return 0
         # Short of the previous prompt's last token, which some llama-cpp-python versions
         # evaluate again on its own inside generate().
-        return grid_floor(min(common_prefix(cached, ids), len(ids) - 1, len(cached) - 1))
+        return min(reusable(cached, ids), grid_floor(len(cached) - 1))
 
     def prompt_work(self, first: list[dict[str, str]] | str, adapter: str | None) -> int:
         """Prompt tokens a request for `first` (chat messages, or a raw prompt) would evaluate
