@@ -134,6 +134,12 @@ def test_inference_uses_the_configured_local_engine(
     assert "model: tuned, engine: llamacpp" in tuned.output
     text = [r.stdout.split("\n")[0] for r in (base, tuned)]
     assert text[0].strip() and text[0] != text[1]
+    # hybrid says which of its engines answered: a short lone prompt goes to llama.cpp.
+    monkeypatch.setenv("LOCAL_ENGINE", "hybrid")
+    monkeypatch.setenv("LOCAL_PRECISION", "fp32")
+    hybrid = runner.invoke(app, args)
+    assert hybrid.exit_code == 0, hybrid.output
+    assert "model: base, engine: hybrid (llama.cpp)" in hybrid.output
 
 
 def test_status_reports_queued_jobs_and_a_missing_server(

@@ -181,7 +181,7 @@ def inference(
     from loraflow.services.catalog.inference import quick_generate
 
     settings = make_settings(data_dir=data_dir)
-    result, warnings = quick_generate(
+    result, warnings, answered_by = quick_generate(
         settings,
         prompt,
         adapter=adapter,
@@ -193,7 +193,7 @@ def inference(
     console.print(result.text)
     console.print(
         f"[dim]{result.completion_tokens} tokens, finish: {result.finish_reason}, "
-        f"model: {adapter or 'base'}, engine: {settings.local_engine}[/dim]"
+        f"model: {adapter or 'base'}, engine: {answered_by}[/dim]"
     )
 
 

@@ -17,8 +17,9 @@ def quick_generate(
     adapter: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
-) -> tuple[GenerationResult, list[str]]:
-    """Answer one prompt with the base model or an adapter; also returns load warnings."""
+) -> tuple[GenerationResult, list[str], str]:
+    """Answer one prompt with the base model or an adapter; also returns load warnings and
+    which engine answered."""
     params = request_params(settings, max_tokens=max_tokens, temperature=temperature)
     found = discover_adapters(settings.lora_path)
     if adapter is not None and adapter not in found:
@@ -37,4 +38,16 @@ def quick_generate(
     if adapter is not None and adapter not in engine.adapters():
         raise NotFound(f"adapter {adapter!r} could not be attached: {'; '.join(warnings)}")
     result = engine.generate([{"role": "user", "content": prompt}], params, adapter=adapter)
-    return result, warnings
+    return result, warnings, _answered_by(settings, engine)
+
+
+def _answered_by(settings: Settings, engine: object) -> str:
+    """LOCAL_ENGINE as it served: hybrid names the engine it sent the prompt to, and a
+    hybrid that started without llama.cpp says so."""
+    from loraflow.engines.hybrid import HybridEngine
+
+    if isinstance(engine, HybridEngine):
+        return "hybrid (llama.cpp)" if engine.served["solo"] else "hybrid (transformers)"
+    if settings.local_engine == "hybrid":
+        return "transformers (hybrid without llama.cpp)"
+    return settings.local_engine
