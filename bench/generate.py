@@ -110,9 +110,11 @@ def raw_llama(
 def held_out_quality(
     model: object, precision: str, tokenizer: object, threads: int, resolved: object
 ) -> dict[str, tuple[float, float]]:
-    """{"fp32" | the engine's precision | "GGUF": (perplexity, share of greedy next tokens
-    equal to fp32's)} on the held-out text of bench/precision.py: the price of the engine's
-    quantized base weights, and of answering lone requests from the 4-bit GGUF."""
+    """{"fp32" | the engine's precision | "<it> as one prompt" | "GGUF": (perplexity, share
+    of greedy next tokens equal to fp32's)} on the held-out text of bench/precision.py: the
+    price of the engine's quantized base weights, decoding token by token and evaluating
+    the whole text as one prompt (its prompt path: int8 with LOCAL_INT8_PROMPTS, else fp32
+    but for the LM head), and of answering lone requests from the 4-bit GGUF."""
     import numpy as np
     from llama_cpp import Llama
     from precision import decode_quality
@@ -146,6 +148,9 @@ def held_out_quality(
         # As the engine decodes: a short prompt, then one token per step through the cache.
         ppl, tokens = decode_quality(model, ids, prompt=skip)
         out[precision] = (ppl, float((tokens == greedy).float().mean()))
+        with torch.inference_mode():
+            whole = model(input_ids=ids).logits[0].float()[skip - 1 : -1]  # type: ignore[operator]
+        out[f"{precision} as one prompt"] = scored(whole)
     return out
 
 
@@ -209,6 +214,12 @@ def main() -> None:
         help="LOCAL_PRECISION of the engine (default: the setting's default; auto picks what "
         "this host measured faster)",
     )
+    ap.add_argument(
+        "--int8-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.model_fields["local_int8_prompts"].default,
+        help="LOCAL_INT8_PROMPTS of the engine (default: the setting's default)",
+    )
     add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -217,8 +228,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-generate-"))
     make_adapter(resolved.path, work / "adapters" / ADAPTER, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
-    precision = apply_local_precision(model, args.precision, MODEL_CACHE, tokenizer)
-    print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
+    precision = apply_local_precision(
+        model, args.precision, MODEL_CACHE, tokenizer, int8_prompts=args.int8_prompts
+    )
+    setting = f"LOCAL_PRECISION={args.precision}, LOCAL_INT8_PROMPTS={args.int8_prompts}"
+    print(f"engine precision: {precision} ({setting})", flush=True)
     # Before any adapter is attached: PEFT's layers would apply it to the base's forward.
     scores = held_out_quality(model, precision, tokenizer, args.threads, resolved)
     fp32_ppl = scores["fp32"][0]
@@ -308,7 +322,7 @@ def main() -> None:
              "tok_per_s": round(r, 2)} for k, r in rates.items()]  # fmt: skip
     config = {k: getattr(args, k) for k in ("tokens", "rounds", "threads", "targets", "rank",
               "http")}  # fmt: skip
-    config["precision"] = f"{precision} (LOCAL_PRECISION={args.precision})"
+    config["precision"] = f"{precision} ({setting})"
     write_results(
         args.json,
         "generate",

@@ -161,6 +161,12 @@ def main() -> None:
         help="LOCAL_PRECISION of the engine (default: the setting's default; auto picks what "
         "this host measured faster)",
     )
+    ap.add_argument(
+        "--int8-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.model_fields["local_int8_prompts"].default,
+        help="LOCAL_INT8_PROMPTS of the engine (default: the setting's default)",
+    )
     add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,8 +177,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lf-bench-"))
     make_adapters(resolved.path, work, most, args.targets.split(","), args.rank)
     model, tokenizer = load_model_and_tokenizer(resolved)
-    precision = apply_local_precision(model, args.precision, cache, tokenizer)
-    print(f"engine precision: {precision} (LOCAL_PRECISION={args.precision})", flush=True)
+    precision = apply_local_precision(
+        model, args.precision, cache, tokenizer, int8_prompts=args.int8_prompts
+    )
+    setting = f"LOCAL_PRECISION={args.precision}, LOCAL_INT8_PROMPTS={args.int8_prompts}"
+    print(f"engine precision: {precision} ({setting})", flush=True)
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     names = [f"adapter-{i:02d}" for i in range(most)]
     # Fixed-length answers, so every scenario decodes the same number of tokens.
@@ -318,7 +327,7 @@ def main() -> None:
         ratios[f"{n} adapters vs {args.adapters[0]} (batched)"] = rates[n] / one
     config = {k: getattr(args, k) for k in ("adapters", "requests", "concurrency", "tokens",
               "naive_requests", "targets", "rank", "rounds", "threads")}  # fmt: skip
-    config["precision"] = f"{precision} (LOCAL_PRECISION={args.precision})"
+    config["precision"] = f"{precision} ({setting})"
     write_results(
         args.json,
         "multi_adapter",

@@ -435,6 +435,7 @@ def load_local_engine(
     memory_fraction: float = 1.0,
     precision: str = "fp32",
     profile_dir: Path | None = None,
+    int8_prompts: bool = False,
 ) -> tuple[HFEngine, list[str]]:
     """Resolve and load the base model, attach every adapter found; warnings for failures.
 
@@ -442,7 +443,8 @@ def load_local_engine(
     decoder where it can run the model, unless `lean` is False); `half` and
     `memory_fraction` are ENABLE_FP16 and CUDA_MEMORY_FRACTION (CUDA only). `precision` is
     LOCAL_PRECISION (CPU only): fp32, bf16, int8, or auto (what this host's cached
-    micro-benchmark in `profile_dir`, default `cache_dir`, measured faster).
+    micro-benchmark in `profile_dir`, default `cache_dir`, measured faster);
+    `int8_prompts` is LOCAL_INT8_PROMPTS.
     """
     device = resolve_device(device)
     resolved = resolve_base_model(base_model_name, cache_dir)
@@ -450,7 +452,9 @@ def load_local_engine(
         resolved, device, quantization, half=half, memory_fraction=memory_fraction
     )
     if device == "cpu" and not quantization:
-        apply_local_precision(model, precision, profile_dir or cache_dir, tokenizer)
+        apply_local_precision(
+            model, precision, profile_dir or cache_dir, tokenizer, int8_prompts=int8_prompts
+        )
     engine = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
     warnings: list[str] = []
     for name, path in (discover_adapters(adapters_root) if adapters_root else {}).items():
@@ -464,11 +468,18 @@ def load_local_engine(
 
 
 def apply_local_precision(
-    model: Any, setting: str, profile_dir: Path, tokenizer: Any = None
+    model: Any,
+    setting: str,
+    profile_dir: Path,
+    tokenizer: Any = None,
+    *,
+    int8_prompts: bool = False,
 ) -> str:
     """Run a CPU model's base linears as LOCAL_PRECISION `setting` says on this host; returns
     what it runs ("fp32", "bf16", "int8" or "int8+bf16"). With `tokenizer`, int8 is
-    calibrated (one forward of a fixed text) and covers every linear."""
+    calibrated (one forward of a fixed text) and covers every linear; `int8_prompts`
+    (LOCAL_INT8_PROMPTS) runs calibrated int8 linears' prompts in int8 where there is no bf16
+    companion."""
     from loraflow.models.cpu_precision import (
         CALIBRATION_TOKENS,
         activation_ranges,
@@ -488,7 +499,7 @@ def apply_local_precision(
         except Exception as exc:  # noqa: BLE001 - any model's forward may refuse the text
             # Uncalibrated int8 (LM head and down projections kept) still serves.
             log.warning("int8 calibration failed, running uncalibrated int8: %s", exc)
-    apply_cpu_precision(model, chosen, companion, ranges)
+    apply_cpu_precision(model, chosen, companion, ranges, int8_prompts=int8_prompts)
     return cpu_precision_of(model)
 
 

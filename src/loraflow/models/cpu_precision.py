@@ -11,10 +11,14 @@ computed in fp32 beside it; only the base product runs in the lower precision.
 
 Why not `torch.ao.quantization.quantize_dynamic` on the model: it replaces the layers by
 modules PEFT does not recognise (no LoRA could attach). Its kernel is what runs here.
-Why keep the fp32 weight: prompts (several tokens per row) run in fp32, decode steps in
-int8. With fbgemm's one activation range per input, a whole prompt in int8 raised SmolLM2's
-perplexity 2.5x; each row is therefore quantized on its own (see `_int8_rows`), and the
-prompt, whose cached keys and values every later token reads, keeps full precision.
+Why keep the fp32 weight: training, merges and exact products read it, and prompts (several
+tokens per row) may run in fp32 while decode steps run int8. With fbgemm's one activation
+range per input, a whole prompt in int8 raised SmolLM2's perplexity 2.5x; each row (each
+token of a prompt) is therefore quantized on its own (see `_int8_rows`). So quantized, a
+prompt in int8 (`int8_prompts`, LOCAL_INT8_PROMPTS) costs what decode steps cost: held-out
+perplexity 1.03-1.05x fp32 against 1.02x with fp32 prompts, for prompt evaluation 1.3-1.8x
+faster on an AVX2 host (docs/BENCHMARKS.md); and a token's product then does not depend on
+which other prompts share the pass (integer sums are exact).
 `torch._weight_int8pack_mm` and the int4 pack kernels were 6-14x slower than fp32 on the
 hosts measured (DESIGN.md): not used.
 
@@ -57,8 +61,9 @@ INT8_KEPT = ("lm_head", "down_proj")
 class LowPrecisionLinear(nn.Linear):
     """An `nn.Linear` whose forward runs in bf16 or dynamic int8 (fbgemm); weights stay fp32.
 
-    An int8 linear runs prompts (several tokens per row) in `prompts` precision: fp32, or
-    bf16 on a CPU where bf16 products are fast (the int8 path's bf16 companion).
+    An int8 linear runs prompts (several tokens per row) in `prompts` precision: fp32, bf16
+    on a CPU where bf16 products are fast (the int8 path's bf16 companion), or int8, every
+    token's row quantized on its own as in a decode step.
     """
 
     def __init__(
@@ -116,8 +121,8 @@ class LowPrecisionLinear(nn.Linear):
         if self.precision == "bf16":
             return self._bf16(x)
         if x.dim() >= 2 and x.shape[-2] > 1 and self.prompts != "int8":
-            # Several tokens per row (a prompt): its keys and values are cached and read by
-            # every later token, so it keeps full precision (or the bf16 companion's).
+            # Several tokens per row (a prompt), whose keys and values every later token
+            # reads: full precision (or the bf16 companion's) unless prompts are int8 too.
             return self._bf16(x) if self.prompts == "bf16" else super().forward(x)
         if self._unsmooth is not None:
             x = x * self._unsmooth
@@ -173,13 +178,17 @@ def apply_cpu_precision(
     precision: str,
     companion: str = "fp32",
     ranges: dict[nn.Module, tuple[int, torch.Tensor]] | None = None,
+    *,
+    int8_prompts: bool = False,
 ) -> int:
     """Run `model`'s linears in `precision` ("fp32" leaves it as is); returns how many.
 
     For int8, `companion` is the precision of the linears int8 keeps and of prompts: fp32,
     or bf16 (on a CPU with native bf16: the int8 path's quality, fewer bytes a token).
     `ranges` (from `activation_ranges`) calibrates int8: every linear it covers runs int8,
-    the ones of INT8_KEPT included, smoothed by its input's measured range.
+    the ones of INT8_KEPT included, smoothed by its input's measured range; with
+    `int8_prompts` and the fp32 companion they run prompts in int8 too (rows quantized one by
+    one, as decode steps are).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
@@ -198,7 +207,8 @@ def apply_cpu_precision(
                 # The LM head reads one position at a time whatever the caller passes (a
                 # prompt's logits or only its last): int8 rows throughout, so the first token
                 # does not depend on how many positions a code path asked logits for.
-                prompts = "int8" if name == "lm_head" else companion
+                whole = name == "lm_head" or (int8_prompts and companion == "fp32")
+                prompts = "int8" if whole else companion
                 low = LowPrecisionLinear(child, "int8", prompts=prompts, smooth=smooth[child])
                 setattr(parent, name, low)
             elif precision == "int8" and name in INT8_KEPT:

@@ -202,6 +202,7 @@ def _load_transformers(
         half=s.enable_fp16,
         memory_fraction=s.cuda_memory_fraction,
         precision=s.local_precision,
+        int8_prompts=s.local_int8_prompts,
         profile_dir=s.data_path,
     )
 

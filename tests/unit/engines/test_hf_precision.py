@@ -26,14 +26,14 @@ PROMPTS = ["Hello there", "The sea is", "One two three", "Why is the sky"]
 
 def _engine(model_dir: Path, tmp: Path, adapters: Path, precision: str) -> HFEngine:
     """An engine in `precision`: fp32, bf16, int8 or int8+bf16; "+calibrated" calibrates
-    int8 on the fixed text, as the service loads it."""
+    int8 on the fixed text, as the service loads it, "+prompts" runs its prompts in int8."""
     model, tokenizer = load_model_and_tokenizer(resolve_base_model(str(model_dir), tmp))
     kind, *rest = precision.split("+")
     companion = "bf16" if "bf16" in rest else "fp32"
     ranges = None
     if "calibrated" in rest:
         ranges = activation_ranges(model, calibration_batches(tokenizer))
-    apply_cpu_precision(model, kind, companion, ranges)
+    apply_cpu_precision(model, kind, companion, ranges, int8_prompts="prompts" in rest)
     engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
     engine.load_adapter("alpha", adapters / "alpha")
     engine.load_adapter("beta", adapters / "beta")
@@ -75,7 +75,9 @@ def test_adapter_changes_outputs_as_in_fp32(
         assert low.generate_text("The sea is", GREEDY, adapter).completion_tokens == 6
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8+bf16", "int8+calibrated"])
+@pytest.mark.parametrize(
+    "precision", ["int8", "int8+bf16", "int8+calibrated", "int8+calibrated+prompts"]
+)
 def test_int8_mixed_batch_equals_each_adapter_alone(
     precision: str, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
 ) -> None:
@@ -127,6 +129,14 @@ def test_load_local_engine_applies_the_setting(tiny_model_dir: Path, tmp_path: P
         if isinstance(m, LowPrecisionLinear)
     }
     assert f"({engine.precision}) with" in engine.health().detail  # calibrated: no note
+    # Prompts keep the companion's precision unless LOCAL_INT8_PROMPTS asks for int8, which
+    # takes effect without a bf16 companion only; the LM head is int8 for prompts either way.
+    assert {m.prompts for m in low} == {"int8", companion}
+    engine, _ = load_local_engine(
+        str(tiny_model_dir), tmp_path, "cpu", None, None, precision="int8", int8_prompts=True
+    )
+    low = [m for m in engine._base.modules() if isinstance(m, LowPrecisionLinear)]
+    assert {m.prompts for m in low} == ({"int8"} if companion == "fp32" else {"int8", "bf16"})
     engine, _ = load_local_engine(str(tiny_model_dir), tmp_path, "cpu", None, None)
     assert engine.precision == "fp32"
 

@@ -226,6 +226,33 @@ def test_calibrated_int8_covers_the_linears_it_would_otherwise_keep() -> None:
     assert cpu_precision_of(other) == "int8+bf16"
 
 
+def test_int8_prompts_quantize_each_token_of_a_prompt_on_its_own() -> None:
+    torch.manual_seed(0)
+    model = _One(nn.Linear(16, 16))
+    ranges = activation_ranges(model, [torch.randn(4, 16)])
+    apply_cpu_precision(model, "int8", ranges=ranges, int8_prompts=True)
+    lin = model.lin
+    assert isinstance(lin, LowPrecisionLinear) and lin.prompts == "int8"
+    prompt = torch.randn(2, 6, 16)
+    prompt[1, 2] *= 50  # a loud token must not coarsen the other tokens of its prompt
+    with torch.inference_mode():
+        whole = lin(prompt)
+        # Each token as a decode step alone gives the same numbers: a prompt's product does
+        # not depend on what else is in the pass.
+        alone = torch.stack(
+            [torch.cat([lin(prompt[b, i].view(1, 1, 16)) for i in range(6)], 1)[0]
+             for b in range(2)]
+        )  # fmt: skip
+        exact = nn.functional.linear(prompt, lin.weight, lin.bias)
+    assert torch.equal(whole, alone)
+    assert not torch.equal(whole, exact) and _rel(whole, exact) < 0.05
+    # With the bf16 companion, prompts stay in bf16 (the companion is the faster path there).
+    other = _One(nn.Linear(16, 16))
+    ranges = activation_ranges(other, [torch.randn(4, 16)])
+    apply_cpu_precision(other, "int8", companion="bf16", ranges=ranges, int8_prompts=True)
+    assert isinstance(other.lin, LowPrecisionLinear) and other.lin.prompts == "bf16"
+
+
 def test_int8_counts_as_uncalibrated_only_when_no_linear_was_calibrated() -> None:
     from loraflow.models.cpu_precision import int8_uncalibrated
 
