@@ -55,8 +55,11 @@ def ask(client: httpx.Client, question: str, tokens: int) -> tuple[float, float,
     return sources, first, prompt_tokens
 
 
-def measure(decoder: str, rounds: int, tokens: int) -> dict[str, float]:
-    with BenchServer({"LOCAL_DECODER": decoder, "ENABLE_UI": "false"}) as server:
+def measure(
+    decoder: str, rounds: int, tokens: int, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    settings = {"LOCAL_DECODER": decoder, "ENABLE_UI": "false", **(env or {})}
+    with BenchServer(settings) as server:
         client = httpx.Client(base_url=server.url, timeout=600)
         ask(client, "warm-up question", tokens)
         firsts, sources, prompts = [], [], []
@@ -82,9 +85,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="passes over the questions")
     ap.add_argument("--tokens", type=int, default=8, help="max_new_tokens of each answer")
+    ap.add_argument(
+        "--fp32-prompts",
+        action="store_true",
+        help="also measure the lean decoder with LOCAL_INT8_PROMPTS=false (where int8 serves, "
+        "prompts then evaluate with the fp32 weights)",
+    )
     add_json_flag(ap)
     args = ap.parse_args()
     results = {d: measure(d, args.rounds, args.tokens) for d in ("lean", "transformers")}
+    if args.fp32_prompts:
+        off = {"LOCAL_INT8_PROMPTS": "false"}
+        results["lean, fp32 prompts"] = measure("lean", args.rounds, args.tokens, off)
     for decoder, r in results.items():
         print(f"{decoder:<13} first token p50 {r['first_token_p50_s']:.3f} s (max "
               f"{r['first_token_max_s']:.3f}), retrieval p50 {r['retrieval_p50_s']:.3f} s, "
@@ -95,6 +107,11 @@ def main() -> None:
         "first token p50 s (lean)": lean["first_token_p50_s"],
         "prefill speed-up (transformers / lean)": old["prefill_p50_s"] / lean["prefill_p50_s"],
     }
+    if "lean, fp32 prompts" in results:
+        fp32 = results["lean, fp32 prompts"]
+        ratios["first token speed-up (fp32 prompts / default)"] = (
+            fp32["first_token_p50_s"] / lean["first_token_p50_s"]
+        )
     for k, v in ratios.items():
         print(f"ratio {k}: {v:.3f}")
     rows = [{"decoder": d, **r} for d, r in results.items()]

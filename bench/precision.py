@@ -25,6 +25,7 @@ import torch
 from _results import add_json_flag, write_results
 from _server import MODEL_CACHE
 
+from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
 from loraflow.hardware import (
@@ -136,6 +137,12 @@ def main() -> None:
         help="fp32, bf16, int8 (calibrated, with the companion this host's engine picks), "
         "int8+fp32, int8+bf16; add +kept for int8 uncalibrated (LM head, down_proj kept)",
     )
+    ap.add_argument(
+        "--int8-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.model_fields["local_int8_prompts"].default,
+        help="LOCAL_INT8_PROMPTS of calibrated int8 (default: the setting's default)",
+    )
     ap.add_argument("--ppl-tokens", type=int, default=192, help="held-out tokens scored")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per request")
     ap.add_argument("--batch1-requests", type=int, default=2)
@@ -169,7 +176,9 @@ def main() -> None:
         ranges = None
         if kind == "int8" and "kept" not in rest:
             ranges = activation_ranges(model, calibration_batches(tokenizer))
-        apply_cpu_precision(model, kind, companion or "fp32", ranges)
+        apply_cpu_precision(
+            model, kind, companion or "fp32", ranges, int8_prompts=args.int8_prompts
+        )
         engines[p] = HFEngine(model, tokenizer, base_model_name=resolved.display_name)
         for name in names:
             engines[p].load_adapter(name, work / name)
@@ -238,6 +247,7 @@ def main() -> None:
             k: getattr(args, k)
             for k in (
                 "precisions",
+                "int8_prompts",
                 "ppl_tokens",
                 "tokens",
                 "batch",

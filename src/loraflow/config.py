@@ -482,10 +482,11 @@ class Settings(BaseSettings):
     )
     local_int8_prompts: bool = Field(
         True,
-        description="Where the base linears run int8 with no bf16 companion (an AVX2 CPU): "
-        "prompts run int8 too, each token's row quantized on its own as in a decode step "
-        "(prompt evaluation ~1.3-1.8x faster here; held-out perplexity 1.03-1.05x fp32 instead "
-        "of 1.02x). false: prompts' products stay fp32 (see docs/BENCHMARKS.md).",
+        description="Where calibrated int8 serves with no bf16 companion (a CPU without fast "
+        "native bf16, e.g. AVX2): prompts run int8 too, each token's row quantized on its own "
+        "as in a decode step (prompt evaluation ~1.3-1.8x faster on an AVX2 host; held-out "
+        "perplexity 1.03-1.05x fp32 instead of 1.02x). false: prompts' products stay fp32, as "
+        "they do for uncalibrated int8 (see docs/BENCHMARKS.md).",
     )
 
     db_busy_timeout: float = Field(

@@ -56,9 +56,13 @@ ROUNDS = 3
 # the engine faster than int8 (AVX-512 BF16 host, docs/BENCHMARKS.md). Dynamic int8 (per-row
 # activation scale, 7-bit on x86) costs quality that a timing cannot see; calibrated as the
 # engine loads it, SmolLM2's perplexity on a held-out text was 1.021x fp32's, ~90% of greedy
-# tokens equal, within the 5% a quantized path may cost, and on an AVX2 host (no native bf16)
+# tokens equal (1.046x, 86.5% with prompts in int8 too, LOCAL_INT8_PROMPTS), within the 5% a
+# quantized path may cost, and on an AVX2 host (no native bf16)
 # it is what serves many adapters at 3x llama.cpp. LOCAL_PRECISION=fp32 keeps exact weights.
 AUTO_SERVING = ("bf16", "int8")
+# Beside int8 without a bf16 companion: calibrated int8 runs prompts in int8 too unless
+# LOCAL_INT8_PROMPTS=false, so fp32 is what that setting (or an uncalibrated fallback) takes.
+FP32_BESIDE = "fp32 (prompts with LOCAL_INT8_PROMPTS=false; uncalibrated int8's kept linears)"
 
 
 _OMP_PAUSE_HARD = 2
@@ -315,8 +319,9 @@ def auto_serving_precision(profile_dir: Path) -> str:
 
 
 def int8_companion(profile_dir: Path) -> str:
-    """What LOCAL_PRECISION=int8 runs beside int8 (the linears it keeps, prompts): bf16 on a
-    CPU with native bf16 where this host measured bf16 linears faster, else fp32."""
+    """What LOCAL_PRECISION=int8 runs beside int8 (the linears uncalibrated int8 keeps, and
+    prompts unless LOCAL_INT8_PROMPTS has them in int8): bf16 on a CPU with native bf16 where
+    this host measured bf16 linears faster, else fp32."""
     if bf16_ruled_out(cpu_info()):
         return "fp32"
     return companion_of(host_profile(profile_dir))
@@ -384,15 +389,14 @@ def hardware_summary(data_dir: Path) -> dict[str, Any]:
             )
         out["auto training precision"] = training_precision("auto", profile)
         out["auto serving precision"] = serving_precision("auto", profile, auto_serving_kinds(info))
-        out["int8 serving runs beside it"] = (
-            "fp32" if bf16_ruled_out(info) else companion_of(profile)
-        )
+        beside = "fp32" if bf16_ruled_out(info) else companion_of(profile)
+        out["int8 serving runs beside it"] = beside if beside != "fp32" else FP32_BESIDE
     elif bf16_ruled_out(info):
         out["auto training precision"] = "fp32 (no native bf16)"
         out["auto serving precision"] = (
             "measured on first use" if auto_serving_kinds(info) else "fp32 (no native bf16)"
         )
-        out["int8 serving runs beside it"] = "fp32"
+        out["int8 serving runs beside it"] = FP32_BESIDE
     else:
         out["auto training precision"] = out["auto serving precision"] = "measured on first use"
     return out

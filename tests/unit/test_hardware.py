@@ -152,7 +152,7 @@ def test_summary_never_measures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     summary = hardware.hardware_summary(tmp_path)
     assert summary["auto training precision"].startswith("fp32")
     assert summary["auto serving precision"] == "measured on first use"
-    assert summary["int8 serving runs beside it"] == "fp32"
+    assert summary["int8 serving runs beside it"] == hardware.FP32_BESIDE
 
 
 def test_int8_companion_is_bf16_only_where_bf16_is_native_and_faster(

@@ -70,7 +70,11 @@ class HFEngine:
     def __init__(
         self, model: Any, tokenizer: Any, name: str = "local", *, base_model_name: str = ""
     ) -> None:
-        from loraflow.models.cpu_precision import cpu_precision_of, int8_uncalibrated
+        from loraflow.models.cpu_precision import (
+            cpu_precision_of,
+            int8_prompts_of,
+            int8_uncalibrated,
+        )
 
         self.name = name
         self.tokenizer = tokenizer
@@ -78,8 +82,11 @@ class HFEngine:
         self.device = str(model.device)
         # fp32, or bf16 / int8 when the CPU base model's linears run in that (LOCAL_PRECISION).
         self.precision = cpu_precision_of(model) if self.device == "cpu" else "native"
-        # Shown in health: int8 that fell back to its uncalibrated form (a failed calibration).
+        # Shown in health: int8 that fell back to its uncalibrated form (a failed calibration),
+        # and int8 that evaluates prompts in int8 too (LOCAL_INT8_PROMPTS).
         self._precision_note = ", uncalibrated" if int8_uncalibrated(model) else ""
+        if int8_prompts_of(model):
+            self._precision_note += ", prompts int8"
         self._base = model
         self._peft: Any = None
         self._adapters: dict[str, tuple[str, Path]] = {}  # public name -> (PEFT name, folder)

@@ -29,7 +29,8 @@ and multiplying the weight's column by it, gives the same product with flatter r
 (SmoothQuant's migration, alpha 0.5); the factors come from one forward of a fixed text.
 With them every linear, the LM head and down projections included, runs int8; on SmolLM2 the
 engine bench measured perplexity 1.021x fp32 (uncalibrated, with those two kept: 1.018x) and
-greedy agreement 89.8% (86.9%) (docs/BENCHMARKS.md).
+greedy agreement 89.8% (86.9%) with prompts in fp32, 1.046x and 86.5% with prompts in int8
+too (docs/BENCHMARKS.md). Uncalibrated int8 keeps prompts in its companion's precision.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ import torch
 from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# What int8 runs beside it: the linears it keeps (INT8_KEPT) and every prompt. bf16 only
-# where the CPU has native bf16 products (hardware.int8_companion decides).
+# What int8 runs beside it: the linears uncalibrated int8 keeps (INT8_KEPT) and prompts (unless
+# calibrated int8 runs them in int8 too: `int8_prompts`). bf16 only where the CPU has native
+# bf16 products (hardware.int8_companion decides).
 COMPANIONS = ("fp32", "bf16")
 _TINY = torch.finfo(torch.float32).tiny
 # The two inputs every int8 row gets besides its own (see _int8_rows).
@@ -230,6 +232,15 @@ def cpu_precision_of(model: nn.Module) -> str:
     if "int8" in found:
         return "int8+bf16" if "bf16" in found else "int8"
     return found.pop() if found else "fp32"
+
+
+def int8_prompts_of(model: nn.Module) -> bool:
+    """Whether `model` evaluates prompts in int8 beyond the LM head (`int8_prompts`)."""
+    return any(
+        isinstance(m, LowPrecisionLinear) and m.precision == "int8" and m.prompts == "int8"
+        for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] != "lm_head"
+    )
 
 
 def int8_uncalibrated(model: nn.Module) -> bool:

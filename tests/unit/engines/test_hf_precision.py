@@ -16,6 +16,7 @@ from loraflow.models.cpu_precision import (
     activation_ranges,
     apply_cpu_precision,
     calibration_batches,
+    int8_prompts_of,
 )
 from loraflow.models.load import load_model_and_tokenizer
 from loraflow.models.resolve import resolve_base_model
@@ -82,6 +83,9 @@ def test_int8_mixed_batch_equals_each_adapter_alone(
     precision: str, tiny_model_dir: Path, adapters_root: Path, tmp_path: Path
 ) -> None:
     engine = _engine(tiny_model_dir, tmp_path, adapters_root, precision)
+    if "prompts" in precision:  # with the fp32 companion every prompt product is int8
+        assert int8_prompts_of(engine._base)
+        assert "prompts int8" in engine.health().detail
     names = [None, "alpha", "beta", "alpha"]
     calibrated = "calibrated" in precision
     jobs = list(zip(PROMPTS, names, strict=True))
@@ -170,7 +174,7 @@ def test_int8_calibration_that_fails_falls_back_to_uncalibrated_int8(
         return {"input_ids": torch.full((1, 8), 10**9)}
 
     with caplog.at_level("WARNING", logger="loraflow.engines.hf"):
-        shown = apply_local_precision(model, "int8", tmp_path, broken)
+        shown = apply_local_precision(model, "int8", tmp_path, broken, int8_prompts=True)
     assert "int8 calibration failed, running uncalibrated int8" in caplog.text
     assert shown in ("int8", "int8+bf16")
     low = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
@@ -178,7 +182,34 @@ def test_int8_calibration_that_fails_falls_back_to_uncalibrated_int8(
     # The uncalibrated form: the LM head is not int8, and no calibration hook stays behind.
     assert getattr(model.lm_head, "precision", "fp32") != "int8"
     assert not any(m._forward_hooks for m in model.modules())
+    # Its prompts keep the companion's precision: int8 prompts are measured calibrated only.
+    assert not int8_prompts_of(model)
     engine = HFEngine(model, tokenizer, base_model_name="tiny-llama")
     assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
     # Health says so, where the log line may have scrolled away.
     assert f"({shown}, uncalibrated)" in engine.health().detail
+
+
+@pytest.mark.parametrize("int8_prompts", [True, False])
+def test_the_service_runs_prompts_as_local_int8_prompts_says(
+    int8_prompts: bool, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from loraflow.config import Settings
+    from loraflow.services import runtime
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]  # a developer's .env must not decide
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", base_model_name=str(tiny_model_dir),
+        lora_model_path=tmp_path / "none", local_engine="transformers", local_precision="int8",
+        local_int8_prompts=int8_prompts,
+    )  # fmt: skip
+    assert Settings.model_fields["local_int8_prompts"].default is True
+    engine, _ = runtime.load_local(settings, batching=False)
+    try:
+        # Only without a bf16 companion (a CPU whose bf16 is not fast): there bf16 prompts win.
+        expected = int8_prompts and int8_companion(settings.data_path) == "fp32"
+        assert int8_prompts_of(engine._base) is expected  # type: ignore[attr-defined]
+        assert ("prompts int8" in engine.health().detail) is expected
+        assert engine.generate_text("Hello", GREEDY).completion_tokens == 6
+    finally:
+        engine.close()

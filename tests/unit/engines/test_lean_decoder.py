@@ -345,7 +345,7 @@ def test_calibrated_int8_still_fuses_and_its_lm_head_reads_each_position_alone(
     base_dir = _tiny(tmp_path / "m", smollm2_dir, "llama", seed=3)
     model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
     ids = torch.tensor([[5, 9, 14, 3, 7, 2, 11, 4]])
-    apply_cpu_precision(model, "int8", ranges=activation_ranges(model, [ids]))
+    apply_cpu_precision(model, "int8", ranges=activation_ranges(model, [ids]), int8_prompts=True)
     head = model.lm_head
     assert isinstance(head, LowPrecisionLinear) and head.smooth is not None
     decoder = LeanDecoder.build(model, model)
@@ -354,7 +354,16 @@ def test_calibrated_int8_still_fuses_and_its_lm_head_reads_each_position_alone(
         assert len(layer.qkv) == 1 and len(layer.qkv[0].sizes) == 3
         assert len(layer.gate_up) == 1 and len(layer.gate_up[0].sizes) == 2
         assert layer.qkv[0].base.smooth is not None
+        # The fused products keep the parts' prompt precision (LOCAL_INT8_PROMPTS).
+        assert layer.qkv[0].base.prompts == layer.gate_up[0].base.prompts == "int8"
+    cache = SlotCache(
+        len(decoder.layers), decoder.kv_heads, decoder.head_dim, decoder.dtype, decoder.device
+    )
     with torch.inference_mode():
+        # The prompt through the lean decoder's int8 products gives transformers' logits.
+        lean = decoder.prefill(cache, 0, ids[0].tolist(), 0, 0)
+        want = model(input_ids=ids).logits[0, -1]
+        assert (lean - want).abs().max() <= 1e-3 * want.abs().max()
         hidden = torch.randn(1, 6, head.in_features)
         whole = head(hidden)
         assert torch.equal(whole[:, -1:], head(hidden[:, -1:]))

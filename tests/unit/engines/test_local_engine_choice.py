@@ -31,11 +31,15 @@ def default_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_default_serves_transformers_alone_without_a_gguf_and_says_so_quietly(
     default_engine: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from loraflow.services.catalog.inference import _answered_by
+
     settings = _settings(tmp_path, tiny_model_dir)
     assert settings.local_engine == "hybrid"
     engine, warnings = runtime.load_local(settings)
     try:
         assert isinstance(engine, HFEngine) and warnings == []
+        # `loraflow inference` says so too, rather than naming an engine that is not there.
+        assert _answered_by(settings, engine) == "transformers (hybrid without llama.cpp)"
     finally:
         engine.close()
 
