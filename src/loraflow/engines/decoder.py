@@ -20,8 +20,9 @@ tensor ops:
   the llama.cpp engine does the same on its own grid) and reused only
   up to such a position, so every position is computed in the same chunk whether or not a
   prefix was reused: an answer does not depend on which request came before. Prompts that
-  arrive together run as one pass (`prefill_many`), whose products over more rows can round
-  differently in the last bits, as a decode step over several rows does.
+  arrive together run as one pass (`prefill_many`; the base products over their real tokens
+  only, not the padding), whose products over more rows can round differently in the last
+  bits, as a decode step over several rows does.
 
 Only what it can run exactly is taken: plain LoRA on the attention and MLP linears of a
 Llama-shaped decoder (llama, mistral, qwen2: RMSNorm, rotary positions, grouped-query
@@ -168,7 +169,7 @@ class LeanDecoder:
         neighbouring parts (q and k) can be read as one (`_qkv`)."""
         outs: list[torch.Tensor] = []
         for proj in projs:
-            out = proj.base(x)
+            out = proj.base(x) if rows.tokens is None else _packed(proj.base, x, rows.tokens)
             parts = [out] if len(proj.sizes) == 1 else list(out.split(proj.sizes, dim=-1))
             if rows.uniform != 0:
                 for i, lora in enumerate(proj.loras):
@@ -230,13 +231,22 @@ class LeanDecoder:
     def prefill_many(self, cache: SlotCache, chunks: list[Chunk]) -> torch.Tensor:
         """Run several rows' prompt chunks in one pass; each row's last logits, (rows, V).
 
-        The linears run once over all of them (zero-padded to the longest chunk); attention
-        runs row by row as for a chunk alone, each over its own slot's keys, so padding
-        never reaches a real position. Each chunk's keys and values land in its slot.
+        The rows are zero-padded to the longest chunk; the base linears run once over the
+        real tokens of all of them (`_packed`: the padding skipped), the LoRA deltas over the
+        padded rows; attention runs row by row as for a chunk alone, each over its own slot's
+        keys, so padding never reaches a real position. Each chunk's keys and values land in
+        its slot.
         """
         b = len(chunks)
         n = max(len(c.ids) for c in chunks)
         rows = RowAdapters.of([c.adapter_slot for c in chunks], self.device)
+        real = sum(len(c.ids) for c in chunks)
+        if PACK_PADDING and real < b * n:
+            # The base products skip the padding: its positions come out as zeros.
+            rows.tokens = torch.tensor(
+                [i * n + j for i, c in enumerate(chunks) for j in range(len(c.ids))],
+                device=self.device,
+            )
         x = torch.tensor([c.ids + [0] * (n - len(c.ids)) for c in chunks], device=self.device)
         h = self._embed(x)
         offsets = torch.tensor([c.start for c in chunks], device=self.device)
@@ -325,6 +335,24 @@ class LeanDecoder:
         return self._lm_head(self._norm(h))[:, -1, :]
 
 
+# Whether a pass of prompts of unequal lengths runs its base products over the real tokens
+# only (see `_packed`).
+PACK_PADDING = True
+
+
+def _packed(base: Any, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`base(x)` for the positions `tokens` of x ([B, n, in]) only, zeros elsewhere.
+
+    Prompts run together are zero-padded to the longest; a product over the padding costs as
+    much as one over a real token and is never read. The real tokens go through as one
+    prompt ([1, T, in]), so a low-precision linear still takes its prompt path."""
+    b, n, width = x.shape
+    picked = base(x.reshape(b * n, width).index_select(0, tokens).unsqueeze(0))[0]
+    out = picked.new_zeros((b * n, picked.shape[-1]))
+    out.index_copy_(0, tokens, picked)
+    return out.view(b, n, -1)
+
+
 @dataclass
 class Chunk:
     """Prompt tokens `ids` to run at positions start.. of cache slot `slot`, with an adapter."""
@@ -341,6 +369,8 @@ class RowAdapters:
 
     index: torch.Tensor
     uniform: int | None
+    # A prompt pass's real (unpadded) positions in its [rows * longest] layout, or None.
+    tokens: torch.Tensor | None = None
 
     @staticmethod
     def of(slots: list[int], device: Any) -> RowAdapters:
