@@ -9,7 +9,7 @@ import pytest
 
 from loraflow import db
 from loraflow.adapters import deploy as strategies
-from loraflow.errors import InvalidInput
+from loraflow.errors import Conflict, InvalidInput
 from loraflow.services.manage import deployments
 from loraflow.services.registry import attach
 from loraflow.services.runtime import Runtime
@@ -154,3 +154,38 @@ def test_in_use_names_the_deployment_that_serves_an_adapter(base_rt: Runtime) ->
     _put(base_rt, "uses-only-here", state)
     assert attach.in_use(base_rt, "only-here@v3") == "uses-only-here"
     assert attach.in_use(base_rt, "never-deployed@v1") is None
+
+
+@pytest.mark.parametrize("meanwhile", ["step", "last step", "rollback"])
+def test_promote_made_while_a_request_changes_the_deployment(
+    base_rt: Runtime, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """A canary's automatic step lands between promote's read and its write: promote makes
+    its change again on what the step left, unless the variant it picked is gone."""
+    state = _canary(None) | {"schedule": [10.0, 50.0, 100.0]}
+    _put(base_rt, "race", state)
+    changed = {
+        "step": strategies.advance_canary(state),
+        "last step": strategies.advance_canary(strategies.advance_canary(state)),
+        "rollback": {"strategy": "replace", "variants": [state["variants"][0]]},
+    }[meanwhile]
+    swap = deployments._swap
+    raced: list[int] = []
+
+    def racing(rt: Runtime, target: str, version: int | None, *rest: Any) -> int:
+        if not raced:  # the request's write lands first
+            raced.append(swap(rt, target, version, changed, None))
+        return swap(rt, target, version, *rest)
+
+    monkeypatch.setattr(deployments, "_swap", racing)
+    if meanwhile == "rollback":
+        with pytest.raises(Conflict, match="changed while this change was made"):
+            deployments.promote(base_rt, "race")
+        now = deployments.get_deployment(base_rt, "race")
+        assert now["state"]["variants"] == [state["variants"][0]]  # the rollback stands
+        return
+    promoted = deployments.promote(base_rt, "race")
+    assert raced and promoted["state"]["variants"] == [
+        {"name": "stable", "adapter": "a@v2", "weight": 100.0}
+    ]
+    assert deployments.history(base_rt, "race", 1)[0]["action"] == "promote"

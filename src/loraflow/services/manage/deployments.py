@@ -426,8 +426,17 @@ def rollback(rt: Runtime, target: str, *, reason: str = "manual") -> dict[str, A
     return get_deployment(rt, target)
 
 
+# How often promote makes its change again when a request changed the deployment meanwhile.
+_PROMOTE_TRIES = 3
+
+
 def promote(rt: Runtime, target: str, variant: str | None = None) -> dict[str, Any]:
-    """Give one variant (default: the canary or B) all traffic now."""
+    """Give one variant (default: the canary or B) all traffic now.
+
+    A request may change the deployment at the same moment (a canary's automatic step). The
+    promotion is then made again on what that left, as long as the variant picked is still
+    there with the same adapter; where that step already gave it all traffic, nothing is left
+    to do. Where it is gone (an automatic rollback), the Conflict stands."""
     row = _row(rt, target)
     if row is None:
         raise NotFound(f"no deployment named {target!r}")
@@ -437,16 +446,33 @@ def promote(rt: Runtime, target: str, variant: str | None = None) -> dict[str, A
     chosen = next((v for v in state["variants"] if v["name"] == pick), None)
     if chosen is None:
         raise NotFound(f"deployment {target!r} has no variant {pick!r}; variants: {names}")
-    new = _keep_settings(
-        {
-            "strategy": "replace",
-            "variants": [{"name": "stable", "adapter": chosen["adapter"], "weight": 100.0}],
-        },
-        state,
-    )
-    _swap(rt, target, row["version"], new, state)
+    adapter = chosen["adapter"]
+    first = state
+    for attempt in range(_PROMOTE_TRIES):
+        new = _keep_settings(
+            {
+                "strategy": "replace",
+                "variants": [{"name": "stable", "adapter": adapter, "weight": 100.0}],
+            },
+            state,
+        )
+        try:
+            _swap(rt, target, row["version"], new, state)
+            break
+        except Conflict:
+            row = _row(rt, target)
+            if row is None or attempt == _PROMOTE_TRIES - 1:
+                raise
+            state = row["state"]
+            variants = state["variants"]
+            if [(v["adapter"], float(v["weight"])) for v in variants] == [(adapter, 100.0)]:
+                _retire(rt, first)  # done by that step; what it retired is unloaded now
+                _event(rt, target, "promote", "ok", {"variant": pick, "adapter": adapter})
+                return get_deployment(rt, target)
+            if not any(v["name"] == pick and v["adapter"] == adapter for v in variants):
+                raise
     _retire(rt, state)
-    _event(rt, target, "promote", "ok", {"variant": pick, "adapter": chosen["adapter"]})
+    _event(rt, target, "promote", "ok", {"variant": pick, "adapter": adapter})
     return get_deployment(rt, target)
 
 
