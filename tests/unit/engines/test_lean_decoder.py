@@ -136,11 +136,9 @@ def test_decode_steps_match_transformers_for_mixed_adapters(
 
     padded = new_cache()
     cut(padded)
-    decoder_module.PACK_PADDING = False
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(decoder_module, "PACK_PADDING", False)
         assert torch.allclose(lean.prefill_many(padded, chunks), joint, rtol=0, atol=1e-5)
-    finally:
-        decoder_module.PACK_PADDING = True
     for i, ids in enumerate(prompts):
         for a_store, t_store in ((alone.k, together.k), (alone.v, together.v)):
             for a_layer, t_layer in zip(a_store, t_store, strict=True):
