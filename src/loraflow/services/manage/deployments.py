@@ -447,7 +447,6 @@ def promote(rt: Runtime, target: str, variant: str | None = None) -> dict[str, A
     if chosen is None:
         raise NotFound(f"deployment {target!r} has no variant {pick!r}; variants: {names}")
     adapter = chosen["adapter"]
-    first = state
     for attempt in range(_PROMOTE_TRIES):
         new = _keep_settings(
             {
@@ -463,14 +462,12 @@ def promote(rt: Runtime, target: str, variant: str | None = None) -> dict[str, A
             row = _row(rt, target)
             if row is None or attempt == _PROMOTE_TRIES - 1:
                 raise
-            state = row["state"]
-            variants = state["variants"]
+            variants = row["state"]["variants"]
             if [(v["adapter"], float(v["weight"])) for v in variants] == [(adapter, 100.0)]:
-                _retire(rt, first)  # done by that step; what it retired is unloaded now
-                _event(rt, target, "promote", "ok", {"variant": pick, "adapter": adapter})
-                return get_deployment(rt, target)
+                break  # done by that step; what it left behind is retired below, waiting
             if not any(v["name"] == pick and v["adapter"] == adapter for v in variants):
                 raise
+            state = row["state"]
     _retire(rt, state)
     _event(rt, target, "promote", "ok", {"variant": pick, "adapter": adapter})
     return get_deployment(rt, target)
