@@ -14,6 +14,7 @@ when this module is imported (the script's start) and again when the file is wri
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loraflow.config import Settings
 from loraflow.hardware import cpu_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,4 +171,15 @@ def add_json_flag(parser: Any) -> None:
         default=None,
         metavar="FILE",
         help=f"also write the results as JSON (bench/report.py reads {RESULTS_DIR.name}/)",
+    )
+
+
+def add_int8_prompts_flag(parser: Any) -> None:
+    """`--int8-prompts / --no-int8-prompts`: LOCAL_INT8_PROMPTS of the engine a bench loads,
+    the setting's default unless given."""
+    parser.add_argument(
+        "--int8-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=Settings.model_fields["local_int8_prompts"].default,
+        help="LOCAL_INT8_PROMPTS of calibrated int8 (default: the setting's default)",
     )

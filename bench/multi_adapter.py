@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 import torch
-from _results import add_json_flag, write_results
+from _results import add_int8_prompts_flag, add_json_flag, write_results
 
 from loraflow.config import Settings
 from loraflow.engines import batching
@@ -161,12 +161,7 @@ def main() -> None:
         help="LOCAL_PRECISION of the engine (default: the setting's default; auto picks what "
         "this host measured faster)",
     )
-    ap.add_argument(
-        "--int8-prompts",
-        action=argparse.BooleanOptionalAction,
-        default=Settings.model_fields["local_int8_prompts"].default,
-        help="LOCAL_INT8_PROMPTS of the engine (default: the setting's default)",
-    )
+    add_int8_prompts_flag(ap)
     add_json_flag(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _results import add_json_flag, write_results
+from _results import add_int8_prompts_flag, add_json_flag, write_results
 from _server import MODEL_CACHE
 
-from loraflow.config import Settings
 from loraflow.engines.base import GenerationParams
 from loraflow.engines.hf import HFEngine
 from loraflow.hardware import (
@@ -137,12 +136,7 @@ def main() -> None:
         help="fp32, bf16, int8 (calibrated, with the companion this host's engine picks), "
         "int8+fp32, int8+bf16; add +kept for int8 uncalibrated (LM head, down_proj kept)",
     )
-    ap.add_argument(
-        "--int8-prompts",
-        action=argparse.BooleanOptionalAction,
-        default=Settings.model_fields["local_int8_prompts"].default,
-        help="LOCAL_INT8_PROMPTS of calibrated int8 (default: the setting's default)",
-    )
+    add_int8_prompts_flag(ap)
     ap.add_argument("--ppl-tokens", type=int, default=192, help="held-out tokens scored")
     ap.add_argument("--tokens", type=int, default=24, help="new tokens per request")
     ap.add_argument("--batch1-requests", type=int, default=2)
